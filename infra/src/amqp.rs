@@ -1,0 +1,155 @@
+//! RabbitMQ: connection, the v1 topology, confirmed publishing.
+
+use std::time::Duration;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::{Confirmation, PublisherConfirm};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use drfleet_protocol::topology::{
+    AUDIT_QUEUE, COMMANDS_EXCHANGE, CONTENT_TYPE, CommandKind, DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_QUEUE, DELIVERY_LIMIT, EVENTS_EXCHANGE,
+};
+
+use crate::error::Retry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("broker error")]
+    Broker(#[from] lapin::Error),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("message was unroutable (returned)")]
+    Unroutable,
+    #[error("broker did not confirm in time")]
+    ConfirmTimeout,
+}
+
+impl Retry for AmqpError {
+    fn is_transient(&self) -> bool {
+        // A nack means the broker could not store it right now; resending may work.
+        !matches!(self, AmqpError::Unroutable)
+    }
+}
+
+/// Open a connection named `name` (shown in the management UI).
+pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
+    let props = ConnectionProperties::default().with_connection_name(name.into());
+    Ok(Connection::connect(url, props).await?)
+}
+
+fn quorum_args(dead_letter: bool) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    if dead_letter {
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()));
+        // RabbitMQ 3.10 sets no default limit on quorum queues: without one a poison message
+        // that keeps crashing a consumer would be redelivered forever.
+        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+    }
+    args
+}
+
+/// Declare the whole v1 topology. Idempotent: every process runs it at start.
+pub async fn declare_topology(ch: &Channel) -> Result<(), AmqpError> {
+    let durable_ex = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let durable_q = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(COMMANDS_EXCHANGE.into(), ExchangeKind::Topic, durable_ex, FieldTable::default()).await?;
+    ch.exchange_declare(EVENTS_EXCHANGE.into(), ExchangeKind::Topic, durable_ex, FieldTable::default()).await?;
+    ch.exchange_declare(DEAD_LETTER_EXCHANGE.into(), ExchangeKind::Fanout, durable_ex, FieldTable::default()).await?;
+    ch.queue_declare(DEAD_LETTER_QUEUE.into(), durable_q, quorum_args(false)).await?;
+    ch.queue_bind(DEAD_LETTER_QUEUE.into(), DEAD_LETTER_EXCHANGE.into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    for kind in CommandKind::ALL {
+        ch.queue_declare(kind.queue().into(), durable_q, quorum_args(true)).await?;
+        ch.queue_bind(kind.queue().into(), COMMANDS_EXCHANGE.into(), kind.binding_key().as_str().into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    }
+    // The audit sink's queue exists from the first process on, so no event published before
+    // the sink starts is lost.
+    ch.queue_declare(AUDIT_QUEUE.into(), durable_q, quorum_args(true)).await?;
+    ch.queue_bind(AUDIT_QUEUE.into(), EVENTS_EXCHANGE.into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    Ok(())
+}
+
+/// Properties of every drfleet message.
+pub fn message_properties(message_type: &str, message_id: &str, traceparent: Option<&str>) -> BasicProperties {
+    let mut props = BasicProperties::default()
+        .with_content_type(CONTENT_TYPE.into())
+        .with_type(message_type.into())
+        .with_message_id(message_id.into())
+        .with_delivery_mode(2);
+    if let Some(tp) = traceparent {
+        let mut headers = FieldTable::default();
+        headers.insert("traceparent".into(), AMQPValue::LongString(tp.into()));
+        props = props.with_headers(headers);
+    }
+    props
+}
+
+/// A channel in confirm mode. Publishing is pipelined: [`Self::publish`] returns the pending
+/// confirm and [`wait_confirm`] turns a Nack or a return into an error.
+#[derive(Clone)]
+pub struct ConfirmPublisher {
+    channel: Channel,
+}
+
+impl ConfirmPublisher {
+    pub async fn new(conn: &Connection) -> Result<Self, AmqpError> {
+        let channel = conn.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self { channel })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publish `mandatory`, so a message no queue takes comes back as an error instead of
+    /// vanishing.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<PublisherConfirm, AmqpError> {
+        Ok(self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                body,
+                props,
+            )
+            .await?)
+    }
+
+    /// Publish and wait for the broker's confirm.
+    pub async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), AmqpError> {
+        let pending = self.publish(exchange, routing_key, body, props).await?;
+        wait_confirm(pending).await
+    }
+}
+
+/// Await one confirm (30 s at most).
+pub async fn wait_confirm(pending: PublisherConfirm) -> Result<(), AmqpError> {
+    match tokio::time::timeout(Duration::from_secs(30), pending).await {
+        Err(_) => Err(AmqpError::ConfirmTimeout),
+        Ok(Err(e)) => Err(AmqpError::Broker(e)),
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(_)))) => Err(AmqpError::Unroutable),
+        Ok(Ok(Confirmation::Nack(_))) => Err(AmqpError::Nacked),
+        // confirm_select was called on this channel; an unconfirmed publish is a bug.
+        Ok(Ok(Confirmation::NotRequested)) => Err(AmqpError::Nacked),
+    }
+}

@@ -1,0 +1,18 @@
+//! # drfleet-infra — plumbing shared by every drfleet process
+//!
+//! - [`config`]: settings from `DR_*` env vars / clap flags, validated into typed values;
+//!   a bad setting ends the process with one line on stderr and exit code 2.
+//! - [`telemetry`]: tracing subscriber (json or text).
+//! - [`amqp`]: connecting to RabbitMQ, declaring the v1 topology, confirmed publishing.
+//! - [`db`]: the PostgreSQL pool and the embedded migrations.
+//! - [`auth`]: actor tokens (JWT): minting (drctl, tests) and verification (workers).
+//! - [`error`]: the transient/permanent distinction every retry decision uses.
+
+pub mod amqp;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod telemetry;
+
+pub use error::Retry;

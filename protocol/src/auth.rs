@@ -1,0 +1,68 @@
+//! Permission keys (wire contract v1) and the wildcard rule.
+
+use crate::validate::RestoreMode;
+use crate::validate::CommandBody;
+
+pub const PERM_BACKUP_CREATE: &str = "pf.backup.create";
+pub const PERM_BACKUP_RESTORE: &str = "pf.backup.restore";
+pub const PERM_BACKUP_PROMOTE: &str = "pf.backup.promote";
+pub const PERM_BACKUP_VERIFY: &str = "pf.backup.verify";
+pub const PERM_DRILL_RUN: &str = "pf.dr-drill.run";
+
+/// The permission keys a command needs, all of them.
+pub fn required_permissions(body: &CommandBody) -> &'static [&'static str] {
+    match body {
+        CommandBody::Backup(_) => &[PERM_BACKUP_CREATE],
+        CommandBody::Restore(r) if r.mode == RestoreMode::Promote => {
+            &[PERM_BACKUP_RESTORE, PERM_BACKUP_PROMOTE]
+        }
+        CommandBody::Restore(_) => &[PERM_BACKUP_RESTORE],
+        CommandBody::Drill(_) => &[PERM_DRILL_RUN],
+        CommandBody::Verify(_) => &[PERM_BACKUP_VERIFY],
+    }
+}
+
+/// Whether `granted` (a permission key, or a family ending in `.*`) covers `required`.
+/// `pf.backup.*` grants `pf.backup.create` and `pf.backup.x.y`, but not `pf.backupx`;
+/// a lone `*` grants everything.
+pub fn grants(granted: &str, required: &str) -> bool {
+    if granted == required || granted == "*" {
+        return true;
+    }
+    match granted.strip_suffix('*') {
+        Some(prefix) if prefix.ends_with('.') => required.starts_with(prefix),
+        _ => false,
+    }
+}
+
+/// Whether the granted set covers every required key.
+pub fn authorized<S: AsRef<str>>(granted: &[S], required: &[&str]) -> bool {
+    required
+        .iter()
+        .all(|r| granted.iter().any(|g| grants(g.as_ref(), r)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_grants_family_only() {
+        assert!(grants("pf.backup.*", "pf.backup.create"));
+        assert!(grants("pf.backup.*", "pf.backup.promote"));
+        assert!(!grants("pf.backup.*", "pf.dr-drill.run"));
+        assert!(!grants("pf.backup*", "pf.backupx.create"));
+        assert!(!grants("pf.backup.create", "pf.backup.restore"));
+        assert!(grants("pf.*", "pf.dr-drill.run"));
+        assert!(grants("*", "pf.dr-drill.run"));
+    }
+
+    #[test]
+    fn promote_needs_both() {
+        let req = [PERM_BACKUP_RESTORE, PERM_BACKUP_PROMOTE];
+        assert!(!authorized(&["pf.backup.promote"], &req));
+        assert!(!authorized(&["pf.backup.restore"], &req));
+        assert!(authorized(&["pf.backup.restore", "pf.backup.promote"], &req));
+        assert!(authorized(&["pf.backup.*"], &req));
+    }
+}

@@ -1,0 +1,130 @@
+//! Building event envelopes.
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use crate::ids::{CommandId, EventId, OrganizationId};
+use crate::topology::event_routing_key;
+use crate::v1::{CommandRejected, EventEnvelope, event_envelope::Event};
+use crate::validate::Rejection;
+
+pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
+    Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+}
+
+pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?)
+}
+
+/// The event type: the name of the oneof field (`backup_completed`, `command_rejected`, ...).
+pub fn event_type(event: &Event) -> &'static str {
+    match event {
+        Event::BackupStarted(_) => "backup_started",
+        Event::BackupCompleted(_) => "backup_completed",
+        Event::BackupFailed(_) => "backup_failed",
+        Event::RestoreInitiated(_) => "restore_initiated",
+        Event::RestoreCompleted(_) => "restore_completed",
+        Event::RestoreFailed(_) => "restore_failed",
+        Event::DrDrillCompleted(_) => "dr_drill_completed",
+        Event::VerifyCompleted(_) => "verify_completed",
+        Event::CommandRejected(_) => "command_rejected",
+    }
+}
+
+/// Every event type name, in field order.
+pub const EVENT_TYPES: [&str; 9] = [
+    "backup_started",
+    "backup_completed",
+    "backup_failed",
+    "restore_initiated",
+    "restore_completed",
+    "restore_failed",
+    "dr_drill_completed",
+    "verify_completed",
+    "command_rejected",
+];
+
+/// A fresh envelope around `event`.
+pub fn envelope(
+    organization_id: Option<OrganizationId>,
+    correlation_id: &str,
+    causation_id: Option<CommandId>,
+    event: Event,
+) -> EventEnvelope {
+    EventEnvelope {
+        event_id: EventId::new().to_string(),
+        organization_id: organization_id.map(|o| o.to_string()).unwrap_or_default(),
+        occurred_at: Some(timestamp(Utc::now())),
+        correlation_id: correlation_id.to_string(),
+        causation_id: causation_id.map(|c| c.to_string()).unwrap_or_default(),
+        event: Some(event),
+    }
+}
+
+/// The `command_rejected` event for a rejection.
+pub fn rejected(r: &Rejection) -> EventEnvelope {
+    envelope(
+        r.organization_id,
+        &r.correlation_id,
+        r.command_id,
+        Event::CommandRejected(CommandRejected {
+            command_id: r.command_id.map(|c| c.to_string()).unwrap_or_default(),
+            reason_code: r.code.as_str().to_string(),
+            message: r.message.clone(),
+        }),
+    )
+}
+
+/// Routing key of an envelope on `dr.events`.
+pub fn routing_key(env: &EventEnvelope) -> String {
+    let org = env.organization_id.parse::<OrganizationId>().ok();
+    let ty = env.event.as_ref().map(event_type).unwrap_or("unknown");
+    event_routing_key(ty, org.as_ref())
+}
+
+fn ts_json(t: &Option<Timestamp>) -> serde_json::Value {
+    match t.as_ref().and_then(from_timestamp) {
+        Some(t) => serde_json::Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn mode_json(m: i32) -> &'static str {
+    match crate::v1::RestoreMode::try_from(m) {
+        Ok(crate::v1::RestoreMode::Staging) => "staging",
+        Ok(crate::v1::RestoreMode::Promote) => "promote",
+        _ => "unspecified",
+    }
+}
+
+/// The event's fields as JSON (what the audit log stores). Keys are the proto field names.
+pub fn event_json(event: &Event) -> serde_json::Value {
+    use serde_json::json;
+    match event {
+        Event::BackupStarted(e) => json!({"backup_record_id": e.backup_record_id, "tier": e.tier}),
+        Event::BackupCompleted(e) => json!({
+            "backup_record_id": e.backup_record_id, "tier": e.tier, "byte_size": e.byte_size,
+            "checksum_sha256": e.checksum_sha256, "row_count": e.row_count,
+            "table_count": e.table_count, "snapshot_at": ts_json(&e.snapshot_at)}),
+        Event::BackupFailed(e) => json!({"backup_record_id": e.backup_record_id, "tier": e.tier,
+            "error_code": e.error_code, "message": e.message}),
+        Event::RestoreInitiated(e) => json!({"restore_job_id": e.restore_job_id,
+            "backup_record_id": e.backup_record_id, "operator": e.operator,
+            "mode": mode_json(e.mode), "snapshot_at": ts_json(&e.snapshot_at)}),
+        Event::RestoreCompleted(e) => json!({"restore_job_id": e.restore_job_id,
+            "backup_record_id": e.backup_record_id, "operator": e.operator, "mode": mode_json(e.mode),
+            "started_at": ts_json(&e.started_at), "finished_at": ts_json(&e.finished_at),
+            "row_count": e.row_count, "staging_schema": e.staging_schema}),
+        Event::RestoreFailed(e) => json!({"restore_job_id": e.restore_job_id,
+            "backup_record_id": e.backup_record_id, "operator": e.operator,
+            "error_code": e.error_code, "message": e.message}),
+        Event::DrDrillCompleted(e) => json!({"drill_report_id": e.drill_report_id,
+            "backup_record_id": e.backup_record_id, "passed": e.passed,
+            "measured_rto_ms": e.measured_rto_ms, "measured_rpo_ms": e.measured_rpo_ms,
+            "checks": e.checks.iter().map(|c| json!({"name": c.name, "passed": c.passed, "detail": c.detail})).collect::<Vec<_>>()}),
+        Event::VerifyCompleted(e) => json!({"backup_record_id": e.backup_record_id, "ok": e.ok,
+            "error_code": e.error_code}),
+        Event::CommandRejected(e) => json!({"command_id": e.command_id, "reason_code": e.reason_code,
+            "message": e.message}),
+    }
+}

@@ -1,0 +1,82 @@
+//! Broker topology names and message properties (wire contract v1).
+//!
+//! Every process declares this topology idempotently at start; see `drfleet-infra::amqp`.
+
+use crate::ids::OrganizationId;
+
+/// Topic exchange commands are published to; routing key `<kind>.<organization_id>`.
+pub const COMMANDS_EXCHANGE: &str = "dr.commands";
+/// Topic exchange events are published to; routing key `<event_type>.<organization_id>`.
+pub const EVENTS_EXCHANGE: &str = "dr.events";
+/// Fanout exchange every command queue dead-letters into.
+pub const DEAD_LETTER_EXCHANGE: &str = "dr.dead-letter";
+/// Quorum queue bound to [`DEAD_LETTER_EXCHANGE`].
+pub const DEAD_LETTER_QUEUE: &str = "dr.dead-letter";
+/// Quorum queue of the audit sink, bound to [`EVENTS_EXCHANGE`] with `#`.
+pub const AUDIT_QUEUE: &str = "dr.audit";
+/// Redeliveries after which a command is dead-lettered instead of requeued.
+pub const DELIVERY_LIMIT: i64 = 5;
+
+/// `content_type` of every message.
+pub const CONTENT_TYPE: &str = "application/x-protobuf";
+/// `type` property of a command message.
+pub const COMMAND_MESSAGE_TYPE: &str = "dr.v1.CommandEnvelope";
+/// `type` property of an event message.
+pub const EVENT_MESSAGE_TYPE: &str = "dr.v1.EventEnvelope";
+/// Stands in for the organization in an event routing key when none could be read.
+pub const UNKNOWN_ORG: &str = "unknown";
+
+/// The four command kinds, one queue each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandKind {
+    Backup,
+    Restore,
+    Drill,
+    Verify,
+}
+
+impl CommandKind {
+    pub const ALL: [CommandKind; 4] = [Self::Backup, Self::Restore, Self::Drill, Self::Verify];
+
+    /// `backup`, `restore`, `drill` or `verify`: the routing-key prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Backup => "backup",
+            Self::Restore => "restore",
+            Self::Drill => "drill",
+            Self::Verify => "verify",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The quorum queue consuming this kind, e.g. `dr.backup`.
+    pub fn queue(self) -> &'static str {
+        match self {
+            Self::Backup => "dr.backup",
+            Self::Restore => "dr.restore",
+            Self::Drill => "dr.drill",
+            Self::Verify => "dr.verify",
+        }
+    }
+
+    /// Binding key of [`Self::queue`] on [`COMMANDS_EXCHANGE`], e.g. `backup.*`.
+    pub fn binding_key(self) -> String {
+        format!("{}.*", self.as_str())
+    }
+
+    /// Routing key to publish a command of this kind for `org`.
+    pub fn routing_key(self, org: &OrganizationId) -> String {
+        format!("{}.{}", self.as_str(), org)
+    }
+}
+
+/// Routing key of an event: `<event_type>.<organization_id or "unknown">`.
+pub fn event_routing_key(event_type: &str, org: Option<&OrganizationId>) -> String {
+    match org {
+        Some(o) => format!("{event_type}.{o}"),
+        None => format!("{event_type}.{UNKNOWN_ORG}"),
+    }
+}

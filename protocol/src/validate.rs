@@ -1,0 +1,341 @@
+//! Decoding and validation of commands.
+//!
+//! [`decode_command`] is the single gate every delivery passes: it returns a
+//! [`ValidCommand`] whose fields are typed, or a [`Rejection`] whose message names the
+//! offending field but never repeats its value (a value may be a token or tenant text).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+
+use crate::ids::{BackupRecordId, CommandId, OrganizationId};
+use crate::topology::CommandKind;
+use crate::v1::{self, command_envelope::Command};
+
+/// `reason_code` of a `command_rejected` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReasonCode {
+    Malformed,
+    Unauthenticated,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+    Conflict,
+}
+
+impl ReasonCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "MALFORMED",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden => "FORBIDDEN",
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::NotFound => "NOT_FOUND",
+            Self::Conflict => "CONFLICT",
+        }
+    }
+}
+
+impl fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a command is refused. `message` is built from static text and field names only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Rejection {
+    pub code: ReasonCode,
+    pub message: String,
+    /// The command id, when it could be read (echoed in the event).
+    pub command_id: Option<CommandId>,
+    /// The organization, when it could be read (routes the event).
+    pub organization_id: Option<OrganizationId>,
+    /// Correlation id as sent, when it passed validation.
+    pub correlation_id: String,
+}
+
+impl Rejection {
+    pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            command_id: None,
+            organization_id: None,
+            correlation_id: String::new(),
+        }
+    }
+}
+
+/// A backup request.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackupSpec {
+    pub tier: String,
+    pub policy_id: String,
+    pub reason: String,
+}
+
+/// Restore mode, with UNSPECIFIED ruled out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreMode {
+    Staging,
+    Promote,
+}
+
+impl RestoreMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Staging => "staging",
+            Self::Promote => "promote",
+        }
+    }
+    pub fn to_wire(self) -> v1::RestoreMode {
+        match self {
+            Self::Staging => v1::RestoreMode::Staging,
+            Self::Promote => v1::RestoreMode::Promote,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RestoreSpec {
+    pub backup_record_id: BackupRecordId,
+    pub mode: RestoreMode,
+    /// `None` = the source database; otherwise a configured target's name.
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DrillSpec {
+    /// `None` = the organization's newest completed backup.
+    pub backup_record_id: Option<BackupRecordId>,
+    pub tier: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VerifySpec {
+    pub backup_record_id: BackupRecordId,
+}
+
+/// The command proper; stored as JSON on its job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CommandBody {
+    Backup(BackupSpec),
+    Restore(RestoreSpec),
+    Drill(DrillSpec),
+    Verify(VerifySpec),
+}
+
+impl CommandBody {
+    pub fn kind(&self) -> CommandKind {
+        match self {
+            Self::Backup(_) => CommandKind::Backup,
+            Self::Restore(_) => CommandKind::Restore,
+            Self::Drill(_) => CommandKind::Drill,
+            Self::Verify(_) => CommandKind::Verify,
+        }
+    }
+}
+
+/// A command that passed structural validation (not yet authentication).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ValidCommand {
+    pub command_id: CommandId,
+    pub organization_id: OrganizationId,
+    pub issued_at: DateTime<Utc>,
+    /// The raw JWT. Never logged: `Debug` below omits it.
+    pub actor_token: String,
+    pub correlation_id: String,
+    pub body: CommandBody,
+}
+
+impl fmt::Debug for ValidCommand {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValidCommand")
+            .field("command_id", &self.command_id)
+            .field("organization_id", &self.organization_id)
+            .field("issued_at", &self.issued_at)
+            .field("actor_token", &"<redacted>")
+            .field("correlation_id", &self.correlation_id)
+            .field("body", &self.body)
+            .finish()
+    }
+}
+
+/// Longest accepted correlation id; it is copied onto every event.
+pub const MAX_CORRELATION_ID: usize = 128;
+/// Longest accepted actor token.
+pub const MAX_TOKEN: usize = 8192;
+
+/// Tier and target names: `[a-z0-9_-]{1,63}`, starting with a letter or digit.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && s.as_bytes()[0].is_ascii_alphanumeric()
+}
+
+fn is_printable_id(s: &str) -> bool {
+    s.len() <= MAX_CORRELATION_ID && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn invalid(field: &str, what: &str) -> Rejection {
+    Rejection::new(ReasonCode::InvalidArgument, format!("{field} {what}"))
+}
+
+/// Decode and validate one command body. `expected` is the kind the consuming queue serves;
+/// a command of another kind is refused (it was routed with a wrong key).
+pub fn decode_command(bytes: &[u8], expected: Option<CommandKind>) -> Result<ValidCommand, Rejection> {
+    let env = v1::CommandEnvelope::decode(bytes).map_err(|_| {
+        Rejection::new(ReasonCode::Malformed, "body is not a dr.v1.CommandEnvelope")
+    })?;
+    validate_envelope(env, expected)
+}
+
+/// Validate a decoded envelope; see [`decode_command`].
+pub fn validate_envelope(
+    env: v1::CommandEnvelope,
+    expected: Option<CommandKind>,
+) -> Result<ValidCommand, Rejection> {
+    // Read what identifies the command first, so that a later rejection can name it.
+    let command_id = env.command_id.parse::<CommandId>().ok();
+    let organization_id = env.organization_id.parse::<OrganizationId>().ok();
+    let correlation_id = if is_printable_id(&env.correlation_id) {
+        env.correlation_id.clone()
+    } else {
+        String::new()
+    };
+    let with_ctx = |mut r: Rejection| {
+        r.command_id = command_id;
+        r.organization_id = organization_id;
+        r.correlation_id = correlation_id.clone();
+        r
+    };
+
+    let command_id = command_id.ok_or_else(|| with_ctx(invalid("command_id", "is not a UUID")))?;
+    let organization_id =
+        organization_id.ok_or_else(|| with_ctx(invalid("organization_id", "is not a UUID")))?;
+    if !is_printable_id(&env.correlation_id) {
+        return Err(with_ctx(invalid(
+            "correlation_id",
+            "must be at most 128 printable ASCII characters",
+        )));
+    }
+    let issued_at = env
+        .issued_at
+        .as_ref()
+        .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds, u32::try_from(t.nanos).ok()?))
+        .ok_or_else(|| with_ctx(invalid("issued_at", "is missing or out of range")))?;
+    if env.actor_token.len() > MAX_TOKEN {
+        return Err(with_ctx(invalid("actor_token", "is too long")));
+    }
+    let Some(command) = env.command else {
+        return Err(with_ctx(invalid("command", "is not set (one of backup, restore, drill, verify)")));
+    };
+    let body = match command {
+        Command::Backup(b) => {
+            if !is_valid_name(&b.tier) {
+                return Err(with_ctx(invalid("backup.tier", "must match [a-z0-9_-]{1,63}")));
+            }
+            if b.policy_id.len() > 128 || b.reason.len() > 1024 {
+                return Err(with_ctx(invalid("backup", "policy_id or reason is too long")));
+            }
+            CommandBody::Backup(BackupSpec { tier: b.tier, policy_id: b.policy_id, reason: b.reason })
+        }
+        Command::Restore(r) => {
+            let backup_record_id = r
+                .backup_record_id
+                .parse()
+                .map_err(|_| with_ctx(invalid("restore.backup_record_id", "is not a UUID")))?;
+            let mode = match v1::RestoreMode::try_from(r.mode) {
+                Ok(v1::RestoreMode::Staging) => RestoreMode::Staging,
+                Ok(v1::RestoreMode::Promote) => RestoreMode::Promote,
+                _ => return Err(with_ctx(invalid("restore.mode", "must be STAGING or PROMOTE"))),
+            };
+            let target = if r.target.is_empty() {
+                None
+            } else if is_valid_name(&r.target) {
+                Some(r.target)
+            } else {
+                return Err(with_ctx(invalid(
+                    "restore.target",
+                    "must be empty or a configured target name",
+                )));
+            };
+            CommandBody::Restore(RestoreSpec { backup_record_id, mode, target })
+        }
+        Command::Drill(d) => {
+            let backup_record_id = if d.backup_record_id.is_empty() {
+                None
+            } else {
+                Some(d.backup_record_id.parse().map_err(|_| {
+                    with_ctx(invalid("drill.backup_record_id", "is not a UUID"))
+                })?)
+            };
+            if !d.tier.is_empty() && !is_valid_name(&d.tier) {
+                return Err(with_ctx(invalid("drill.tier", "must match [a-z0-9_-]{1,63}")));
+            }
+            CommandBody::Drill(DrillSpec { backup_record_id, tier: d.tier })
+        }
+        Command::Verify(v) => CommandBody::Verify(VerifySpec {
+            backup_record_id: v
+                .backup_record_id
+                .parse()
+                .map_err(|_| with_ctx(invalid("verify.backup_record_id", "is not a UUID")))?,
+        }),
+    };
+    if let Some(expected) = expected
+        && body.kind() != expected
+    {
+        return Err(with_ctx(invalid(
+            "command",
+            &format!("kind {} does not match queue {}", body.kind().as_str(), expected.queue()),
+        )));
+    }
+    Ok(ValidCommand {
+        command_id,
+        organization_id,
+        issued_at,
+        actor_token: env.actor_token,
+        correlation_id: env.correlation_id,
+        body,
+    })
+}
+
+impl ValidCommand {
+    /// Back to the wire form (used by publishers and tests).
+    pub fn to_envelope(&self) -> v1::CommandEnvelope {
+        let command = match &self.body {
+            CommandBody::Backup(b) => Command::Backup(v1::BackupCommand {
+                tier: b.tier.clone(),
+                policy_id: b.policy_id.clone(),
+                reason: b.reason.clone(),
+            }),
+            CommandBody::Restore(r) => Command::Restore(v1::RestoreCommand {
+                backup_record_id: r.backup_record_id.to_string(),
+                mode: r.mode.to_wire() as i32,
+                target: r.target.clone().unwrap_or_default(),
+            }),
+            CommandBody::Drill(d) => Command::Drill(v1::DrillCommand {
+                backup_record_id: d.backup_record_id.map(|b| b.to_string()).unwrap_or_default(),
+                tier: d.tier.clone(),
+            }),
+            CommandBody::Verify(v) => Command::Verify(v1::VerifyCommand {
+                backup_record_id: v.backup_record_id.to_string(),
+            }),
+        };
+        v1::CommandEnvelope {
+            command_id: self.command_id.to_string(),
+            organization_id: self.organization_id.to_string(),
+            issued_at: Some(crate::events::timestamp(self.issued_at)),
+            actor_token: self.actor_token.clone(),
+            correlation_id: self.correlation_id.clone(),
+            command: Some(command),
+        }
+    }
+}

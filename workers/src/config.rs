@@ -1,0 +1,231 @@
+//! Worker settings: clap flags / `DR_*` env vars ([`WorkerCli`]) validated into [`WorkerConfig`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use drfleet_infra::auth::TokenVerifier;
+use drfleet_infra::config::{
+    self as cfg, BrokerArgs, ConfigError, LogArgs, LogFormat, ObjectStoreLocation, Secret,
+};
+
+/// What a worker process does. Production runs one role per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    Backup,
+    Restore,
+    Drill,
+    Verify,
+    Audit,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Backup, Role::Restore, Role::Drill, Role::Verify, Role::Audit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Backup => "backup",
+            Role::Restore => "restore",
+            Role::Drill => "drill",
+            Role::Verify => "verify",
+            Role::Audit => "audit",
+        }
+    }
+
+    /// Roles that consume commands (and so verify tokens and need the master key).
+    pub fn command_kind(self) -> Option<drfleet_protocol::topology::CommandKind> {
+        use drfleet_protocol::topology::CommandKind as K;
+        match self {
+            Role::Backup => Some(K::Backup),
+            Role::Restore => Some(K::Restore),
+            Role::Drill => Some(K::Drill),
+            Role::Verify => Some(K::Verify),
+            Role::Audit => None,
+        }
+    }
+}
+
+/// `drfleet-worker`: consumes drfleet commands (or events, for the audit role).
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "drfleet-worker", version, about)]
+pub struct WorkerCli {
+    /// Role(s) to run: backup, restore, drill, verify, audit, or all (development).
+    /// Repeat the flag, or comma-separate in DR_ROLE.
+    #[arg(long = "role", env = "DR_ROLE", value_delimiter = ',', required = true)]
+    pub roles: Vec<String>,
+
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    /// Metadata database (records, jobs, audit log).
+    #[arg(long, env = "DR_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Tenant data database; default DR_DATABASE_URL.
+    #[arg(long, env = "DR_SOURCE_DATABASE_URL", hide_env_values = true)]
+    pub source_database_url: Option<String>,
+
+    /// Artifact store: file://<path> (default ./var/objects) or s3://bucket/prefix
+    /// (credentials and endpoint from AWS_* variables, e.g. AWS_ENDPOINT_URL).
+    #[arg(long, env = "DR_OBJECT_STORE_URL", default_value = "")]
+    pub object_store_url: String,
+
+    /// Master key wrapping artifact data keys: base64 of 32 bytes.
+    #[arg(long, env = "DR_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+
+    /// Id recorded with artifacts wrapped by DR_MASTER_KEY.
+    #[arg(long, env = "DR_MASTER_KEY_ID")]
+    pub master_key_id: Option<String>,
+
+    /// Older master keys still accepted for unwrapping: id:base64,id:base64.
+    #[arg(long, env = "DR_PREVIOUS_MASTER_KEYS", hide_env_values = true, default_value = "")]
+    pub previous_master_keys: String,
+
+    /// HS256 secret for actor tokens (at least 32 bytes).
+    #[arg(long, env = "DR_AUTH_JWT_SECRET", hide_env_values = true)]
+    pub auth_jwt_secret: Option<String>,
+
+    /// PEM public key (RSA or EC P-256) for RS256/ES256 actor tokens.
+    #[arg(long, env = "DR_AUTH_JWT_PUBLIC_KEY", hide_env_values = true)]
+    pub auth_jwt_public_key: Option<String>,
+
+    /// Tenant column present in every tenant table.
+    #[arg(long, env = "DR_TENANT_COLUMN", default_value = "organization_id")]
+    pub tenant_column: String,
+
+    /// Schema holding the tenant tables.
+    #[arg(long, env = "DR_TENANT_SCHEMA", default_value = "public")]
+    pub tenant_schema: String,
+
+    /// Health, readiness and metrics listener.
+    #[arg(long, env = "DR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Jobs each role runs at once in this process.
+    #[arg(long, env = "DR_JOB_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub job_concurrency: u16,
+
+    /// Seconds a job lease lasts without a heartbeat before another worker may take the job.
+    #[arg(long, env = "DR_JOB_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
+    pub job_lease_secs: u64,
+
+    /// Seconds shutdown waits for in-flight jobs before handing them back.
+    #[arg(long, env = "DR_SHUTDOWN_GRACE_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_grace_secs: u64,
+
+    /// Name of this worker in leases and logs; default host-pid.
+    #[arg(long, env = "DR_WORKER_ID")]
+    pub worker_id: Option<String>,
+}
+
+/// Master keys, validated.
+#[derive(Debug, Clone)]
+pub struct MasterKeys {
+    pub current_id: String,
+    pub current: Secret<[u8; 32]>,
+    pub previous: Vec<(String, Secret<[u8; 32]>)>,
+}
+
+/// Validated settings of one worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub roles: Vec<Role>,
+    pub amqp_url: String,
+    pub database_url: Secret<String>,
+    pub source_database_url: Secret<String>,
+    pub object_store: ObjectStoreLocation,
+    /// Present whenever a command role runs.
+    pub master_keys: Option<MasterKeys>,
+    /// Present whenever a command role runs.
+    pub token_verifier: Option<TokenVerifier>,
+    pub tenant_column: String,
+    pub tenant_schema: String,
+    pub http_addr: SocketAddr,
+    pub log_format: LogFormat,
+    pub job_concurrency: usize,
+    pub job_lease: Duration,
+    pub shutdown_grace: Duration,
+    pub worker_id: String,
+    /// Poll interval of job runners and the outbox relay when no notification arrives.
+    pub poll_interval: Duration,
+}
+
+impl WorkerConfig {
+    /// Validate every setting; the first bad one is returned.
+    pub fn from_cli(cli: WorkerCli) -> Result<Self, ConfigError> {
+        let mut roles = Vec::new();
+        for r in &cli.roles {
+            match r.trim() {
+                "all" => roles.extend(Role::ALL),
+                s => roles.push(
+                    Role::ALL
+                        .into_iter()
+                        .find(|x| x.as_str() == s)
+                        .ok_or_else(|| ConfigError::new("DR_ROLE", "roles are backup, restore, drill, verify, audit or all"))?,
+                ),
+            }
+        }
+        roles.sort();
+        roles.dedup();
+        if roles.is_empty() {
+            return Err(ConfigError::new("DR_ROLE", "is required"));
+        }
+        let commands = roles.iter().any(|r| r.command_kind().is_some());
+
+        let database_url = cfg::postgres_url(
+            "DR_DATABASE_URL",
+            cli.database_url.as_deref().ok_or_else(|| ConfigError::new("DR_DATABASE_URL", "is required"))?,
+        )?;
+        let source_database_url = match cli.source_database_url.as_deref() {
+            Some(u) => cfg::postgres_url("DR_SOURCE_DATABASE_URL", u)?,
+            None => database_url.clone(),
+        };
+        let master_keys = if commands {
+            let key = cli.master_key.as_deref().ok_or_else(|| ConfigError::new("DR_MASTER_KEY", "is required for the backup, restore, drill and verify roles"))?;
+            let id = cli.master_key_id.as_deref().ok_or_else(|| ConfigError::new("DR_MASTER_KEY_ID", "is required with DR_MASTER_KEY"))?;
+            let previous = cfg::previous_keys("DR_PREVIOUS_MASTER_KEYS", &cli.previous_master_keys)?;
+            let current_id = cfg::key_id("DR_MASTER_KEY_ID", id)?;
+            if previous.iter().any(|(pid, _)| *pid == current_id) {
+                return Err(ConfigError::new("DR_PREVIOUS_MASTER_KEYS", "must not repeat DR_MASTER_KEY_ID"));
+            }
+            Some(MasterKeys { current: cfg::key32("DR_MASTER_KEY", key)?, current_id, previous })
+        } else {
+            None
+        };
+        let token_verifier = if commands {
+            let secret = cli.auth_jwt_secret.map(Secret::new);
+            Some(TokenVerifier::new(secret.as_ref(), cli.auth_jwt_public_key.as_deref())?)
+        } else {
+            None
+        };
+        let worker_id = match cli.worker_id {
+            Some(id) => cfg::key_id("DR_WORKER_ID", &id)?,
+            None => {
+                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect();
+                format!("{}-{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
+            }
+        };
+        Ok(Self {
+            roles,
+            amqp_url: cfg::amqp_url("DR_AMQP_URL", &cli.broker.amqp_url)?,
+            database_url,
+            source_database_url,
+            object_store: cfg::object_store_url("DR_OBJECT_STORE_URL", &cli.object_store_url)?,
+            master_keys,
+            token_verifier,
+            tenant_column: cfg::sql_ident("DR_TENANT_COLUMN", &cli.tenant_column)?,
+            tenant_schema: cfg::sql_ident("DR_TENANT_SCHEMA", &cli.tenant_schema)?,
+            http_addr: cfg::socket_addr("DR_HTTP_ADDR", &cli.http_addr)?,
+            log_format: cli.log.format()?,
+            job_concurrency: cli.job_concurrency as usize,
+            job_lease: Duration::from_secs(cli.job_lease_secs),
+            shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs),
+            worker_id,
+            poll_interval: Duration::from_secs(1),
+        })
+    }
+}

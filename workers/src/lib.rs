@@ -1,0 +1,208 @@
+//! # drfleet-workers — one runtime shared by every worker role
+//!
+//! `drfleet-worker --role <backup|restore|drill|verify|audit|all>` runs [`run`]. Layout:
+//!
+//! - [`config`]: flags/env → validated [`config::WorkerConfig`].
+//! - [`broker`]: the RabbitMQ session (topology, confirm channel, consumers, reconnect).
+//! - [`intake`]: a command delivery → validated, authenticated, deduplicated → a durable job
+//!   (or a `command_rejected` event and dead-lettering) → ack.
+//! - [`jobs`]: job runners claiming `pf_jobs` rows under a lease with heartbeat.
+//! - [`handler`]: the [`handler::JobHandler`] trait each role implements.
+//! - [`outbox`]: events written transactionally, relayed with publisher confirms.
+//! - [`audit`]: the audit sink and hash-chain verification.
+//! - [`http`]: `/health`, `/ready`, `/metrics`.
+//! - [`roles`]: the role implementations.
+//!
+//! Shutdown ([`run`]'s token): stop consuming and claiming, let in-flight jobs finish for the
+//! grace period, hand back the rest, drain the outbox, close the connection, return.
+
+pub mod audit;
+pub mod broker;
+pub mod config;
+pub mod handler;
+pub mod http;
+pub mod intake;
+pub mod jobs;
+pub mod metrics;
+pub mod outbox;
+pub mod roles;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use drfleet_infra::db;
+use drfleet_protocol::topology::CommandKind;
+
+use crate::broker::{Broker, ConsumerSpec};
+use crate::config::{Role, WorkerConfig};
+use crate::handler::Handlers;
+use crate::intake::Intake;
+use crate::metrics::Metrics;
+
+/// Why the process could not run. Display carries no secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("metadata database: {0}")]
+    Database(#[from] db::DbError),
+    #[error("cannot listen on the http address: {0}")]
+    Http(std::io::Error),
+    #[error("role setup: {0}")]
+    Role(String),
+}
+
+/// Attempts a job gets before it fails for good (worker crashes count).
+pub const MAX_JOB_ATTEMPTS: i32 = 3;
+
+/// Run the roles of `config` until `shutdown` is cancelled.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let handlers = roles::handlers_for(&config).await?;
+    run_with_handlers(config, handlers, shutdown).await
+}
+
+/// Like [`run`], with the command handlers given (tests plug theirs in here). Commands are
+/// consumed for every kind that has a handler; the audit sink runs if the audit role is set.
+pub async fn run_with_handlers(config: WorkerConfig, handlers: Handlers, shutdown: CancellationToken) -> Result<(), RunError> {
+    let pool = (|| db::connect(&config.database_url, "drfleet-worker", 16))
+        .retry(ExponentialBuilder::default().with_max_times(8).with_max_delay(Duration::from_secs(5)))
+        .when(|e| matches!(e, db::DbError::Connect { .. }))
+        .notify(|_, d| tracing::warn!(retry_in_ms = d.as_millis() as u64, "metadata database unreachable; retrying"))
+        .await?;
+    db::migrate(&pool).await?;
+    tracing::info!(roles = ?config.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), worker_id = %config.worker_id, "migrations applied; starting");
+
+    let metrics = Arc::new(Metrics::default());
+    let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(RunError::Http)?;
+    let http_stop = CancellationToken::new();
+    let http_task = tokio::spawn(http::serve(listener, pool.clone(), metrics.clone(), http_stop.clone()));
+
+    let kinds = handlers.kinds();
+    let job_wakes: HashMap<CommandKind, Arc<Notify>> = kinds.iter().map(|k| (*k, Arc::new(Notify::new()))).collect();
+    let outbox_wake = Arc::new(Notify::new());
+    let listen_stop = CancellationToken::new();
+    let listen_task = tokio::spawn(listen_notifications(pool.clone(), job_wakes.clone(), outbox_wake.clone(), listen_stop.clone()));
+
+    // Job runners.
+    let owner: Arc<str> = format!("{}-{}", config.worker_id, &uuid::Uuid::new_v4().simple().to_string()[..8]).into();
+    let abandon = CancellationToken::new();
+    let runner_ctx = jobs::RunnerCtx {
+        pool: pool.clone(),
+        owner,
+        lease: config.job_lease,
+        poll: config.poll_interval,
+        metrics: metrics.clone(),
+        stop_claiming: shutdown.clone(),
+        abandon: abandon.clone(),
+    };
+    let runners = TaskTracker::new();
+    for h in &handlers.0 {
+        for _ in 0..config.job_concurrency {
+            runners.spawn(jobs::run_runner(runner_ctx.clone(), h.clone(), job_wakes[&h.kind()].clone()));
+        }
+    }
+    runners.close();
+
+    // Consumers.
+    let mut consumers = Vec::new();
+    if !kinds.is_empty() {
+        let verifier = config.token_verifier.clone().ok_or_else(|| RunError::Role("command roles need a token verifier".into()))?;
+        for h in &handlers.0 {
+            let intake = Intake {
+                kind: h.kind(),
+                handler: h.clone(),
+                verifier: verifier.clone(),
+                pool: pool.clone(),
+                metrics: metrics.clone(),
+                job_wake: job_wakes[&h.kind()].clone(),
+                outbox_wake: outbox_wake.clone(),
+                max_attempts: MAX_JOB_ATTEMPTS,
+            };
+            consumers.push(ConsumerSpec::Commands { intake: Arc::new(intake), prefetch: 16 });
+        }
+    }
+    if config.roles.contains(&Role::Audit) {
+        let sink = audit::AuditSink { pool: pool.clone(), metrics: metrics.clone(), batch_max: 500, batch_wait: Duration::from_millis(20) };
+        consumers.push(ConsumerSpec::Audit { sink: Arc::new(sink), prefetch: 1000 });
+    }
+
+    let (pub_tx, pub_rx) = watch::channel(None);
+    let trouble = Arc::new(Notify::new());
+    let broker = Arc::new(Broker {
+        url: config.amqp_url.clone(),
+        name: format!("drfleet-worker-{}", config.worker_id),
+        consumers,
+        publisher: pub_tx,
+        trouble: trouble.clone(),
+        metrics: metrics.clone(),
+    });
+    let broker_close = CancellationToken::new();
+    let broker_task = tokio::spawn(broker.run(shutdown.clone(), broker_close.clone()));
+
+    let relay_stop = CancellationToken::new();
+    let relay_task = tokio::spawn(outbox::run_relay(
+        pool.clone(),
+        pub_rx,
+        outbox_wake.clone(),
+        trouble,
+        metrics.clone(),
+        config.poll_interval,
+        relay_stop.clone(),
+    ));
+
+    shutdown.cancelled().await;
+    tracing::info!(grace_secs = config.shutdown_grace.as_secs(), "shutting down: waiting for in-flight jobs");
+    if tokio::time::timeout(config.shutdown_grace, runners.wait()).await.is_err() {
+        tracing::warn!("shutdown grace over: handing back in-flight jobs");
+        abandon.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), runners.wait()).await;
+    }
+    relay_stop.cancel();
+    let _ = relay_task.await;
+    broker_close.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), broker_task).await;
+    listen_stop.cancel();
+    let _ = listen_task.await;
+    http_stop.cancel();
+    let _ = http_task.await;
+    pool.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Wake job runners and the relay on PostgreSQL notifications from any process; polling
+/// covers missed ones.
+async fn listen_notifications(pool: PgPool, job_wakes: HashMap<CommandKind, Arc<Notify>>, outbox_wake: Arc<Notify>, stop: CancellationToken) {
+    while !stop.is_cancelled() {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(l) => l,
+            Err(_) => {
+                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(2)) => continue }
+            }
+        };
+        if listener.listen_all(["dr_jobs", "dr_outbox"]).await.is_err() {
+            continue;
+        }
+        loop {
+            let n = tokio::select! {
+                _ = stop.cancelled() => return,
+                n = listener.recv() => n,
+            };
+            match n {
+                Ok(n) if n.channel() == "dr_outbox" => outbox_wake.notify_one(),
+                Ok(n) => {
+                    if let Some(w) = CommandKind::parse(n.payload()).and_then(|k| job_wakes.get(&k)) {
+                        w.notify_one();
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! `drfleet-worker`: parse settings, start telemetry, run until SIGTERM/SIGINT.
+
+use drfleet_infra::config::{exit_config_error, parse_cli};
+use drfleet_workers::config::{WorkerCli, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+const PROGRAM: &str = "drfleet-worker";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli: WorkerCli = parse_cli(PROGRAM);
+    let config = WorkerConfig::from_cli(cli).unwrap_or_else(|e| exit_config_error(PROGRAM, &e));
+    drfleet_infra::telemetry::init(config.log_format);
+
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::info!("signal received");
+        trigger.cancel();
+    });
+    drfleet_workers::run(config, shutdown).await?;
+    Ok(())
+}

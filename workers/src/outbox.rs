@@ -1,0 +1,131 @@
+//! Transactional outbox: events are inserted in the transaction of the state change they
+//! report and relayed to `dr.events` with publisher confirms.
+//!
+//! One relay is active across the fleet at a time (a transaction-scoped advisory lock), so
+//! events leave in commit order. A crash between publish and delete republishes a batch:
+//! delivery is at-least-once and consumers deduplicate by event_id.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use drfleet_infra::amqp::{ConfirmPublisher, message_properties, wait_confirm};
+use drfleet_protocol::events::routing_key;
+use drfleet_protocol::topology::{EVENT_MESSAGE_TYPE, EVENTS_EXCHANGE};
+use drfleet_protocol::v1::EventEnvelope;
+
+use crate::metrics::Metrics;
+
+/// Advisory lock key of the relay ("drfleet" outbox).
+const RELAY_LOCK: i64 = 0x6472_666c_6f62;
+const BATCH: i64 = 500;
+
+/// Queue `event` for publishing; commits (or not) with `tx`.
+pub async fn enqueue(tx: &mut PgConnection, event: &EventEnvelope) -> Result<(), sqlx::Error> {
+    let event_id: uuid::Uuid = event.event_id.parse().map_err(|_| sqlx::Error::Protocol("event_id is not a UUID".into()))?;
+    sqlx::query("INSERT INTO pf_outbox (event_id, routing_key, body) VALUES ($1, $2, $3)")
+        .bind(event_id)
+        .bind(routing_key(event))
+        .bind(event.encode_to_vec())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify('dr_outbox', '')").execute(&mut *tx).await?;
+    Ok(())
+}
+
+pub enum RelayOutcome {
+    Idle,
+    Published(usize),
+    /// Another process holds the relay lock.
+    NotLeader,
+}
+
+/// Publish one batch. Errors leave the rows in place.
+pub async fn relay_once(pool: &PgPool, publisher: &ConfirmPublisher) -> Result<RelayOutcome, RelayError> {
+    let mut tx = pool.begin().await?;
+    let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(RELAY_LOCK).fetch_one(&mut *tx).await?;
+    if !leader {
+        return Ok(RelayOutcome::NotLeader);
+    }
+    let rows: Vec<(i64, String, Vec<u8>, uuid::Uuid)> =
+        sqlx::query_as("SELECT seq, routing_key, body, event_id FROM pf_outbox ORDER BY seq LIMIT $1")
+            .bind(BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+    if rows.is_empty() {
+        return Ok(RelayOutcome::Idle);
+    }
+    // Pipeline: publish the whole batch, then wait for every confirm.
+    let mut pending = Vec::with_capacity(rows.len());
+    for (_, key, body, event_id) in &rows {
+        let props = message_properties(EVENT_MESSAGE_TYPE, &event_id.to_string(), None);
+        pending.push(publisher.publish(EVENTS_EXCHANGE, key, body, props).await?);
+    }
+    for p in pending {
+        wait_confirm(p).await?;
+    }
+    let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    sqlx::query("DELETE FROM pf_outbox WHERE seq = ANY($1)").bind(&seqs).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(RelayOutcome::Published(seqs.len()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("outbox database error")]
+    Db(#[from] sqlx::Error),
+    #[error("outbox publish failed: {0}")]
+    Publish(#[from] drfleet_infra::amqp::AmqpError),
+}
+
+/// Relay until shutdown; then one last bounded drain.
+pub async fn run_relay(
+    pool: PgPool,
+    mut publisher: watch::Receiver<Option<ConfirmPublisher>>,
+    wake: Arc<Notify>,
+    broker_trouble: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let current = publisher.borrow_and_update().clone();
+        let mut published_any = false;
+        if let Some(p) = current {
+            match relay_once(&pool, &p).await {
+                Ok(RelayOutcome::Published(n)) => {
+                    metrics.events_published.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    published_any = true;
+                }
+                Ok(_) => {}
+                Err(RelayError::Publish(e)) => {
+                    tracing::warn!(error = %e, "outbox relay: publish failed; will retry");
+                    broker_trouble.notify_one();
+                }
+                Err(e) => tracing::warn!(error = %e, "outbox relay: database error; will retry"),
+            }
+        }
+        if published_any {
+            continue; // more may be waiting
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = wake.notified() => {}
+            _ = publisher.changed() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+    // Final drain: bounded, best effort (what is left is published by the next relay).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < deadline {
+        let Some(p) = publisher.borrow().clone() else { break };
+        match tokio::time::timeout_at(deadline, relay_once(&pool, &p)).await {
+            Ok(Ok(RelayOutcome::Published(_))) => continue,
+            _ => break,
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Test harness: every test gets its own RabbitMQ vhost and its own PostgreSQL database, on
+//! the real services (`DR_TEST_AMQP_BASE`, `DR_TEST_PG_ADMIN_URL`, `DR_TEST_RABBITMQCTL`).
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use clap::Parser;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use prost::Message;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, message_properties};
+use drfleet_infra::auth::mint_hs256;
+use drfleet_protocol::events::event_type;
+use drfleet_protocol::topology::{COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CommandKind, EVENTS_EXCHANGE};
+use drfleet_protocol::v1::{self, EventEnvelope};
+use drfleet_protocol::{CommandId, OrganizationId};
+use drfleet_workers::config::{WorkerCli, WorkerConfig};
+
+pub const JWT_SECRET: &str = "test-secret-0123456789-abcdefghijklmnop";
+
+pub fn master_key_b64() -> String {
+    base64::engine::general_purpose::STANDARD.encode([42u8; 32])
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let bin = env_or("DR_TEST_RABBITMQCTL", "rabbitmqctl");
+    let out = Command::new(&bin).args(args).output().expect("rabbitmqctl runs");
+    assert!(out.status.success(), "rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `rabbitmqctl list_* --formatter json` as values.
+pub fn rabbit_json(args: &[&str]) -> Vec<serde_json::Value> {
+    let mut a = args.to_vec();
+    a.extend(["--formatter", "json", "--quiet"]);
+    let out = rabbitmqctl(&a);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("json from rabbitmqctl {args:?}: {e}: {out}"))
+}
+
+pub struct TestEnv {
+    pub vhost: String,
+    pub amqp_url: String,
+    pub db_name: String,
+    pub db_url: String,
+    admin_url: String,
+    pub pool: PgPool,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let vhost = format!("drtest-{id}");
+        rabbitmqctl(&["add_vhost", &vhost]);
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        let base = env_or("DR_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672");
+        let amqp_url = format!("{base}/{vhost}");
+
+        let admin_url = env_or("DR_TEST_PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        let db_name = format!("drtest_{id}");
+        let mut admin = PgConnection::connect(&admin_url).await.expect("admin connection to PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&mut admin).await.unwrap();
+        let db_url = match admin_url.rsplit_once('/') {
+            Some((prefix, _)) => format!("{prefix}/{db_name}"),
+            None => panic!("admin url needs a database"),
+        };
+        let pool = PgPool::connect(&db_url).await.unwrap();
+        drfleet_infra::db::migrate(&pool).await.unwrap();
+        Self { vhost, amqp_url, db_name, db_url, admin_url, pool }
+    }
+
+    /// Env vars for a worker process of this test.
+    pub fn worker_env(&self, http_addr: &str) -> Vec<(String, String)> {
+        vec![
+            ("DR_AMQP_URL".into(), self.amqp_url.clone()),
+            ("DR_DATABASE_URL".into(), self.db_url.clone()),
+            ("DR_MASTER_KEY".into(), master_key_b64()),
+            ("DR_MASTER_KEY_ID".into(), "test-key-1".into()),
+            ("DR_AUTH_JWT_SECRET".into(), JWT_SECRET.into()),
+            ("DR_HTTP_ADDR".into(), http_addr.into()),
+            ("DR_OBJECT_STORE_URL".into(), format!("file:///tmp/drfleet-test-objects/{}", self.db_name)),
+            ("DR_JOB_LEASE_SECS".into(), "3".into()),
+            ("DR_SHUTDOWN_GRACE_SECS".into(), "5".into()),
+        ]
+    }
+
+    /// An in-process worker config for `roles`.
+    pub fn config(&self, roles: &str) -> WorkerConfig {
+        let addr = free_addr();
+        let mut args = vec!["drfleet-worker".to_string(), "--role".into(), roles.into()];
+        for (k, v) in self.worker_env(&addr) {
+            let flag = format!("--{}", k.trim_start_matches("DR_").to_lowercase().replace('_', "-"));
+            args.push(flag);
+            args.push(v);
+        }
+        let cli = WorkerCli::try_parse_from(args).expect("test config parses");
+        let mut cfg = WorkerConfig::from_cli(cli).expect("test config validates");
+        cfg.poll_interval = Duration::from_millis(200);
+        cfg
+    }
+
+    pub async fn publisher(&self) -> (lapin::Connection, ConfirmPublisher) {
+        let conn = connect(&self.amqp_url, "test-publisher").await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        declare_topology(&ch).await.unwrap();
+        let p = ConfirmPublisher::new(&conn).await.unwrap();
+        (conn, p)
+    }
+
+    pub async fn cleanup(self) {
+        self.pool.close().await;
+        let _ = Command::new(env_or("DR_TEST_RABBITMQCTL", "rabbitmqctl")).args(["delete_vhost", &self.vhost]).output();
+        if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name))).execute(&mut admin).await;
+        }
+    }
+}
+
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+pub fn token(org: &OrganizationId, perms: &[&str]) -> String {
+    mint_hs256(JWT_SECRET, "test-actor", org, &perms.iter().map(|s| s.to_string()).collect::<Vec<_>>(), 300)
+}
+
+pub fn backup_command(org: &OrganizationId, tier: &str, token: &str) -> v1::CommandEnvelope {
+    v1::CommandEnvelope {
+        command_id: CommandId::new().to_string(),
+        organization_id: org.to_string(),
+        issued_at: Some(drfleet_protocol::events::timestamp(chrono::Utc::now())),
+        actor_token: token.to_string(),
+        correlation_id: format!("corr-{}", uuid::Uuid::new_v4().simple()),
+        command: Some(v1::command_envelope::Command::Backup(v1::BackupCommand {
+            tier: tier.into(),
+            policy_id: String::new(),
+            reason: "test".into(),
+        })),
+    }
+}
+
+pub async fn publish_raw(p: &ConfirmPublisher, kind: CommandKind, org: &str, body: &[u8], id: &str) {
+    let key = format!("{}.{}", kind.as_str(), org);
+    p.publish_confirmed(COMMANDS_EXCHANGE, &key, body, message_properties(COMMAND_MESSAGE_TYPE, id, None)).await.unwrap();
+}
+
+pub async fn publish_command(p: &ConfirmPublisher, env: &v1::CommandEnvelope) {
+    let kind = match env.command {
+        Some(v1::command_envelope::Command::Backup(_)) => CommandKind::Backup,
+        Some(v1::command_envelope::Command::Restore(_)) => CommandKind::Restore,
+        Some(v1::command_envelope::Command::Drill(_)) => CommandKind::Drill,
+        Some(v1::command_envelope::Command::Verify(_)) => CommandKind::Verify,
+        None => CommandKind::Backup,
+    };
+    publish_raw(p, kind, &env.organization_id, &env.encode_to_vec(), &env.command_id).await;
+}
+
+/// A received event with its AMQP properties.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub env: EventEnvelope,
+    pub routing_key: String,
+    pub content_type: Option<String>,
+    pub message_type: Option<String>,
+    pub message_id: Option<String>,
+    pub persistent: bool,
+}
+
+impl Received {
+    pub fn kind(&self) -> &'static str {
+        self.env.event.as_ref().map(event_type).unwrap_or("none")
+    }
+}
+
+/// Collects every event published to `dr.events` in the test's vhost.
+pub struct EventTap {
+    pub events: Arc<Mutex<Vec<Received>>>,
+    _conn: lapin::Connection,
+}
+
+impl EventTap {
+    pub async fn new(env: &TestEnv) -> Self {
+        let conn = connect(&env.amqp_url, "test-tap").await.unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        declare_topology(&ch).await.unwrap();
+        let q = ch
+            .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+            .await
+            .unwrap();
+        ch.queue_bind(q.name().clone(), EVENTS_EXCHANGE.into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
+        let mut consumer = ch.basic_consume(q.name().clone(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = consumer.next().await {
+                let env = EventEnvelope::decode(d.data.as_slice()).expect("events decode");
+                let p = &d.properties;
+                sink.lock().unwrap().push(Received {
+                    env,
+                    routing_key: d.routing_key.to_string(),
+                    content_type: p.content_type().as_ref().map(|s| s.to_string()),
+                    message_type: p.kind().as_ref().map(|s| s.to_string()),
+                    message_id: p.message_id().as_ref().map(|s| s.to_string()),
+                    persistent: *p.delivery_mode() == Some(2),
+                });
+                let _ = d.ack(BasicAckOptions::default()).await;
+            }
+        });
+        Self { events, _conn: conn }
+    }
+
+    /// Wait until `pred` holds over the events seen, or panic after `secs`.
+    pub async fn wait_until(&self, secs: u64, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            {
+                let ev = self.events.lock().unwrap();
+                if pred(&ev) {
+                    return ev.clone();
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                let ev = self.events.lock().unwrap();
+                panic!("timed out waiting for {what}; saw {:?}", ev.iter().map(|e| (e.kind(), e.env.correlation_id.clone())).collect::<Vec<_>>());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn for_correlation(&self, corr: &str) -> Vec<Received> {
+        self.events.lock().unwrap().iter().filter(|e| e.env.correlation_id == corr).cloned().collect()
+    }
+}
+
+/// Poll until `f` returns Some, or panic.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Messages ready + unacked in a queue of the vhost.
+pub fn queue_depth(vhost: &str, queue: &str) -> (u64, u64) {
+    let rows = rabbit_json(&["list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged"]);
+    let row = rows.iter().find(|r| r["name"] == queue).unwrap_or_else(|| panic!("queue {queue} exists"));
+    (row["messages_ready"].as_u64().unwrap_or(0), row["messages_unacknowledged"].as_u64().unwrap_or(0))
+}
