@@ -6,9 +6,9 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Confirmation, PublisherConfirm};
 
 use drfleet_protocol::topology::{
     AUDIT_QUEUE, COMMANDS_EXCHANGE, CONTENT_TYPE, CommandKind, DEAD_LETTER_EXCHANGE,
@@ -44,38 +44,99 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
 
 fn quorum_args(dead_letter: bool) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     if dead_letter {
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(DEAD_LETTER_EXCHANGE.into()),
+        );
         // RabbitMQ 3.10 sets no default limit on quorum queues: without one a poison message
         // that keeps crashing a consumer would be redelivered forever.
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
     }
     args
 }
 
 /// Declare the whole v1 topology. Idempotent: every process runs it at start.
 pub async fn declare_topology(ch: &Channel) -> Result<(), AmqpError> {
-    let durable_ex = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    let durable_q = QueueDeclareOptions { durable: true, ..Default::default() };
-    ch.exchange_declare(COMMANDS_EXCHANGE.into(), ExchangeKind::Topic, durable_ex, FieldTable::default()).await?;
-    ch.exchange_declare(EVENTS_EXCHANGE.into(), ExchangeKind::Topic, durable_ex, FieldTable::default()).await?;
-    ch.exchange_declare(DEAD_LETTER_EXCHANGE.into(), ExchangeKind::Fanout, durable_ex, FieldTable::default()).await?;
-    ch.queue_declare(DEAD_LETTER_QUEUE.into(), durable_q, quorum_args(false)).await?;
-    ch.queue_bind(DEAD_LETTER_QUEUE.into(), DEAD_LETTER_EXCHANGE.into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    let durable_ex = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let durable_q = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        COMMANDS_EXCHANGE.into(),
+        ExchangeKind::Topic,
+        durable_ex,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        EVENTS_EXCHANGE.into(),
+        ExchangeKind::Topic,
+        durable_ex,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.exchange_declare(
+        DEAD_LETTER_EXCHANGE.into(),
+        ExchangeKind::Fanout,
+        durable_ex,
+        FieldTable::default(),
+    )
+    .await?;
+    ch.queue_declare(DEAD_LETTER_QUEUE.into(), durable_q, quorum_args(false))
+        .await?;
+    ch.queue_bind(
+        DEAD_LETTER_QUEUE.into(),
+        DEAD_LETTER_EXCHANGE.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     for kind in CommandKind::ALL {
-        ch.queue_declare(kind.queue().into(), durable_q, quorum_args(true)).await?;
-        ch.queue_bind(kind.queue().into(), COMMANDS_EXCHANGE.into(), kind.binding_key().as_str().into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        ch.queue_declare(kind.queue().into(), durable_q, quorum_args(true))
+            .await?;
+        ch.queue_bind(
+            kind.queue().into(),
+            COMMANDS_EXCHANGE.into(),
+            kind.binding_key().as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     }
     // The audit sink's queue exists from the first process on, so no event published before
     // the sink starts is lost.
-    ch.queue_declare(AUDIT_QUEUE.into(), durable_q, quorum_args(true)).await?;
-    ch.queue_bind(AUDIT_QUEUE.into(), EVENTS_EXCHANGE.into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    ch.queue_declare(AUDIT_QUEUE.into(), durable_q, quorum_args(true))
+        .await?;
+    ch.queue_bind(
+        AUDIT_QUEUE.into(),
+        EVENTS_EXCHANGE.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     Ok(())
 }
 
 /// Properties of every drfleet message.
-pub fn message_properties(message_type: &str, message_id: &str, traceparent: Option<&str>) -> BasicProperties {
+pub fn message_properties(
+    message_type: &str,
+    message_id: &str,
+    traceparent: Option<&str>,
+) -> BasicProperties {
     let mut props = BasicProperties::default()
         .with_content_type(CONTENT_TYPE.into())
         .with_type(message_type.into())
@@ -99,7 +160,9 @@ pub struct ConfirmPublisher {
 impl ConfirmPublisher {
     pub async fn new(conn: &Connection) -> Result<Self, AmqpError> {
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self { channel })
     }
 
@@ -121,7 +184,10 @@ impl ConfirmPublisher {
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions { mandatory: true, ..Default::default() },
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
                 body,
                 props,
             )

@@ -57,10 +57,16 @@ pub const MIN_HMAC_SECRET: usize = 32;
 
 impl TokenVerifier {
     /// From `DR_AUTH_JWT_SECRET` and/or `DR_AUTH_JWT_PUBLIC_KEY` (PEM, RSA or EC P-256).
-    pub fn new(secret: Option<&Secret<String>>, public_pem: Option<&str>) -> Result<Self, ConfigError> {
+    pub fn new(
+        secret: Option<&Secret<String>>,
+        public_pem: Option<&str>,
+    ) -> Result<Self, ConfigError> {
         let hmac = match secret {
             Some(s) if s.expose().len() < MIN_HMAC_SECRET => {
-                return Err(ConfigError::new("DR_AUTH_JWT_SECRET", "must be at least 32 bytes"));
+                return Err(ConfigError::new(
+                    "DR_AUTH_JWT_SECRET",
+                    "must be at least 32 bytes",
+                ));
             }
             Some(s) => Some(DecodingKey::from_secret(s.expose().as_bytes())),
             None => None,
@@ -70,12 +76,22 @@ impl TokenVerifier {
             Some(pem) => Some(
                 DecodingKey::from_rsa_pem(pem.as_bytes())
                     .map(|k| (k, Algorithm::RS256))
-                    .or_else(|_| DecodingKey::from_ec_pem(pem.as_bytes()).map(|k| (k, Algorithm::ES256)))
-                    .map_err(|_| ConfigError::new("DR_AUTH_JWT_PUBLIC_KEY", "must be an RSA or EC P-256 public key in PEM"))?,
+                    .or_else(|_| {
+                        DecodingKey::from_ec_pem(pem.as_bytes()).map(|k| (k, Algorithm::ES256))
+                    })
+                    .map_err(|_| {
+                        ConfigError::new(
+                            "DR_AUTH_JWT_PUBLIC_KEY",
+                            "must be an RSA or EC P-256 public key in PEM",
+                        )
+                    })?,
             ),
         };
         if hmac.is_none() && public.is_none() {
-            return Err(ConfigError::new("DR_AUTH_JWT_SECRET", "is required (or DR_AUTH_JWT_PUBLIC_KEY)"));
+            return Err(ConfigError::new(
+                "DR_AUTH_JWT_SECRET",
+                "is required (or DR_AUTH_JWT_PUBLIC_KEY)",
+            ));
         }
         Ok(Self { hmac, public })
     }
@@ -85,7 +101,8 @@ impl TokenVerifier {
         if token.is_empty() {
             return Err(AuthError::Unauthenticated("missing"));
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Unauthenticated("malformed"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthError::Unauthenticated("malformed"))?;
         let (key, alg) = match (header.alg, &self.hmac, &self.public) {
             (Algorithm::HS256, Some(k), _) => (k, Algorithm::HS256),
             (alg, _, Some((k, a))) if alg == *a => (k, *a),
@@ -104,18 +121,27 @@ impl TokenVerifier {
             })
         })?;
         let c = data.claims;
-        let org = c.org.parse().map_err(|_| AuthError::Unauthenticated("org claim is not a UUID"))?;
+        let org = c
+            .org
+            .parse()
+            .map_err(|_| AuthError::Unauthenticated("org claim is not a UUID"))?;
         if c.sub.is_empty() || c.sub.len() > 256 {
             return Err(AuthError::Unauthenticated("sub claim invalid"));
         }
-        Ok(Actor { sub: c.sub, org, perms: c.perms })
+        Ok(Actor {
+            sub: c.sub,
+            org,
+            perms: c.perms,
+        })
     }
 }
 
 /// The actor may act in `org` with every `required` permission.
 pub fn authorize(actor: &Actor, org: &OrganizationId, required: &[&str]) -> Result<(), AuthError> {
     if actor.org != *org {
-        return Err(AuthError::Forbidden("token organization does not match the command"));
+        return Err(AuthError::Forbidden(
+            "token organization does not match the command",
+        ));
     }
     if !authorized(&actor.perms, required) {
         return Err(AuthError::Forbidden("missing permission"));
@@ -124,11 +150,27 @@ pub fn authorize(actor: &Actor, org: &OrganizationId, required: &[&str]) -> Resu
 }
 
 /// Mint an HS256 token (drctl, tests).
-pub fn mint_hs256(secret: &str, sub: &str, org: &OrganizationId, perms: &[String], ttl_secs: u64) -> String {
+pub fn mint_hs256(
+    secret: &str,
+    sub: &str,
+    org: &OrganizationId,
+    perms: &[String],
+    ttl_secs: u64,
+) -> String {
     let now = chrono::Utc::now().timestamp().max(0) as u64;
-    let claims = Claims { sub: sub.into(), org: org.to_string(), perms: perms.to_vec(), exp: now + ttl_secs, iat: Some(now) };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .expect("HS256 encoding of plain claims cannot fail")
+    let claims = Claims {
+        sub: sub.into(),
+        org: org.to_string(),
+        perms: perms.to_vec(),
+        exp: now + ttl_secs,
+        iat: Some(now),
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 encoding of plain claims cannot fail")
 }
 
 #[cfg(test)]
@@ -150,8 +192,14 @@ mod tests {
         assert_eq!(a.sub, "alice");
         assert_eq!(a.org, org);
         assert!(authorize(&a, &org, &["pf.backup.create"]).is_ok());
-        assert_eq!(authorize(&a, &org, &["pf.dr-drill.run"]), Err(AuthError::Forbidden("missing permission")));
-        assert!(matches!(authorize(&a, &OrganizationId::new(), &["pf.backup.create"]), Err(AuthError::Forbidden(_))));
+        assert_eq!(
+            authorize(&a, &org, &["pf.dr-drill.run"]),
+            Err(AuthError::Forbidden("missing permission"))
+        );
+        assert!(matches!(
+            authorize(&a, &OrganizationId::new(), &["pf.backup.create"]),
+            Err(AuthError::Forbidden(_))
+        ));
     }
 
     #[test]
@@ -159,22 +207,48 @@ mod tests {
         let org = OrganizationId::new();
         let v = verifier();
         assert_eq!(v.verify(""), Err(AuthError::Unauthenticated("missing")));
-        assert_eq!(v.verify("garbage"), Err(AuthError::Unauthenticated("malformed")));
+        assert_eq!(
+            v.verify("garbage"),
+            Err(AuthError::Unauthenticated("malformed"))
+        );
         let wrong = mint_hs256("another-secret-another-secret-xx", "a", &org, &[], 60);
-        assert_eq!(v.verify(&wrong), Err(AuthError::Unauthenticated("signature invalid")));
+        assert_eq!(
+            v.verify(&wrong),
+            Err(AuthError::Unauthenticated("signature invalid"))
+        );
         // Expired well past the leeway.
         let now = chrono::Utc::now().timestamp() as u64;
-        let claims = Claims { sub: "a".into(), org: org.to_string(), perms: vec![], exp: now - 600, iat: None };
-        let expired = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
-        assert_eq!(v.verify(&expired), Err(AuthError::Unauthenticated("expired")));
+        let claims = Claims {
+            sub: "a".into(),
+            org: org.to_string(),
+            perms: vec![],
+            exp: now - 600,
+            iat: None,
+        };
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            v.verify(&expired),
+            Err(AuthError::Unauthenticated("expired"))
+        );
         // alg: none, hand-made.
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let none = format!(
             "{}.{}.",
             b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
-            b64.encode(format!(r#"{{"sub":"a","org":"{org}","perms":["*"],"exp":{}}}"#, now + 600))
+            b64.encode(format!(
+                r#"{{"sub":"a","org":"{org}","perms":["*"],"exp":{}}}"#,
+                now + 600
+            ))
         );
-        assert!(matches!(v.verify(&none), Err(AuthError::Unauthenticated(_))));
+        assert!(matches!(
+            v.verify(&none),
+            Err(AuthError::Unauthenticated(_))
+        ));
     }
 
     #[test]

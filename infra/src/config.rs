@@ -41,7 +41,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(setting: &'static str, problem: impl Into<String>) -> Self {
-        Self { setting, problem: problem.into() }
+        Self {
+            setting,
+            problem: problem.into(),
+        }
     }
 }
 
@@ -57,7 +60,9 @@ pub fn exit_config_error(program: &str, err: &dyn fmt::Display) -> ! {
 pub fn parse_cli<T: clap::Parser>(program: &str) -> T {
     match T::try_parse() {
         Ok(v) => v,
-        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => e.exit(),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
         Err(e) => {
             let arg = match e.get(ContextKind::InvalidArg) {
                 Some(ContextValue::String(s)) => s.clone(),
@@ -73,7 +78,11 @@ pub fn parse_cli<T: clap::Parser>(program: &str) -> T {
                 _ => {
                     // Only the first line; it names the argument.
                     let text = e.kind().as_str().unwrap_or("bad command line").to_string();
-                    if arg.is_empty() { text } else { format!("{text}: {arg}") }
+                    if arg.is_empty() {
+                        text
+                    } else {
+                        format!("{text}: {arg}")
+                    }
                 }
             };
             exit_config_error(program, &line)
@@ -85,7 +94,13 @@ pub fn parse_cli<T: clap::Parser>(program: &str) -> T {
 #[derive(clap::Args, Debug, Clone)]
 pub struct BrokerArgs {
     /// RabbitMQ URL (vhost URL-encoded, e.g. %2f for "/").
-    #[arg(long, env = "DR_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true, hide_default_value = true)]
+    #[arg(
+        long,
+        env = "DR_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
     pub amqp_url: String,
 }
 
@@ -116,7 +131,10 @@ impl LogArgs {
 /// Validate an AMQP URL (scheme and parse), without echoing it.
 pub fn amqp_url(setting: &'static str, url: &str) -> Result<String, ConfigError> {
     if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        return Err(ConfigError::new(setting, "must be an amqp:// or amqps:// URL"));
+        return Err(ConfigError::new(
+            setting,
+            "must be an amqp:// or amqps:// URL",
+        ));
     }
     url.parse::<lapin::uri::AMQPUri>()
         .map_err(|_| ConfigError::new(setting, "is not a valid AMQP URL"))?;
@@ -151,13 +169,22 @@ pub fn key32(setting: &'static str, b64: &str) -> Result<Secret<[u8; 32]>, Confi
 pub fn key_id(setting: &'static str, id: &str) -> Result<String, ConfigError> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok { Ok(id.to_string()) } else { Err(ConfigError::new(setting, "must match [A-Za-z0-9._-]{1,64}")) }
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(id.to_string())
+    } else {
+        Err(ConfigError::new(setting, "must match [A-Za-z0-9._-]{1,64}"))
+    }
 }
 
 /// `id:base64,id:base64` — master keys that are no longer current but must still unwrap
 /// older artifacts.
-pub fn previous_keys(setting: &'static str, s: &str) -> Result<Vec<(String, Secret<[u8; 32]>)>, ConfigError> {
+pub fn previous_keys(
+    setting: &'static str,
+    s: &str,
+) -> Result<Vec<(String, Secret<[u8; 32]>)>, ConfigError> {
     s.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
@@ -175,12 +202,21 @@ pub fn sql_ident(setting: &'static str, s: &str) -> Result<String, ConfigError> 
     let ok = !s.is_empty()
         && s.len() <= 63
         && (s.as_bytes()[0].is_ascii_lowercase() || s.as_bytes()[0] == b'_')
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok { Ok(s.to_string()) } else { Err(ConfigError::new(setting, "must match [a-z_][a-z0-9_]{0,62}")) }
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(ConfigError::new(
+            setting,
+            "must match [a-z_][a-z0-9_]{0,62}",
+        ))
+    }
 }
 
 pub fn socket_addr(setting: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
-    s.parse().map_err(|_| ConfigError::new(setting, "must be host:port, e.g. 127.0.0.1:8080"))
+    s.parse()
+        .map_err(|_| ConfigError::new(setting, "must be host:port, e.g. 127.0.0.1:8080"))
 }
 
 /// Where artifacts live.
@@ -194,9 +230,13 @@ pub enum ObjectStoreLocation {
 
 /// `file:///abs/path`, `file://relative/path` (to the working directory) or `s3://bucket/prefix`.
 /// Empty = `./var/objects` under the working directory.
-pub fn object_store_url(setting: &'static str, s: &str) -> Result<ObjectStoreLocation, ConfigError> {
+pub fn object_store_url(
+    setting: &'static str,
+    s: &str,
+) -> Result<ObjectStoreLocation, ConfigError> {
     if s.is_empty() {
-        let cwd = std::env::current_dir().map_err(|_| ConfigError::new(setting, "working directory unreadable"))?;
+        let cwd = std::env::current_dir()
+            .map_err(|_| ConfigError::new(setting, "working directory unreadable"))?;
         return Ok(ObjectStoreLocation::Local(cwd.join("var").join("objects")));
     }
     if let Some(path) = s.strip_prefix("file://") {
@@ -216,7 +256,9 @@ pub fn object_store_url(setting: &'static str, s: &str) -> Result<ObjectStoreLoc
     if let Some(rest) = s.strip_prefix("s3://") {
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let valid_bucket = (3..=63).contains(&bucket.len())
-            && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
         if !valid_bucket {
             return Err(ConfigError::new(setting, "s3:// needs a valid bucket name"));
         }
@@ -225,7 +267,10 @@ pub fn object_store_url(setting: &'static str, s: &str) -> Result<ObjectStoreLoc
             prefix: prefix.trim_matches('/').to_string(),
         });
     }
-    Err(ConfigError::new(setting, "must be file://<path> or s3://<bucket>/<prefix>"))
+    Err(ConfigError::new(
+        setting,
+        "must be file://<path> or s3://<bucket>/<prefix>",
+    ))
 }
 
 #[cfg(test)]
@@ -235,10 +280,17 @@ mod tests {
     #[test]
     fn key_errors_never_echo_the_value() {
         let e = key32("DR_MASTER_KEY", "c2VjcmV0LW1hcmtlcg==").unwrap_err();
-        assert_eq!(e.to_string(), "invalid DR_MASTER_KEY: must decode to exactly 32 bytes");
+        assert_eq!(
+            e.to_string(),
+            "invalid DR_MASTER_KEY: must decode to exactly 32 bytes"
+        );
         let e = key32("DR_MASTER_KEY", "not base64 SECRETMARKER").unwrap_err();
         assert!(!e.to_string().contains("SECRETMARKER"));
-        let ok = key32("DR_MASTER_KEY", &base64::engine::general_purpose::STANDARD.encode([7u8; 32])).unwrap();
+        let ok = key32(
+            "DR_MASTER_KEY",
+            &base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        )
+        .unwrap();
         assert_eq!(ok.expose(), &[7u8; 32]);
         assert_eq!(format!("{ok:?}"), "<redacted>");
     }
@@ -247,9 +299,16 @@ mod tests {
     fn previous_keys_parse() {
         let k = base64::engine::general_purpose::STANDARD.encode([1u8; 32]);
         let v = previous_keys("DR_PREVIOUS_MASTER_KEYS", &format!("old-1:{k}, old-2:{k}")).unwrap();
-        assert_eq!(v.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>(), ["old-1", "old-2"]);
+        assert_eq!(
+            v.iter().map(|(i, _)| i.as_str()).collect::<Vec<_>>(),
+            ["old-1", "old-2"]
+        );
         assert!(previous_keys("DR_PREVIOUS_MASTER_KEYS", "nocolon").is_err());
-        assert!(previous_keys("DR_PREVIOUS_MASTER_KEYS", "").unwrap().is_empty());
+        assert!(
+            previous_keys("DR_PREVIOUS_MASTER_KEYS", "")
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -265,7 +324,10 @@ mod tests {
     fn object_store_urls() {
         assert_eq!(
             object_store_url("DR_OBJECT_STORE_URL", "s3://my-bucket/a/b/").unwrap(),
-            ObjectStoreLocation::S3 { bucket: "my-bucket".into(), prefix: "a/b".into() }
+            ObjectStoreLocation::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b".into()
+            }
         );
         assert_eq!(
             object_store_url("DR_OBJECT_STORE_URL", "file:///tmp/x").unwrap(),

@@ -12,7 +12,11 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database unreachable (sqlstate {sqlstate:?})")]
-    Connect { sqlstate: Option<String>, #[source] source: sqlx::Error },
+    Connect {
+        sqlstate: Option<String>,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("migrations failed")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
@@ -22,14 +26,20 @@ pub async fn connect(url: &Secret<String>, app: &str, max: u32) -> Result<PgPool
     let opts: PgConnectOptions = url
         .expose()
         .parse::<PgConnectOptions>()
-        .map_err(|e| DbError::Connect { sqlstate: None, source: e })?
+        .map_err(|e| DbError::Connect {
+            sqlstate: None,
+            source: e,
+        })?
         .application_name(app);
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(opts)
         .await
-        .map_err(|e| DbError::Connect { sqlstate: crate::error::sqlstate(&e), source: e })
+        .map_err(|e| DbError::Connect {
+            sqlstate: crate::error::sqlstate(&e),
+            source: e,
+        })
 }
 
 /// Apply pending migrations. sqlx holds a PostgreSQL advisory lock meanwhile, so several

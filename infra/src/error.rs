@@ -19,8 +19,10 @@ impl Retry for sqlx::Error {
                 // 40001 serialization_failure, 40P01 deadlock, 55P03 lock_not_available,
                 // 57P01 admin_shutdown, 08* connection exceptions, 53* insufficient resources.
                 let code = db.code().unwrap_or_default();
-                matches!(code.as_ref(), "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03")
-                    || code.starts_with("08")
+                matches!(
+                    code.as_ref(),
+                    "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03"
+                ) || code.starts_with("08")
                     || code.starts_with("53")
             }
             _ => false,

@@ -1,7 +1,7 @@
 //! Permission keys (wire contract v1) and the wildcard rule.
 
-use crate::validate::RestoreMode;
 use crate::validate::CommandBody;
+use crate::validate::RestoreMode;
 
 pub const PERM_BACKUP_CREATE: &str = "pf.backup.create";
 pub const PERM_BACKUP_RESTORE: &str = "pf.backup.restore";
@@ -62,7 +62,10 @@ mod tests {
         let req = [PERM_BACKUP_RESTORE, PERM_BACKUP_PROMOTE];
         assert!(!authorized(&["pf.backup.promote"], &req));
         assert!(!authorized(&["pf.backup.restore"], &req));
-        assert!(authorized(&["pf.backup.restore", "pf.backup.promote"], &req));
+        assert!(authorized(
+            &["pf.backup.restore", "pf.backup.promote"],
+            &req
+        ));
         assert!(authorized(&["pf.backup.*"], &req));
     }
 }

@@ -9,7 +9,10 @@ use crate::v1::{CommandRejected, EventEnvelope, event_envelope::Event};
 use crate::validate::Rejection;
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
-    Timestamp { seconds: t.timestamp(), nanos: t.timestamp_subsec_nanos() as i32 }
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
 }
 
 pub fn from_timestamp(t: &Timestamp) -> Option<DateTime<Utc>> {
@@ -124,7 +127,9 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             "checks": e.checks.iter().map(|c| json!({"name": c.name, "passed": c.passed, "detail": c.detail})).collect::<Vec<_>>()}),
         Event::VerifyCompleted(e) => json!({"backup_record_id": e.backup_record_id, "ok": e.ok,
             "error_code": e.error_code}),
-        Event::CommandRejected(e) => json!({"command_id": e.command_id, "reason_code": e.reason_code,
-            "message": e.message}),
+        Event::CommandRejected(e) => {
+            json!({"command_id": e.command_id, "reason_code": e.reason_code,
+            "message": e.message})
+        }
     }
 }

@@ -190,7 +190,10 @@ fn invalid(field: &str, what: &str) -> Rejection {
 
 /// Decode and validate one command body. `expected` is the kind the consuming queue serves;
 /// a command of another kind is refused (it was routed with a wrong key).
-pub fn decode_command(bytes: &[u8], expected: Option<CommandKind>) -> Result<ValidCommand, Rejection> {
+pub fn decode_command(
+    bytes: &[u8],
+    expected: Option<CommandKind>,
+) -> Result<ValidCommand, Rejection> {
     let env = v1::CommandEnvelope::decode(bytes).map_err(|_| {
         Rejection::new(ReasonCode::Malformed, "body is not a dr.v1.CommandEnvelope")
     })?;
@@ -235,17 +238,30 @@ pub fn validate_envelope(
         return Err(with_ctx(invalid("actor_token", "is too long")));
     }
     let Some(command) = env.command else {
-        return Err(with_ctx(invalid("command", "is not set (one of backup, restore, drill, verify)")));
+        return Err(with_ctx(invalid(
+            "command",
+            "is not set (one of backup, restore, drill, verify)",
+        )));
     };
     let body = match command {
         Command::Backup(b) => {
             if !is_valid_name(&b.tier) {
-                return Err(with_ctx(invalid("backup.tier", "must match [a-z0-9_-]{1,63}")));
+                return Err(with_ctx(invalid(
+                    "backup.tier",
+                    "must match [a-z0-9_-]{1,63}",
+                )));
             }
             if b.policy_id.len() > 128 || b.reason.len() > 1024 {
-                return Err(with_ctx(invalid("backup", "policy_id or reason is too long")));
+                return Err(with_ctx(invalid(
+                    "backup",
+                    "policy_id or reason is too long",
+                )));
             }
-            CommandBody::Backup(BackupSpec { tier: b.tier, policy_id: b.policy_id, reason: b.reason })
+            CommandBody::Backup(BackupSpec {
+                tier: b.tier,
+                policy_id: b.policy_id,
+                reason: b.reason,
+            })
         }
         Command::Restore(r) => {
             let backup_record_id = r
@@ -255,7 +271,12 @@ pub fn validate_envelope(
             let mode = match v1::RestoreMode::try_from(r.mode) {
                 Ok(v1::RestoreMode::Staging) => RestoreMode::Staging,
                 Ok(v1::RestoreMode::Promote) => RestoreMode::Promote,
-                _ => return Err(with_ctx(invalid("restore.mode", "must be STAGING or PROMOTE"))),
+                _ => {
+                    return Err(with_ctx(invalid(
+                        "restore.mode",
+                        "must be STAGING or PROMOTE",
+                    )));
+                }
             };
             let target = if r.target.is_empty() {
                 None
@@ -267,20 +288,31 @@ pub fn validate_envelope(
                     "must be empty or a configured target name",
                 )));
             };
-            CommandBody::Restore(RestoreSpec { backup_record_id, mode, target })
+            CommandBody::Restore(RestoreSpec {
+                backup_record_id,
+                mode,
+                target,
+            })
         }
         Command::Drill(d) => {
-            let backup_record_id = if d.backup_record_id.is_empty() {
-                None
-            } else {
-                Some(d.backup_record_id.parse().map_err(|_| {
-                    with_ctx(invalid("drill.backup_record_id", "is not a UUID"))
-                })?)
-            };
+            let backup_record_id =
+                if d.backup_record_id.is_empty() {
+                    None
+                } else {
+                    Some(d.backup_record_id.parse().map_err(|_| {
+                        with_ctx(invalid("drill.backup_record_id", "is not a UUID"))
+                    })?)
+                };
             if !d.tier.is_empty() && !is_valid_name(&d.tier) {
-                return Err(with_ctx(invalid("drill.tier", "must match [a-z0-9_-]{1,63}")));
+                return Err(with_ctx(invalid(
+                    "drill.tier",
+                    "must match [a-z0-9_-]{1,63}",
+                )));
             }
-            CommandBody::Drill(DrillSpec { backup_record_id, tier: d.tier })
+            CommandBody::Drill(DrillSpec {
+                backup_record_id,
+                tier: d.tier,
+            })
         }
         Command::Verify(v) => CommandBody::Verify(VerifySpec {
             backup_record_id: v
@@ -294,7 +326,11 @@ pub fn validate_envelope(
     {
         return Err(with_ctx(invalid(
             "command",
-            &format!("kind {} does not match queue {}", body.kind().as_str(), expected.queue()),
+            &format!(
+                "kind {} does not match queue {}",
+                body.kind().as_str(),
+                expected.queue()
+            ),
         )));
     }
     Ok(ValidCommand {
@@ -322,7 +358,10 @@ impl ValidCommand {
                 target: r.target.clone().unwrap_or_default(),
             }),
             CommandBody::Drill(d) => Command::Drill(v1::DrillCommand {
-                backup_record_id: d.backup_record_id.map(|b| b.to_string()).unwrap_or_default(),
+                backup_record_id: d
+                    .backup_record_id
+                    .map(|b| b.to_string())
+                    .unwrap_or_default(),
                 tier: d.tier.clone(),
             }),
             CommandBody::Verify(v) => Command::Verify(v1::VerifyCommand {

@@ -55,7 +55,12 @@ impl AuditRecord {
             event_type: event_type(event).to_string(),
             organization_id: Uuid::parse_str(&env.organization_id).ok(),
             // PostgreSQL keeps microseconds; truncate now so the canonical bytes match later.
-            occurred_at: DateTime::from_timestamp_micros(env.occurred_at.as_ref().and_then(from_timestamp)?.timestamp_micros())?,
+            occurred_at: DateTime::from_timestamp_micros(
+                env.occurred_at
+                    .as_ref()
+                    .and_then(from_timestamp)?
+                    .timestamp_micros(),
+            )?,
             causation_id: env.causation_id.chars().take(128).collect(),
             correlation_id: env.correlation_id.chars().take(128).collect(),
             payload: event_json(event),
@@ -103,30 +108,43 @@ pub async fn store_batch(pool: &PgPool, records: &[AuditRecord]) -> Result<usize
     // Serialize appends per chain across sinks; lock in a fixed order to avoid deadlocks.
     let chains: BTreeSet<Uuid> = records.iter().map(AuditRecord::chain_org).collect();
     for c in &chains {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))").bind(c).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))")
+            .bind(c)
+            .execute(&mut *tx)
+            .await?;
     }
     let ids: Vec<Uuid> = records.iter().map(|r| r.event_id).collect();
-    let mut seen: HashSet<Uuid> = sqlx::query_scalar("SELECT event_id FROM pf_audit_events WHERE event_id = ANY($1)")
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
+    let mut seen: HashSet<Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM pf_audit_events WHERE event_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
     let chain_list: Vec<Uuid> = chains.iter().copied().collect();
-    let mut heads: HashMap<Uuid, (i64, Vec<u8>)> = sqlx::query("SELECT chain_org, chain_seq, hash FROM pf_audit_heads WHERE chain_org = ANY($1)")
-        .bind(&chain_list)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .map(|r| (r.get::<Uuid, _>(0), (r.get::<i64, _>(1), r.get::<Vec<u8>, _>(2))))
-        .collect();
+    let mut heads: HashMap<Uuid, (i64, Vec<u8>)> = sqlx::query(
+        "SELECT chain_org, chain_seq, hash FROM pf_audit_heads WHERE chain_org = ANY($1)",
+    )
+    .bind(&chain_list)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| {
+        (
+            r.get::<Uuid, _>(0),
+            (r.get::<i64, _>(1), r.get::<Vec<u8>, _>(2)),
+        )
+    })
+    .collect();
 
     let mut cols = InsertColumns::default();
     for r in records {
         if !seen.insert(r.event_id) {
             continue;
         }
-        let head = heads.entry(r.chain_org()).or_insert_with(|| (0, GENESIS.to_vec()));
+        let head = heads
+            .entry(r.chain_org())
+            .or_insert_with(|| (0, GENESIS.to_vec()));
         let seq = head.0 + 1;
         let canonical = r.canonical(seq);
         let hash = chain_hash(&head.1, &canonical);
@@ -189,7 +207,14 @@ struct InsertColumns {
 }
 
 impl InsertColumns {
-    fn push(&mut self, r: &AuditRecord, seq: i64, canonical: Vec<u8>, prev: Vec<u8>, hash: Vec<u8>) {
+    fn push(
+        &mut self,
+        r: &AuditRecord,
+        seq: i64,
+        canonical: Vec<u8>,
+        prev: Vec<u8>,
+        hash: Vec<u8>,
+    ) {
         self.event_id.push(r.event_id);
         self.event_type.push(r.event_type.clone());
         self.organization_id.push(r.organization_id);
@@ -215,7 +240,10 @@ pub struct BrokenLink {
 
 /// Walk chains (one organization's, or all) and report the first broken link.
 /// Returns the number of rows checked.
-pub async fn verify_chains(pool: &PgPool, org: Option<Uuid>) -> Result<Result<u64, BrokenLink>, sqlx::Error> {
+pub async fn verify_chains(
+    pool: &PgPool,
+    org: Option<Uuid>,
+) -> Result<Result<u64, BrokenLink>, sqlx::Error> {
     let chains: Vec<(Uuid, i64, Vec<u8>)> = sqlx::query_as(
         "SELECT chain_org, chain_seq, hash FROM pf_audit_heads WHERE $1::uuid IS NULL OR chain_org = $1 ORDER BY chain_org",
     )
@@ -232,7 +260,13 @@ pub async fn verify_chains(pool: &PgPool, org: Option<Uuid>) -> Result<Result<u6
         .fetch(pool);
         let mut expect_seq = 1i64;
         let mut prev = GENESIS.to_vec();
-        let broken = |seq, problem| Ok(Err(BrokenLink { chain_org: chain, chain_seq: seq, problem }));
+        let broken = |seq, problem| {
+            Ok(Err(BrokenLink {
+                chain_org: chain,
+                chain_seq: seq,
+                problem,
+            }))
+        };
         while let Some(row) = rows.next().await {
             let row = row?;
             let seq: i64 = row.get("chain_seq");
@@ -268,7 +302,10 @@ pub async fn verify_chains(pool: &PgPool, org: Option<Uuid>) -> Result<Result<u6
             checked += 1;
         }
         if expect_seq - 1 != head_seq || prev != head_hash {
-            return broken(expect_seq, "chain ends before its recorded head (rows deleted)");
+            return broken(
+                expect_seq,
+                "chain ends before its recorded head (rows deleted)",
+            );
         }
     }
     Ok(Ok(checked))
@@ -308,11 +345,19 @@ pub async fn consume_loop(mut consumer: Consumer, sink: Arc<AuditSink>, stop: Ca
     }
 }
 
-async fn settle_batch(sink: &AuditSink, batch: Vec<Delivery>, stop: &CancellationToken) -> Result<(), lapin::Error> {
+async fn settle_batch(
+    sink: &AuditSink,
+    batch: Vec<Delivery>,
+    stop: &CancellationToken,
+) -> Result<(), lapin::Error> {
     let mut records = Vec::with_capacity(batch.len());
     let mut good = Vec::with_capacity(batch.len());
     for d in batch {
-        match EventEnvelope::decode(d.data.as_slice()).ok().as_ref().and_then(AuditRecord::from_envelope) {
+        match EventEnvelope::decode(d.data.as_slice())
+            .ok()
+            .as_ref()
+            .and_then(AuditRecord::from_envelope)
+        {
             Some(r) => {
                 records.push(r);
                 good.push(d);
@@ -330,7 +375,9 @@ async fn settle_batch(sink: &AuditSink, batch: Vec<Delivery>, stop: &Cancellatio
     loop {
         match store_batch(&sink.pool, &records).await {
             Ok(n) => {
-                sink.metrics.audit_events_stored.fetch_add(n as u64, Ordering::Relaxed);
+                sink.metrics
+                    .audit_events_stored
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 break;
             }
             Err(e) if e.is_transient() && !stop.is_cancelled() => {
@@ -341,7 +388,11 @@ async fn settle_batch(sink: &AuditSink, batch: Vec<Delivery>, stop: &Cancellatio
             Err(e) => {
                 tracing::warn!(error = %e, "audit: batch not stored; requeued");
                 for d in good {
-                    d.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?;
+                    d.nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?;
                 }
                 return Ok(());
             }

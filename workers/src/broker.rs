@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
+use lapin::Consumer;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::Consumer;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +22,14 @@ use crate::metrics::Metrics;
 
 /// What a session consumes.
 pub enum ConsumerSpec {
-    Commands { intake: Arc<Intake>, prefetch: u16 },
-    Audit { sink: Arc<crate::audit::AuditSink>, prefetch: u16 },
+    Commands {
+        intake: Arc<Intake>,
+        prefetch: u16,
+    },
+    Audit {
+        sink: Arc<crate::audit::AuditSink>,
+        prefetch: u16,
+    },
 }
 
 impl ConsumerSpec {
@@ -35,7 +41,9 @@ impl ConsumerSpec {
     }
     fn prefetch(&self) -> u16 {
         match self {
-            ConsumerSpec::Commands { prefetch, .. } | ConsumerSpec::Audit { prefetch, .. } => *prefetch,
+            ConsumerSpec::Commands { prefetch, .. } | ConsumerSpec::Audit { prefetch, .. } => {
+                *prefetch
+            }
         }
     }
 }
@@ -66,19 +74,26 @@ impl Broker {
         let mut first = true;
         while !shutdown.is_cancelled() {
             if !first {
-                self.metrics.broker_reconnects.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .broker_reconnects
+                    .fetch_add(1, Ordering::Relaxed);
             }
             first = false;
             match self.session(&shutdown, &close).await {
                 Ok(()) => break,
                 Err(SessionEnd::Lost(established)) => {
                     self.publisher.send_replace(None);
-                    self.metrics.broker_connected.store(false, Ordering::Relaxed);
+                    self.metrics
+                        .broker_connected
+                        .store(false, Ordering::Relaxed);
                     if established {
                         delays = backoff();
                     }
                     let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                    tracing::warn!(retry_in_ms = delay.as_millis() as u64, "broker connection lost; reconnecting");
+                    tracing::warn!(
+                        retry_in_ms = delay.as_millis() as u64,
+                        "broker connection lost; reconnecting"
+                    );
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(delay) => {}
@@ -87,11 +102,19 @@ impl Broker {
             }
         }
         self.publisher.send_replace(None);
-        self.metrics.broker_connected.store(false, Ordering::Relaxed);
+        self.metrics
+            .broker_connected
+            .store(false, Ordering::Relaxed);
     }
 
-    async fn session(&self, shutdown: &CancellationToken, close: &CancellationToken) -> Result<(), SessionEnd> {
-        let conn = connect(&self.url, &self.name).await.map_err(|e| lost(false, &e))?;
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        close: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        let conn = connect(&self.url, &self.name)
+            .await
+            .map_err(|e| lost(false, &e))?;
         let setup = async {
             let ch = conn.create_channel().await?;
             declare_topology(&ch).await?;
@@ -100,10 +123,16 @@ impl Broker {
             let mut consumers = Vec::new();
             for spec in &self.consumers {
                 let ch = conn.create_channel().await?;
-                ch.basic_qos(spec.prefetch(), BasicQosOptions::default()).await?;
+                ch.basic_qos(spec.prefetch(), BasicQosOptions::default())
+                    .await?;
                 let tag = format!("{}-{}", self.name, spec.queue());
                 let consumer = ch
-                    .basic_consume(spec.queue().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                    .basic_consume(
+                        spec.queue().into(),
+                        tag.as_str().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
                     .await?;
                 consumers.push(consumer);
             }
@@ -126,10 +155,19 @@ impl Broker {
         for (spec, consumer) in self.consumers.iter().zip(consumers) {
             match spec {
                 ConsumerSpec::Commands { intake, .. } => {
-                    tasks.spawn(command_loop(consumer, intake.clone(), stop.clone(), shutdown.clone()));
+                    tasks.spawn(command_loop(
+                        consumer,
+                        intake.clone(),
+                        stop.clone(),
+                        shutdown.clone(),
+                    ));
                 }
                 ConsumerSpec::Audit { sink, .. } => {
-                    tasks.spawn(crate::audit::consume_loop(consumer, sink.clone(), stop.clone()));
+                    tasks.spawn(crate::audit::consume_loop(
+                        consumer,
+                        sink.clone(),
+                        stop.clone(),
+                    ));
                 }
             }
         }
@@ -155,15 +193,24 @@ impl Broker {
         };
         stop.cancel();
         // Deliveries in hand are short (a transaction); wait for them, bounded.
-        let _ = tokio::time::timeout(Duration::from_secs(10), async { while tasks.join_next().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         tasks.abort_all();
         if result.is_ok() {
             // Keep publishing possible until the relay's last drain is done.
             close.cancelled().await;
             self.publisher.send_replace(None);
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "shutdown".into())).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), conn.close(200, "shutdown".into()))
+                    .await;
         } else {
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(320, "reconnecting".into())).await;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                conn.close(320, "reconnecting".into()),
+            )
+            .await;
         }
         result
     }
@@ -179,7 +226,12 @@ fn lost(established: bool, e: &AmqpError) -> SessionEnd {
     SessionEnd::Lost(established)
 }
 
-async fn command_loop(mut consumer: Consumer, intake: Arc<Intake>, stop: CancellationToken, shutdown: CancellationToken) {
+async fn command_loop(
+    mut consumer: Consumer,
+    intake: Arc<Intake>,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) {
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return,

@@ -19,7 +19,13 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [Role::Backup, Role::Restore, Role::Drill, Role::Verify, Role::Audit];
+    pub const ALL: [Role; 5] = [
+        Role::Backup,
+        Role::Restore,
+        Role::Drill,
+        Role::Verify,
+        Role::Audit,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -78,7 +84,12 @@ pub struct WorkerCli {
     pub master_key_id: Option<String>,
 
     /// Older master keys still accepted for unwrapping: id:base64,id:base64.
-    #[arg(long, env = "DR_PREVIOUS_MASTER_KEYS", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "DR_PREVIOUS_MASTER_KEYS",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub previous_master_keys: String,
 
     /// HS256 secret for actor tokens (at least 32 bytes).
@@ -160,12 +171,14 @@ impl WorkerConfig {
         for r in &cli.roles {
             match r.trim() {
                 "all" => roles.extend(Role::ALL),
-                s => roles.push(
-                    Role::ALL
-                        .into_iter()
-                        .find(|x| x.as_str() == s)
-                        .ok_or_else(|| ConfigError::new("DR_ROLE", "roles are backup, restore, drill, verify, audit or all"))?,
-                ),
+                s => roles.push(Role::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(
+                    || {
+                        ConfigError::new(
+                            "DR_ROLE",
+                            "roles are backup, restore, drill, verify, audit or all",
+                        )
+                    },
+                )?),
             }
         }
         roles.sort();
@@ -177,27 +190,47 @@ impl WorkerConfig {
 
         let database_url = cfg::postgres_url(
             "DR_DATABASE_URL",
-            cli.database_url.as_deref().ok_or_else(|| ConfigError::new("DR_DATABASE_URL", "is required"))?,
+            cli.database_url
+                .as_deref()
+                .ok_or_else(|| ConfigError::new("DR_DATABASE_URL", "is required"))?,
         )?;
         let source_database_url = match cli.source_database_url.as_deref() {
             Some(u) => cfg::postgres_url("DR_SOURCE_DATABASE_URL", u)?,
             None => database_url.clone(),
         };
         let master_keys = if commands {
-            let key = cli.master_key.as_deref().ok_or_else(|| ConfigError::new("DR_MASTER_KEY", "is required for the backup, restore, drill and verify roles"))?;
-            let id = cli.master_key_id.as_deref().ok_or_else(|| ConfigError::new("DR_MASTER_KEY_ID", "is required with DR_MASTER_KEY"))?;
-            let previous = cfg::previous_keys("DR_PREVIOUS_MASTER_KEYS", &cli.previous_master_keys)?;
+            let key = cli.master_key.as_deref().ok_or_else(|| {
+                ConfigError::new(
+                    "DR_MASTER_KEY",
+                    "is required for the backup, restore, drill and verify roles",
+                )
+            })?;
+            let id = cli.master_key_id.as_deref().ok_or_else(|| {
+                ConfigError::new("DR_MASTER_KEY_ID", "is required with DR_MASTER_KEY")
+            })?;
+            let previous =
+                cfg::previous_keys("DR_PREVIOUS_MASTER_KEYS", &cli.previous_master_keys)?;
             let current_id = cfg::key_id("DR_MASTER_KEY_ID", id)?;
             if previous.iter().any(|(pid, _)| *pid == current_id) {
-                return Err(ConfigError::new("DR_PREVIOUS_MASTER_KEYS", "must not repeat DR_MASTER_KEY_ID"));
+                return Err(ConfigError::new(
+                    "DR_PREVIOUS_MASTER_KEYS",
+                    "must not repeat DR_MASTER_KEY_ID",
+                ));
             }
-            Some(MasterKeys { current: cfg::key32("DR_MASTER_KEY", key)?, current_id, previous })
+            Some(MasterKeys {
+                current: cfg::key32("DR_MASTER_KEY", key)?,
+                current_id,
+                previous,
+            })
         } else {
             None
         };
         let token_verifier = if commands {
             let secret = cli.auth_jwt_secret.map(Secret::new);
-            Some(TokenVerifier::new(secret.as_ref(), cli.auth_jwt_public_key.as_deref())?)
+            Some(TokenVerifier::new(
+                secret.as_ref(),
+                cli.auth_jwt_public_key.as_deref(),
+            )?)
         } else {
             None
         };
@@ -205,8 +238,17 @@ impl WorkerConfig {
             Some(id) => cfg::key_id("DR_WORKER_ID", &id)?,
             None => {
                 let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-                let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect();
-                format!("{}-{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
+                let host: String = host
+                    .trim()
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .take(40)
+                    .collect();
+                format!(
+                    "{}-{}",
+                    if host.is_empty() { "worker" } else { &host },
+                    std::process::id()
+                )
             }
         };
         Ok(Self {

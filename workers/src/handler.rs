@@ -41,10 +41,18 @@ pub struct JobError {
 
 impl JobError {
     pub fn permanent(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { code: Cow::Borrowed(code), message: message.into(), transient: false }
+        Self {
+            code: Cow::Borrowed(code),
+            message: message.into(),
+            transient: false,
+        }
     }
     pub fn transient(code: &'static str, message: impl Into<Cow<'static, str>>) -> Self {
-        Self { code: Cow::Borrowed(code), message: message.into(), transient: true }
+        Self {
+            code: Cow::Borrowed(code),
+            message: message.into(),
+            transient: true,
+        }
     }
     /// A database error, classified; only the SQLSTATE is kept.
     pub fn db(e: &sqlx::Error) -> Self {
@@ -124,7 +132,11 @@ pub trait JobHandler: Send + Sync + 'static {
         _actor: &'a Actor,
     ) -> BoxFuture<'a, Result<Admission, AdmitError>> {
         let key = format!("{}:{}", cmd.body.kind().as_str(), cmd.command_id);
-        Box::pin(async move { Ok(Admission { concurrency_key: key }) })
+        Box::pin(async move {
+            Ok(Admission {
+                concurrency_key: key,
+            })
+        })
     }
 
     /// Do the job. On success the handler has called [`JobCtx::finish_in`] in its final

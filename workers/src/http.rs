@@ -24,24 +24,49 @@ pub fn router(pool: PgPool, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
-        .route("/metrics", get(|State(s): State<AppState>| async move { s.metrics.render() }))
+        .route(
+            "/metrics",
+            get(|State(s): State<AppState>| async move { s.metrics.render() }),
+        )
         .with_state(AppState { pool, metrics })
 }
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
-    let db = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&s.pool))
-        .await
-        .map(|r| r.is_ok())
-        .unwrap_or(false);
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&s.pool),
+    )
+    .await
+    .map(|r| r.is_ok())
+    .unwrap_or(false);
     let broker = s.metrics.broker_connected.load(Ordering::Relaxed);
-    let body = format!("database: {}\nbroker: {}\n", if db { "ok" } else { "down" }, if broker { "ok" } else { "down" });
-    (if db && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
+    let body = format!(
+        "database: {}\nbroker: {}\n",
+        if db { "ok" } else { "down" },
+        if broker { "ok" } else { "down" }
+    );
+    (
+        if db && broker {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        body,
+    )
 }
 
 /// Serve until `shutdown`.
-pub async fn serve(listener: TcpListener, pool: PgPool, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let app = router(pool, metrics);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+    {
         tracing::warn!(error = %e, "http listener failed");
     }
 }

@@ -16,11 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 use drfleet_infra::Retry;
 use drfleet_infra::auth::{AuthError, TokenVerifier, authorize};
+use drfleet_protocol::JobId;
 use drfleet_protocol::auth::required_permissions;
 use drfleet_protocol::events::rejected;
 use drfleet_protocol::topology::{CONTENT_TYPE, CommandKind};
 use drfleet_protocol::validate::{ReasonCode, Rejection, ValidCommand, decode_command};
-use drfleet_protocol::JobId;
 
 use crate::handler::{AdmitError, Job, JobHandler};
 use crate::metrics::Metrics;
@@ -54,12 +54,27 @@ enum Step {
 
 impl Intake {
     /// Process and settle one delivery. Errors returned are broker errors while settling.
-    pub async fn handle(&self, delivery: Delivery, shutdown: &CancellationToken) -> Result<Disposition, lapin::Error> {
+    pub async fn handle(
+        &self,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) -> Result<Disposition, lapin::Error> {
         let disposition = self.process(&delivery, shutdown).await;
         match disposition {
             Disposition::Ack => delivery.ack(BasicAckOptions::default()).await?,
-            Disposition::DeadLetter => delivery.reject(BasicRejectOptions { requeue: false }).await?,
-            Disposition::Requeue => delivery.nack(BasicNackOptions { requeue: true, ..Default::default() }).await?,
+            Disposition::DeadLetter => {
+                delivery
+                    .reject(BasicRejectOptions { requeue: false })
+                    .await?
+            }
+            Disposition::Requeue => {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await?
+            }
         };
         Ok(disposition)
     }
@@ -96,11 +111,17 @@ impl Intake {
     }
 
     /// Everything that needs no database: decoding, validation, token, permissions.
-    fn check(&self, delivery: &Delivery) -> Result<(ValidCommand, drfleet_infra::auth::Actor), Rejection> {
+    fn check(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<(ValidCommand, drfleet_infra::auth::Actor), Rejection> {
         if let Some(ct) = delivery.properties.content_type()
             && ct.as_str() != CONTENT_TYPE
         {
-            return Err(Rejection::new(ReasonCode::Malformed, "content_type must be application/x-protobuf"));
+            return Err(Rejection::new(
+                ReasonCode::Malformed,
+                "content_type must be application/x-protobuf",
+            ));
         }
         let cmd = decode_command(&delivery.data, Some(self.kind))?;
         let ctx = |code, msg: &str| {
@@ -110,8 +131,16 @@ impl Intake {
             r.correlation_id = cmd.correlation_id.clone();
             r
         };
-        let actor = self.verifier.verify(&cmd.actor_token).map_err(|e| ctx(ReasonCode::Unauthenticated, &e.to_string()))?;
-        authorize(&actor, &cmd.organization_id, required_permissions(&cmd.body)).map_err(|e| match e {
+        let actor = self
+            .verifier
+            .verify(&cmd.actor_token)
+            .map_err(|e| ctx(ReasonCode::Unauthenticated, &e.to_string()))?;
+        authorize(
+            &actor,
+            &cmd.organization_id,
+            required_permissions(&cmd.body),
+        )
+        .map_err(|e| match e {
             AuthError::Unauthenticated(_) => ctx(ReasonCode::Unauthenticated, &e.to_string()),
             AuthError::Forbidden(_) => ctx(ReasonCode::Forbidden, &e.to_string()),
         })?;
@@ -119,7 +148,11 @@ impl Intake {
     }
 
     #[tracing::instrument(skip_all, fields(command_id = %cmd.command_id, org = %cmd.organization_id, kind = self.kind.as_str()), err)]
-    async fn accept(&self, cmd: &ValidCommand, actor: &drfleet_infra::auth::Actor) -> Result<Step, sqlx::Error> {
+    async fn accept(
+        &self,
+        cmd: &ValidCommand,
+        actor: &drfleet_infra::auth::Actor,
+    ) -> Result<Step, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let job_id = JobId::new();
         let fresh = sqlx::query(
@@ -136,7 +169,9 @@ impl Intake {
             == 1;
         if !fresh {
             tx.rollback().await?;
-            self.metrics.commands_duplicate.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .commands_duplicate
+                .fetch_add(1, Ordering::Relaxed);
             tracing::info!("duplicate command; already recorded");
             return Ok(Step::Done(Disposition::Ack));
         }
@@ -155,7 +190,9 @@ impl Intake {
                 };
                 crate::jobs::insert(&mut tx, &job, &adm.concurrency_key).await?;
                 tx.commit().await?;
-                self.metrics.commands_accepted.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .commands_accepted
+                    .fetch_add(1, Ordering::Relaxed);
                 self.job_wake.notify_one();
                 tracing::info!(job_id = %job_id, "command accepted");
                 Ok(Step::Done(Disposition::Ack))
@@ -182,20 +219,18 @@ impl Intake {
     async fn reject(&self, rej: &Rejection) -> Result<Step, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let first = match rej.command_id {
-            Some(id) => {
-                sqlx::query(
-                    "INSERT INTO pf_commands (command_id, organization_id, kind, outcome, reason_code) \
+            Some(id) => sqlx::query(
+                "INSERT INTO pf_commands (command_id, organization_id, kind, outcome, reason_code) \
                      VALUES ($1, $2, $3, 'rejected', $4) ON CONFLICT (command_id) DO NOTHING",
-                )
-                .bind(id.as_uuid())
-                .bind(rej.organization_id.map(|o| o.as_uuid()))
-                .bind(self.kind.as_str())
-                .bind(rej.code.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                    == 1
-            }
+            )
+            .bind(id.as_uuid())
+            .bind(rej.organization_id.map(|o| o.as_uuid()))
+            .bind(self.kind.as_str())
+            .bind(rej.code.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1,
             None => true,
         };
         if first {
@@ -207,7 +242,9 @@ impl Intake {
     }
 
     fn after_reject(&self, rej: &Rejection) {
-        self.metrics.commands_rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .commands_rejected
+            .fetch_add(1, Ordering::Relaxed);
         self.outbox_wake.notify_one();
         tracing::info!(
             command_id = rej.command_id.map(|c| c.to_string()).unwrap_or_default(),

@@ -37,7 +37,10 @@ pub async fn insert(
     .bind(job.max_attempts)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("SELECT pg_notify('dr_jobs', $1)").bind(job.kind.as_str()).execute(&mut *tx).await?;
+    sqlx::query("SELECT pg_notify('dr_jobs', $1)")
+        .bind(job.kind.as_str())
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -46,7 +49,8 @@ fn row_to_job(row: &sqlx::postgres::PgRow) -> Result<Job, sqlx::Error> {
     let spec: sqlx::types::Json<CommandBody> = row.try_get("spec")?;
     Ok(Job {
         id: row.try_get::<uuid::Uuid, _>("id")?.into(),
-        kind: CommandKind::parse(&kind).ok_or_else(|| sqlx::Error::Protocol("unknown job kind".into()))?,
+        kind: CommandKind::parse(&kind)
+            .ok_or_else(|| sqlx::Error::Protocol("unknown job kind".into()))?,
         organization_id: row.try_get::<uuid::Uuid, _>("organization_id")?.into(),
         command_id: row.try_get::<uuid::Uuid, _>("command_id")?.into(),
         correlation_id: row.try_get("correlation_id")?,
@@ -59,7 +63,12 @@ fn row_to_job(row: &sqlx::postgres::PgRow) -> Result<Job, sqlx::Error> {
 
 /// Claim the oldest runnable job of `kind`: queued, or running with an expired lease (its
 /// worker died). Jobs whose concurrency key is held by a live running job wait.
-pub async fn claim(pool: &PgPool, kind: CommandKind, owner: &str, lease: Duration) -> Result<Option<Job>, sqlx::Error> {
+pub async fn claim(
+    pool: &PgPool,
+    kind: CommandKind,
+    owner: &str,
+    lease: Duration,
+) -> Result<Option<Job>, sqlx::Error> {
     let res = sqlx::query(
         "WITH c AS ( \
            SELECT j.id FROM pf_jobs j \
@@ -88,7 +97,12 @@ pub async fn claim(pool: &PgPool, kind: CommandKind, owner: &str, lease: Duratio
 }
 
 /// Extend the lease; `false` when it is no longer ours.
-pub async fn heartbeat(pool: &PgPool, job: &Job, owner: &str, lease: Duration) -> Result<bool, sqlx::Error> {
+pub async fn heartbeat(
+    pool: &PgPool,
+    job: &Job,
+    owner: &str,
+    lease: Duration,
+) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
         "UPDATE pf_jobs SET lease_expires_at = now() + make_interval(secs => $3) \
          WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
@@ -102,7 +116,11 @@ pub async fn heartbeat(pool: &PgPool, job: &Job, owner: &str, lease: Duration) -
     Ok(n == 1)
 }
 
-pub(crate) async fn mark_succeeded(tx: &mut PgConnection, id: drfleet_protocol::JobId, owner: &str) -> Result<(), JobError> {
+pub(crate) async fn mark_succeeded(
+    tx: &mut PgConnection,
+    id: drfleet_protocol::JobId,
+    owner: &str,
+) -> Result<(), JobError> {
     let n = sqlx::query(
         "UPDATE pf_jobs SET state = 'succeeded', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL \
          WHERE id = $1 AND lease_owner = $2 AND state = 'running'",
@@ -112,11 +130,24 @@ pub(crate) async fn mark_succeeded(tx: &mut PgConnection, id: drfleet_protocol::
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    if n == 1 { Ok(()) } else { Err(JobError::permanent("LEASE_LOST", "job was taken over by another worker")) }
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(JobError::permanent(
+            "LEASE_LOST",
+            "job was taken over by another worker",
+        ))
+    }
 }
 
 /// Final failure: the handler records it and the job is marked failed, in one transaction.
-async fn mark_failed(pool: &PgPool, handler: &dyn JobHandler, job: &Job, owner: Option<&str>, err: &JobError) -> Result<bool, sqlx::Error> {
+async fn mark_failed(
+    pool: &PgPool,
+    handler: &dyn JobHandler,
+    job: &Job,
+    owner: Option<&str>,
+    err: &JobError,
+) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let n = sqlx::query(
         "UPDATE pf_jobs SET state = 'failed', finished_at = now(), error_code = $3, lease_owner = NULL, lease_expires_at = NULL \
@@ -138,7 +169,13 @@ async fn mark_failed(pool: &PgPool, handler: &dyn JobHandler, job: &Job, owner: 
 
 /// Hand a job back to the queue (transient failure, or shutdown), optionally after a delay.
 /// A shutdown hand-back does not count as an attempt.
-async fn release(pool: &PgPool, job: &Job, owner: &str, delay: Duration, count_attempt: bool) -> Result<(), sqlx::Error> {
+async fn release(
+    pool: &PgPool,
+    job: &Job,
+    owner: &str,
+    delay: Duration,
+    count_attempt: bool,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE pf_jobs SET state = 'queued', lease_owner = NULL, lease_expires_at = NULL, \
            not_before = now() + make_interval(secs => $3), attempts = attempts - CASE WHEN $4 THEN 0 ELSE 1 END \
@@ -185,7 +222,9 @@ pub async fn run_runner(ctx: RunnerCtx, handler: Arc<dyn JobHandler>, wake: Arc<
                 continue;
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(kind = kind.as_str(), error = %e, "job claim failed; will retry"),
+            Err(e) => {
+                tracing::warn!(kind = kind.as_str(), error = %e, "job claim failed; will retry")
+            }
         }
         tokio::select! {
             _ = ctx.stop_claiming.cancelled() => return,
@@ -205,11 +244,22 @@ async fn run_one(ctx: &RunnerCtx, handler: &dyn JobHandler, job: Job) {
     }
     tracing::info!("job started");
     let cancel = ctx.abandon.child_token();
-    let jctx = JobCtx { job: job.clone(), pool: ctx.pool.clone(), cancel: cancel.clone(), lease_owner: ctx.owner.clone() };
+    let jctx = JobCtx {
+        job: job.clone(),
+        pool: ctx.pool.clone(),
+        cancel: cancel.clone(),
+        lease_owner: ctx.owner.clone(),
+    };
 
     // Heartbeat: renew the lease; if it is lost, cancel the job.
     let hb = {
-        let (pool, owner, lease, job, cancel) = (ctx.pool.clone(), ctx.owner.clone(), ctx.lease, job.clone(), cancel.clone());
+        let (pool, owner, lease, job, cancel) = (
+            ctx.pool.clone(),
+            ctx.owner.clone(),
+            ctx.lease,
+            job.clone(),
+            cancel.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 tokio::select! {

@@ -69,28 +69,61 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
 
 /// Like [`run`], with the command handlers given (tests plug theirs in here). Commands are
 /// consumed for every kind that has a handler; the audit sink runs if the audit role is set.
-pub async fn run_with_handlers(config: WorkerConfig, handlers: Handlers, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run_with_handlers(
+    config: WorkerConfig,
+    handlers: Handlers,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
     let pool = (|| db::connect(&config.database_url, "drfleet-worker", 16))
-        .retry(ExponentialBuilder::default().with_max_times(8).with_max_delay(Duration::from_secs(5)))
+        .retry(
+            ExponentialBuilder::default()
+                .with_max_times(8)
+                .with_max_delay(Duration::from_secs(5)),
+        )
         .when(|e| matches!(e, db::DbError::Connect { .. }))
-        .notify(|_, d| tracing::warn!(retry_in_ms = d.as_millis() as u64, "metadata database unreachable; retrying"))
+        .notify(|_, d| {
+            tracing::warn!(
+                retry_in_ms = d.as_millis() as u64,
+                "metadata database unreachable; retrying"
+            )
+        })
         .await?;
     db::migrate(&pool).await?;
     tracing::info!(roles = ?config.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), worker_id = %config.worker_id, "migrations applied; starting");
 
     let metrics = Arc::new(Metrics::default());
-    let listener = tokio::net::TcpListener::bind(config.http_addr).await.map_err(RunError::Http)?;
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .map_err(RunError::Http)?;
     let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(http::serve(listener, pool.clone(), metrics.clone(), http_stop.clone()));
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        pool.clone(),
+        metrics.clone(),
+        http_stop.clone(),
+    ));
 
     let kinds = handlers.kinds();
-    let job_wakes: HashMap<CommandKind, Arc<Notify>> = kinds.iter().map(|k| (*k, Arc::new(Notify::new()))).collect();
+    let job_wakes: HashMap<CommandKind, Arc<Notify>> = kinds
+        .iter()
+        .map(|k| (*k, Arc::new(Notify::new())))
+        .collect();
     let outbox_wake = Arc::new(Notify::new());
     let listen_stop = CancellationToken::new();
-    let listen_task = tokio::spawn(listen_notifications(pool.clone(), job_wakes.clone(), outbox_wake.clone(), listen_stop.clone()));
+    let listen_task = tokio::spawn(listen_notifications(
+        pool.clone(),
+        job_wakes.clone(),
+        outbox_wake.clone(),
+        listen_stop.clone(),
+    ));
 
     // Job runners.
-    let owner: Arc<str> = format!("{}-{}", config.worker_id, &uuid::Uuid::new_v4().simple().to_string()[..8]).into();
+    let owner: Arc<str> = format!(
+        "{}-{}",
+        config.worker_id,
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+    .into();
     let abandon = CancellationToken::new();
     let runner_ctx = jobs::RunnerCtx {
         pool: pool.clone(),
@@ -104,7 +137,11 @@ pub async fn run_with_handlers(config: WorkerConfig, handlers: Handlers, shutdow
     let runners = TaskTracker::new();
     for h in &handlers.0 {
         for _ in 0..config.job_concurrency {
-            runners.spawn(jobs::run_runner(runner_ctx.clone(), h.clone(), job_wakes[&h.kind()].clone()));
+            runners.spawn(jobs::run_runner(
+                runner_ctx.clone(),
+                h.clone(),
+                job_wakes[&h.kind()].clone(),
+            ));
         }
     }
     runners.close();
@@ -112,7 +149,10 @@ pub async fn run_with_handlers(config: WorkerConfig, handlers: Handlers, shutdow
     // Consumers.
     let mut consumers = Vec::new();
     if !kinds.is_empty() {
-        let verifier = config.token_verifier.clone().ok_or_else(|| RunError::Role("command roles need a token verifier".into()))?;
+        let verifier = config
+            .token_verifier
+            .clone()
+            .ok_or_else(|| RunError::Role("command roles need a token verifier".into()))?;
         for h in &handlers.0 {
             let intake = Intake {
                 kind: h.kind(),
@@ -124,12 +164,23 @@ pub async fn run_with_handlers(config: WorkerConfig, handlers: Handlers, shutdow
                 outbox_wake: outbox_wake.clone(),
                 max_attempts: MAX_JOB_ATTEMPTS,
             };
-            consumers.push(ConsumerSpec::Commands { intake: Arc::new(intake), prefetch: 16 });
+            consumers.push(ConsumerSpec::Commands {
+                intake: Arc::new(intake),
+                prefetch: 16,
+            });
         }
     }
     if config.roles.contains(&Role::Audit) {
-        let sink = audit::AuditSink { pool: pool.clone(), metrics: metrics.clone(), batch_max: 500, batch_wait: Duration::from_millis(20) };
-        consumers.push(ConsumerSpec::Audit { sink: Arc::new(sink), prefetch: 1000 });
+        let sink = audit::AuditSink {
+            pool: pool.clone(),
+            metrics: metrics.clone(),
+            batch_max: 500,
+            batch_wait: Duration::from_millis(20),
+        };
+        consumers.push(ConsumerSpec::Audit {
+            sink: Arc::new(sink),
+            prefetch: 1000,
+        });
     }
 
     let (pub_tx, pub_rx) = watch::channel(None);
@@ -157,8 +208,14 @@ pub async fn run_with_handlers(config: WorkerConfig, handlers: Handlers, shutdow
     ));
 
     shutdown.cancelled().await;
-    tracing::info!(grace_secs = config.shutdown_grace.as_secs(), "shutting down: waiting for in-flight jobs");
-    if tokio::time::timeout(config.shutdown_grace, runners.wait()).await.is_err() {
+    tracing::info!(
+        grace_secs = config.shutdown_grace.as_secs(),
+        "shutting down: waiting for in-flight jobs"
+    );
+    if tokio::time::timeout(config.shutdown_grace, runners.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown grace over: handing back in-flight jobs");
         abandon.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), runners.wait()).await;
@@ -178,7 +235,12 @@ pub async fn run_with_handlers(config: WorkerConfig, handlers: Handlers, shutdow
 
 /// Wake job runners and the relay on PostgreSQL notifications from any process; polling
 /// covers missed ones.
-async fn listen_notifications(pool: PgPool, job_wakes: HashMap<CommandKind, Arc<Notify>>, outbox_wake: Arc<Notify>, stop: CancellationToken) {
+async fn listen_notifications(
+    pool: PgPool,
+    job_wakes: HashMap<CommandKind, Arc<Notify>>,
+    outbox_wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
     while !stop.is_cancelled() {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(l) => l,
@@ -197,7 +259,8 @@ async fn listen_notifications(pool: PgPool, job_wakes: HashMap<CommandKind, Arc<
             match n {
                 Ok(n) if n.channel() == "dr_outbox" => outbox_wake.notify_one(),
                 Ok(n) => {
-                    if let Some(w) = CommandKind::parse(n.payload()).and_then(|k| job_wakes.get(&k)) {
+                    if let Some(w) = CommandKind::parse(n.payload()).and_then(|k| job_wakes.get(&k))
+                    {
                         w.notify_one();
                     }
                 }

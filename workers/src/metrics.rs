@@ -28,14 +28,24 @@ impl Metrics {
             ("drfleet_jobs_failed_total", &self.jobs_failed),
             ("drfleet_jobs_retried_total", &self.jobs_retried),
             ("drfleet_events_published_total", &self.events_published),
-            ("drfleet_audit_events_stored_total", &self.audit_events_stored),
+            (
+                "drfleet_audit_events_stored_total",
+                &self.audit_events_stored,
+            ),
             ("drfleet_broker_reconnects_total", &self.broker_reconnects),
         ];
         for (name, v) in counters {
-            let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         let up = u8::from(self.broker_connected.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# TYPE drfleet_broker_connected gauge\ndrfleet_broker_connected {up}");
+        let _ = writeln!(
+            out,
+            "# TYPE drfleet_broker_connected gauge\ndrfleet_broker_connected {up}"
+        );
         out
     }
 }

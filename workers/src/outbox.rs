@@ -26,14 +26,19 @@ const BATCH: i64 = 500;
 
 /// Queue `event` for publishing; commits (or not) with `tx`.
 pub async fn enqueue(tx: &mut PgConnection, event: &EventEnvelope) -> Result<(), sqlx::Error> {
-    let event_id: uuid::Uuid = event.event_id.parse().map_err(|_| sqlx::Error::Protocol("event_id is not a UUID".into()))?;
+    let event_id: uuid::Uuid = event
+        .event_id
+        .parse()
+        .map_err(|_| sqlx::Error::Protocol("event_id is not a UUID".into()))?;
     sqlx::query("INSERT INTO pf_outbox (event_id, routing_key, body) VALUES ($1, $2, $3)")
         .bind(event_id)
         .bind(routing_key(event))
         .bind(event.encode_to_vec())
         .execute(&mut *tx)
         .await?;
-    sqlx::query("SELECT pg_notify('dr_outbox', '')").execute(&mut *tx).await?;
+    sqlx::query("SELECT pg_notify('dr_outbox', '')")
+        .execute(&mut *tx)
+        .await?;
     Ok(())
 }
 
@@ -45,17 +50,24 @@ pub enum RelayOutcome {
 }
 
 /// Publish one batch. Errors leave the rows in place.
-pub async fn relay_once(pool: &PgPool, publisher: &ConfirmPublisher) -> Result<RelayOutcome, RelayError> {
+pub async fn relay_once(
+    pool: &PgPool,
+    publisher: &ConfirmPublisher,
+) -> Result<RelayOutcome, RelayError> {
     let mut tx = pool.begin().await?;
-    let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(RELAY_LOCK).fetch_one(&mut *tx).await?;
+    let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(RELAY_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
     if !leader {
         return Ok(RelayOutcome::NotLeader);
     }
-    let rows: Vec<(i64, String, Vec<u8>, uuid::Uuid)> =
-        sqlx::query_as("SELECT seq, routing_key, body, event_id FROM pf_outbox ORDER BY seq LIMIT $1")
-            .bind(BATCH)
-            .fetch_all(&mut *tx)
-            .await?;
+    let rows: Vec<(i64, String, Vec<u8>, uuid::Uuid)> = sqlx::query_as(
+        "SELECT seq, routing_key, body, event_id FROM pf_outbox ORDER BY seq LIMIT $1",
+    )
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await?;
     if rows.is_empty() {
         return Ok(RelayOutcome::Idle);
     }
@@ -69,7 +81,10 @@ pub async fn relay_once(pool: &PgPool, publisher: &ConfirmPublisher) -> Result<R
         wait_confirm(p).await?;
     }
     let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
-    sqlx::query("DELETE FROM pf_outbox WHERE seq = ANY($1)").bind(&seqs).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM pf_outbox WHERE seq = ANY($1)")
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(RelayOutcome::Published(seqs.len()))
 }
@@ -98,7 +113,9 @@ pub async fn run_relay(
         if let Some(p) = current {
             match relay_once(&pool, &p).await {
                 Ok(RelayOutcome::Published(n)) => {
-                    metrics.events_published.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    metrics
+                        .events_published
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     published_any = true;
                 }
                 Ok(_) => {}
@@ -122,7 +139,9 @@ pub async fn run_relay(
     // Final drain: bounded, best effort (what is left is published by the next relay).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while tokio::time::Instant::now() < deadline {
-        let Some(p) = publisher.borrow().clone() else { break };
+        let Some(p) = publisher.borrow().clone() else {
+            break;
+        };
         match tokio::time::timeout_at(deadline, relay_once(&pool, &p)).await {
             Ok(Ok(RelayOutcome::Published(_))) => continue,
             _ => break,

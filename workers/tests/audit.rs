@@ -21,7 +21,11 @@ fn start_audit(env: &TestEnv) -> (CancellationToken, tokio::task::JoinHandle<()>
     let cfg = env.config("audit");
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
-    let task = tokio::spawn(async move { drfleet_workers::run_with_handlers(cfg, Handlers::default(), s).await.unwrap() });
+    let task = tokio::spawn(async move {
+        drfleet_workers::run_with_handlers(cfg, Handlers::default(), s)
+            .await
+            .unwrap()
+    });
     (shutdown, task)
 }
 
@@ -43,7 +47,10 @@ fn event(org: &OrganizationId, i: u64) -> v1::EventEnvelope {
 }
 
 async fn stored(env: &TestEnv) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM pf_audit_events").fetch_one(&env.pool).await.unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM pf_audit_events")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -59,7 +66,16 @@ async fn every_event_is_stored_exactly_once_across_duplicates_and_a_sink_restart
         let body = e.encode_to_vec();
         let key = routing_key(e);
         let id = e.event_id.clone();
-        async move { p.publish_confirmed(EVENTS_EXCHANGE, &key, &body, message_properties(EVENT_MESSAGE_TYPE, &id, None)).await.unwrap() }
+        async move {
+            p.publish_confirmed(
+                EVENTS_EXCHANGE,
+                &key,
+                &body,
+                message_properties(EVENT_MESSAGE_TYPE, &id, None),
+            )
+            .await
+            .unwrap()
+        }
     };
     for e in &events[..300] {
         publish(e).await;
@@ -76,23 +92,32 @@ async fn every_event_is_stored_exactly_once_across_duplicates_and_a_sink_restart
         publish(e).await;
     }
     let env_ref = &env;
-    eventually(30, "600 events stored", || async move { (stored(env_ref).await == 600).then_some(()) }).await;
+    eventually(30, "600 events stored", || async move {
+        (stored(env_ref).await == 600).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(stored(&env).await, 600, "no duplicates");
     assert_eq!(queue_depth(&env.vhost, "dr.audit"), (0, 0), "all acked");
 
-    let row: (String, serde_json::Value, String) =
-        sqlx::query_as("SELECT event_type, payload, correlation_id FROM pf_audit_events WHERE event_id = $1::uuid")
-            .bind(&events[7].event_id)
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+    let row: (String, serde_json::Value, String) = sqlx::query_as(
+        "SELECT event_type, payload, correlation_id FROM pf_audit_events WHERE event_id = $1::uuid",
+    )
+    .bind(&events[7].event_id)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
     assert_eq!(row.0, "backup_completed");
     assert_eq!(row.1["row_count"], 70);
     assert_eq!(row.2, "corr-7");
 
     assert_eq!(verify_chains(&env.pool, None).await.unwrap(), Ok(600));
-    assert_eq!(verify_chains(&env.pool, Some(orgs[0].as_uuid())).await.unwrap(), Ok(300));
+    assert_eq!(
+        verify_chains(&env.pool, Some(orgs[0].as_uuid()))
+            .await
+            .unwrap(),
+        Ok(300)
+    );
     shutdown.cancel();
     task.await.unwrap();
     env.cleanup().await;
@@ -105,8 +130,19 @@ async fn chain_verification_detects_update_and_delete() {
     let records: Vec<_> = (0..10)
         .map(|i| drfleet_workers::audit::AuditRecord::from_envelope(&event(&org, i)).unwrap())
         .collect();
-    assert_eq!(drfleet_workers::audit::store_batch(&env.pool, &records[..4]).await.unwrap(), 4);
-    assert_eq!(drfleet_workers::audit::store_batch(&env.pool, &records).await.unwrap(), 6, "duplicates skipped");
+    assert_eq!(
+        drfleet_workers::audit::store_batch(&env.pool, &records[..4])
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        drfleet_workers::audit::store_batch(&env.pool, &records)
+            .await
+            .unwrap(),
+        6,
+        "duplicates skipped"
+    );
     let org_u = Some(org.as_uuid());
     assert_eq!(verify_chains(&env.pool, org_u).await.unwrap(), Ok(10));
 
@@ -119,26 +155,76 @@ async fn chain_verification_detects_update_and_delete() {
     assert_eq!(broken.chain_seq, 5);
     // Put it back by recomputing nothing: restore from the canonical bytes is not possible,
     // so start over on a fresh chain for the delete cases.
-    sqlx::query("DELETE FROM pf_audit_events").execute(&env.pool).await.unwrap();
-    sqlx::query("DELETE FROM pf_audit_heads").execute(&env.pool).await.unwrap();
-    drfleet_workers::audit::store_batch(&env.pool, &records).await.unwrap();
+    sqlx::query("DELETE FROM pf_audit_events")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM pf_audit_heads")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    drfleet_workers::audit::store_batch(&env.pool, &records)
+        .await
+        .unwrap();
     assert_eq!(verify_chains(&env.pool, org_u).await.unwrap(), Ok(10));
 
-    sqlx::query("DELETE FROM pf_audit_events WHERE chain_seq = 3").execute(&env.pool).await.unwrap();
-    assert_eq!(verify_chains(&env.pool, org_u).await.unwrap().unwrap_err().chain_seq, 3);
+    sqlx::query("DELETE FROM pf_audit_events WHERE chain_seq = 3")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        verify_chains(&env.pool, org_u)
+            .await
+            .unwrap()
+            .unwrap_err()
+            .chain_seq,
+        3
+    );
 
-    sqlx::query("DELETE FROM pf_audit_events").execute(&env.pool).await.unwrap();
-    sqlx::query("DELETE FROM pf_audit_heads").execute(&env.pool).await.unwrap();
-    drfleet_workers::audit::store_batch(&env.pool, &records).await.unwrap();
-    sqlx::query("DELETE FROM pf_audit_events WHERE chain_seq = 10").execute(&env.pool).await.unwrap();
+    sqlx::query("DELETE FROM pf_audit_events")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM pf_audit_heads")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    drfleet_workers::audit::store_batch(&env.pool, &records)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM pf_audit_events WHERE chain_seq = 10")
+        .execute(&env.pool)
+        .await
+        .unwrap();
     let tail = verify_chains(&env.pool, org_u).await.unwrap().unwrap_err();
-    assert_eq!(tail.chain_seq, 10, "deleting the newest row is detected via the head");
+    assert_eq!(
+        tail.chain_seq, 10,
+        "deleting the newest row is detected via the head"
+    );
 
     // Rewriting a row's hash to hide an edit breaks the next link.
-    sqlx::query("DELETE FROM pf_audit_events").execute(&env.pool).await.unwrap();
-    sqlx::query("DELETE FROM pf_audit_heads").execute(&env.pool).await.unwrap();
-    drfleet_workers::audit::store_batch(&env.pool, &records).await.unwrap();
-    sqlx::query("UPDATE pf_audit_events SET hash = sha256(hash) WHERE chain_seq = 2").execute(&env.pool).await.unwrap();
-    assert_eq!(verify_chains(&env.pool, org_u).await.unwrap().unwrap_err().chain_seq, 2);
+    sqlx::query("DELETE FROM pf_audit_events")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM pf_audit_heads")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    drfleet_workers::audit::store_batch(&env.pool, &records)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE pf_audit_events SET hash = sha256(hash) WHERE chain_seq = 2")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        verify_chains(&env.pool, org_u)
+            .await
+            .unwrap()
+            .unwrap_err()
+            .chain_seq,
+        2
+    );
     env.cleanup().await;
 }

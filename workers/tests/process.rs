@@ -12,7 +12,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_drfleet-worker");
 
 fn worker(envs: &[(String, String)], args: &[&str]) -> Command {
     let mut c = Command::new(BIN);
-    c.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).args(args);
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(args);
     for (k, v) in envs {
         c.env(k, v);
     }
@@ -40,7 +42,10 @@ fn expect_config_error(envs: &[(String, String)], args: &[&str]) -> String {
 
 fn base_env() -> Vec<(String, String)> {
     vec![
-        ("DR_DATABASE_URL".into(), "postgres://postgres@127.0.0.1:5432/postgres".into()),
+        (
+            "DR_DATABASE_URL".into(),
+            "postgres://postgres@127.0.0.1:5432/postgres".into(),
+        ),
         ("DR_MASTER_KEY".into(), master_key_b64()),
         ("DR_MASTER_KEY_ID".into(), "k1".into()),
         ("DR_AUTH_JWT_SECRET".into(), JWT_SECRET.into()),
@@ -66,25 +71,49 @@ fn bad_configuration_exits_2_with_one_line_naming_the_setting() {
     assert!(e.contains("DR_DATABASE_URL"), "{e}");
     let e = expect_config_error(&without(&env, "DR_MASTER_KEY"), &["--role", "backup"]);
     assert!(e.contains("DR_MASTER_KEY"), "{e}");
-    let e = expect_config_error(&with(&env, "DR_MASTER_KEY", "U0VDUkVULU1BUktFUi1rZXk="), &["--role", "backup"]);
-    assert!(e.contains("DR_MASTER_KEY") && !e.contains("U0VDUkVULU1BUktFUi1rZXk="), "{e}");
+    let e = expect_config_error(
+        &with(&env, "DR_MASTER_KEY", "U0VDUkVULU1BUktFUi1rZXk="),
+        &["--role", "backup"],
+    );
+    assert!(
+        e.contains("DR_MASTER_KEY") && !e.contains("U0VDUkVULU1BUktFUi1rZXk="),
+        "{e}"
+    );
     let e = expect_config_error(&without(&env, "DR_AUTH_JWT_SECRET"), &["--role", "backup"]);
     assert!(e.contains("DR_AUTH_JWT_SECRET"), "{e}");
-    let e = expect_config_error(&with(&env, "DR_AUTH_JWT_SECRET", "short-SECRETMARKER"), &["--role", "backup"]);
-    assert!(e.contains("DR_AUTH_JWT_SECRET") && !e.contains("SECRETMARKER"), "{e}");
-    let e = expect_config_error(&with(&env, "DR_DATABASE_URL", "mysql://u:PWMARKER@h/db"), &["--role", "audit"]);
-    assert!(e.contains("DR_DATABASE_URL") && !e.contains("PWMARKER"), "{e}");
+    let e = expect_config_error(
+        &with(&env, "DR_AUTH_JWT_SECRET", "short-SECRETMARKER"),
+        &["--role", "backup"],
+    );
+    assert!(
+        e.contains("DR_AUTH_JWT_SECRET") && !e.contains("SECRETMARKER"),
+        "{e}"
+    );
+    let e = expect_config_error(
+        &with(&env, "DR_DATABASE_URL", "mysql://u:PWMARKER@h/db"),
+        &["--role", "audit"],
+    );
+    assert!(
+        e.contains("DR_DATABASE_URL") && !e.contains("PWMARKER"),
+        "{e}"
+    );
     let e = expect_config_error(&env, &["--role", "janitor"]);
     assert!(e.contains("DR_ROLE"), "{e}");
     let e = expect_config_error(&with(&env, "DR_LOG_FORMAT", "xml"), &["--role", "audit"]);
     assert!(e.contains("DR_LOG_FORMAT"), "{e}");
     let e = expect_config_error(&with(&env, "DR_HTTP_ADDR", "nowhere"), &["--role", "audit"]);
     assert!(e.contains("DR_HTTP_ADDR"), "{e}");
-    let e = expect_config_error(&with(&env, "DR_JOB_LEASE_SECS", "zero"), &["--role", "audit"]);
+    let e = expect_config_error(
+        &with(&env, "DR_JOB_LEASE_SECS", "zero"),
+        &["--role", "audit"],
+    );
     assert!(e.contains("job-lease-secs"), "{e}");
     // The audit role needs neither the master key nor the token secret.
     let audit_only = without(&without(&env, "DR_MASTER_KEY"), "DR_AUTH_JWT_SECRET");
-    let e = expect_config_error(&with(&audit_only, "DR_OBJECT_STORE_URL", "ftp://x"), &["--role", "audit"]);
+    let e = expect_config_error(
+        &with(&audit_only, "DR_OBJECT_STORE_URL", "ftp://x"),
+        &["--role", "audit"],
+    );
     assert!(e.contains("DR_OBJECT_STORE_URL"), "{e}");
 }
 
@@ -95,9 +124,20 @@ fn help_lists_every_setting_without_secret_values() {
     assert_eq!(out.status.code(), Some(0));
     let help = String::from_utf8_lossy(&out.stdout);
     for s in [
-        "DR_AMQP_URL", "DR_DATABASE_URL", "DR_SOURCE_DATABASE_URL", "DR_OBJECT_STORE_URL", "DR_MASTER_KEY",
-        "DR_MASTER_KEY_ID", "DR_PREVIOUS_MASTER_KEYS", "DR_AUTH_JWT_SECRET", "DR_AUTH_JWT_PUBLIC_KEY",
-        "DR_TENANT_COLUMN", "DR_TENANT_SCHEMA", "DR_HTTP_ADDR", "DR_LOG_FORMAT", "DR_ROLE",
+        "DR_AMQP_URL",
+        "DR_DATABASE_URL",
+        "DR_SOURCE_DATABASE_URL",
+        "DR_OBJECT_STORE_URL",
+        "DR_MASTER_KEY",
+        "DR_MASTER_KEY_ID",
+        "DR_PREVIOUS_MASTER_KEYS",
+        "DR_AUTH_JWT_SECRET",
+        "DR_AUTH_JWT_PUBLIC_KEY",
+        "DR_TENANT_COLUMN",
+        "DR_TENANT_SCHEMA",
+        "DR_HTTP_ADDR",
+        "DR_LOG_FORMAT",
+        "DR_ROLE",
     ] {
         assert!(help.contains(s), "--help documents {s}");
     }
@@ -121,7 +161,10 @@ async fn worker_process_becomes_ready_and_exits_0_on_sigterm() {
             assert!(body.contains("database: ok") && body.contains("broker: ok"));
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "worker ready within 30 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "worker ready within 30 s"
+        );
         assert!(child.try_wait().unwrap().is_none(), "worker still running");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -132,23 +175,39 @@ async fn worker_process_becomes_ready_and_exits_0_on_sigterm() {
     // The process declared the topology and applied the migrations.
     let queues = rabbit_json(&["list_queues", "-p", &env.vhost, "name"]);
     assert!(queues.iter().any(|q| q["name"] == "dr.audit"));
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success").fetch_one(&env.pool).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert!(applied >= 1);
 
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "worker exits within 30 s of SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "worker exits within 30 s of SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert_eq!(status.code(), Some(0), "clean exit; logs: {stderr}");
     for line in stderr.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|_| panic!("json log line: {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("json log line: {line}"));
         assert!(v.get("level").is_some());
     }
     assert!(!stderr.contains(JWT_SECRET) && !stderr.contains(&master_key_b64()));

@@ -54,7 +54,10 @@ impl JobHandler for RecordingHandler {
                 Some(job.organization_id),
                 &job.correlation_id,
                 Some(job.command_id),
-                Event::BackupStarted(v1::BackupStarted { backup_record_id: job.id.to_string(), tier }),
+                Event::BackupStarted(v1::BackupStarted {
+                    backup_record_id: job.id.to_string(),
+                    tier,
+                }),
             );
             drfleet_workers::outbox::enqueue(&mut tx, &ev).await?;
             Ok::<_, JobError>(tx)
@@ -67,7 +70,12 @@ impl JobHandler for RecordingHandler {
         })
     }
 
-    fn on_failed<'a>(&'a self, tx: &'a mut PgConnection, job: &'a Job, err: &'a JobError) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+    fn on_failed<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        job: &'a Job,
+        err: &'a JobError,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let ev = envelope(
                 Some(job.organization_id),
@@ -85,7 +93,10 @@ impl JobHandler for RecordingHandler {
     }
 }
 
-async fn start(env: &TestEnv, handler: RecordingHandler) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+async fn start(
+    env: &TestEnv,
+    handler: RecordingHandler,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     sqlx::query("CREATE TABLE IF NOT EXISTS test_effects (job_id uuid, command_id uuid, organization_id uuid)")
         .execute(&env.pool)
         .await
@@ -94,7 +105,9 @@ async fn start(env: &TestEnv, handler: RecordingHandler) -> (CancellationToken, 
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     let task = tokio::spawn(async move {
-        drfleet_workers::run_with_handlers(cfg, Handlers::default().with(handler), s).await.expect("worker runs");
+        drfleet_workers::run_with_handlers(cfg, Handlers::default().with(handler), s)
+            .await
+            .expect("worker runs");
     });
     (shutdown, task)
 }
@@ -109,7 +122,10 @@ async fn effects_for(env: &TestEnv, command_id: &str) -> i64 {
 
 async fn stop(shutdown: CancellationToken, task: tokio::task::JoinHandle<()>) {
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), task).await.expect("worker stops in time").unwrap();
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("worker stops in time")
+        .unwrap();
 }
 
 #[tokio::test]
@@ -120,12 +136,26 @@ async fn topology_is_declared_exactly() {
     let queues = eventually(20, "queues declared", || {
         let v = vhost.clone();
         async move {
-            let q = rabbit_json(&["list_queues", "-p", &v, "name", "type", "durable", "arguments"]);
+            let q = rabbit_json(&[
+                "list_queues",
+                "-p",
+                &v,
+                "name",
+                "type",
+                "durable",
+                "arguments",
+            ]);
             (q.len() >= 6).then_some(q)
         }
     })
     .await;
-    let q = |name: &str| queues.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("queue {name}")).clone();
+    let q = |name: &str| {
+        queues
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("queue {name}"))
+            .clone()
+    };
     let arg = |row: &serde_json::Value, key: &str| -> serde_json::Value {
         // rabbitmqctl prints arguments as [[key, type, value], ...] (3.10) or {key: value}.
         match &row["arguments"] {
@@ -142,23 +172,56 @@ async fn topology_is_declared_exactly() {
         let row = q(name);
         assert_eq!(row["type"], "quorum", "{name} is a quorum queue");
         assert_eq!(row["durable"], true, "{name} is durable");
-        assert_eq!(arg(&row, "x-dead-letter-exchange"), "dr.dead-letter", "{name} DLX");
+        assert_eq!(
+            arg(&row, "x-dead-letter-exchange"),
+            "dr.dead-letter",
+            "{name} DLX"
+        );
         assert_eq!(arg(&row, "x-delivery-limit"), 5, "{name} delivery limit");
     }
     let dl = q("dr.dead-letter");
     assert_eq!(dl["type"], "quorum");
     assert_eq!(q("dr.audit")["type"], "quorum");
 
-    let exchanges = rabbit_json(&["list_exchanges", "-p", &env.vhost, "name", "type", "durable"]);
-    for (name, ty) in [("dr.commands", "topic"), ("dr.events", "topic"), ("dr.dead-letter", "fanout")] {
-        let row = exchanges.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("exchange {name}"));
+    let exchanges = rabbit_json(&[
+        "list_exchanges",
+        "-p",
+        &env.vhost,
+        "name",
+        "type",
+        "durable",
+    ]);
+    for (name, ty) in [
+        ("dr.commands", "topic"),
+        ("dr.events", "topic"),
+        ("dr.dead-letter", "fanout"),
+    ] {
+        let row = exchanges
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("exchange {name}"));
         assert_eq!(row["type"], ty, "{name} type");
         assert_eq!(row["durable"], true, "{name} durable");
     }
-    let bindings = rabbit_json(&["list_bindings", "-p", &env.vhost, "source_name", "destination_name", "routing_key"]);
-    let has = |src: &str, dst: &str, key: &str| bindings.iter().any(|b| b["source_name"] == src && b["destination_name"] == dst && b["routing_key"] == key);
+    let bindings = rabbit_json(&[
+        "list_bindings",
+        "-p",
+        &env.vhost,
+        "source_name",
+        "destination_name",
+        "routing_key",
+    ]);
+    let has = |src: &str, dst: &str, key: &str| {
+        bindings.iter().any(|b| {
+            b["source_name"] == src && b["destination_name"] == dst && b["routing_key"] == key
+        })
+    };
     for k in CommandKind::ALL {
-        assert!(has("dr.commands", k.queue(), &k.binding_key()), "binding {}", k.queue());
+        assert!(
+            has("dr.commands", k.queue(), &k.binding_key()),
+            "binding {}",
+            k.queue()
+        );
     }
     assert!(has("dr.dead-letter", "dr.dead-letter", ""));
     assert!(has("dr.events", "dr.audit", "#"));
@@ -180,8 +243,15 @@ async fn valid_command_runs_once_and_is_acked_even_when_duplicated() {
     publish_command(&p, &cmd).await; // same command_id: a republish
 
     let corr = cmd.correlation_id.clone();
-    let events = tap.wait_until(20, "backup_started", |ev| ev.iter().any(|e| e.env.correlation_id == corr)).await;
-    let e = events.iter().find(|e| e.env.correlation_id == corr).unwrap();
+    let events = tap
+        .wait_until(20, "backup_started", |ev| {
+            ev.iter().any(|e| e.env.correlation_id == corr)
+        })
+        .await;
+    let e = events
+        .iter()
+        .find(|e| e.env.correlation_id == corr)
+        .unwrap();
     assert_eq!(e.kind(), "backup_started");
     assert_eq!(e.routing_key, format!("backup_started.{org}"));
     assert_eq!(e.content_type.as_deref(), Some("application/x-protobuf"));
@@ -200,7 +270,11 @@ async fn valid_command_runs_once_and_is_acked_even_when_duplicated() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(effects_for(&env, &cmd.command_id).await, 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert_eq!(tap.for_correlation(&corr).len(), 1, "one event for the duplicated command");
+    assert_eq!(
+        tap.for_correlation(&corr).len(),
+        1,
+        "one event for the duplicated command"
+    );
     let dead = queue_depth(&env.vhost, "dr.dead-letter");
     assert_eq!(dead, (0, 0), "nothing dead-lettered");
     stop(shutdown, task).await;
@@ -216,7 +290,14 @@ async fn malformed_and_invalid_commands_are_rejected_and_dead_lettered_then_work
     let org = OrganizationId::new();
 
     // 1. Not protobuf at all.
-    publish_raw(&p, CommandKind::Backup, &org.to_string(), b"\xff\xff this is not protobuf", "x1").await;
+    publish_raw(
+        &p,
+        CommandKind::Backup,
+        &org.to_string(),
+        b"\xff\xff this is not protobuf",
+        "x1",
+    )
+    .await;
     // 2. Valid protobuf, bad UUID.
     let mut bad_id = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
     bad_id.command_id = "not-a-uuid".into();
@@ -224,19 +305,41 @@ async fn malformed_and_invalid_commands_are_rejected_and_dead_lettered_then_work
     // 3. No command in the oneof.
     let mut empty = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
     empty.command = None;
-    publish_raw(&p, CommandKind::Backup, &org.to_string(), &empty.encode_to_vec(), &empty.command_id).await;
+    publish_raw(
+        &p,
+        CommandKind::Backup,
+        &org.to_string(),
+        &empty.encode_to_vec(),
+        &empty.command_id,
+    )
+    .await;
     // 4. A verify command routed to the backup queue.
     let mut wrong_kind = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
-    wrong_kind.command = Some(v1::command_envelope::Command::Verify(v1::VerifyCommand { backup_record_id: uuid::Uuid::new_v4().to_string() }));
-    publish_raw(&p, CommandKind::Backup, &org.to_string(), &wrong_kind.encode_to_vec(), &wrong_kind.command_id).await;
+    wrong_kind.command = Some(v1::command_envelope::Command::Verify(v1::VerifyCommand {
+        backup_record_id: uuid::Uuid::new_v4().to_string(),
+    }));
+    publish_raw(
+        &p,
+        CommandKind::Backup,
+        &org.to_string(),
+        &wrong_kind.encode_to_vec(),
+        &wrong_kind.command_id,
+    )
+    .await;
 
     let events = tap
-        .wait_until(20, "four rejections", |ev| ev.iter().filter(|e| e.kind() == "command_rejected").count() >= 4)
+        .wait_until(20, "four rejections", |ev| {
+            ev.iter().filter(|e| e.kind() == "command_rejected").count() >= 4
+        })
         .await;
     let reasons: Vec<(String, String, String)> = events
         .iter()
         .filter_map(|e| match &e.env.event {
-            Some(Event::CommandRejected(r)) => Some((r.reason_code.clone(), r.command_id.clone(), e.routing_key.clone())),
+            Some(Event::CommandRejected(r)) => Some((
+                r.reason_code.clone(),
+                r.command_id.clone(),
+                e.routing_key.clone(),
+            )),
             _ => None,
         })
         .collect();
@@ -244,7 +347,14 @@ async fn malformed_and_invalid_commands_are_rejected_and_dead_lettered_then_work
     assert_eq!(reasons[0].2, "command_rejected.unknown");
     assert_eq!(reasons[1].0, "INVALID_ARGUMENT");
     assert_eq!(reasons[1].2, format!("command_rejected.{org}"));
-    assert_eq!(reasons[2], ("INVALID_ARGUMENT".into(), empty.command_id.clone(), format!("command_rejected.{org}")));
+    assert_eq!(
+        reasons[2],
+        (
+            "INVALID_ARGUMENT".into(),
+            empty.command_id.clone(),
+            format!("command_rejected.{org}")
+        )
+    );
     assert_eq!(reasons[3].1, wrong_kind.command_id);
 
     let vhost = env.vhost.clone();
@@ -258,7 +368,10 @@ async fn malformed_and_invalid_commands_are_rejected_and_dead_lettered_then_work
     let good = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
     publish_command(&p, &good).await;
     let corr = good.correlation_id.clone();
-    tap.wait_until(20, "valid command after rejections", |ev| ev.iter().any(|e| e.env.correlation_id == corr)).await;
+    tap.wait_until(20, "valid command after rejections", |ev| {
+        ev.iter().any(|e| e.env.correlation_id == corr)
+    })
+    .await;
     assert_eq!(effects_for(&env, &good.command_id).await, 1);
     stop(shutdown, task).await;
     env.cleanup().await;
@@ -274,10 +387,27 @@ async fn unauthenticated_and_forbidden_commands_are_rejected() {
     let other = OrganizationId::new();
     let expired = {
         use jsonwebtoken::{EncodingKey, Header, encode};
-        let claims = drfleet_infra::auth::Claims { sub: "x".into(), org: org.to_string(), perms: vec!["pf.backup.create".into()], exp: 1_000_000, iat: None };
-        encode(&Header::default(), &claims, &EncodingKey::from_secret(JWT_SECRET.as_bytes())).unwrap()
+        let claims = drfleet_infra::auth::Claims {
+            sub: "x".into(),
+            org: org.to_string(),
+            perms: vec!["pf.backup.create".into()],
+            exp: 1_000_000,
+            iat: None,
+        };
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+        )
+        .unwrap()
     };
-    let wrong_sig = drfleet_infra::auth::mint_hs256("some-other-secret-some-other-secret", "x", &org, &["pf.backup.create".into()], 300);
+    let wrong_sig = drfleet_infra::auth::mint_hs256(
+        "some-other-secret-some-other-secret",
+        "x",
+        &org,
+        &["pf.backup.create".into()],
+        300,
+    );
     let cases: Vec<(String, &str)> = vec![
         (String::new(), "UNAUTHENTICATED"),
         ("not.a.jwt".into(), "UNAUTHENTICATED"),
@@ -292,18 +422,27 @@ async fn unauthenticated_and_forbidden_commands_are_rejected() {
         publish_command(&p, &cmd).await;
         sent.push((cmd.command_id.clone(), *want));
     }
-    let events = tap.wait_until(20, "six rejections", |ev| ev.iter().filter(|e| e.kind() == "command_rejected").count() >= 6).await;
+    let events = tap
+        .wait_until(20, "six rejections", |ev| {
+            ev.iter().filter(|e| e.kind() == "command_rejected").count() >= 6
+        })
+        .await;
     for (id, want) in sent {
         let got = events
             .iter()
             .find_map(|e| match &e.env.event {
-                Some(Event::CommandRejected(r)) if r.command_id == id => Some(r.reason_code.clone()),
+                Some(Event::CommandRejected(r)) if r.command_id == id => {
+                    Some(r.reason_code.clone())
+                }
                 _ => None,
             })
             .unwrap_or_else(|| panic!("rejection for {id}"));
         assert_eq!(got, want);
     }
-    let effects: i64 = sqlx::query_scalar("SELECT count(*) FROM test_effects").fetch_one(&env.pool).await.unwrap();
+    let effects: i64 = sqlx::query_scalar("SELECT count(*) FROM test_effects")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(effects, 0, "no work started for a rejected command");
     stop(shutdown, task).await;
     env.cleanup().await;
@@ -320,16 +459,27 @@ async fn worker_reconnects_after_connections_are_closed() {
         let first = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
         publish_command(&p, &first).await;
         let corr = first.correlation_id.clone();
-        tap.wait_until(20, "first command", |ev| ev.iter().any(|e| e.env.correlation_id == corr)).await;
+        tap.wait_until(20, "first command", |ev| {
+            ev.iter().any(|e| e.env.correlation_id == corr)
+        })
+        .await;
     }
-    rabbitmqctl(&["close_all_connections", "-p", &env.vhost, "test: broker restart"]);
+    rabbitmqctl(&[
+        "close_all_connections",
+        "-p",
+        &env.vhost,
+        "test: broker restart",
+    ]);
     // The tap's connection was closed too: a new one.
     let tap = EventTap::new(&env).await;
     let (_c, p) = env.publisher().await;
     let second = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
     publish_command(&p, &second).await;
     let corr = second.correlation_id.clone();
-    tap.wait_until(40, "command after reconnect", |ev| ev.iter().any(|e| e.env.correlation_id == corr)).await;
+    tap.wait_until(40, "command after reconnect", |ev| {
+        ev.iter().any(|e| e.env.correlation_id == corr)
+    })
+    .await;
     assert_eq!(effects_for(&env, &second.command_id).await, 1);
     stop(shutdown, task).await;
     env.cleanup().await;
@@ -361,7 +511,11 @@ async fn a_job_whose_worker_died_is_taken_over_and_finishes_once() {
     let state: String = eventually(20, "job taken over", || {
         let pool = pool.clone();
         async move {
-            let s: String = sqlx::query_scalar("SELECT state FROM pf_jobs WHERE id = $1").bind(job_id).fetch_one(&pool).await.ok()?;
+            let s: String = sqlx::query_scalar("SELECT state FROM pf_jobs WHERE id = $1")
+                .bind(job_id)
+                .fetch_one(&pool)
+                .await
+                .ok()?;
             (s == "succeeded").then_some(s)
         }
     })
@@ -369,7 +523,11 @@ async fn a_job_whose_worker_died_is_taken_over_and_finishes_once() {
     assert_eq!(state, "succeeded");
     assert_eq!(effects_for(&env, &command_id.to_string()).await, 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM pf_jobs WHERE id = $1").bind(job_id).fetch_one(&env.pool).await.unwrap();
+    let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM pf_jobs WHERE id = $1")
+        .bind(job_id)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
     assert_eq!(attempts, 2);
     stop(shutdown, task).await;
     env.cleanup().await;
@@ -378,7 +536,10 @@ async fn a_job_whose_worker_died_is_taken_over_and_finishes_once() {
 #[tokio::test]
 async fn shutdown_hands_back_a_job_that_outlives_the_grace_period() {
     let env = TestEnv::new().await;
-    let handler = RecordingHandler { hold: Duration::from_secs(600), ..Default::default() };
+    let handler = RecordingHandler {
+        hold: Duration::from_secs(600),
+        ..Default::default()
+    };
     let runs = handler.runs.clone();
     let (shutdown, task) = start(&env, handler).await;
     let (_c, p) = env.publisher().await;
@@ -395,11 +556,12 @@ async fn shutdown_hands_back_a_job_that_outlives_the_grace_period() {
     let started = std::time::Instant::now();
     stop(shutdown, task).await;
     assert!(started.elapsed() < Duration::from_secs(25));
-    let (state, owner): (String, Option<String>) = sqlx::query_as("SELECT state, lease_owner FROM pf_jobs WHERE command_id = $1::uuid")
-        .bind(&cmd.command_id)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let (state, owner): (String, Option<String>) =
+        sqlx::query_as("SELECT state, lease_owner FROM pf_jobs WHERE command_id = $1::uuid")
+            .bind(&cmd.command_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(state, "queued", "handed back for another worker");
     assert_eq!(owner, None);
     assert_eq!(effects_for(&env, &cmd.command_id).await, 0);

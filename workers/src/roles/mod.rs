@@ -1,17 +1,112 @@
-//! Role implementations, one module per role. The audit role lives in [`crate::audit`].
+//! Role implementations, one module per role; the audit role lives in [`crate::audit`].
+//!
+//! [`RoleCtx`] holds what command roles share: the tenant-data pool, the artifact store,
+//! the master keys and the tenant layout settings.
+
+pub mod backup;
+pub mod catalog;
+
+use std::sync::Arc;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use drfleet_artifact::{Keyring, MasterKey};
+use drfleet_storage::ArtifactStore;
 
 use crate::RunError;
 use crate::config::{Role, WorkerConfig};
-use crate::handler::Handlers;
+use crate::handler::{Handlers, JobError};
+
+/// Shared by the command roles of one process.
+pub struct RoleCtx {
+    /// Tenant data (DR_SOURCE_DATABASE_URL).
+    pub source: sqlx::PgPool,
+    pub store: ArtifactStore,
+    pub keyring: Arc<Keyring>,
+    pub tenant_column: String,
+    pub tenant_schema: String,
+}
+
+impl RoleCtx {
+    pub fn from_config(config: &WorkerConfig) -> Result<Self, RunError> {
+        let keys = config
+            .master_keys
+            .as_ref()
+            .ok_or_else(|| RunError::Role("master keys are required".into()))?;
+        let keyring = Keyring::new(
+            MasterKey::new(keys.current_id.clone(), *keys.current.expose()),
+            keys.previous
+                .iter()
+                .map(|(id, k)| MasterKey::new(id.clone(), *k.expose()))
+                .collect(),
+        );
+        let opts: PgConnectOptions = config
+            .source_database_url
+            .expose()
+            .parse()
+            .map_err(|_| RunError::Role("DR_SOURCE_DATABASE_URL is invalid".into()))?;
+        // Lazy: the source database is checked when a job needs it, and its outage fails
+        // (and retries) jobs rather than the process.
+        let source = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect_lazy_with(opts.application_name("drfleet-worker-source"));
+        let store = ArtifactStore::open(&config.object_store)
+            .map_err(|e| RunError::Role(format!("artifact store: {e}")))?;
+        Ok(Self {
+            source,
+            store,
+            keyring: Arc::new(keyring),
+            tenant_column: config.tenant_column.clone(),
+            tenant_schema: config.tenant_schema.clone(),
+        })
+    }
+}
 
 /// The command handlers for the configured roles.
 pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
-    let handlers = Handlers::default();
+    let mut handlers = Handlers::default();
+    let commands = config.roles.iter().any(|r| r.command_kind().is_some());
+    let ctx = if commands {
+        Some(Arc::new(RoleCtx::from_config(config)?))
+    } else {
+        None
+    };
     for role in &config.roles {
         match role {
             Role::Audit => {}
-            other => return Err(RunError::Role(format!("role {} is not available in this build", other.as_str()))),
+            Role::Backup => {
+                handlers = handlers.with(backup::BackupHandler::new(
+                    ctx.clone().expect("command role ctx"),
+                ))
+            }
+            other => {
+                return Err(RunError::Role(format!(
+                    "role {} is not available in this build",
+                    other.as_str()
+                )));
+            }
         }
     }
     Ok(handlers)
+}
+
+impl From<drfleet_storage::StorageError> for JobError {
+    fn from(e: drfleet_storage::StorageError) -> Self {
+        JobError {
+            code: e.code().into(),
+            message: e.to_string().into(),
+            transient: e.is_transient(),
+        }
+    }
+}
+
+impl From<drfleet_artifact::ArtifactError> for JobError {
+    fn from(e: drfleet_artifact::ArtifactError) -> Self {
+        JobError {
+            code: e.code().into(),
+            message: e.code().into(),
+            transient: e.is_transient(),
+        }
+    }
 }

@@ -17,7 +17,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, message_properties};
 use drfleet_infra::auth::mint_hs256;
 use drfleet_protocol::events::event_type;
-use drfleet_protocol::topology::{COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CommandKind, EVENTS_EXCHANGE};
+use drfleet_protocol::topology::{
+    COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CommandKind, EVENTS_EXCHANGE,
+};
 use drfleet_protocol::v1::{self, EventEnvelope};
 use drfleet_protocol::{CommandId, OrganizationId};
 use drfleet_workers::config::{WorkerCli, WorkerConfig};
@@ -34,8 +36,15 @@ fn env_or(name: &str, default: &str) -> String {
 
 pub fn rabbitmqctl(args: &[&str]) -> String {
     let bin = env_or("DR_TEST_RABBITMQCTL", "rabbitmqctl");
-    let out = Command::new(&bin).args(args).output().expect("rabbitmqctl runs");
-    assert!(out.status.success(), "rabbitmqctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(&bin)
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -44,7 +53,8 @@ pub fn rabbit_json(args: &[&str]) -> Vec<serde_json::Value> {
     let mut a = args.to_vec();
     a.extend(["--formatter", "json", "--quiet"]);
     let out = rabbitmqctl(&a);
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("json from rabbitmqctl {args:?}: {e}: {out}"))
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("json from rabbitmqctl {args:?}: {e}: {out}"))
 }
 
 pub struct TestEnv {
@@ -65,17 +75,32 @@ impl TestEnv {
         let base = env_or("DR_TEST_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672");
         let amqp_url = format!("{base}/{vhost}");
 
-        let admin_url = env_or("DR_TEST_PG_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+        let admin_url = env_or(
+            "DR_TEST_PG_ADMIN_URL",
+            "postgres://postgres@127.0.0.1:5432/postgres",
+        );
         let db_name = format!("drtest_{id}");
-        let mut admin = PgConnection::connect(&admin_url).await.expect("admin connection to PostgreSQL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&mut admin).await.unwrap();
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .expect("admin connection to PostgreSQL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
         let db_url = match admin_url.rsplit_once('/') {
             Some((prefix, _)) => format!("{prefix}/{db_name}"),
             None => panic!("admin url needs a database"),
         };
         let pool = PgPool::connect(&db_url).await.unwrap();
         drfleet_infra::db::migrate(&pool).await.unwrap();
-        Self { vhost, amqp_url, db_name, db_url, admin_url, pool }
+        Self {
+            vhost,
+            amqp_url,
+            db_name,
+            db_url,
+            admin_url,
+            pool,
+        }
     }
 
     /// Env vars for a worker process of this test.
@@ -87,7 +112,10 @@ impl TestEnv {
             ("DR_MASTER_KEY_ID".into(), "test-key-1".into()),
             ("DR_AUTH_JWT_SECRET".into(), JWT_SECRET.into()),
             ("DR_HTTP_ADDR".into(), http_addr.into()),
-            ("DR_OBJECT_STORE_URL".into(), format!("file:///tmp/drfleet-test-objects/{}", self.db_name)),
+            (
+                "DR_OBJECT_STORE_URL".into(),
+                format!("file:///tmp/drfleet-test-objects/{}", self.db_name),
+            ),
             ("DR_JOB_LEASE_SECS".into(), "3".into()),
             ("DR_SHUTDOWN_GRACE_SECS".into(), "5".into()),
         ]
@@ -95,10 +123,23 @@ impl TestEnv {
 
     /// An in-process worker config for `roles`.
     pub fn config(&self, roles: &str) -> WorkerConfig {
+        self.config_with(roles, &[])
+    }
+
+    /// Like [`Self::config`], with some settings replaced (`DR_*` names).
+    pub fn config_with(&self, roles: &str, overrides: &[(&str, String)]) -> WorkerConfig {
         let addr = free_addr();
         let mut args = vec!["drfleet-worker".to_string(), "--role".into(), roles.into()];
-        for (k, v) in self.worker_env(&addr) {
-            let flag = format!("--{}", k.trim_start_matches("DR_").to_lowercase().replace('_', "-"));
+        let mut env = self.worker_env(&addr);
+        for (k, v) in overrides {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.to_string(), v.clone()));
+        }
+        for (k, v) in env {
+            let flag = format!(
+                "--{}",
+                k.trim_start_matches("DR_").to_lowercase().replace('_', "-")
+            );
             args.push(flag);
             args.push(v);
         }
@@ -118,9 +159,16 @@ impl TestEnv {
 
     pub async fn cleanup(self) {
         self.pool.close().await;
-        let _ = Command::new(env_or("DR_TEST_RABBITMQCTL", "rabbitmqctl")).args(["delete_vhost", &self.vhost]).output();
+        let _ = Command::new(env_or("DR_TEST_RABBITMQCTL", "rabbitmqctl"))
+            .args(["delete_vhost", &self.vhost])
+            .output();
         if let Ok(mut admin) = PgConnection::connect(&self.admin_url).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name))).execute(&mut admin).await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            )))
+            .execute(&mut admin)
+            .await;
         }
     }
 }
@@ -131,7 +179,13 @@ pub fn free_addr() -> String {
 }
 
 pub fn token(org: &OrganizationId, perms: &[&str]) -> String {
-    mint_hs256(JWT_SECRET, "test-actor", org, &perms.iter().map(|s| s.to_string()).collect::<Vec<_>>(), 300)
+    mint_hs256(
+        JWT_SECRET,
+        "test-actor",
+        org,
+        &perms.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        300,
+    )
 }
 
 pub fn backup_command(org: &OrganizationId, tier: &str, token: &str) -> v1::CommandEnvelope {
@@ -149,9 +203,22 @@ pub fn backup_command(org: &OrganizationId, tier: &str, token: &str) -> v1::Comm
     }
 }
 
-pub async fn publish_raw(p: &ConfirmPublisher, kind: CommandKind, org: &str, body: &[u8], id: &str) {
+pub async fn publish_raw(
+    p: &ConfirmPublisher,
+    kind: CommandKind,
+    org: &str,
+    body: &[u8],
+    id: &str,
+) {
     let key = format!("{}.{}", kind.as_str(), org);
-    p.publish_confirmed(COMMANDS_EXCHANGE, &key, body, message_properties(COMMAND_MESSAGE_TYPE, id, None)).await.unwrap();
+    p.publish_confirmed(
+        COMMANDS_EXCHANGE,
+        &key,
+        body,
+        message_properties(COMMAND_MESSAGE_TYPE, id, None),
+    )
+    .await
+    .unwrap();
 }
 
 pub async fn publish_command(p: &ConfirmPublisher, env: &v1::CommandEnvelope) {
@@ -162,7 +229,14 @@ pub async fn publish_command(p: &ConfirmPublisher, env: &v1::CommandEnvelope) {
         Some(v1::command_envelope::Command::Verify(_)) => CommandKind::Verify,
         None => CommandKind::Backup,
     };
-    publish_raw(p, kind, &env.organization_id, &env.encode_to_vec(), &env.command_id).await;
+    publish_raw(
+        p,
+        kind,
+        &env.organization_id,
+        &env.encode_to_vec(),
+        &env.command_id,
+    )
+    .await;
 }
 
 /// A received event with its AMQP properties.
@@ -194,11 +268,35 @@ impl EventTap {
         let ch = conn.create_channel().await.unwrap();
         declare_topology(&ch).await.unwrap();
         let q = ch
-            .queue_declare("".into(), QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await
             .unwrap();
-        ch.queue_bind(q.name().clone(), EVENTS_EXCHANGE.into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await.unwrap();
-        let mut consumer = ch.basic_consume(q.name().clone(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default()).await.unwrap();
+        ch.queue_bind(
+            q.name().clone(),
+            EVENTS_EXCHANGE.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+        let mut consumer = ch
+            .basic_consume(
+                q.name().clone(),
+                "tap".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         tokio::spawn(async move {
@@ -216,11 +314,19 @@ impl EventTap {
                 let _ = d.ack(BasicAckOptions::default()).await;
             }
         });
-        Self { events, _conn: conn }
+        Self {
+            events,
+            _conn: conn,
+        }
     }
 
     /// Wait until `pred` holds over the events seen, or panic after `secs`.
-    pub async fn wait_until(&self, secs: u64, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    pub async fn wait_until(
+        &self,
+        secs: u64,
+        what: &str,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         loop {
             {
@@ -231,14 +337,25 @@ impl EventTap {
             }
             if tokio::time::Instant::now() > deadline {
                 let ev = self.events.lock().unwrap();
-                panic!("timed out waiting for {what}; saw {:?}", ev.iter().map(|e| (e.kind(), e.env.correlation_id.clone())).collect::<Vec<_>>());
+                panic!(
+                    "timed out waiting for {what}; saw {:?}",
+                    ev.iter()
+                        .map(|e| (e.kind(), e.env.correlation_id.clone()))
+                        .collect::<Vec<_>>()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub fn for_correlation(&self, corr: &str) -> Vec<Received> {
-        self.events.lock().unwrap().iter().filter(|e| e.env.correlation_id == corr).cloned().collect()
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.env.correlation_id == corr)
+            .cloned()
+            .collect()
     }
 }
 
@@ -253,14 +370,91 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Messages ready + unacked in a queue of the vhost.
 pub fn queue_depth(vhost: &str, queue: &str) -> (u64, u64) {
-    let rows = rabbit_json(&["list_queues", "-p", vhost, "name", "messages_ready", "messages_unacknowledged"]);
-    let row = rows.iter().find(|r| r["name"] == queue).unwrap_or_else(|| panic!("queue {queue} exists"));
-    (row["messages_ready"].as_u64().unwrap_or(0), row["messages_unacknowledged"].as_u64().unwrap_or(0))
+    let rows = rabbit_json(&[
+        "list_queues",
+        "-p",
+        vhost,
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    ]);
+    let row = rows
+        .iter()
+        .find(|r| r["name"] == queue)
+        .unwrap_or_else(|| panic!("queue {queue} exists"));
+    (
+        row["messages_ready"].as_u64().unwrap_or(0),
+        row["messages_unacknowledged"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Point the AWS SDK variables at the S3-compatible test server and create a fresh bucket.
+/// Returns `s3://bucket/prefix` for DR_OBJECT_STORE_URL.
+pub fn s3_bucket_url(endpoint: &str) -> String {
+    use std::io::{Read, Write};
+    let bucket = format!(
+        "drtest-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(hostport).expect("S3 test server reachable");
+    write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "bucket created: {out}");
+    // SAFETY: every test of this binary sets the same values.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+        std::env::set_var("AWS_REGION", "us-east-1");
+    }
+    format!("s3://{bucket}/artifacts")
+}
+
+pub fn s3_endpoint() -> String {
+    std::env::var("DR_TEST_S3_ENDPOINT").expect("DR_TEST_S3_ENDPOINT must point at an S3-compatible server (scripts/s3-test-server.sh start)")
+}
+
+/// A TCP forwarder that can be switched off: while down it resets every connection, like a
+/// store that is unreachable.
+pub struct FlakyProxy {
+    pub addr: String,
+    pub up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FlakyProxy {
+    pub async fn start(target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = up.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+            }
+        });
+        Self { addr, up }
+    }
 }

@@ -1,0 +1,76 @@
+//! Builders shared by the integration tests of `drfleet-protocol`.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use drfleet_protocol::topology::CommandKind;
+use drfleet_protocol::v1::{self, command_envelope::Command};
+use prost::Message;
+use prost_types::Timestamp;
+
+pub const COMMAND_ID: &str = "0190f1a2-3b4c-7d5e-8f60-718293a4b5c6";
+pub const ORG_ID: &str = "0190f1a2-3b4c-7d5e-8f60-000000000001";
+pub const RECORD_ID: &str = "0190f1a2-3b4c-7d5e-8f60-0000000000aa";
+pub const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1LTEifQ.SECRET-TOKEN-SIG-5d2c";
+pub const CORRELATION: &str = "corr-42";
+
+/// A string planted in bad fields; no rejection message may contain it.
+pub const MARKER: &str = "MARKER-7f3a";
+
+pub fn issued_at() -> Timestamp {
+    Timestamp {
+        seconds: 1_760_000_000,
+        nanos: 123_456_789,
+    }
+}
+
+pub fn envelope(command: Command) -> v1::CommandEnvelope {
+    v1::CommandEnvelope {
+        command_id: COMMAND_ID.into(),
+        organization_id: ORG_ID.into(),
+        issued_at: Some(issued_at()),
+        actor_token: TOKEN.into(),
+        correlation_id: CORRELATION.into(),
+        command: Some(command),
+    }
+}
+
+pub fn backup(tier: &str) -> Command {
+    Command::Backup(v1::BackupCommand {
+        tier: tier.into(),
+        policy_id: "nightly".into(),
+        reason: "scheduled".into(),
+    })
+}
+
+pub fn restore(mode: i32, target: &str) -> Command {
+    Command::Restore(v1::RestoreCommand {
+        backup_record_id: RECORD_ID.into(),
+        mode,
+        target: target.into(),
+    })
+}
+
+pub fn drill(record: &str, tier: &str) -> Command {
+    Command::Drill(v1::DrillCommand {
+        backup_record_id: record.into(),
+        tier: tier.into(),
+    })
+}
+
+pub fn verify(record: &str) -> Command {
+    Command::Verify(v1::VerifyCommand {
+        backup_record_id: record.into(),
+    })
+}
+
+pub fn kind_of(command: &Command) -> CommandKind {
+    match command {
+        Command::Backup(_) => CommandKind::Backup,
+        Command::Restore(_) => CommandKind::Restore,
+        Command::Drill(_) => CommandKind::Drill,
+        Command::Verify(_) => CommandKind::Verify,
+    }
+}
+
+pub fn encode<M: Message>(m: &M) -> Vec<u8> {
+    m.encode_to_vec()
+}

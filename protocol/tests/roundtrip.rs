@@ -1,0 +1,647 @@
+//! Wire round trips: commands through `decode_command` / `to_envelope`, events through
+//! prost, and the event naming rules (`event_type`, `routing_key`, `rejected`).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use drfleet_protocol::events::{self, EVENT_TYPES};
+use drfleet_protocol::topology::{CommandKind, UNKNOWN_ORG};
+use drfleet_protocol::v1::{self, event_envelope::Event};
+use drfleet_protocol::validate::{
+    self, BackupSpec, CommandBody, DrillSpec, ReasonCode, Rejection, RestoreMode, RestoreSpec,
+    VerifySpec,
+};
+use drfleet_protocol::{BackupRecordId, CommandId, OrganizationId};
+use prost::Message;
+use prost_types::{FileDescriptorProto, FileDescriptorSet, Timestamp};
+
+const STAGING: i32 = v1::RestoreMode::Staging as i32;
+const PROMOTE: i32 = v1::RestoreMode::Promote as i32;
+
+fn record() -> BackupRecordId {
+    RECORD_ID.parse().unwrap()
+}
+
+/// Every command shape the contract allows, with the body `decode_command` must yield.
+fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
+    vec![
+        (
+            "backup",
+            envelope(backup("full")),
+            CommandBody::Backup(BackupSpec {
+                tier: "full".into(),
+                policy_id: "nightly".into(),
+                reason: "scheduled".into(),
+            }),
+        ),
+        (
+            "backup with empty policy and reason",
+            envelope(v1::command_envelope::Command::Backup(v1::BackupCommand {
+                tier: "billing_v2-x".into(),
+                ..Default::default()
+            })),
+            CommandBody::Backup(BackupSpec {
+                tier: "billing_v2-x".into(),
+                policy_id: String::new(),
+                reason: String::new(),
+            }),
+        ),
+        (
+            "restore staging into the source",
+            envelope(restore(STAGING, "")),
+            CommandBody::Restore(RestoreSpec {
+                backup_record_id: record(),
+                mode: RestoreMode::Staging,
+                target: None,
+            }),
+        ),
+        (
+            "restore staging into a named target",
+            envelope(restore(STAGING, "scratch-1")),
+            CommandBody::Restore(RestoreSpec {
+                backup_record_id: record(),
+                mode: RestoreMode::Staging,
+                target: Some("scratch-1".into()),
+            }),
+        ),
+        (
+            "restore promote into the source",
+            envelope(restore(PROMOTE, "")),
+            CommandBody::Restore(RestoreSpec {
+                backup_record_id: record(),
+                mode: RestoreMode::Promote,
+                target: None,
+            }),
+        ),
+        (
+            "restore promote into a named target",
+            envelope(restore(PROMOTE, "dr_site")),
+            CommandBody::Restore(RestoreSpec {
+                backup_record_id: record(),
+                mode: RestoreMode::Promote,
+                target: Some("dr_site".into()),
+            }),
+        ),
+        (
+            "drill of a given backup",
+            envelope(drill(RECORD_ID, "full")),
+            CommandBody::Drill(DrillSpec {
+                backup_record_id: Some(record()),
+                tier: "full".into(),
+            }),
+        ),
+        (
+            "drill of the newest backup",
+            envelope(drill("", "full")),
+            CommandBody::Drill(DrillSpec {
+                backup_record_id: None,
+                tier: "full".into(),
+            }),
+        ),
+        (
+            "drill without tier",
+            envelope(drill("", "")),
+            CommandBody::Drill(DrillSpec {
+                backup_record_id: None,
+                tier: String::new(),
+            }),
+        ),
+        (
+            "verify",
+            envelope(verify(RECORD_ID)),
+            CommandBody::Verify(VerifySpec {
+                backup_record_id: record(),
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn every_command_kind_round_trips() {
+    for (name, env, body) in command_cases() {
+        let kind = kind_of(env.command.as_ref().unwrap());
+        let bytes = encode(&env);
+
+        let valid = validate::decode_command(&bytes, Some(kind))
+            .unwrap_or_else(|r| panic!("{name}: rejected: {r}"));
+        assert_eq!(valid.body, body, "{name}");
+        assert_eq!(valid.body.kind(), kind, "{name}");
+        assert_eq!(
+            valid.command_id,
+            COMMAND_ID.parse::<CommandId>().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            valid.organization_id,
+            ORG_ID.parse::<OrganizationId>().unwrap(),
+            "{name}"
+        );
+        assert_eq!(
+            valid.issued_at,
+            events::from_timestamp(&issued_at()).unwrap(),
+            "{name}"
+        );
+        assert_eq!(valid.actor_token, TOKEN, "{name}");
+        assert_eq!(valid.correlation_id, CORRELATION, "{name}");
+
+        let back = valid.to_envelope();
+        assert_eq!(back, env, "{name}: to_envelope changed the message");
+        assert_eq!(
+            encode(&back),
+            bytes,
+            "{name}: re-encoding changed the bytes"
+        );
+
+        // Without an expected kind (e.g. a tool reading the dead-letter queue) it is the same.
+        assert_eq!(
+            validate::decode_command(&bytes, None).unwrap(),
+            valid,
+            "{name}"
+        );
+        // validate_envelope is the same gate without the decoding step.
+        assert_eq!(
+            validate::validate_envelope(env.clone(), Some(kind)).unwrap(),
+            valid,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn command_body_json_is_tagged_by_kind_and_round_trips() {
+    for (name, _, body) in command_cases() {
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["kind"], body.kind().as_str(), "{name}: {json}");
+        let back: CommandBody = serde_json::from_value(json).unwrap();
+        assert_eq!(back, body, "{name}");
+    }
+    let json = serde_json::to_value(CommandBody::Restore(RestoreSpec {
+        backup_record_id: record(),
+        mode: RestoreMode::Promote,
+        target: None,
+    }))
+    .unwrap();
+    assert_eq!(json["mode"], "promote");
+    assert_eq!(json["backup_record_id"], RECORD_ID);
+}
+
+#[test]
+fn restore_mode_maps_to_the_wire_enum() {
+    assert_eq!(RestoreMode::Staging.to_wire(), v1::RestoreMode::Staging);
+    assert_eq!(RestoreMode::Promote.to_wire(), v1::RestoreMode::Promote);
+    assert_eq!(RestoreMode::Staging.as_str(), "staging");
+    assert_eq!(RestoreMode::Promote.as_str(), "promote");
+}
+
+#[test]
+fn ids_are_written_in_canonical_lowercase_form() {
+    // Uppercase hyphenated UUIDs are accepted, and written back in lowercase.
+    let mut env = envelope(verify(&RECORD_ID.to_uppercase()));
+    env.command_id = COMMAND_ID.to_uppercase();
+    env.organization_id = ORG_ID.to_uppercase();
+    let valid = validate::decode_command(&encode(&env), Some(CommandKind::Verify)).unwrap();
+    assert_eq!(valid.to_envelope(), envelope(verify(RECORD_ID)));
+}
+
+#[test]
+fn timestamps_round_trip_with_nanoseconds() {
+    for ts in [
+        Timestamp {
+            seconds: 0,
+            nanos: 0,
+        },
+        issued_at(),
+        Timestamp {
+            seconds: -1,
+            nanos: 999_999_999,
+        },
+        Timestamp {
+            seconds: 253_402_300_799,
+            nanos: 999_999_999,
+        },
+    ] {
+        let t = events::from_timestamp(&ts).unwrap();
+        assert_eq!(events::timestamp(t), ts);
+    }
+    assert!(
+        events::from_timestamp(&Timestamp {
+            seconds: 1,
+            nanos: -1
+        })
+        .is_none()
+    );
+    assert!(
+        events::from_timestamp(&Timestamp {
+            seconds: i64::MAX,
+            nanos: 0
+        })
+        .is_none()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Events
+
+fn ts(seconds: i64) -> Option<Timestamp> {
+    Some(Timestamp {
+        seconds,
+        nanos: 500,
+    })
+}
+
+/// One fully populated sample of every event variant, with its expected type name.
+fn sample_events() -> Vec<(&'static str, Event)> {
+    vec![
+        (
+            "backup_started",
+            Event::BackupStarted(v1::BackupStarted {
+                backup_record_id: RECORD_ID.into(),
+                tier: "full".into(),
+            }),
+        ),
+        (
+            "backup_completed",
+            Event::BackupCompleted(v1::BackupCompleted {
+                backup_record_id: RECORD_ID.into(),
+                tier: "full".into(),
+                byte_size: 1 << 40,
+                checksum_sha256: "ab".repeat(32),
+                row_count: u64::MAX,
+                table_count: 17,
+                snapshot_at: ts(1_760_000_000),
+            }),
+        ),
+        (
+            "backup_failed",
+            Event::BackupFailed(v1::BackupFailed {
+                backup_record_id: RECORD_ID.into(),
+                tier: "full".into(),
+                error_code: "SOURCE_UNAVAILABLE".into(),
+                message: "source database unreachable".into(),
+            }),
+        ),
+        (
+            "restore_initiated",
+            Event::RestoreInitiated(v1::RestoreInitiated {
+                restore_job_id: "0190f1a2-3b4c-7d5e-8f60-0000000000bb".into(),
+                backup_record_id: RECORD_ID.into(),
+                operator: "user-1".into(),
+                mode: PROMOTE,
+                snapshot_at: ts(1_760_000_001),
+            }),
+        ),
+        (
+            "restore_completed",
+            Event::RestoreCompleted(v1::RestoreCompleted {
+                restore_job_id: "0190f1a2-3b4c-7d5e-8f60-0000000000bb".into(),
+                backup_record_id: RECORD_ID.into(),
+                operator: "user-1".into(),
+                mode: STAGING,
+                started_at: ts(1_760_000_002),
+                finished_at: ts(1_760_000_003),
+                row_count: 12_345,
+                staging_schema: "dr_staging_0190f1a2".into(),
+            }),
+        ),
+        (
+            "restore_failed",
+            Event::RestoreFailed(v1::RestoreFailed {
+                restore_job_id: "0190f1a2-3b4c-7d5e-8f60-0000000000bb".into(),
+                backup_record_id: RECORD_ID.into(),
+                operator: "user-1".into(),
+                error_code: "CHECKSUM_MISMATCH".into(),
+                message: "artifact checksum mismatch".into(),
+            }),
+        ),
+        (
+            "dr_drill_completed",
+            Event::DrDrillCompleted(v1::DrillCompleted {
+                drill_report_id: "0190f1a2-3b4c-7d5e-8f60-0000000000cc".into(),
+                backup_record_id: RECORD_ID.into(),
+                passed: true,
+                measured_rto_ms: 4_200,
+                measured_rpo_ms: 86_400_000,
+                checks: vec![
+                    v1::DrillCheck {
+                        name: "row_counts".into(),
+                        passed: true,
+                        detail: String::new(),
+                    },
+                    v1::DrillCheck {
+                        name: "fk".into(),
+                        passed: false,
+                        detail: "2 orphans".into(),
+                    },
+                ],
+            }),
+        ),
+        (
+            "verify_completed",
+            Event::VerifyCompleted(v1::VerifyCompleted {
+                backup_record_id: RECORD_ID.into(),
+                ok: false,
+                error_code: "DECRYPT_FAILED".into(),
+            }),
+        ),
+        (
+            "command_rejected",
+            Event::CommandRejected(v1::CommandRejected {
+                command_id: COMMAND_ID.into(),
+                reason_code: "FORBIDDEN".into(),
+                message: "missing permission pf.backup.create".into(),
+            }),
+        ),
+    ]
+}
+
+/// Fails to compile when a variant is added, so `sample_events` must be extended.
+fn _exhaustive(e: &Event) {
+    match e {
+        Event::BackupStarted(_)
+        | Event::BackupCompleted(_)
+        | Event::BackupFailed(_)
+        | Event::RestoreInitiated(_)
+        | Event::RestoreCompleted(_)
+        | Event::RestoreFailed(_)
+        | Event::DrDrillCompleted(_)
+        | Event::VerifyCompleted(_)
+        | Event::CommandRejected(_) => {}
+    }
+}
+
+fn event_envelope(org: &str, event: Event) -> v1::EventEnvelope {
+    v1::EventEnvelope {
+        event_id: "0190f1a2-3b4c-7d5e-8f60-0000000000ee".into(),
+        organization_id: org.into(),
+        occurred_at: ts(1_760_000_009),
+        correlation_id: CORRELATION.into(),
+        causation_id: COMMAND_ID.into(),
+        event: Some(event),
+    }
+}
+
+#[test]
+fn every_event_variant_round_trips() {
+    let samples = sample_events();
+    assert_eq!(samples.len(), 9);
+    for (name, event) in samples {
+        let env = event_envelope(ORG_ID, event);
+        let bytes = encode(&env);
+        let back = v1::EventEnvelope::decode(bytes.as_slice()).unwrap();
+        assert_eq!(back, env, "{name}");
+        assert_eq!(encode(&back), bytes, "{name}");
+    }
+}
+
+#[test]
+fn event_type_names_are_the_listed_ones() {
+    let samples = sample_events();
+    let names: Vec<&str> = samples.iter().map(|(_, e)| events::event_type(e)).collect();
+    assert_eq!(names, EVENT_TYPES, "event_type in field order");
+    for (expected, event) in &samples {
+        assert_eq!(events::event_type(event), *expected);
+    }
+}
+
+// --- checks against the .proto files themselves (compiled with protox, pure Rust) ---
+
+fn descriptors() -> FileDescriptorSet {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+    protox::compile(["dr/v1/commands.proto", "dr/v1/events.proto"], [dir])
+        .expect("the .proto files compile")
+}
+
+fn file<'a>(fds: &'a FileDescriptorSet, name: &str) -> &'a FileDescriptorProto {
+    fds.file
+        .iter()
+        .find(|f| f.name() == name)
+        .unwrap_or_else(|| panic!("{name} in the set"))
+}
+
+/// The `event` oneof of `EventEnvelope`: field number → (field name, message type name).
+fn event_oneof(fds: &FileDescriptorSet) -> BTreeMap<i32, (String, String)> {
+    let events_file = file(fds, "dr/v1/events.proto");
+    let envelope = events_file
+        .message_type
+        .iter()
+        .find(|m| m.name() == "EventEnvelope")
+        .unwrap();
+    let oneof_index = envelope
+        .oneof_decl
+        .iter()
+        .position(|o| o.name() == "event")
+        .expect("EventEnvelope has oneof event") as i32;
+    envelope
+        .field
+        .iter()
+        .filter(|f| f.oneof_index == Some(oneof_index))
+        .map(|f| {
+            let ty = f.type_name().rsplit('.').next().unwrap().to_string();
+            (f.number(), (f.name().to_string(), ty))
+        })
+        .collect()
+}
+
+/// The field number of the first field in an encoded message.
+fn first_field_number(bytes: &[u8]) -> i32 {
+    let mut key = 0u64;
+    for (i, b) in bytes.iter().enumerate() {
+        key |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return (key >> 3) as i32;
+        }
+    }
+    panic!("truncated key");
+}
+
+#[test]
+fn event_type_is_the_oneof_field_name_in_the_proto() {
+    let fds = descriptors();
+    let oneof = event_oneof(&fds);
+    let proto_names: Vec<&str> = oneof.values().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        proto_names, EVENT_TYPES,
+        "EVENT_TYPES = oneof field names in field order"
+    );
+
+    for (_, event) in sample_events() {
+        // Encode only the oneof: the first (and only) field is the variant's field number.
+        let env = v1::EventEnvelope {
+            event: Some(event.clone()),
+            ..Default::default()
+        };
+        let number = first_field_number(&encode(&env));
+        let (field_name, _) = &oneof[&number];
+        assert_eq!(events::event_type(&event), field_name, "field {number}");
+    }
+}
+
+#[test]
+fn event_json_keys_are_the_proto_field_names() {
+    let fds = descriptors();
+    let events_file = file(&fds, "dr/v1/events.proto");
+    let fields_of = |message: &str| -> Vec<String> {
+        let m = events_file
+            .message_type
+            .iter()
+            .find(|m| m.name() == message)
+            .unwrap_or_else(|| panic!("message {message}"));
+        let mut names: Vec<String> = m.field.iter().map(|f| f.name().to_string()).collect();
+        names.sort();
+        names
+    };
+    let oneof = event_oneof(&fds);
+    for (_, event) in sample_events() {
+        let ty = events::event_type(&event);
+        let (_, message) = oneof.values().find(|(n, _)| n == ty).unwrap();
+        let json = events::event_json(&event);
+        let mut keys: Vec<String> = json.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, fields_of(message), "{ty}");
+        if let Some(checks) = json.get("checks") {
+            for c in checks.as_array().unwrap() {
+                let mut keys: Vec<String> = c.as_object().unwrap().keys().cloned().collect();
+                keys.sort();
+                assert_eq!(keys, fields_of("DrillCheck"));
+            }
+        }
+    }
+}
+
+#[test]
+fn event_json_renders_modes_and_timestamps() {
+    let samples = sample_events();
+    let by_name = |n: &str| {
+        samples
+            .iter()
+            .find(|(name, _)| *name == n)
+            .unwrap()
+            .1
+            .clone()
+    };
+    let j = events::event_json(&by_name("restore_initiated"));
+    assert_eq!(j["mode"], "promote");
+    assert_eq!(j["snapshot_at"], "2025-10-09T08:53:21.000000500Z");
+    let j = events::event_json(&by_name("restore_completed"));
+    assert_eq!(j["mode"], "staging");
+    let j = events::event_json(&Event::RestoreInitiated(v1::RestoreInitiated {
+        mode: 0,
+        snapshot_at: None,
+        ..Default::default()
+    }));
+    assert_eq!(j["mode"], "unspecified");
+    assert!(j["snapshot_at"].is_null());
+}
+
+#[test]
+fn message_type_names_match_the_topology_constants() {
+    use drfleet_protocol::topology::{COMMAND_MESSAGE_TYPE, EVENT_MESSAGE_TYPE};
+    use prost::Name;
+    assert_eq!(v1::CommandEnvelope::full_name(), COMMAND_MESSAGE_TYPE);
+    assert_eq!(v1::EventEnvelope::full_name(), EVENT_MESSAGE_TYPE);
+}
+
+#[test]
+fn routing_key_is_type_dot_organization() {
+    for (name, event) in sample_events() {
+        let env = event_envelope(ORG_ID, event.clone());
+        assert_eq!(events::routing_key(&env), format!("{name}.{ORG_ID}"));
+
+        for bad_org in ["", "not-a-uuid", "0190f1a23b4c7d5e8f60000000000001", " "] {
+            let env = event_envelope(bad_org, event.clone());
+            assert_eq!(
+                events::routing_key(&env),
+                format!("{name}.{UNKNOWN_ORG}"),
+                "org {bad_org:?}"
+            );
+        }
+    }
+    assert_eq!(UNKNOWN_ORG, "unknown");
+    // An uppercase org id is routed under its canonical form.
+    let env = event_envelope(&ORG_ID.to_uppercase(), sample_events()[0].1.clone());
+    assert_eq!(
+        events::routing_key(&env),
+        format!("backup_started.{ORG_ID}")
+    );
+    // No event at all.
+    let env = v1::EventEnvelope {
+        organization_id: ORG_ID.into(),
+        ..Default::default()
+    };
+    assert_eq!(events::routing_key(&env), format!("unknown.{ORG_ID}"));
+}
+
+#[test]
+fn envelope_fills_ids_and_time() {
+    let org: OrganizationId = ORG_ID.parse().unwrap();
+    let cmd: CommandId = COMMAND_ID.parse().unwrap();
+    let (_, event) = sample_events().remove(0);
+    let before = chrono::Utc::now();
+    let a = events::envelope(Some(org), CORRELATION, Some(cmd), event.clone());
+    let b = events::envelope(None, "", None, event.clone());
+
+    assert!(a.event_id.parse::<drfleet_protocol::EventId>().is_ok());
+    assert_ne!(a.event_id, b.event_id, "event ids are unique");
+    assert_eq!(a.organization_id, ORG_ID);
+    assert_eq!(a.correlation_id, CORRELATION);
+    assert_eq!(a.causation_id, COMMAND_ID);
+    assert_eq!(a.event, Some(event));
+    let at = events::from_timestamp(a.occurred_at.as_ref().unwrap()).unwrap();
+    assert!(at >= before - chrono::Duration::seconds(1));
+    assert!(at <= chrono::Utc::now() + chrono::Duration::seconds(1));
+
+    assert_eq!(b.organization_id, "");
+    assert_eq!(b.causation_id, "");
+    assert_eq!(events::routing_key(&b), "backup_started.unknown");
+}
+
+#[test]
+fn rejected_event_carries_the_rejection() {
+    let mut r = Rejection::new(ReasonCode::Forbidden, "missing permission pf.backup.create");
+    r.command_id = Some(COMMAND_ID.parse().unwrap());
+    r.organization_id = Some(ORG_ID.parse().unwrap());
+    r.correlation_id = CORRELATION.into();
+
+    let env = events::rejected(&r);
+    let Some(Event::CommandRejected(ev)) = &env.event else {
+        panic!("{env:?}")
+    };
+    assert_eq!(ev.command_id, COMMAND_ID);
+    assert_eq!(ev.reason_code, "FORBIDDEN");
+    assert_eq!(ev.message, "missing permission pf.backup.create");
+    assert_eq!(env.organization_id, ORG_ID);
+    assert_eq!(env.causation_id, COMMAND_ID);
+    assert_eq!(env.correlation_id, CORRELATION);
+    assert_eq!(
+        events::routing_key(&env),
+        format!("command_rejected.{ORG_ID}")
+    );
+
+    // Nothing readable: empty ids, routed under `unknown`.
+    let r = Rejection::new(ReasonCode::Malformed, "body is not a dr.v1.CommandEnvelope");
+    let env = events::rejected(&r);
+    let Some(Event::CommandRejected(ev)) = &env.event else {
+        panic!("{env:?}")
+    };
+    assert_eq!(ev.command_id, "");
+    assert_eq!(ev.reason_code, "MALFORMED");
+    assert_eq!(env.organization_id, "");
+    assert_eq!(env.causation_id, "");
+    assert_eq!(events::routing_key(&env), "command_rejected.unknown");
+}
+
+#[test]
+fn rejected_event_of_a_decoding_failure() {
+    let r = validate::decode_command(&[0xff, 0xff, 0xff], None).unwrap_err();
+    let env = events::rejected(&r);
+    let Some(Event::CommandRejected(ev)) = &env.event else {
+        panic!("{env:?}")
+    };
+    assert_eq!(ev.reason_code, "MALFORMED");
+    assert_eq!(ev.message, r.message);
+    // It round-trips like any other event.
+    let back = v1::EventEnvelope::decode(encode(&env).as_slice()).unwrap();
+    assert_eq!(back, env);
+}

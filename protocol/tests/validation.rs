@@ -1,0 +1,577 @@
+//! Every way `decode_command` refuses a command: the reason code, the field named in the
+//! message, the ids echoed in the rejection — and that the offending value never appears.
+
+mod common;
+
+use common::*;
+use drfleet_protocol::topology::CommandKind;
+use drfleet_protocol::v1::{self, command_envelope::Command};
+use drfleet_protocol::validate::{
+    self, MAX_CORRELATION_ID, MAX_TOKEN, ReasonCode, Rejection, ValidCommand,
+};
+use drfleet_protocol::{CommandId, OrganizationId};
+use prost_types::Timestamp;
+
+fn cmd_id() -> CommandId {
+    COMMAND_ID.parse().unwrap()
+}
+fn org_id() -> OrganizationId {
+    ORG_ID.parse().unwrap()
+}
+
+fn decode(env: &v1::CommandEnvelope) -> Result<ValidCommand, Rejection> {
+    let kind = env.command.as_ref().map(kind_of);
+    validate::decode_command(&encode(env), kind)
+}
+
+/// Asserts a rejection with `code` whose message names `field` and contains none of
+/// `secrets` (nor does its `Display`, nor the `command_rejected` event built from it).
+#[track_caller]
+fn assert_rejected(
+    result: Result<ValidCommand, Rejection>,
+    code: ReasonCode,
+    field: &str,
+    secrets: &[&str],
+) -> Rejection {
+    let r = match result {
+        Ok(v) => panic!("accepted, expected {code} on {field}: {v:?}"),
+        Err(r) => r,
+    };
+    assert_eq!(r.code, code, "{r}");
+    assert!(
+        r.message.contains(field),
+        "message {:?} should name {field}",
+        r.message
+    );
+    let event = drfleet_protocol::events::rejected(&r);
+    let event_text = format!("{event:?}");
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        for text in [r.message.as_str(), &r.to_string(), &event_text] {
+            assert!(
+                !text.to_lowercase().contains(&s.to_lowercase()),
+                "{text:?} echoes the offending value {s:?}"
+            );
+        }
+    }
+    r
+}
+
+#[track_caller]
+fn assert_ids_filled(r: &Rejection) {
+    assert_eq!(r.command_id, Some(cmd_id()), "{r:?}");
+    assert_eq!(r.organization_id, Some(org_id()), "{r:?}");
+    assert_eq!(r.correlation_id, CORRELATION, "{r:?}");
+}
+
+fn with(
+    mut env: v1::CommandEnvelope,
+    f: impl FnOnce(&mut v1::CommandEnvelope),
+) -> v1::CommandEnvelope {
+    f(&mut env);
+    env
+}
+
+/// Ids that are not 36-character hyphenated UUIDs (the only accepted form).
+fn bad_uuids() -> Vec<String> {
+    let simple = COMMAND_ID.replace('-', "");
+    vec![
+        String::new(),
+        MARKER.to_string(),
+        format!("{MARKER}-0000-0000-0000-000000000000"),
+        // 36 characters, UUID-shaped, but not hex.
+        format!("{MARKER}-bbbb-cccc-dddddddddddddd"),
+        simple.clone(),
+        format!("{{{COMMAND_ID}}}"),
+        format!("urn:uuid:{COMMAND_ID}"),
+        format!(" {}", &COMMAND_ID[1..]),
+        format!("{COMMAND_ID}\n"),
+        format!("{}{}", &COMMAND_ID[..35], "g"),
+        format!("{simple}0000"), // 36 hex digits, no hyphens
+    ]
+}
+
+#[test]
+fn command_id_must_be_a_hyphenated_uuid() {
+    assert!(
+        bad_uuids().iter().any(|b| b.len() == 36),
+        "some bad ids have the right length"
+    );
+    for bad in bad_uuids() {
+        let env = with(envelope(backup("full")), |e| e.command_id = bad.clone());
+        let r = assert_rejected(
+            decode(&env),
+            ReasonCode::InvalidArgument,
+            "command_id",
+            &[&bad],
+        );
+        assert_eq!(r.command_id, None, "{bad:?}");
+        assert_eq!(r.organization_id, Some(org_id()), "{bad:?}");
+        assert_eq!(r.correlation_id, CORRELATION);
+    }
+}
+
+#[test]
+fn organization_id_must_be_a_hyphenated_uuid() {
+    for bad in bad_uuids() {
+        let env = with(envelope(backup("full")), |e| {
+            e.organization_id = bad.clone()
+        });
+        let r = assert_rejected(
+            decode(&env),
+            ReasonCode::InvalidArgument,
+            "organization_id",
+            &[&bad],
+        );
+        assert_eq!(r.command_id, Some(cmd_id()), "{bad:?}");
+        assert_eq!(r.organization_id, None, "{bad:?}");
+    }
+}
+
+#[test]
+fn both_ids_unreadable() {
+    let env = with(envelope(backup("full")), |e| {
+        e.command_id = MARKER.into();
+        e.organization_id = MARKER.into();
+    });
+    let r = assert_rejected(
+        decode(&env),
+        ReasonCode::InvalidArgument,
+        "command_id",
+        &[MARKER],
+    );
+    assert_eq!((r.command_id, r.organization_id), (None, None));
+}
+
+#[test]
+fn uppercase_hyphenated_uuids_are_accepted() {
+    let env = with(envelope(backup("full")), |e| {
+        e.command_id = COMMAND_ID.to_uppercase();
+        e.organization_id = ORG_ID.to_uppercase();
+    });
+    let v = decode(&env).unwrap();
+    assert_eq!(v.command_id, cmd_id());
+    assert_eq!(v.organization_id, org_id());
+}
+
+#[test]
+fn issued_at_is_required_and_in_range() {
+    let cases = [
+        None,
+        Some(Timestamp {
+            seconds: 1_760_000_000,
+            nanos: -1,
+        }),
+        Some(Timestamp {
+            seconds: i64::MAX,
+            nanos: 0,
+        }),
+        Some(Timestamp {
+            seconds: i64::MIN,
+            nanos: 0,
+        }),
+        Some(Timestamp {
+            seconds: 1_760_000_000,
+            nanos: 2_000_000_000,
+        }),
+    ];
+    for ts in cases {
+        let env = with(envelope(backup("full")), |e| e.issued_at = ts);
+        let r = assert_rejected(decode(&env), ReasonCode::InvalidArgument, "issued_at", &[]);
+        assert_ids_filled(&r);
+    }
+}
+
+#[test]
+fn command_oneof_is_required() {
+    let env = with(envelope(backup("full")), |e| e.command = None);
+    for expected in [None, Some(CommandKind::Backup)] {
+        let r = validate::decode_command(&encode(&env), expected);
+        let r = assert_rejected(r, ReasonCode::InvalidArgument, "command", &[TOKEN]);
+        assert_ids_filled(&r);
+    }
+}
+
+#[test]
+fn kind_must_match_the_queue() {
+    let commands = [
+        backup("full"),
+        restore(1, ""),
+        drill("", ""),
+        verify(RECORD_ID),
+    ];
+    for command in commands {
+        let kind = kind_of(&command);
+        let bytes = encode(&envelope(command));
+        assert!(validate::decode_command(&bytes, Some(kind)).is_ok());
+        assert!(validate::decode_command(&bytes, None).is_ok());
+        for queue in CommandKind::ALL.into_iter().filter(|k| *k != kind) {
+            let r = validate::decode_command(&bytes, Some(queue));
+            let r = assert_rejected(r, ReasonCode::InvalidArgument, "command", &[TOKEN]);
+            assert!(r.message.contains(kind.as_str()), "{}", r.message);
+            assert!(r.message.contains(queue.queue()), "{}", r.message);
+            assert_ids_filled(&r);
+        }
+    }
+}
+
+fn bad_names() -> Vec<String> {
+    vec![
+        String::new(),
+        MARKER.into(),
+        "Full".into(),
+        "FULL".into(),
+        format!("x{}", "a".repeat(63)),
+        "has space".into(),
+        " full".into(),
+        "full ".into(),
+        "quo\"te".into(),
+        "it's".into(),
+        "-leading-dash".into(),
+        "_leading_underscore".into(),
+        "dotted.name".into(),
+        "semi;colon".into(),
+        "ünïcode".into(),
+        "tab\there".into(),
+        "nul\0byte".into(),
+        format!("marker-7f3a/{MARKER}"),
+    ]
+}
+
+#[test]
+fn valid_names_edge_cases() {
+    for good in [
+        "a",
+        "0",
+        "full",
+        "tier_1-x",
+        "9lives",
+        &"a".repeat(63),
+        "a-",
+        "a_",
+    ] {
+        assert!(validate::is_valid_name(good), "{good:?}");
+        assert!(
+            decode(&envelope(backup(good))).is_ok(),
+            "backup tier {good:?}"
+        );
+        assert!(
+            decode(&envelope(drill("", good))).is_ok(),
+            "drill tier {good:?}"
+        );
+        assert!(
+            decode(&envelope(restore(1, good))).is_ok(),
+            "restore target {good:?}"
+        );
+    }
+    for bad in bad_names() {
+        assert!(!validate::is_valid_name(&bad), "{bad:?}");
+    }
+}
+
+#[test]
+fn backup_tier_must_be_a_name() {
+    for bad in bad_names() {
+        let r = decode(&envelope(backup(&bad)));
+        let r = assert_rejected(r, ReasonCode::InvalidArgument, "backup.tier", &[&bad]);
+        assert_ids_filled(&r);
+    }
+}
+
+#[test]
+fn drill_tier_must_be_empty_or_a_name() {
+    assert!(decode(&envelope(drill("", ""))).is_ok());
+    for bad in bad_names().into_iter().filter(|b| !b.is_empty()) {
+        let r = decode(&envelope(drill(RECORD_ID, &bad)));
+        let r = assert_rejected(r, ReasonCode::InvalidArgument, "drill.tier", &[&bad]);
+        assert_ids_filled(&r);
+    }
+}
+
+#[test]
+fn backup_policy_and_reason_are_bounded() {
+    let ok = Command::Backup(v1::BackupCommand {
+        tier: "full".into(),
+        policy_id: "p".repeat(128),
+        reason: "r".repeat(1024),
+    });
+    assert!(decode(&envelope(ok)).is_ok());
+    let long_policy = format!("{MARKER}{}", "p".repeat(128));
+    let long_reason = format!("{MARKER}{}", "r".repeat(1024));
+    for (policy, reason) in [(long_policy.as_str(), "x"), ("x", long_reason.as_str())] {
+        let c = Command::Backup(v1::BackupCommand {
+            tier: "full".into(),
+            policy_id: policy.into(),
+            reason: reason.into(),
+        });
+        let r = assert_rejected(
+            decode(&envelope(c)),
+            ReasonCode::InvalidArgument,
+            "backup",
+            &[MARKER],
+        );
+        assert_ids_filled(&r);
+    }
+}
+
+#[test]
+fn restore_mode_must_be_staging_or_promote() {
+    let unspecified = v1::RestoreMode::Unspecified as i32;
+    for mode in [unspecified, 3, 99, -1, i32::MIN, i32::MAX] {
+        let r = decode(&envelope(restore(mode, "")));
+        let r = assert_rejected(r, ReasonCode::InvalidArgument, "restore.mode", &[TOKEN]);
+        assert_ids_filled(&r);
+    }
+}
+
+#[test]
+fn restore_target_is_a_name_never_a_url() {
+    let mut bad = bad_names()
+        .into_iter()
+        .filter(|b| !b.is_empty())
+        .collect::<Vec<_>>();
+    bad.extend([
+        format!("postgres://admin:{MARKER}@db.internal:5432/prod"),
+        format!("postgresql://{MARKER}"),
+        format!("s3://{MARKER}/bucket"),
+        "s3://bucket".into(),
+        format!("://{MARKER}"),
+        format!("host/{MARKER}"),
+        "a/b".into(),
+        "/".into(),
+        format!("../{MARKER}"),
+        format!("{MARKER}:5432"),
+        format!("file:///etc/{MARKER}"),
+        format!("host=db password={MARKER}"),
+    ]);
+    for target in bad {
+        for mode in [1, 2] {
+            let r = decode(&envelope(restore(mode, &target)));
+            let r = assert_rejected(
+                r,
+                ReasonCode::InvalidArgument,
+                "restore.target",
+                &[&target, MARKER],
+            );
+            assert_ids_filled(&r);
+        }
+    }
+}
+
+#[test]
+fn record_ids_must_be_uuids() {
+    for bad in bad_uuids().into_iter() {
+        let cases: Vec<(Command, &str)> = vec![
+            (
+                Command::Restore(v1::RestoreCommand {
+                    backup_record_id: bad.clone(),
+                    mode: 1,
+                    target: String::new(),
+                }),
+                "restore.backup_record_id",
+            ),
+            (verify(&bad), "verify.backup_record_id"),
+        ];
+        for (command, field) in cases {
+            let r = assert_rejected(
+                decode(&envelope(command)),
+                ReasonCode::InvalidArgument,
+                field,
+                &[&bad],
+            );
+            assert_ids_filled(&r);
+        }
+        // For a drill, empty means "the newest backup".
+        if !bad.is_empty() {
+            let r = decode(&envelope(drill(&bad, "full")));
+            let r = assert_rejected(
+                r,
+                ReasonCode::InvalidArgument,
+                "drill.backup_record_id",
+                &[&bad],
+            );
+            assert_ids_filled(&r);
+        }
+    }
+}
+
+#[test]
+fn correlation_id_is_printable_ascii_and_bounded() {
+    let ok_max = "c".repeat(MAX_CORRELATION_ID);
+    for good in ["", "a", "!~", ok_max.as_str(), "trace=abc;span=1"] {
+        let env = with(envelope(backup("full")), |e| e.correlation_id = good.into());
+        assert_eq!(decode(&env).unwrap().correlation_id, good);
+    }
+    let bad = [
+        format!("{MARKER}{}", "c".repeat(MAX_CORRELATION_ID)),
+        format!("{MARKER} with space"),
+        format!("{MARKER}\n"),
+        format!("{MARKER}\r\nX-Injected: 1"),
+        format!("{MARKER}\t"),
+        format!("{MARKER}\u{7f}"),
+        format!("{MARKER}\0"),
+        format!("{MARKER}é"),
+        format!("{MARKER}\u{202e}"),
+    ];
+    for c in bad {
+        let env = with(envelope(backup("full")), |e| e.correlation_id = c.clone());
+        let r = assert_rejected(
+            decode(&env),
+            ReasonCode::InvalidArgument,
+            "correlation_id",
+            &[MARKER],
+        );
+        assert_eq!(
+            r.correlation_id, "",
+            "an invalid correlation id is not echoed"
+        );
+        assert_eq!(r.command_id, Some(cmd_id()));
+        assert_eq!(r.organization_id, Some(org_id()));
+    }
+}
+
+#[test]
+fn invalid_correlation_id_is_not_echoed_by_later_rejections() {
+    let env = with(envelope(backup(MARKER)), |e| {
+        e.correlation_id = format!("{MARKER}\n")
+    });
+    let r = decode(&env).unwrap_err();
+    assert_eq!(r.correlation_id, "");
+    assert!(!format!("{:?}", drfleet_protocol::events::rejected(&r)).contains(MARKER));
+}
+
+#[test]
+fn actor_token_is_bounded_and_never_echoed() {
+    let max = format!("{MARKER}{}", "t".repeat(MAX_TOKEN - MARKER.len()));
+    let env = with(envelope(backup("full")), |e| e.actor_token = max.clone());
+    assert_eq!(decode(&env).unwrap().actor_token, max);
+
+    let too_long = format!("{max}t");
+    let env = with(envelope(backup("full")), |e| {
+        e.actor_token = too_long.clone()
+    });
+    let r = assert_rejected(
+        decode(&env),
+        ReasonCode::InvalidArgument,
+        "actor_token",
+        &[MARKER],
+    );
+    assert_ids_filled(&r);
+}
+
+#[test]
+fn no_rejection_echoes_the_actor_token() {
+    // Whatever else is wrong, the token never shows up.
+    let broken = [
+        with(envelope(backup("full")), |e| e.command_id = "x".into()),
+        with(envelope(backup("full")), |e| e.issued_at = None),
+        envelope(backup("BAD")),
+        envelope(restore(0, "")),
+        envelope(restore(1, "a/b")),
+        with(envelope(backup("full")), |e| e.command = None),
+    ];
+    for env in broken {
+        assert_rejected(
+            decode(&env),
+            ReasonCode::InvalidArgument,
+            "",
+            &[TOKEN, "SECRET-TOKEN"],
+        );
+    }
+}
+
+#[test]
+fn debug_of_a_valid_command_redacts_the_token() {
+    let v = decode(&envelope(restore(2, "scratch"))).unwrap();
+    let debug = format!("{v:?}");
+    let pretty = format!("{v:#?}");
+    for text in [&debug, &pretty] {
+        assert!(!text.contains(TOKEN), "{text}");
+        assert!(!text.contains("SECRET-TOKEN"), "{text}");
+        assert!(!text.contains("eyJ"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
+        assert!(text.contains(COMMAND_ID), "{text}");
+    }
+}
+
+#[test]
+fn undecodable_bytes_are_malformed() {
+    let valid = encode(&envelope(backup("full")));
+    let mut cases: Vec<Vec<u8>> = vec![
+        vec![0xff],
+        vec![
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ],
+        // field 1 (string) with a length running past the end
+        vec![0x0a, 0x10, b'a'],
+        // field 1 (string) holding invalid UTF-8
+        vec![0x0a, 0x02, 0xc3, 0x28],
+        // field 1 (string) sent as a varint
+        vec![0x08, 0x01],
+        // field 0 is not a valid field number
+        vec![0x00, 0x01],
+        // wire type 7 does not exist
+        vec![0x0f],
+        // an unterminated group
+        vec![0x0b],
+        // issued_at (field 3) whose body is garbage
+        vec![0x1a, 0x02, 0xff, 0xff],
+        // the backup command (field 10) with invalid UTF-8 in its tier
+        vec![0x52, 0x04, 0x0a, 0x02, 0xc3, 0x28],
+        valid[..valid.len() - 1].to_vec(),
+    ];
+    let mut marker_in_bad_utf8 = vec![0x0a, (MARKER.len() + 1) as u8];
+    marker_in_bad_utf8.extend_from_slice(MARKER.as_bytes());
+    marker_in_bad_utf8.push(0xff);
+    cases.push(marker_in_bad_utf8);
+
+    for bytes in cases {
+        for expected in [None, Some(CommandKind::Backup)] {
+            let r = validate::decode_command(&bytes, expected);
+            let r = assert_rejected(r, ReasonCode::Malformed, "dr.v1.CommandEnvelope", &[MARKER]);
+            assert_eq!(r.command_id, None);
+            assert_eq!(r.organization_id, None);
+            assert_eq!(r.correlation_id, "");
+        }
+    }
+}
+
+#[test]
+fn empty_body_decodes_but_is_invalid() {
+    // Zero bytes are a valid (empty) protobuf message: refused on its fields, not as malformed.
+    let r = validate::decode_command(&[], Some(CommandKind::Backup));
+    let r = assert_rejected(r, ReasonCode::InvalidArgument, "command_id", &[]);
+    assert_eq!((r.command_id, r.organization_id), (None, None));
+}
+
+#[test]
+fn unknown_fields_are_ignored() {
+    // A newer producer may add fields; field 99 (varint) must not break v1 consumers.
+    let mut bytes = encode(&envelope(verify(RECORD_ID)));
+    bytes.extend_from_slice(&[0x98, 0x06, 0x01]);
+    let v = validate::decode_command(&bytes, Some(CommandKind::Verify)).unwrap();
+    assert_eq!(v.to_envelope(), envelope(verify(RECORD_ID)));
+}
+
+#[test]
+fn reason_codes_match_the_proto_comment() {
+    let all = [
+        (ReasonCode::Malformed, "MALFORMED"),
+        (ReasonCode::Unauthenticated, "UNAUTHENTICATED"),
+        (ReasonCode::Forbidden, "FORBIDDEN"),
+        (ReasonCode::InvalidArgument, "INVALID_ARGUMENT"),
+        (ReasonCode::NotFound, "NOT_FOUND"),
+        (ReasonCode::Conflict, "CONFLICT"),
+    ];
+    let proto = include_str!("../proto/dr/v1/events.proto");
+    for (code, text) in all {
+        assert_eq!(code.as_str(), text);
+        assert_eq!(code.to_string(), text);
+        assert!(proto.contains(text), "events.proto documents {text}");
+    }
+    let r = Rejection::new(ReasonCode::NotFound, "backup record not found");
+    assert_eq!(r.to_string(), "NOT_FOUND: backup record not found");
+    assert_eq!(
+        (r.command_id, r.organization_id, r.correlation_id.as_str()),
+        (None, None, "")
+    );
+}

@@ -1,0 +1,246 @@
+//! # drfleet-storage — where artifacts live
+//!
+//! One [`ArtifactStore`] over object_store, for the local filesystem (default) or any
+//! S3-compatible store; the same conformance tests run against both (`tests/conformance.rs`).
+//!
+//! - [`keys`]: object keys, derived only from organization id, backup record id and attempt
+//!   (never from user text).
+//! - [`ArtifactStore`]: streaming multipart upload with bounded buffering and backpressure,
+//!   create-only puts (manifests are never overwritten), streaming download, delete.
+//!
+//! Errors ([`StorageError`]) carry a kind and say whether a retry can help; their Display
+//! never includes endpoints or credentials.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::prefix::PrefixStore;
+use object_store::{
+    ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig, WriteMultipart,
+};
+
+use drfleet_infra::config::ObjectStoreLocation;
+
+pub mod keys;
+
+/// Part size of multipart uploads (S3 needs ≥ 5 MiB for all but the last part).
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Parts in flight at once: bounds upload memory to about PART_SIZE × (this + 1).
+pub const PARTS_IN_FLIGHT: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    NotFound,
+    AlreadyExists,
+    /// Network, timeouts, 5xx: may work later.
+    Unavailable,
+    /// Misconfiguration, permissions, anything a retry will not fix.
+    Permanent,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("object store {op}: {kind:?}")]
+pub struct StorageError {
+    pub op: &'static str,
+    pub kind: StorageErrorKind,
+}
+
+impl StorageError {
+    pub fn is_transient(&self) -> bool {
+        self.kind == StorageErrorKind::Unavailable
+    }
+    pub fn code(&self) -> &'static str {
+        match self.kind {
+            StorageErrorKind::NotFound => "OBJECT_NOT_FOUND",
+            StorageErrorKind::AlreadyExists => "OBJECT_EXISTS",
+            StorageErrorKind::Unavailable => "OBJECT_STORE_UNAVAILABLE",
+            StorageErrorKind::Permanent => "OBJECT_STORE_ERROR",
+        }
+    }
+}
+
+fn classify(op: &'static str, e: object_store::Error) -> StorageError {
+    use object_store::Error as E;
+    let kind = match &e {
+        E::NotFound { .. } => StorageErrorKind::NotFound,
+        E::AlreadyExists { .. } | E::Precondition { .. } => StorageErrorKind::AlreadyExists,
+        E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::InvalidPath { .. } => StorageErrorKind::Permanent,
+        // Generic covers I/O and HTTP failures after object_store's own retries.
+        _ => StorageErrorKind::Unavailable,
+    };
+    tracing::debug!(op, kind = ?kind, "object store error");
+    StorageError { op, kind }
+}
+
+/// Artifact storage. Cheap to clone.
+#[derive(Clone)]
+pub struct ArtifactStore {
+    inner: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ArtifactStore")
+    }
+}
+
+impl ArtifactStore {
+    /// Open the configured store. For S3, credentials, region and endpoint come from the
+    /// standard `AWS_*` variables (`AWS_ENDPOINT_URL` for S3-compatible stores).
+    pub fn open(location: &ObjectStoreLocation) -> Result<Self, StorageError> {
+        let err = |_| StorageError {
+            op: "open",
+            kind: StorageErrorKind::Permanent,
+        };
+        let inner: Arc<dyn ObjectStore> = match location {
+            ObjectStoreLocation::Local(dir) => {
+                std::fs::create_dir_all(dir).map_err(|_| StorageError {
+                    op: "open",
+                    kind: StorageErrorKind::Permanent,
+                })?;
+                Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(err)?)
+            }
+            ObjectStoreLocation::S3 { bucket, prefix } => {
+                let mut b = AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(RetryConfig {
+                        max_retries: 3,
+                        retry_timeout: Duration::from_secs(30),
+                        ..Default::default()
+                    });
+                if let Ok(endpoint) = std::env::var("AWS_ENDPOINT_URL") {
+                    b = b
+                        .with_allow_http(endpoint.starts_with("http://"))
+                        .with_endpoint(endpoint);
+                }
+                let s3 = b.build().map_err(err)?;
+                if prefix.is_empty() {
+                    Arc::new(s3)
+                } else {
+                    Arc::new(PrefixStore::new(s3, prefix.as_str()))
+                }
+            }
+        };
+        Ok(Self { inner })
+    }
+
+    /// From an object_store directly (tests, embedding).
+    pub fn from_store(inner: Arc<dyn ObjectStore>) -> Self {
+        Self { inner }
+    }
+
+    /// Start a streaming multipart upload.
+    pub async fn upload(&self, key: &Path) -> Result<Upload, StorageError> {
+        let up = self
+            .inner
+            .put_multipart(key)
+            .await
+            .map_err(|e| classify("upload", e))?;
+        Ok(Upload {
+            writer: WriteMultipart::new_with_chunk_size(up, PART_SIZE),
+            bytes: 0,
+        })
+    }
+
+    /// Write a small object only if nothing is at `key` (manifests: never overwritten).
+    pub async fn put_create(&self, key: &Path, body: Bytes) -> Result<(), StorageError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        self.inner
+            .put_opts(key, PutPayload::from_bytes(body), opts)
+            .await
+            .map_err(|e| classify("put", e))?;
+        Ok(())
+    }
+
+    /// Whole object (small objects only: manifests).
+    pub async fn get_bytes(&self, key: &Path) -> Result<Bytes, StorageError> {
+        let r = self.inner.get(key).await.map_err(|e| classify("get", e))?;
+        r.bytes().await.map_err(|e| classify("get", e))
+    }
+
+    /// Streaming download.
+    pub async fn get_stream(
+        &self,
+        key: &Path,
+    ) -> Result<BoxStream<'static, Result<Bytes, StorageError>>, StorageError> {
+        let r = self.inner.get(key).await.map_err(|e| classify("get", e))?;
+        Ok(r.into_stream()
+            .map(|c| c.map_err(|e| classify("get", e)))
+            .boxed())
+    }
+
+    /// Size of an object.
+    pub async fn size(&self, key: &Path) -> Result<u64, StorageError> {
+        Ok(self
+            .inner
+            .head(key)
+            .await
+            .map_err(|e| classify("head", e))?
+            .size)
+    }
+
+    pub async fn delete(&self, key: &Path) -> Result<(), StorageError> {
+        match self.inner.delete(key).await {
+            Ok(()) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(classify("delete", e)),
+        }
+    }
+
+    /// Overwrite (tests that simulate tampering use this; drfleet itself never overwrites).
+    pub async fn put_overwrite(&self, key: &Path, body: Bytes) -> Result<(), StorageError> {
+        self.inner
+            .put(key, PutPayload::from_bytes(body))
+            .await
+            .map_err(|e| classify("put", e))?;
+        Ok(())
+    }
+}
+
+/// A multipart upload in progress. `write` waits when [`PARTS_IN_FLIGHT`] parts are being
+/// sent, which is the backpressure the backup pipeline relies on.
+pub struct Upload {
+    writer: WriteMultipart,
+    bytes: u64,
+}
+
+impl Upload {
+    pub async fn write(&mut self, buf: &[u8]) -> Result<(), StorageError> {
+        self.writer
+            .wait_for_capacity(PARTS_IN_FLIGHT)
+            .await
+            .map_err(|e| classify("upload", e))?;
+        self.writer.write(buf);
+        self.bytes += buf.len() as u64;
+        Ok(())
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    pub async fn finish(self) -> Result<u64, StorageError> {
+        self.writer
+            .finish()
+            .await
+            .map_err(|e| classify("upload", e))?;
+        Ok(self.bytes)
+    }
+
+    pub async fn abort(self) {
+        let _ = self.writer.abort().await;
+    }
+}

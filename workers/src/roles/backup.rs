@@ -1,0 +1,461 @@
+//! The backup role: one tenant's rows, one consistent snapshot, one encrypted artifact.
+//!
+//! Pipeline (memory stays flat whatever the tenant's size):
+//!
+//! ```text
+//! COPY (SELECT … WHERE tenant) TO STDOUT ──≥1 MiB buffers──▶ blocking thread:
+//!   frames → zstd → AES-256-GCM chunks → sha256 ──≥1 MiB──▶ multipart upload (2 parts in flight)
+//! ```
+//! Bounded channels between the stages give backpressure end to end. The record id is the
+//! job id, so a retried job (worker crash, transient error) keeps its record; each attempt
+//! writes its own object keys and the manifest, written last and create-only, is what makes
+//! an artifact count.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use sqlx::PgConnection;
+use tokio::sync::mpsc;
+
+use drfleet_artifact::{ArtifactBinding, ArtifactWriter, Manifest, TableHeader};
+use drfleet_infra::auth::Actor;
+use drfleet_protocol::events::{envelope, timestamp};
+use drfleet_protocol::topology::CommandKind;
+use drfleet_protocol::v1::{self, event_envelope::Event};
+use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand};
+use drfleet_storage::keys;
+
+use super::RoleCtx;
+use super::catalog::{TableInfo, quote_ident, resolve_tables};
+use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
+use crate::outbox;
+
+/// Buffers handed between pipeline stages.
+const BUF: usize = 1 << 20;
+/// Buffers in flight per channel.
+const DEPTH: usize = 4;
+
+pub struct BackupHandler {
+    ctx: Arc<RoleCtx>,
+}
+
+impl BackupHandler {
+    pub fn new(ctx: Arc<RoleCtx>) -> Self {
+        Self { ctx }
+    }
+}
+
+/// A tier as stored in `pf_backup_tiers`.
+struct Tier {
+    all_tables: bool,
+    tables: Vec<String>,
+}
+
+async fn find_tier(
+    conn: &mut PgConnection,
+    org: uuid::Uuid,
+    name: &str,
+) -> Result<Option<Tier>, sqlx::Error> {
+    // An organization's own tier shadows a global one of the same name.
+    let row: Option<(bool, Vec<String>)> = sqlx::query_as(
+        "SELECT all_tables, tables FROM pf_backup_tiers WHERE name = $2 AND (organization_id = $1 OR organization_id IS NULL) \
+         ORDER BY organization_id NULLS LAST LIMIT 1",
+    )
+    .bind(org)
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|(all_tables, tables)| Tier { all_tables, tables }))
+}
+
+fn spec(job: &Job) -> Result<&drfleet_protocol::validate::BackupSpec, JobError> {
+    match &job.spec {
+        CommandBody::Backup(b) => Ok(b),
+        _ => Err(JobError::permanent("SPEC_MISMATCH", "job is not a backup")),
+    }
+}
+
+/// What a finished export produced.
+struct Exported {
+    manifest: Manifest,
+    artifact_key: String,
+    manifest_key: String,
+}
+
+enum Piece {
+    Begin(TableHeader),
+    Rows(Vec<u8>),
+    End,
+}
+
+/// `std::io::Write` end of the ciphertext channel, used from the blocking thread.
+struct ChannelSink {
+    tx: mpsc::Sender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl ChannelSink {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.buf, Vec::with_capacity(BUF + BUF / 4));
+        self.tx
+            .blocking_send(full)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload stopped"))
+    }
+}
+
+impl std::io::Write for ChannelSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= BUF {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl BackupHandler {
+    /// Export `tables` inside the snapshot held by `src` into one artifact.
+    async fn export(
+        &self,
+        src: &mut PgConnection,
+        job: &Job,
+        tables: &[TableInfo],
+        snapshot_at: DateTime<Utc>,
+    ) -> Result<Exported, JobError> {
+        let org = job.organization_id.as_uuid();
+        let record = job.id.as_uuid();
+        let attempt = job.attempt.max(1) as u32;
+        let akey = keys::artifact(org, record, attempt);
+        let mkey = keys::manifest(org, record, attempt);
+        let binding = ArtifactBinding {
+            organization_id: org,
+            backup_record_id: record,
+        };
+
+        let (piece_tx, mut piece_rx) = mpsc::channel::<Piece>(DEPTH);
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(DEPTH);
+        let keyring = self.ctx.keyring.clone();
+        let writer = tokio::task::spawn_blocking(
+            move || -> Result<Manifest, drfleet_artifact::ArtifactError> {
+                let sink = ChannelSink {
+                    tx: out_tx,
+                    buf: Vec::with_capacity(BUF + BUF / 4),
+                };
+                let mut w = ArtifactWriter::new(sink, &keyring, binding, 1)?;
+                while let Some(p) = piece_rx.blocking_recv() {
+                    match p {
+                        Piece::Begin(h) => w.begin_table(&h)?,
+                        Piece::Rows(b) => w.write_rows(&b)?,
+                        Piece::End => {
+                            w.end_table()?;
+                        }
+                    }
+                }
+                let (manifest, mut sink) = w.finish()?;
+                sink.send().map_err(drfleet_artifact::ArtifactError::from)?;
+                Ok(manifest)
+            },
+        );
+
+        let mut upload = self.ctx.store.upload(&akey).await?;
+        let uploading = async {
+            while let Some(buf) = out_rx.recv().await {
+                upload.write(&buf).await?;
+            }
+            Ok::<_, JobError>(())
+        };
+        let tenant = quote_ident(&self.ctx.tenant_column);
+        let schema = quote_ident(&self.ctx.tenant_schema);
+        let producing = async move {
+            for t in tables {
+                piece_tx
+                    .send(Piece::Begin(t.header()))
+                    .await
+                    .map_err(|_| stopped())?;
+                let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+                // The organization id is a validated UUID; it is the only value in the statement.
+                let sql = format!(
+                    "COPY (SELECT {} FROM {schema}.{} WHERE {tenant} = '{}') TO STDOUT",
+                    cols.join(", "),
+                    quote_ident(&t.name),
+                    org.hyphenated()
+                );
+                let mut stream = src.copy_out_raw(&sql).await?;
+                // sqlx yields one item per row: coalesce before crossing threads.
+                let mut buf = Vec::with_capacity(BUF + 64 * 1024);
+                while let Some(chunk) = stream.next().await {
+                    buf.extend_from_slice(&chunk?);
+                    if buf.len() >= BUF {
+                        let full = std::mem::replace(&mut buf, Vec::with_capacity(BUF + 64 * 1024));
+                        piece_tx
+                            .send(Piece::Rows(full))
+                            .await
+                            .map_err(|_| stopped())?;
+                    }
+                }
+                if !buf.is_empty() {
+                    piece_tx
+                        .send(Piece::Rows(buf))
+                        .await
+                        .map_err(|_| stopped())?;
+                }
+                piece_tx.send(Piece::End).await.map_err(|_| stopped())?;
+            }
+            Ok::<_, JobError>(())
+        };
+        let joined = tokio::try_join!(producing, uploading);
+        let written = writer
+            .await
+            .map_err(|_| JobError::permanent("ARTIFACT_WRITER_PANIC", "artifact writer failed"))?;
+        let outcome = match (joined, written) {
+            (Ok(_), Ok(mut manifest)) => match upload.finish().await {
+                Ok(_) => {
+                    manifest.snapshot_at = Some(snapshot_at);
+                    self.ctx
+                        .store
+                        .put_create(&mkey, manifest.to_json().into())
+                        .await
+                        .map(|_| manifest)
+                        .map_err(JobError::from)
+                }
+                Err(e) => Err(e.into()),
+            },
+            // The writer's error is the cause when it stopped first (the others see a closed channel).
+            (Err(e), Err(w)) if e.code == "PIPELINE_STOPPED" => {
+                upload.abort().await;
+                Err(w.into())
+            }
+            (Err(e), _) => {
+                upload.abort().await;
+                Err(e)
+            }
+            (Ok(_), Err(w)) => {
+                upload.abort().await;
+                Err(w.into())
+            }
+        };
+        match outcome {
+            Ok(manifest) => Ok(Exported {
+                manifest,
+                artifact_key: akey.to_string(),
+                manifest_key: mkey.to_string(),
+            }),
+            Err(e) => {
+                // No manifest was written, so nothing counts; remove what the attempt left.
+                let _ = self.ctx.store.delete(&akey).await;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn stopped() -> JobError {
+    JobError::permanent("PIPELINE_STOPPED", "artifact pipeline stopped")
+}
+
+impl JobHandler for BackupHandler {
+    fn kind(&self) -> CommandKind {
+        CommandKind::Backup
+    }
+
+    fn admit<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        cmd: &'a ValidCommand,
+        _actor: &'a Actor,
+    ) -> BoxFuture<'a, Result<Admission, AdmitError>> {
+        Box::pin(async move {
+            let CommandBody::Backup(b) = &cmd.body else {
+                return Err(AdmitError::Reject(Rejection::new(
+                    ReasonCode::InvalidArgument,
+                    "not a backup command",
+                )));
+            };
+            if find_tier(tx, cmd.organization_id.as_uuid(), &b.tier)
+                .await?
+                .is_none()
+            {
+                return Err(AdmitError::Reject(Rejection::new(
+                    ReasonCode::InvalidArgument,
+                    "backup.tier names no known tier",
+                )));
+            }
+            // One backup per tenant and tier at a time: the second waits for the first.
+            Ok(Admission {
+                concurrency_key: format!("backup:{}:{}", cmd.organization_id, b.tier),
+            })
+        })
+    }
+
+    fn run<'a>(&'a self, ctx: &'a JobCtx) -> BoxFuture<'a, Result<(), JobError>> {
+        Box::pin(async move {
+            let job = &ctx.job;
+            let b = spec(job)?;
+            let started = Instant::now();
+            let org = job.organization_id.as_uuid();
+
+            // The record and backup_started, once per job whatever the attempt.
+            let mut tx = ctx.pool.begin().await?;
+            let fresh = sqlx::query(
+                "INSERT INTO pf_backup_records (id, organization_id, command_id, tier, policy_id, status) \
+                 VALUES ($1, $2, $3, $4, $5, 'started') ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(job.id.as_uuid())
+            .bind(org)
+            .bind(job.command_id.as_uuid())
+            .bind(&b.tier)
+            .bind(&b.policy_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if fresh {
+                let ev = envelope(
+                    Some(job.organization_id),
+                    &job.correlation_id,
+                    Some(job.command_id),
+                    Event::BackupStarted(v1::BackupStarted {
+                        backup_record_id: job.id.to_string(),
+                        tier: b.tier.clone(),
+                    }),
+                );
+                outbox::enqueue(&mut tx, &ev).await?;
+            }
+            let tier = find_tier(&mut tx, org, &b.tier)
+                .await?
+                .ok_or_else(|| JobError::permanent("TIER_NOT_FOUND", "tier no longer exists"))?;
+            tx.commit().await?;
+
+            // One snapshot for every table.
+            let mut src = self
+                .ctx
+                .source
+                .acquire()
+                .await
+                .map_err(|e| source_error(&e))?;
+            sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .execute(&mut *src)
+                .await
+                .map_err(|e| source_error(&e))?;
+            let result = async {
+                let snapshot_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+                    .fetch_one(&mut *src)
+                    .await
+                    .map_err(|e| source_error(&e))?;
+                let names = (!tier.all_tables).then_some(tier.tables.as_slice());
+                let tables = resolve_tables(
+                    &mut src,
+                    &self.ctx.tenant_schema,
+                    &self.ctx.tenant_column,
+                    names,
+                )
+                .await?;
+                let exported = self.export(&mut src, job, &tables, snapshot_at).await?;
+                Ok::<_, JobError>((exported, snapshot_at))
+            }
+            .await;
+            let _ = sqlx::query("ROLLBACK").execute(&mut *src).await;
+            let (exported, snapshot_at) = result?;
+            let m = &exported.manifest;
+
+            let mut tx = ctx.pool.begin().await?;
+            sqlx::query(
+                "UPDATE pf_backup_records SET status = 'completed', key_id = $3, object_key = $4, manifest_key = $5, \
+                   manifest = $6, byte_size = $7, checksum_sha256 = $8, row_count = $9, table_count = $10, snapshot_at = $11, \
+                   completed_at = now(), duration_ms = $12, error_code = NULL \
+                 WHERE id = $1 AND organization_id = $2 AND status = 'started'",
+            )
+            .bind(job.id.as_uuid())
+            .bind(org)
+            .bind(&m.key_id)
+            .bind(&exported.artifact_key)
+            .bind(&exported.manifest_key)
+            .bind(sqlx::types::Json(m))
+            .bind(m.byte_size as i64)
+            .bind(&m.checksum_sha256)
+            .bind(m.row_count as i64)
+            .bind(m.tables.len() as i32)
+            .bind(snapshot_at)
+            .bind(started.elapsed().as_millis() as i64)
+            .execute(&mut *tx)
+            .await?;
+            let ev = envelope(
+                Some(job.organization_id),
+                &job.correlation_id,
+                Some(job.command_id),
+                Event::BackupCompleted(v1::BackupCompleted {
+                    backup_record_id: job.id.to_string(),
+                    tier: b.tier.clone(),
+                    byte_size: m.byte_size,
+                    checksum_sha256: m.checksum_sha256.clone(),
+                    row_count: m.row_count,
+                    table_count: m.tables.len() as u32,
+                    snapshot_at: Some(timestamp(snapshot_at)),
+                }),
+            );
+            outbox::enqueue(&mut tx, &ev).await?;
+            ctx.finish_in(&mut tx).await?;
+            tx.commit().await?;
+            tracing::info!(
+                backup_record_id = %job.id,
+                bytes = m.byte_size,
+                rows = m.row_count,
+                tables = m.tables.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "backup completed"
+            );
+            Ok(())
+        })
+    }
+
+    fn on_failed<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        job: &'a Job,
+        err: &'a JobError,
+    ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let tier = spec(job).map(|b| b.tier.clone()).unwrap_or_default();
+            sqlx::query(
+                "INSERT INTO pf_backup_records (id, organization_id, command_id, tier, status, error_code, completed_at) \
+                 VALUES ($1, $2, $3, $4, 'failed', $5, now()) \
+                 ON CONFLICT (id) DO UPDATE SET status = 'failed', error_code = EXCLUDED.error_code, completed_at = now() \
+                 WHERE pf_backup_records.status = 'started' AND pf_backup_records.organization_id = EXCLUDED.organization_id",
+            )
+            .bind(job.id.as_uuid())
+            .bind(job.organization_id.as_uuid())
+            .bind(job.command_id.as_uuid())
+            .bind(&tier)
+            .bind(err.code.as_ref())
+            .execute(&mut *tx)
+            .await?;
+            let ev = envelope(
+                Some(job.organization_id),
+                &job.correlation_id,
+                Some(job.command_id),
+                Event::BackupFailed(v1::BackupFailed {
+                    backup_record_id: job.id.to_string(),
+                    tier,
+                    error_code: err.code.to_string(),
+                    message: err.message.to_string(),
+                }),
+            );
+            outbox::enqueue(tx, &ev).await
+        })
+    }
+}
+
+fn source_error(e: &sqlx::Error) -> JobError {
+    let mut j = JobError::db(e);
+    j.code = "SOURCE_DATABASE_ERROR".into();
+    j
+}

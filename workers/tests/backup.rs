@@ -1,0 +1,533 @@
+//! The backup role end to end on real PostgreSQL, RabbitMQ and both artifact stores.
+
+mod common;
+
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+use common::*;
+use drfleet_artifact::{ArtifactBinding, ArtifactReader, Keyring, Manifest, MasterKey};
+use drfleet_infra::config::ObjectStoreLocation;
+use drfleet_protocol::OrganizationId;
+use drfleet_protocol::v1::event_envelope::Event;
+use drfleet_storage::ArtifactStore;
+
+const MARKER: &str = "TENANT-MARKER-9c1e";
+const OTHER_MARKER: &str = "OTHER-TENANT-7b2d";
+
+/// A tenant schema with every type the backup must carry byte for byte.
+async fn seed(env: &TestEnv, org: &OrganizationId, other: &OrganizationId) {
+    let ddl = r#"
+        CREATE TYPE mood AS ENUM ('happy', 'sad', 'it''s "complicated"');
+        CREATE TABLE customers (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            organization_id uuid NOT NULL,
+            name text,
+            note text,
+            data bytea,
+            doc jsonb,
+            amount numeric(30, 10),
+            seen_at timestamptz,
+            tags text[],
+            ref uuid,
+            feeling mood,
+            name_len integer GENERATED ALWAYS AS (length(name)) STORED
+        );
+        CREATE TABLE orders (
+            id serial PRIMARY KEY,
+            organization_id uuid NOT NULL,
+            customer_id bigint NOT NULL REFERENCES customers(id),
+            total numeric
+        );
+        CREATE TABLE order_notes (
+            organization_id uuid NOT NULL,
+            order_id integer REFERENCES orders(id),
+            body text NOT NULL DEFAULT ''
+        );
+        CREATE TABLE global_settings (k text PRIMARY KEY, v text);
+        INSERT INTO global_settings VALUES ('secret', 'GLOBAL-NOT-TENANT');
+    "#;
+    sqlx::raw_sql(ddl).execute(&env.pool).await.unwrap();
+    for (o, marker) in [(org, MARKER), (other, OTHER_MARKER)] {
+        let q = r#"
+            WITH c AS (
+              INSERT INTO customers (organization_id, name, note, data, doc, amount, seen_at, tags, ref, feeling)
+              VALUES
+                ($1, $2 || ' tab	here', E'line1\nline2\\backslash ''quoted'' "dq"', '\x00ff5c0a09'::bytea,
+                 '{"k": [1, 2.5, "x\ty"], "nested": {"z": null}}', 12345678901234567890.0123456789,
+                 '2024-02-29 23:59:59.123456+05:30', ARRAY['a', NULL, 'with "quote"', 'comma,here', ''], gen_random_uuid(), 'it''s "complicated"'),
+                ($1, '', NULL, '', 'null', -0.5, NULL, '{}', NULL, 'happy'),
+                ($1, 'ünïcødé ✓ 日本', '\N is not null', NULL, '[]', 0, 'infinity', NULL, NULL, NULL)
+              RETURNING id)
+            INSERT INTO orders (organization_id, customer_id, total) SELECT $1, id, 9.99 FROM c
+        "#;
+        sqlx::query(q)
+            .bind(o.as_uuid())
+            .bind(marker)
+            .execute(&env.pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO order_notes (organization_id, order_id, body) SELECT $1, id, $2 FROM orders WHERE organization_id = $1")
+            .bind(o.as_uuid())
+            .bind(format!("note {marker}"))
+            .execute(&env.pool)
+            .await
+            .unwrap();
+    }
+    // Bulk rows so the artifact spans several chunks.
+    sqlx::query("INSERT INTO order_notes (organization_id, order_id, body) SELECT $1, NULL, md5(g::text) || $2 FROM generate_series(1, 20000) g")
+        .bind(org.as_uuid())
+        .bind(MARKER)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+}
+
+fn start(
+    cfg: drfleet_workers::config::WorkerConfig,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    (
+        shutdown,
+        tokio::spawn(async move { drfleet_workers::run(cfg, s).await.expect("worker runs") }),
+    )
+}
+
+fn keyring() -> Keyring {
+    Keyring::new(MasterKey::new("test-key-1", [42u8; 32]), vec![])
+}
+
+async fn copy_out(conn: &mut PgConnection, sql: &str) -> Vec<u8> {
+    let chunks: Vec<bytes::Bytes> = conn
+        .copy_out_raw(sql)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    chunks.concat()
+}
+
+async fn backup_and_check(env: &TestEnv, store_url: String, store: ArtifactStore) {
+    let org = OrganizationId::new();
+    let other = OrganizationId::new();
+    seed(env, &org, &other).await;
+    let tap = EventTap::new(env).await;
+    let (shutdown, task) = start(env.config_with("backup", &[("DR_OBJECT_STORE_URL", store_url)]));
+    let (_c, p) = env.publisher().await;
+    let cmd = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
+    publish_command(&p, &cmd).await;
+    let corr = cmd.correlation_id.clone();
+    let events = tap
+        .wait_until(60, "backup finished", |ev| {
+            ev.iter()
+                .any(|e| e.env.correlation_id == corr && e.kind() != "backup_started")
+        })
+        .await;
+    let mine: Vec<_> = events
+        .iter()
+        .filter(|e| e.env.correlation_id == corr)
+        .collect();
+    assert_eq!(
+        mine.iter().map(|e| e.kind()).collect::<Vec<_>>(),
+        ["backup_started", "backup_completed"]
+    );
+    let Some(Event::BackupCompleted(done)) = &mine[1].env.event else {
+        unreachable!()
+    };
+    assert_eq!(
+        done.table_count, 3,
+        "customers, orders, order_notes; not global_settings"
+    );
+    assert_eq!(done.row_count, 3 + 3 + 3 + 20000);
+    assert!(done.snapshot_at.is_some());
+
+    // The record.
+    let (status, object_key, manifest_key, checksum, size, manifest): (String, String, String, String, i64, serde_json::Value) = sqlx::query_as(
+        "SELECT status, object_key, manifest_key, checksum_sha256, byte_size, manifest FROM pf_backup_records WHERE id = $1::uuid AND organization_id = $2",
+    )
+    .bind(&done.backup_record_id)
+    .bind(org.as_uuid())
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "completed");
+    assert_eq!(checksum, done.checksum_sha256);
+
+    // checksum_sha256 is the sha256 of the stored bytes.
+    let stored: Vec<u8> = store
+        .get_stream(&drfleet_storage::keys::parse(&object_key).unwrap())
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .concat();
+    assert_eq!(stored.len() as i64, size);
+    assert_eq!(hex::encode(Sha256::digest(&stored)), checksum);
+    let manifest_obj = store
+        .get_bytes(&drfleet_storage::keys::parse(&manifest_key).unwrap())
+        .await
+        .unwrap();
+    let m = Manifest::from_json(&manifest_obj).unwrap();
+    assert_eq!(
+        serde_json::to_value(&m).unwrap(),
+        manifest,
+        "manifest object equals the recorded manifest"
+    );
+    for needle in [MARKER, OTHER_MARKER, "GLOBAL-NOT-TENANT", "ünïcødé"] {
+        assert!(
+            !contains(&stored, needle.as_bytes()),
+            "{needle} must not appear in the stored artifact"
+        );
+        assert!(
+            !contains(&manifest_obj, needle.as_bytes()),
+            "{needle} must not appear in the manifest"
+        );
+    }
+    for e in tap.events.lock().unwrap().iter() {
+        let dbg = format!("{:?}", e.env);
+        assert!(!dbg.contains(MARKER) && !dbg.contains(OTHER_MARKER));
+    }
+
+    // Decrypt and parse: every table equals a direct COPY of the tenant's rows.
+    let binding = ArtifactBinding {
+        organization_id: org.as_uuid(),
+        backup_record_id: done.backup_record_id.parse().unwrap(),
+    };
+    let mut reader = ArtifactReader::open(stored.as_slice(), &keyring(), binding).unwrap();
+    let mut conn = PgConnection::connect(&env.db_url).await.unwrap();
+    let mut names = Vec::new();
+    while let Some(header) = reader.next_table().unwrap() {
+        let mut rows = Vec::new();
+        while let Some(piece) = reader.next_rows().unwrap() {
+            rows.extend_from_slice(piece);
+        }
+        let cols: Vec<String> = header
+            .columns
+            .iter()
+            .map(|c| format!("\"{}\"", c.name))
+            .collect();
+        assert!(
+            !cols.contains(&"\"name_len\"".to_string()),
+            "generated columns are not exported"
+        );
+        let expected = copy_out(
+            &mut conn,
+            &format!(
+                "COPY (SELECT {} FROM \"{}\" WHERE organization_id = '{org}') TO STDOUT",
+                cols.join(","),
+                header.name
+            ),
+        )
+        .await;
+        assert_eq!(
+            rows, expected,
+            "table {} round-trips byte for byte",
+            header.name
+        );
+        assert!(
+            !contains(&rows, OTHER_MARKER.as_bytes())
+                && !contains(&rows, other.to_string().as_bytes()),
+            "no other tenant's rows"
+        );
+        names.push(header.name.clone());
+    }
+    assert_eq!(
+        names,
+        ["customers", "orders", "order_notes"],
+        "foreign-key order"
+    );
+    let summary = reader.finish().unwrap();
+    assert_eq!(summary.row_count, done.row_count);
+    for (t, mt) in summary.tables.iter().zip(&m.tables) {
+        assert_eq!(t.sha256, mt.sha256);
+        assert_eq!(t.row_count, mt.row_count);
+    }
+    let customers = &m.tables[0];
+    let types: Vec<&str> = customers
+        .columns
+        .iter()
+        .map(|c| c.data_type.as_str())
+        .collect();
+    assert!(
+        types.contains(&"numeric(30,10)") && types.contains(&"mood") && types.contains(&"text[]"),
+        "{types:?}"
+    );
+
+    shutdown.cancel();
+    task.await.unwrap();
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn backup_to_local_filesystem() {
+    let env = TestEnv::new().await;
+    let dir = std::env::temp_dir().join(format!("drfleet-backup-{}", env.db_name));
+    let store = ArtifactStore::open(&ObjectStoreLocation::Local(dir.clone())).unwrap();
+    backup_and_check(&env, format!("file://{}", dir.display()), store).await;
+    let _ = std::fs::remove_dir_all(dir);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn backup_to_s3_compatible_store() {
+    let env = TestEnv::new().await;
+    let endpoint = s3_endpoint();
+    let url = s3_bucket_url(&endpoint);
+    // SAFETY: same value in every test of this binary.
+    unsafe { std::env::set_var("AWS_ENDPOINT_URL", &endpoint) };
+    let loc = drfleet_infra::config::object_store_url("DR_OBJECT_STORE_URL", &url).unwrap();
+    let store = ArtifactStore::open(&loc).unwrap();
+    backup_and_check(&env, url, store).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn duplicate_commands_unknown_tiers_and_broken_tiers() {
+    let env = TestEnv::new().await;
+    let org = OrganizationId::new();
+    seed(&env, &org, &OrganizationId::new()).await;
+    sqlx::query("INSERT INTO pf_backup_tiers (id, organization_id, name, tables) VALUES (gen_random_uuid(), $1, 'broken', '{customers,no_such_table}'), (gen_random_uuid(), $1, 'global', '{global_settings}')")
+        .bind(org.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let tap = EventTap::new(&env).await;
+    let (shutdown, task) = start(env.config("backup"));
+    let (_c, p) = env.publisher().await;
+    let tok = token(&org, &["pf.backup.create"]);
+
+    let dup = backup_command(&org, "full", &tok);
+    publish_command(&p, &dup).await;
+    publish_command(&p, &dup).await;
+    let unknown = backup_command(&org, "gold", &tok);
+    publish_command(&p, &unknown).await;
+    let broken = backup_command(&org, "broken", &tok);
+    publish_command(&p, &broken).await;
+    let untenanted = backup_command(&org, "global", &tok);
+    publish_command(&p, &untenanted).await;
+
+    let done = |c: &str| {
+        let c = c.to_string();
+        move |ev: &[Received]| {
+            ev.iter()
+                .any(|e| e.env.correlation_id == c && e.kind() != "backup_started")
+        }
+    };
+    tap.wait_until(60, "duplicate", done(&dup.correlation_id))
+        .await;
+    tap.wait_until(60, "unknown tier", done(&unknown.correlation_id))
+        .await;
+    tap.wait_until(60, "broken tier", done(&broken.correlation_id))
+        .await;
+    tap.wait_until(60, "untenanted tier", done(&untenanted.correlation_id))
+        .await;
+
+    let records: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pf_backup_records WHERE command_id = $1::uuid")
+            .bind(&dup.command_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(records, 1, "a duplicate command makes one record");
+    let kinds = |c: &str| {
+        tap.for_correlation(c)
+            .iter()
+            .map(|e| e.kind())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        kinds(&dup.correlation_id),
+        ["backup_started", "backup_completed"]
+    );
+    let rej = tap.for_correlation(&unknown.correlation_id);
+    assert!(
+        matches!(&rej[0].env.event, Some(Event::CommandRejected(r)) if r.reason_code == "INVALID_ARGUMENT")
+    );
+    let code = |c: &str| {
+        tap.for_correlation(c)
+            .iter()
+            .find_map(|e| match &e.env.event {
+                Some(Event::BackupFailed(f)) => Some(f.error_code.clone()),
+                _ => None,
+            })
+    };
+    assert_eq!(
+        code(&broken.correlation_id).as_deref(),
+        Some("TIER_TABLE_MISSING")
+    );
+    assert_eq!(
+        code(&untenanted.correlation_id).as_deref(),
+        Some("TIER_TABLE_NOT_TENANT_SCOPED")
+    );
+    let failed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT status, error_code FROM pf_backup_records WHERE command_id = $1::uuid",
+    )
+    .bind(&broken.command_id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        failed,
+        [("failed".to_string(), "TIER_TABLE_MISSING".to_string())]
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn unreachable_store_fails_after_bounded_retries_then_recovers() {
+    let env = TestEnv::new().await;
+    let org = OrganizationId::new();
+    seed(&env, &org, &OrganizationId::new()).await;
+    let endpoint = s3_endpoint();
+    let url = s3_bucket_url(&endpoint);
+    let proxy = FlakyProxy::start(endpoint.trim_start_matches("http://").to_string()).await;
+    // SAFETY: this test's binary runs S3 tests with one endpoint each; the proxy forwards to it.
+    unsafe { std::env::set_var("AWS_ENDPOINT_URL", format!("http://{}", proxy.addr)) };
+    let tap = EventTap::new(&env).await;
+    let (shutdown, task) = start(env.config_with("backup", &[("DR_OBJECT_STORE_URL", url)]));
+    let (_c, p) = env.publisher().await;
+    let tok = token(&org, &["pf.backup.create"]);
+
+    proxy.up.store(false, std::sync::atomic::Ordering::SeqCst);
+    let first = backup_command(&org, "full", &tok);
+    publish_command(&p, &first).await;
+    let corr = first.correlation_id.clone();
+    tap.wait_until(90, "backup_failed", |ev| {
+        ev.iter()
+            .any(|e| e.env.correlation_id == corr && e.kind() == "backup_failed")
+    })
+    .await;
+    let f = tap.for_correlation(&first.correlation_id);
+    let Some(Event::BackupFailed(failed)) = &f.last().unwrap().env.event else {
+        panic!("backup_failed last")
+    };
+    assert_eq!(failed.error_code, "OBJECT_STORE_UNAVAILABLE");
+    assert!(
+        !failed.message.contains("127.0.0.1"),
+        "sanitized: {}",
+        failed.message
+    );
+    let attempts: i32 =
+        sqlx::query_scalar("SELECT attempts FROM pf_jobs WHERE command_id = $1::uuid")
+            .bind(&first.command_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        attempts,
+        drfleet_workers::MAX_JOB_ATTEMPTS,
+        "bounded retries"
+    );
+
+    proxy.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    let second = backup_command(&org, "full", &tok);
+    publish_command(&p, &second).await;
+    let corr = second.correlation_id.clone();
+    tap.wait_until(60, "backup_completed", |ev| {
+        ev.iter()
+            .any(|e| e.env.correlation_id == corr && e.kind() == "backup_completed")
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn sigkill_mid_backup_yields_exactly_one_completed_record() {
+    let env = TestEnv::new().await;
+    let org = OrganizationId::new();
+    seed(&env, &org, &OrganizationId::new()).await;
+    // Enough rows that the export is still running when the worker is killed.
+    sqlx::query("INSERT INTO order_notes (organization_id, body) SELECT $1, repeat(md5(g::text), 8) FROM generate_series(1, 1500000) g")
+        .bind(org.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let tap = EventTap::new(&env).await;
+    let bin = env!("CARGO_BIN_EXE_drfleet-worker");
+    let spawn = || {
+        let mut c = std::process::Command::new(bin);
+        c.args(["--role", "backup"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        for (k, v) in env.worker_env(&free_addr()) {
+            c.env(k, v);
+        }
+        c.spawn().unwrap()
+    };
+    let mut first = spawn();
+    let (_c, p) = env.publisher().await;
+    let cmd = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
+    publish_command(&p, &cmd).await;
+    let corr = cmd.correlation_id.clone();
+    tap.wait_until(30, "backup_started", |ev| {
+        ev.iter().any(|e| e.env.correlation_id == corr)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let status: String =
+        sqlx::query_scalar("SELECT status FROM pf_backup_records WHERE command_id = $1::uuid")
+            .bind(&cmd.command_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "started", "killed mid-export");
+
+    let mut second = spawn();
+    tap.wait_until(120, "backup_completed after takeover", |ev| {
+        ev.iter()
+            .any(|e| e.env.correlation_id == corr && e.kind() == "backup_completed")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows: Vec<(String,)> =
+        sqlx::query_as("SELECT status FROM pf_backup_records WHERE organization_id = $1")
+            .bind(org.as_uuid())
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [("completed".to_string(),)],
+        "exactly one record, completed"
+    );
+    let kinds: Vec<_> = tap
+        .for_correlation(&corr)
+        .iter()
+        .map(|e| e.kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        ["backup_started", "backup_completed"],
+        "one started, one completed"
+    );
+    let attempts: i32 =
+        sqlx::query_scalar("SELECT attempts FROM pf_jobs WHERE command_id = $1::uuid")
+            .bind(&cmd.command_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(attempts, 2);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(second.wait().unwrap().success());
+    env.cleanup().await;
+}
