@@ -179,12 +179,12 @@ pub fn key_id(setting: &'static str, id: &str) -> Result<String, ConfigError> {
     }
 }
 
+/// A key id with its 32 key bytes.
+pub type NamedKey = (String, Secret<[u8; 32]>);
+
 /// `id:base64,id:base64` — master keys that are no longer current but must still unwrap
 /// older artifacts.
-pub fn previous_keys(
-    setting: &'static str,
-    s: &str,
-) -> Result<Vec<(String, Secret<[u8; 32]>)>, ConfigError> {
+pub fn previous_keys(setting: &'static str, s: &str) -> Result<Vec<NamedKey>, ConfigError> {
     s.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())

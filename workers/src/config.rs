@@ -137,7 +137,7 @@ pub struct WorkerCli {
 pub struct MasterKeys {
     pub current_id: String,
     pub current: Secret<[u8; 32]>,
-    pub previous: Vec<(String, Secret<[u8; 32]>)>,
+    pub previous: Vec<drfleet_infra::config::NamedKey>,
 }
 
 /// Validated settings of one worker process.

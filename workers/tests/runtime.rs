@@ -567,3 +567,297 @@ async fn shutdown_hands_back_a_job_that_outlives_the_grace_period() {
     assert_eq!(effects_for(&env, &cmd.command_id).await, 0);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn events_committed_while_the_broker_is_unreachable_reach_the_audit_log_once() {
+    let env = TestEnv::new().await;
+    sqlx::query("CREATE TABLE IF NOT EXISTS test_effects (job_id uuid, command_id uuid, organization_id uuid)").execute(&env.pool).await.unwrap();
+    let cfg = env.config("backup,audit");
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    let task = tokio::spawn(async move {
+        drfleet_workers::run_with_handlers(
+            cfg,
+            Handlers::default().with(RecordingHandler::default()),
+            s,
+        )
+        .await
+        .unwrap()
+    });
+    // Connected (the audit queue is consumed), then the broker becomes unreachable for this
+    // worker: no permissions, connections closed, so every reconnect is refused.
+    let vhost = env.vhost.clone();
+    eventually(20, "worker consuming", || {
+        let v = vhost.clone();
+        async move {
+            let q = rabbit_json(&["list_queues", "-p", &v, "name", "consumers"]);
+            q.iter()
+                .any(|r| r["name"] == "dr.audit" && r["consumers"].as_u64() == Some(1))
+                .then_some(())
+        }
+    })
+    .await;
+    rabbitmqctl(&["clear_permissions", "-p", &env.vhost, "guest"]);
+    rabbitmqctl(&[
+        "close_all_connections",
+        "-p",
+        &env.vhost,
+        "test: broker down",
+    ]);
+
+    // A state change commits while the broker is unreachable: a job runs and its event goes
+    // to the outbox in the same transaction.
+    let org = OrganizationId::new();
+    let command_id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO pf_jobs (id, kind, organization_id, command_id, correlation_id, spec, concurrency_key, state) \
+         VALUES ($1, 'backup', $2, $3, 'outage-corr', $4, 'k-outage', 'queued')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(org.as_uuid())
+    .bind(command_id)
+    .bind(serde_json::json!({"kind": "backup", "tier": "full", "policy_id": "", "reason": ""}))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let pool = env.pool.clone();
+    eventually(20, "job done during the outage", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM test_effects WHERE command_id = $1")
+                    .bind(command_id)
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (n == 1).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pf_outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(waiting, 1, "the event waits in the outbox");
+
+    // The broker comes back.
+    rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        &env.vhost,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    let pool = env.pool.clone();
+    eventually(60, "event in the audit log", || {
+        let pool = pool.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pf_audit_events WHERE correlation_id = 'outage-corr'",
+            )
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+            (n >= 1).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pf_audit_events WHERE correlation_id = 'outage-corr'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(n, 1, "exactly once");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pf_outbox")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    shutdown.cancel();
+    task.await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn after_a_burst_of_1000_bad_commands_the_worker_still_serves() {
+    let env = TestEnv::new().await;
+    let tap = EventTap::new(&env).await;
+    let (shutdown, task) = start(&env, RecordingHandler::default()).await;
+    let (_c, p) = env.publisher().await;
+    let org = OrganizationId::new();
+    let bad_token = backup_command(&org, "full", "eyJhbGciOiJub25lIn0.e30.");
+    for i in 0..1000 {
+        if i % 2 == 0 {
+            publish_raw(
+                &p,
+                CommandKind::Backup,
+                &org.to_string(),
+                format!("garbage {i}").as_bytes(),
+                "g",
+            )
+            .await;
+        } else {
+            let mut c = bad_token.clone();
+            c.command_id = drfleet_protocol::CommandId::new().to_string();
+            publish_command(&p, &c).await;
+        }
+    }
+    let good = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
+    publish_command(&p, &good).await;
+    let corr = good.correlation_id.clone();
+    tap.wait_until(120, "valid command after the burst", |ev| {
+        ev.iter().any(|e| e.env.correlation_id == corr)
+    })
+    .await;
+    let events = tap
+        .wait_until(60, "1000 rejections", |ev| {
+            ev.iter().filter(|e| e.kind() == "command_rejected").count() >= 1000
+        })
+        .await;
+    let reasons = |code: &str| {
+        events
+            .iter()
+            .filter(|e| matches!(&e.env.event, Some(Event::CommandRejected(r)) if r.reason_code == code))
+            .count()
+    };
+    assert_eq!(reasons("MALFORMED"), 500);
+    assert_eq!(reasons("UNAUTHENTICATED"), 500);
+    let vhost = env.vhost.clone();
+    eventually(30, "1000 dead-lettered", || {
+        let v = vhost.clone();
+        async move { (queue_depth(&v, "dr.dead-letter").0 == 1000).then_some(()) }
+    })
+    .await;
+    assert_eq!(effects_for(&env, &good.command_id).await, 1);
+    stop(shutdown, task).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_worker_runs_as_its_least_privilege_broker_user() {
+    let env = TestEnv::new().await;
+    // Create the role users on this test's vhost.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq-users.sh");
+    let suffix = &env.db_name[7..];
+    let pw = format!("pw-{suffix}");
+    let prefix = format!("drt{suffix}");
+    let out = std::process::Command::new("bash")
+        .args([script, "--vhost", &env.vhost, "--prefix", &prefix])
+        .env("DRFLEET_RMQ_PASSWORD", &pw)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base = std::env::var("DR_TEST_AMQP_BASE")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672".into());
+    let host = base
+        .rsplit_once('@')
+        .map(|x| x.1)
+        .unwrap_or("127.0.0.1:5672")
+        .to_string();
+    let url_for = |user: &str| format!("amqp://{user}:{pw}@{host}/{}", env.vhost);
+
+    // The backup worker, as drfleet-backup.
+    sqlx::query("CREATE TABLE IF NOT EXISTS test_effects (job_id uuid, command_id uuid, organization_id uuid)").execute(&env.pool).await.unwrap();
+    let mut cfg = env.config("backup");
+    cfg.amqp_url = url_for(&format!("{prefix}-backup"));
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    let task = tokio::spawn(async move {
+        drfleet_workers::run_with_handlers(
+            cfg,
+            Handlers::default().with(RecordingHandler::default()),
+            s,
+        )
+        .await
+        .unwrap()
+    });
+    let tap = EventTap::new(&env).await;
+
+    // An upstream service, as drfleet-publisher: may publish commands only.
+    let conn = drfleet_infra::amqp::connect(&url_for(&format!("{prefix}-publisher")), "upstream")
+        .await
+        .unwrap();
+    let publisher = drfleet_infra::amqp::ConfirmPublisher::new(&conn)
+        .await
+        .unwrap();
+    let org = OrganizationId::new();
+    let cmd = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
+    // The worker may not have declared the topology yet; retry until the exchange exists.
+    let body = cmd.encode_to_vec();
+    let key = CommandKind::Backup.routing_key(&org);
+    let mut published = false;
+    for _ in 0..50 {
+        let p = drfleet_infra::amqp::ConfirmPublisher::new(&conn)
+            .await
+            .unwrap();
+        let props =
+            drfleet_infra::amqp::message_properties("dr.v1.CommandEnvelope", &cmd.command_id, None);
+        if p.publish_confirmed("dr.commands", &key, &body, props)
+            .await
+            .is_ok()
+        {
+            published = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(published);
+    let corr = cmd.correlation_id.clone();
+    tap.wait_until(30, "event from the restricted worker", |ev| {
+        ev.iter().any(|e| e.env.correlation_id == corr)
+    })
+    .await;
+    assert_eq!(effects_for(&env, &cmd.command_id).await, 1);
+
+    // What the users may not do.
+    let denied = publisher
+        .publish_confirmed(
+            "dr.events",
+            "backup_completed.x",
+            b"forged",
+            drfleet_infra::amqp::message_properties("dr.v1.EventEnvelope", "x", None),
+        )
+        .await;
+    assert!(denied.is_err(), "publisher may not publish events");
+    let backup_conn = drfleet_infra::amqp::connect(&url_for(&format!("{prefix}-backup")), "probe")
+        .await
+        .unwrap();
+    let ch = backup_conn.create_channel().await.unwrap();
+    let consume = ch
+        .basic_consume(
+            "dr.restore".into(),
+            "probe".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    assert!(
+        consume.is_err(),
+        "the backup role may not read the restore queue"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    for u in [
+        "backup",
+        "restore",
+        "drill",
+        "verify",
+        "audit",
+        "publisher",
+        "monitor",
+    ] {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &format!("{prefix}-{u}")])
+            .output();
+    }
+    env.cleanup().await;
+}

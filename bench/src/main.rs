@@ -1,0 +1,276 @@
+//! `drfleet-bench backup --size-mb N`: generate a tenant of about N MB (COPY text size) in
+//! PostgreSQL, time a raw `COPY (SELECT … WHERE tenant) TO STDOUT` drained to nowhere, then
+//! time a backup of the same rows by a real `drfleet-worker --role backup` process (release
+//! build next to this binary) and report throughput, the ratio and the worker's peak RSS.
+//!
+//! Needs the services of the test suite: PostgreSQL (DR_BENCH_PG_ADMIN_URL) and RabbitMQ
+//! (`rabbitmqctl` for a private vhost). The tenant is kept between runs of the same size.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine as _;
+use clap::Parser;
+use futures::StreamExt;
+use prost::Message;
+use sqlx::{Connection, PgConnection};
+
+use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, message_properties};
+use drfleet_protocol::topology::{COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CommandKind};
+use drfleet_protocol::{OrganizationId, v1};
+
+#[derive(Parser)]
+#[command(name = "drfleet-bench")]
+enum Cli {
+    /// Backup throughput against raw COPY, and the worker's peak RSS.
+    Backup {
+        /// Tenant size in MB of COPY text.
+        #[arg(long, default_value_t = 1024)]
+        size_mb: u64,
+        #[arg(
+            long,
+            env = "DR_BENCH_PG_ADMIN_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        pg_admin_url: String,
+        /// Where artifacts go (removed afterwards).
+        #[arg(long, default_value = "/tmp/drfleet-bench-objects")]
+        objects: String,
+    },
+}
+
+const JWT: &str = "bench-secret-bench-secret-bench-secret!!";
+/// One fixed organization so that a kept tenant is found again.
+const ORG: &str = "0b0b0b0b-0000-4000-8000-00000000be0c";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let Cli::Backup {
+        size_mb,
+        pg_admin_url,
+        objects,
+    } = Cli::parse();
+    let db = format!("drbench_{size_mb}mb");
+    let mut admin = PgConnection::connect(&pg_admin_url).await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&db)
+            .fetch_one(&mut admin)
+            .await?;
+    let db_url = format!(
+        "{}/{db}",
+        pg_admin_url
+            .rsplit_once('/')
+            .context("admin url has a database")?
+            .0
+    );
+    let org: OrganizationId = ORG.parse().expect("valid org");
+    if !exists {
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .execute(&mut admin)
+            .await?;
+        generate(&db_url, &org, size_mb).await?;
+    }
+    let mut conn = PgConnection::connect(&db_url).await?;
+    sqlx::query("VACUUM ANALYZE").execute(&mut conn).await?;
+
+    // Raw COPY of the same rows, drained.
+    let sql = format!(
+        "COPY (SELECT organization_id, id, customer, payload, amount, created_at FROM events WHERE organization_id = '{org}') TO STDOUT"
+    );
+    // Warm the cache the same way for both measurements.
+    drain(&mut conn, &sql).await?;
+    let t = Instant::now();
+    let (bytes, rows) = drain(&mut conn, &sql).await?;
+    let raw_secs = t.elapsed().as_secs_f64();
+
+    let vhost = "drbench";
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_vhost", vhost])
+        .output();
+    run_ok(Command::new("rabbitmqctl").args(["add_vhost", vhost]))?;
+    run_ok(Command::new("rabbitmqctl").args([
+        "set_permissions",
+        "-p",
+        vhost,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]))?;
+    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+    let _ = std::fs::remove_dir_all(&objects);
+    let worker_bin = std::env::current_exe()?.with_file_name("drfleet-worker");
+    let mut worker = Command::new(&worker_bin)
+        .args(["--role", "backup"])
+        .env("DR_AMQP_URL", &amqp)
+        .env("DR_DATABASE_URL", &db_url)
+        .env("DR_OBJECT_STORE_URL", format!("file://{objects}"))
+        .env(
+            "DR_MASTER_KEY",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        )
+        .env("DR_MASTER_KEY_ID", "bench")
+        .env("DR_AUTH_JWT_SECRET", JWT)
+        .env("DR_HTTP_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "start {} (cargo build --release -p drfleet-workers)",
+                worker_bin.display()
+            )
+        })?;
+
+    let conn_amqp = connect(&amqp, "bench").await?;
+    declare_topology(&conn_amqp.create_channel().await?).await?;
+    let publisher = ConfirmPublisher::new(&conn_amqp).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await; // worker connected and migrated
+    let env = v1::CommandEnvelope {
+        command_id: uuid::Uuid::now_v7().to_string(),
+        organization_id: org.to_string(),
+        issued_at: Some(drfleet_protocol::events::timestamp(chrono::Utc::now())),
+        actor_token: drfleet_infra::auth::mint_hs256(
+            JWT,
+            "bench",
+            &org,
+            &["pf.backup.create".into()],
+            3600,
+        ),
+        correlation_id: "bench".into(),
+        command: Some(v1::command_envelope::Command::Backup(v1::BackupCommand {
+            tier: "full".into(),
+            policy_id: String::new(),
+            reason: "bench".into(),
+        })),
+    };
+    let t = Instant::now();
+    publisher
+        .publish_confirmed(
+            COMMANDS_EXCHANGE,
+            &CommandKind::Backup.routing_key(&org),
+            &env.encode_to_vec(),
+            message_properties(COMMAND_MESSAGE_TYPE, &env.command_id, None),
+        )
+        .await?;
+    let mut peak_kib = 0u64;
+    let (byte_size, backup_secs) = loop {
+        peak_kib = peak_kib.max(vm_hwm_kib(worker.id()).unwrap_or(0));
+        let row: Option<(String, Option<i64>)> = sqlx::query_as(
+            "SELECT status, byte_size FROM pf_backup_records WHERE command_id = $1::uuid",
+        )
+        .bind(&env.command_id)
+        .fetch_optional(&mut conn)
+        .await?;
+        match row {
+            Some((s, size)) if s == "completed" => {
+                break (size.unwrap_or(0), t.elapsed().as_secs_f64());
+            }
+            Some((s, _)) if s == "failed" => bail!("backup failed"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    peak_kib = peak_kib.max(vm_hwm_kib(worker.id()).unwrap_or(0));
+    let _ = Command::new("kill").arg(worker.id().to_string()).status();
+    let _ = worker.wait();
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_vhost", vhost])
+        .output();
+    let _ = std::fs::remove_dir_all(&objects);
+
+    let mb = bytes as f64 / 1e6;
+    println!("tenant: {rows} rows, {mb:.0} MB of COPY text (database {db})");
+    println!(
+        "raw COPY TO STDOUT, drained:  {raw_secs:>7.2} s  {:>7.1} MB/s",
+        mb / raw_secs
+    );
+    println!(
+        "drfleet backup (end to end):  {backup_secs:>7.2} s  {:>7.1} MB/s",
+        mb / backup_secs
+    );
+    println!(
+        "ratio backup/raw:             {:>7.2}x",
+        raw_secs / backup_secs
+    );
+    println!(
+        "artifact size:                {:>7.1} MB ({:.1}% of COPY text)",
+        byte_size as f64 / 1e6,
+        100.0 * byte_size as f64 / bytes as f64
+    );
+    println!(
+        "worker peak RSS (VmHWM):      {:>7.1} MiB",
+        peak_kib as f64 / 1024.0
+    );
+    Ok(())
+}
+
+async fn drain(conn: &mut PgConnection, sql: &str) -> anyhow::Result<(u64, u64)> {
+    let mut s = conn.copy_out_raw(sql).await?;
+    let (mut bytes, mut rows) = (0u64, 0u64);
+    while let Some(c) = s.next().await {
+        let c = c?;
+        bytes += c.len() as u64;
+        rows += c.iter().filter(|b| **b == b'\n').count() as u64;
+    }
+    Ok((bytes, rows))
+}
+
+/// Rows of ~200 bytes of COPY text, mixed types, for `org` (and a small other tenant).
+async fn generate(db_url: &str, org: &OrganizationId, size_mb: u64) -> anyhow::Result<()> {
+    let mut c = PgConnection::connect(db_url).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE customers (organization_id uuid NOT NULL, id bigint PRIMARY KEY, name text);
+         CREATE TABLE events (organization_id uuid NOT NULL, id bigint, customer bigint REFERENCES customers(id),
+                              payload text, amount numeric(14,2), created_at timestamptz);",
+    )
+    .execute(&mut c)
+    .await?;
+    sqlx::query(
+        "INSERT INTO customers SELECT $1, g, 'customer ' || g FROM generate_series(1, 1000) g",
+    )
+    .bind(org.as_uuid())
+    .execute(&mut c)
+    .await?;
+    let rows = size_mb * 1_000_000 / 200;
+    let batch = 1_000_000u64;
+    let mut done = 0u64;
+    while done < rows {
+        let n = batch.min(rows - done);
+        sqlx::query(
+            "INSERT INTO events SELECT $1, g, 1 + g % 1000, md5(g::text) || ' ' || md5((g * 7)::text) || E'\\t' || repeat(chr(97 + g % 26), 60), \
+             (g % 100000) / 100.0, '2026-01-01'::timestamptz + g * interval '1 second' FROM generate_series($2::bigint, $3::bigint) g",
+        )
+        .bind(org.as_uuid())
+        .bind(done as i64 + 1)
+        .bind((done + n) as i64)
+        .execute(&mut c)
+        .await?;
+        done += n;
+        eprintln!("generated {done}/{rows} rows");
+    }
+    sqlx::query("INSERT INTO events SELECT gen_random_uuid(), g, NULL, 'other tenant', 0, now() FROM generate_series(1, 10000) g").execute(&mut c).await?;
+    sqlx::query("CREATE INDEX ON events (organization_id)")
+        .execute(&mut c)
+        .await?;
+    Ok(())
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn run_ok(c: &mut Command) -> anyhow::Result<()> {
+    let out = c.output()?;
+    if !out.status.success() {
+        bail!("{:?} failed", c);
+    }
+    Ok(())
+}
