@@ -38,6 +38,19 @@ enum Cli {
         #[arg(long, default_value = "/tmp/drfleet-bench-objects")]
         objects: String,
     },
+    /// Audit sink: events/s persisted end to end (published with confirms → rows committed).
+    Audit {
+        #[arg(long, default_value_t = 50_000)]
+        events: u64,
+        #[arg(long, default_value_t = 100)]
+        orgs: u64,
+        #[arg(
+            long,
+            env = "DR_BENCH_PG_ADMIN_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        pg_admin_url: String,
+    },
 }
 
 const JWT: &str = "bench-secret-bench-secret-bench-secret!!";
@@ -46,11 +59,18 @@ const ORG: &str = "0b0b0b0b-0000-4000-8000-00000000be0c";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cli::Backup {
-        size_mb,
-        pg_admin_url,
-        objects,
-    } = Cli::parse();
+    let (size_mb, pg_admin_url, objects) = match Cli::parse() {
+        Cli::Backup {
+            size_mb,
+            pg_admin_url,
+            objects,
+        } => (size_mb, pg_admin_url, objects),
+        Cli::Audit {
+            events,
+            orgs,
+            pg_admin_url,
+        } => return audit_bench(events, orgs, &pg_admin_url).await,
+    };
     let db = format!("drbench_{size_mb}mb");
     let mut admin = PgConnection::connect(&pg_admin_url).await?;
     let exists: bool =
@@ -70,7 +90,15 @@ async fn main() -> anyhow::Result<()> {
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
             .execute(&mut admin)
             .await?;
-        generate(&db_url, &org, size_mb).await?;
+        if let Err(e) = generate(&db_url, &org, size_mb).await {
+            // Half a tenant would be reused by the next run: drop it.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE {db} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await?;
+            return Err(e);
+        }
     }
     let mut conn = PgConnection::connect(&db_url).await?;
     sqlx::query("VACUUM ANALYZE").execute(&mut conn).await?;
@@ -239,7 +267,7 @@ async fn generate(db_url: &str, org: &OrganizationId, size_mb: u64) -> anyhow::R
     while done < rows {
         let n = batch.min(rows - done);
         sqlx::query(
-            "INSERT INTO events SELECT $1, g, 1 + g % 1000, md5(g::text) || ' ' || md5((g * 7)::text) || E'\\t' || repeat(chr(97 + g % 26), 60), \
+            "INSERT INTO events SELECT $1, g, 1 + g % 1000, md5(g::text) || ' ' || md5((g * 7)::text) || E'\\t' || repeat(chr((97 + g % 26)::int), 60), \
              (g % 100000) / 100.0, '2026-01-01'::timestamptz + g * interval '1 second' FROM generate_series($2::bigint, $3::bigint) g",
         )
         .bind(org.as_uuid())
@@ -272,5 +300,120 @@ fn run_ok(c: &mut Command) -> anyhow::Result<()> {
     if !out.status.success() {
         bail!("{:?} failed", c);
     }
+    Ok(())
+}
+
+async fn audit_bench(events: u64, orgs: u64, pg_admin_url: &str) -> anyhow::Result<()> {
+    use drfleet_protocol::topology::{EVENT_MESSAGE_TYPE, EVENTS_EXCHANGE};
+    let db = "drbench_audit";
+    let mut admin = PgConnection::connect(pg_admin_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&mut admin)
+        .await?;
+    let db_url = format!(
+        "{}/{db}",
+        pg_admin_url
+            .rsplit_once('/')
+            .context("admin url has a database")?
+            .0
+    );
+    let vhost = "drbench-audit";
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_vhost", vhost])
+        .output();
+    run_ok(Command::new("rabbitmqctl").args(["add_vhost", vhost]))?;
+    run_ok(Command::new("rabbitmqctl").args([
+        "set_permissions",
+        "-p",
+        vhost,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]))?;
+    let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+    let worker_bin = std::env::current_exe()?.with_file_name("drfleet-worker");
+    let mut worker = Command::new(&worker_bin)
+        .args(["--role", "audit"])
+        .env("DR_AMQP_URL", &amqp)
+        .env("DR_DATABASE_URL", &db_url)
+        .env("DR_HTTP_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {}", worker_bin.display()))?;
+    let conn_amqp = connect(&amqp, "bench").await?;
+    declare_topology(&conn_amqp.create_channel().await?).await?;
+    let publisher = ConfirmPublisher::new(&conn_amqp).await?;
+    let mut conn = PgConnection::connect(&db_url).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let org_ids: Vec<OrganizationId> = (0..orgs).map(|_| OrganizationId::new()).collect();
+    let t = Instant::now();
+    let mut pending = Vec::with_capacity(1000);
+    for i in 0..events {
+        let org = org_ids[(i % orgs) as usize];
+        let env = drfleet_protocol::events::envelope(
+            Some(org),
+            "bench",
+            None,
+            v1::event_envelope::Event::BackupStarted(v1::BackupStarted {
+                backup_record_id: uuid::Uuid::now_v7().to_string(),
+                tier: "full".into(),
+            }),
+        );
+        let key = drfleet_protocol::events::routing_key(&env);
+        pending.push(
+            publisher
+                .publish(
+                    EVENTS_EXCHANGE,
+                    &key,
+                    &env.encode_to_vec(),
+                    message_properties(EVENT_MESSAGE_TYPE, &env.event_id, None),
+                )
+                .await?,
+        );
+        if pending.len() == 1000 {
+            for p in pending.drain(..) {
+                drfleet_infra::amqp::wait_confirm(p).await?;
+            }
+        }
+    }
+    for p in pending.drain(..) {
+        drfleet_infra::amqp::wait_confirm(p).await?;
+    }
+    let published = t.elapsed().as_secs_f64();
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pf_audit_events")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or(0);
+        if n as u64 >= events {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(600) {
+            bail!("only {n} of {events} events stored after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = Command::new("kill").arg(worker.id().to_string()).status();
+    let _ = worker.wait();
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_vhost", vhost])
+        .output();
+    println!("audit sink: {events} events over {orgs} organizations");
+    println!(
+        "published with confirms in {published:.2} s ({:.0}/s)",
+        events as f64 / published
+    );
+    println!(
+        "persisted end to end in    {secs:.2} s ({:.0} events/s)",
+        events as f64 / secs
+    );
     Ok(())
 }

@@ -16,77 +16,6 @@ use drfleet_protocol::OrganizationId;
 use drfleet_protocol::v1::event_envelope::Event;
 use drfleet_storage::ArtifactStore;
 
-const MARKER: &str = "TENANT-MARKER-9c1e";
-const OTHER_MARKER: &str = "OTHER-TENANT-7b2d";
-
-/// A tenant schema with every type the backup must carry byte for byte.
-async fn seed(env: &TestEnv, org: &OrganizationId, other: &OrganizationId) {
-    let ddl = r#"
-        CREATE TYPE mood AS ENUM ('happy', 'sad', 'it''s "complicated"');
-        CREATE TABLE customers (
-            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            organization_id uuid NOT NULL,
-            name text,
-            note text,
-            data bytea,
-            doc jsonb,
-            amount numeric(30, 10),
-            seen_at timestamptz,
-            tags text[],
-            ref uuid,
-            feeling mood,
-            name_len integer GENERATED ALWAYS AS (length(name)) STORED
-        );
-        CREATE TABLE orders (
-            id serial PRIMARY KEY,
-            organization_id uuid NOT NULL,
-            customer_id bigint NOT NULL REFERENCES customers(id),
-            total numeric
-        );
-        CREATE TABLE order_notes (
-            organization_id uuid NOT NULL,
-            order_id integer REFERENCES orders(id),
-            body text NOT NULL DEFAULT ''
-        );
-        CREATE TABLE global_settings (k text PRIMARY KEY, v text);
-        INSERT INTO global_settings VALUES ('secret', 'GLOBAL-NOT-TENANT');
-    "#;
-    sqlx::raw_sql(ddl).execute(&env.pool).await.unwrap();
-    for (o, marker) in [(org, MARKER), (other, OTHER_MARKER)] {
-        let q = r#"
-            WITH c AS (
-              INSERT INTO customers (organization_id, name, note, data, doc, amount, seen_at, tags, ref, feeling)
-              VALUES
-                ($1, $2 || ' tab	here', E'line1\nline2\\backslash ''quoted'' "dq"', '\x00ff5c0a09'::bytea,
-                 '{"k": [1, 2.5, "x\ty"], "nested": {"z": null}}', 12345678901234567890.0123456789,
-                 '2024-02-29 23:59:59.123456+05:30', ARRAY['a', NULL, 'with "quote"', 'comma,here', ''], gen_random_uuid(), 'it''s "complicated"'),
-                ($1, '', NULL, '', 'null', -0.5, NULL, '{}', NULL, 'happy'),
-                ($1, 'ünïcødé ✓ 日本', '\N is not null', NULL, '[]', 0, 'infinity', NULL, NULL, NULL)
-              RETURNING id)
-            INSERT INTO orders (organization_id, customer_id, total) SELECT $1, id, 9.99 FROM c
-        "#;
-        sqlx::query(q)
-            .bind(o.as_uuid())
-            .bind(marker)
-            .execute(&env.pool)
-            .await
-            .unwrap();
-        sqlx::query("INSERT INTO order_notes (organization_id, order_id, body) SELECT $1, id, $2 FROM orders WHERE organization_id = $1")
-            .bind(o.as_uuid())
-            .bind(format!("note {marker}"))
-            .execute(&env.pool)
-            .await
-            .unwrap();
-    }
-    // Bulk rows so the artifact spans several chunks.
-    sqlx::query("INSERT INTO order_notes (organization_id, order_id, body) SELECT $1, NULL, md5(g::text) || $2 FROM generate_series(1, 20000) g")
-        .bind(org.as_uuid())
-        .bind(MARKER)
-        .execute(&env.pool)
-        .await
-        .unwrap();
-}
-
 fn start(
     cfg: drfleet_workers::config::WorkerConfig,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
@@ -116,7 +45,7 @@ async fn copy_out(conn: &mut PgConnection, sql: &str) -> Vec<u8> {
 async fn backup_and_check(env: &TestEnv, store_url: String, store: ArtifactStore) {
     let org = OrganizationId::new();
     let other = OrganizationId::new();
-    seed(env, &org, &other).await;
+    seed_tenant(env, &org, &other).await;
     let tap = EventTap::new(env).await;
     let (shutdown, task) = start(env.config_with("backup", &[("DR_OBJECT_STORE_URL", store_url)]));
     let (_c, p) = env.publisher().await;
@@ -295,7 +224,7 @@ async fn backup_to_s3_compatible_store() {
 async fn duplicate_commands_unknown_tiers_and_broken_tiers() {
     let env = TestEnv::new().await;
     let org = OrganizationId::new();
-    seed(&env, &org, &OrganizationId::new()).await;
+    seed_tenant(&env, &org, &OrganizationId::new()).await;
     sqlx::query("INSERT INTO pf_backup_tiers (id, organization_id, name, tables) VALUES (gen_random_uuid(), $1, 'broken', '{customers,no_such_table}'), (gen_random_uuid(), $1, 'global', '{global_settings}')")
         .bind(org.as_uuid())
         .execute(&env.pool)
@@ -389,7 +318,7 @@ async fn duplicate_commands_unknown_tiers_and_broken_tiers() {
 async fn unreachable_store_fails_after_bounded_retries_then_recovers() {
     let env = TestEnv::new().await;
     let org = OrganizationId::new();
-    seed(&env, &org, &OrganizationId::new()).await;
+    seed_tenant(&env, &org, &OrganizationId::new()).await;
     let endpoint = s3_endpoint();
     let url = s3_bucket_url(&endpoint);
     let proxy = FlakyProxy::start(endpoint.trim_start_matches("http://").to_string()).await;
@@ -449,7 +378,7 @@ async fn unreachable_store_fails_after_bounded_retries_then_recovers() {
 async fn sigkill_mid_backup_yields_exactly_one_completed_record() {
     let env = TestEnv::new().await;
     let org = OrganizationId::new();
-    seed(&env, &org, &OrganizationId::new()).await;
+    seed_tenant(&env, &org, &OrganizationId::new()).await;
     // Enough rows that the export is still running when the worker is killed.
     sqlx::query("INSERT INTO order_notes (organization_id, body) SELECT $1, repeat(md5(g::text), 8) FROM generate_series(1, 1500000) g")
         .bind(org.as_uuid())
@@ -529,5 +458,98 @@ async fn sigkill_mid_backup_yields_exactly_one_completed_record() {
     )
     .unwrap();
     assert!(second.wait().unwrap().success());
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn planted_markers_never_reach_logs_events_or_artifacts() {
+    let env = TestEnv::new().await;
+    let org = OrganizationId::new();
+    seed_tenant(&env, &org, &OrganizationId::new()).await;
+    let tap = EventTap::new(&env).await;
+    let bin = env!("CARGO_BIN_EXE_drfleet-worker");
+    let mut c = std::process::Command::new(bin);
+    c.args(["--role", "backup"])
+        .env("RUST_LOG", "debug")
+        .env("DR_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env.worker_env(&free_addr()) {
+        c.env(k, v);
+    }
+    let child = c.spawn().unwrap();
+    let (_conn, p) = env.publisher().await;
+
+    // A backup of rows holding MARKER, and commands carrying marked tokens and tiers.
+    let ok = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
+    publish_command(&p, &ok).await;
+    let token_marker = "TOKEN-MARKER-51aa";
+    let forged = backup_command(
+        &org,
+        "full",
+        &format!("eyJhbGciOiJIUzI1NiJ9.{token_marker}.sig"),
+    );
+    publish_command(&p, &forged).await;
+    // A valid token lacking the permission: FORBIDDEN.
+    let valid_but_marked = backup_command(&org, "full", &token(&org, &["pf.backup.verify"]));
+    publish_command(&p, &valid_but_marked).await;
+    let mut bad_tier = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
+    if let Some(drfleet_protocol::v1::command_envelope::Command::Backup(b)) = &mut bad_tier.command
+    {
+        b.tier = "TIER-MARKER-3e".into();
+    }
+    publish_command(&p, &bad_tier).await;
+    for cmd in [&ok, &forged, &valid_but_marked, &bad_tier] {
+        let corr = cmd.correlation_id.clone();
+        tap.wait_until(60, "outcome", |ev| {
+            ev.iter()
+                .any(|e| e.env.correlation_id == corr && e.kind() != "backup_started")
+        })
+        .await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        logs.contains("backup completed"),
+        "debug logs were captured"
+    );
+    let events: Vec<String> = tap
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| format!("{:?}", e.env))
+        .collect();
+    let stored_events: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT to_jsonb(r) FROM pf_backup_records r")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    let stored = serde_json::to_string(&stored_events).unwrap();
+    for marker in [
+        MARKER,
+        token_marker,
+        "TIER-MARKER-3e",
+        JWT_SECRET,
+        &master_key_b64(),
+        &ok.actor_token,
+    ] {
+        assert!(!logs.contains(marker), "{marker} leaked into logs");
+        assert!(
+            !events.iter().any(|e| e.contains(marker)),
+            "{marker} leaked into events"
+        );
+        assert!(!stored.contains(marker), "{marker} leaked into records");
+    }
     env.cleanup().await;
 }

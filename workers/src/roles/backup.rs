@@ -29,7 +29,7 @@ use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidComman
 use drfleet_storage::keys;
 
 use super::RoleCtx;
-use super::catalog::{TableInfo, quote_ident, resolve_tables};
+use super::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use crate::outbox;
 
@@ -347,6 +347,10 @@ impl JobHandler for BackupHandler {
                 .await
                 .map_err(|e| source_error(&e))?;
             let result = async {
+                sqlx::raw_sql(PIN_RENDERING)
+                    .execute(&mut *src)
+                    .await
+                    .map_err(|e| source_error(&e))?;
                 let snapshot_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
                     .fetch_one(&mut *src)
                     .await

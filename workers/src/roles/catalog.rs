@@ -43,6 +43,12 @@ impl TableInfo {
     }
 }
 
+/// Session settings that fix how COPY renders values, so a table's text is the same in the
+/// backup session and in the restore session that re-hashes what it loaded.
+pub const PIN_RENDERING: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, MDY'; \
+     SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; \
+     SET LOCAL synchronize_seqscans = off";
+
 /// `"name"` with embedded quotes doubled.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))

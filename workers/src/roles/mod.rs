@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod restore;
 
 use std::sync::Arc;
 
@@ -77,6 +78,11 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
             Role::Audit => {}
             Role::Backup => {
                 handlers = handlers.with(backup::BackupHandler::new(
+                    ctx.clone().expect("command role ctx"),
+                ))
+            }
+            Role::Restore => {
+                handlers = handlers.with(restore::RestoreHandler::new(
                     ctx.clone().expect("command role ctx"),
                 ))
             }

@@ -458,3 +458,76 @@ impl FlakyProxy {
         Self { addr, up }
     }
 }
+
+// ---- A tenant schema with every type the artifact must carry byte for byte ----
+
+pub const MARKER: &str = "TENANT-MARKER-9c1e";
+pub const OTHER_MARKER: &str = "OTHER-TENANT-7b2d";
+
+/// A tenant schema with every type the backup must carry byte for byte.
+pub async fn seed_tenant(env: &TestEnv, org: &OrganizationId, other: &OrganizationId) {
+    let ddl = r#"
+        CREATE TYPE mood AS ENUM ('happy', 'sad', 'it''s "complicated"');
+        CREATE TABLE customers (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            organization_id uuid NOT NULL,
+            name text,
+            note text,
+            data bytea,
+            doc jsonb,
+            amount numeric(30, 10),
+            seen_at timestamptz,
+            tags text[],
+            ref uuid,
+            feeling mood,
+            name_len integer GENERATED ALWAYS AS (length(name)) STORED
+        );
+        CREATE TABLE orders (
+            id serial PRIMARY KEY,
+            organization_id uuid NOT NULL,
+            customer_id bigint NOT NULL REFERENCES customers(id),
+            total numeric
+        );
+        CREATE TABLE order_notes (
+            organization_id uuid NOT NULL,
+            order_id integer REFERENCES orders(id),
+            body text NOT NULL DEFAULT ''
+        );
+        CREATE TABLE global_settings (k text PRIMARY KEY, v text);
+        INSERT INTO global_settings VALUES ('secret', 'GLOBAL-NOT-TENANT');
+    "#;
+    sqlx::raw_sql(ddl).execute(&env.pool).await.unwrap();
+    for (o, marker) in [(org, MARKER), (other, OTHER_MARKER)] {
+        let q = r#"
+            WITH c AS (
+              INSERT INTO customers (organization_id, name, note, data, doc, amount, seen_at, tags, ref, feeling)
+              VALUES
+                ($1, $2 || ' tab	here', E'line1\nline2\\backslash ''quoted'' "dq"', '\x00ff5c0a09'::bytea,
+                 '{"k": [1, 2.5, "x\ty"], "nested": {"z": null}}', 12345678901234567890.0123456789,
+                 '2024-02-29 23:59:59.123456+05:30', ARRAY['a', NULL, 'with "quote"', 'comma,here', ''], gen_random_uuid(), 'it''s "complicated"'),
+                ($1, '', NULL, '', 'null', -0.5, NULL, '{}', NULL, 'happy'),
+                ($1, 'ünïcødé ✓ 日本', '\N is not null', NULL, '[]', 0, 'infinity', NULL, NULL, NULL)
+              RETURNING id)
+            INSERT INTO orders (organization_id, customer_id, total) SELECT $1, id, 9.99 FROM c
+        "#;
+        sqlx::query(q)
+            .bind(o.as_uuid())
+            .bind(marker)
+            .execute(&env.pool)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO order_notes (organization_id, order_id, body) SELECT $1, id, $2 FROM orders WHERE organization_id = $1")
+            .bind(o.as_uuid())
+            .bind(format!("note {marker}"))
+            .execute(&env.pool)
+            .await
+            .unwrap();
+    }
+    // Bulk rows so the artifact spans several chunks.
+    sqlx::query("INSERT INTO order_notes (organization_id, order_id, body) SELECT $1, NULL, md5(g::text) || $2 FROM generate_series(1, 20000) g")
+        .bind(org.as_uuid())
+        .bind(MARKER)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+}
