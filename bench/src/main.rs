@@ -38,6 +38,20 @@ enum Cli {
         #[arg(long, default_value = "/tmp/drfleet-bench-objects")]
         objects: String,
     },
+    /// Restore into staging vs raw COPY FROM; verify vs reading the object. Backs up the
+    /// tenant of `backup --size-mb N` first (run that once to create it).
+    Restore {
+        #[arg(long, default_value_t = 1024)]
+        size_mb: u64,
+        #[arg(
+            long,
+            env = "DR_BENCH_PG_ADMIN_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        pg_admin_url: String,
+        #[arg(long, default_value = "/tmp/drfleet-bench-objects")]
+        objects: String,
+    },
     /// Audit sink: events/s persisted end to end (published with confirms → rows committed).
     Audit {
         #[arg(long, default_value_t = 50_000)]
@@ -70,6 +84,11 @@ async fn main() -> anyhow::Result<()> {
             orgs,
             pg_admin_url,
         } => return audit_bench(events, orgs, &pg_admin_url).await,
+        Cli::Restore {
+            size_mb,
+            pg_admin_url,
+            objects,
+        } => return restore_bench(size_mb, &pg_admin_url, &objects).await,
     };
     let db = format!("drbench_{size_mb}mb");
     let mut admin = PgConnection::connect(&pg_admin_url).await?;
@@ -414,6 +433,288 @@ async fn audit_bench(events: u64, orgs: u64, pg_admin_url: &str) -> anyhow::Resu
     println!(
         "persisted end to end in    {secs:.2} s ({:.0} events/s)",
         events as f64 / secs
+    );
+    Ok(())
+}
+
+/// A release worker with `roles` on `vhost` against `db_url`.
+fn spawn_worker(
+    roles: &str,
+    vhost: &str,
+    db_url: &str,
+    objects: &str,
+) -> anyhow::Result<std::process::Child> {
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_vhost", vhost])
+        .output();
+    run_ok(Command::new("rabbitmqctl").args(["add_vhost", vhost]))?;
+    run_ok(Command::new("rabbitmqctl").args([
+        "set_permissions",
+        "-p",
+        vhost,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]))?;
+    let worker_bin = std::env::current_exe()?.with_file_name("drfleet-worker");
+    Command::new(&worker_bin)
+        .args(["--role", roles])
+        .env(
+            "DR_AMQP_URL",
+            format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
+        )
+        .env("DR_DATABASE_URL", db_url)
+        .env("DR_OBJECT_STORE_URL", format!("file://{objects}"))
+        .env(
+            "DR_MASTER_KEY",
+            base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
+        )
+        .env("DR_MASTER_KEY_ID", "bench")
+        .env("DR_AUTH_JWT_SECRET", JWT)
+        .env("DR_HTTP_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "start {} (cargo build --release -p drfleet-workers)",
+                worker_bin.display()
+            )
+        })
+}
+
+async fn send(
+    publisher: &ConfirmPublisher,
+    kind: CommandKind,
+    org: &OrganizationId,
+    perms: &[&str],
+    command: v1::command_envelope::Command,
+) -> anyhow::Result<String> {
+    let env = v1::CommandEnvelope {
+        command_id: uuid::Uuid::now_v7().to_string(),
+        organization_id: org.to_string(),
+        issued_at: Some(drfleet_protocol::events::timestamp(chrono::Utc::now())),
+        actor_token: drfleet_infra::auth::mint_hs256(
+            JWT,
+            "bench",
+            org,
+            &perms.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            3600,
+        ),
+        correlation_id: "bench".into(),
+        command: Some(command),
+    };
+    publisher
+        .publish_confirmed(
+            COMMANDS_EXCHANGE,
+            &kind.routing_key(org),
+            &env.encode_to_vec(),
+            message_properties(COMMAND_MESSAGE_TYPE, &env.command_id, None),
+        )
+        .await?;
+    Ok(env.command_id)
+}
+
+/// Poll `sql` (one text column, bound to the command id) until it returns `done`.
+async fn wait_for(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    command_id: &str,
+    done: &str,
+) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    loop {
+        let s: Option<String> = sqlx::query_scalar(sql)
+            .bind(command_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        match s.as_deref() {
+            Some(x) if x == done => return Ok(t.elapsed().as_secs_f64()),
+            Some("failed") => bail!("job failed"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn restore_bench(size_mb: u64, pg_admin_url: &str, objects: &str) -> anyhow::Result<()> {
+    let db = format!("drbench_{size_mb}mb");
+    let db_url = format!(
+        "{}/{db}",
+        pg_admin_url
+            .rsplit_once('/')
+            .context("admin url has a database")?
+            .0
+    );
+    let mut conn = PgConnection::connect(&db_url)
+        .await
+        .context("run `drfleet-bench backup --size-mb N` first")?;
+    let org: OrganizationId = ORG.parse().expect("valid org");
+    let _ = std::fs::remove_dir_all(objects);
+    for s in sqlx::query_scalar::<_, String>("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'dr_restore_%' OR nspname = 'bench_raw'")
+        .fetch_all(&mut conn)
+        .await?
+    {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {s} CASCADE"))).execute(&mut conn).await?;
+    }
+
+    // Raw baseline: the tenant's COPY text in a local file, loaded with COPY FROM into an
+    // empty table of the same definition as the staging tables get.
+    let dump = format!("{objects}-raw.copy");
+    let sql = format!(
+        "COPY (SELECT organization_id, id, customer, payload, amount, created_at FROM events WHERE organization_id = '{org}') TO STDOUT"
+    );
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&dump)?);
+        let mut s = conn.copy_out_raw(&sql).await?;
+        while let Some(c) = s.next().await {
+            f.write_all(&c?)?;
+        }
+        f.flush()?;
+    }
+    let bytes = std::fs::metadata(&dump)?.len();
+    sqlx::raw_sql(
+        "CREATE SCHEMA bench_raw; CREATE TABLE bench_raw.events (LIKE public.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)",
+    )
+    .execute(&mut conn)
+    .await?;
+    let t = Instant::now();
+    {
+        use tokio::io::AsyncReadExt;
+        let mut copy = conn.copy_in_raw("COPY bench_raw.events (organization_id, id, customer, payload, amount, created_at) FROM STDIN").await?;
+        let mut f = tokio::fs::File::open(&dump).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            copy.send(&buf[..n]).await?;
+        }
+        copy.finish().await?;
+    }
+    let raw_in = t.elapsed().as_secs_f64();
+    sqlx::raw_sql("DROP SCHEMA bench_raw CASCADE")
+        .execute(&mut conn)
+        .await?;
+
+    let vhost = "drbench-restore";
+    let mut worker = spawn_worker("backup,restore,verify", vhost, &db_url, objects)?;
+    let amqp = connect(
+        &format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
+        "bench",
+    )
+    .await?;
+    declare_topology(&amqp.create_channel().await?).await?;
+    let publisher = ConfirmPublisher::new(&amqp).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let backup = send(
+        &publisher,
+        CommandKind::Backup,
+        &org,
+        &["pf.backup.create"],
+        v1::command_envelope::Command::Backup(v1::BackupCommand {
+            tier: "full".into(),
+            policy_id: String::new(),
+            reason: "bench".into(),
+        }),
+    )
+    .await?;
+    wait_for(
+        &mut conn,
+        "SELECT status FROM pf_backup_records WHERE command_id = $1::uuid",
+        &backup,
+        "completed",
+    )
+    .await?;
+    let (record, object_key): (uuid::Uuid, String) =
+        sqlx::query_as("SELECT id, object_key FROM pf_backup_records WHERE command_id = $1::uuid")
+            .bind(&backup)
+            .fetch_one(&mut conn)
+            .await?;
+    let object = std::path::Path::new(objects).join(&object_key);
+    let object_size = std::fs::metadata(&object)?.len();
+
+    // Reading the object (baseline of verify).
+    let t = Instant::now();
+    {
+        use tokio::io::AsyncReadExt;
+        let mut f = tokio::fs::File::open(&object).await?;
+        let mut buf = vec![0u8; 1 << 20];
+        while f.read(&mut buf).await? > 0 {}
+    }
+    let read_secs = t.elapsed().as_secs_f64();
+    let verify = send(
+        &publisher,
+        CommandKind::Verify,
+        &org,
+        &["pf.backup.verify"],
+        v1::command_envelope::Command::Verify(v1::VerifyCommand {
+            backup_record_id: record.to_string(),
+        }),
+    )
+    .await?;
+    let verify_secs = wait_for(&mut conn, "SELECT r.verify_status FROM pf_backup_records r JOIN pf_jobs j ON j.spec->>'backup_record_id' = r.id::text WHERE j.command_id = $1::uuid AND j.state = 'succeeded'", &verify, "ok").await?;
+
+    let restore = send(
+        &publisher,
+        CommandKind::Restore,
+        &org,
+        &["pf.backup.restore"],
+        v1::command_envelope::Command::Restore(v1::RestoreCommand {
+            backup_record_id: record.to_string(),
+            mode: v1::RestoreMode::Staging as i32,
+            target: String::new(),
+        }),
+    )
+    .await?;
+    let restore_secs = wait_for(
+        &mut conn,
+        "SELECT status FROM pf_restore_jobs WHERE command_id = $1::uuid",
+        &restore,
+        "completed",
+    )
+    .await?;
+    let _ = Command::new("kill").arg(worker.id().to_string()).status();
+    let _ = worker.wait();
+    let _ = Command::new("rabbitmqctl")
+        .args(["delete_vhost", vhost])
+        .output();
+    for s in sqlx::query_scalar::<_, String>(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'dr_restore_%'",
+    )
+    .fetch_all(&mut conn)
+    .await?
+    {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {s} CASCADE")))
+            .execute(&mut conn)
+            .await?;
+    }
+    let _ = std::fs::remove_file(&dump);
+    let _ = std::fs::remove_dir_all(objects);
+    let mb = bytes as f64 / 1e6;
+    println!(
+        "tenant: {mb:.0} MB of COPY text, artifact {:.0} MB",
+        object_size as f64 / 1e6
+    );
+    println!(
+        "raw COPY FROM into an empty table:  {raw_in:>7.2} s  {:>7.1} MB/s",
+        mb / raw_in
+    );
+    println!(
+        "drfleet restore into staging:       {restore_secs:>7.2} s  {:>7.1} MB/s  ratio {:.2}x",
+        mb / restore_secs,
+        raw_in / restore_secs
+    );
+    println!(
+        "reading the stored object:          {read_secs:>7.2} s  {:>7.1} MB/s (of artifact)",
+        object_size as f64 / 1e6 / read_secs
+    );
+    println!(
+        "drfleet verify:                     {verify_secs:>7.2} s  {:>7.1} MB/s (of artifact)  ratio {:.2}x",
+        object_size as f64 / 1e6 / verify_secs,
+        read_secs / verify_secs
     );
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::io::Read;
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -469,7 +470,7 @@ async fn planted_markers_never_reach_logs_events_or_artifacts() {
     let tap = EventTap::new(&env).await;
     let bin = env!("CARGO_BIN_EXE_drfleet-worker");
     let mut c = std::process::Command::new(bin);
-    c.args(["--role", "backup"])
+    c.args(["--role", "backup,restore"])
         .env("RUST_LOG", "debug")
         .env("DR_LOG_FORMAT", "json")
         .stdout(std::process::Stdio::piped())
@@ -477,7 +478,17 @@ async fn planted_markers_never_reach_logs_events_or_artifacts() {
     for (k, v) in env.worker_env(&free_addr()) {
         c.env(k, v);
     }
-    let child = c.spawn().unwrap();
+    let mut child = c.spawn().unwrap();
+    // Drain the logs as they come: a full pipe would block the worker.
+    let drain = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out_logs = drain(Box::new(child.stdout.take().unwrap()));
+    let err_logs = drain(Box::new(child.stderr.take().unwrap()));
     let (_conn, p) = env.publisher().await;
 
     // A backup of rows holding MARKER, and commands carrying marked tokens and tiers.
@@ -499,6 +510,38 @@ async fn planted_markers_never_reach_logs_events_or_artifacts() {
         b.tier = "TIER-MARKER-3e".into();
     }
     publish_command(&p, &bad_tier).await;
+    // Restore (PROMOTE) the marked rows.
+    let ok_corr = ok.correlation_id.clone();
+    let done = tap
+        .wait_until(60, "backup_completed", |ev| {
+            ev.iter()
+                .any(|e| e.env.correlation_id == ok_corr && e.kind() == "backup_completed")
+        })
+        .await;
+    let record = done
+        .iter()
+        .find_map(|e| match &e.env.event {
+            Some(Event::BackupCompleted(b)) if e.env.correlation_id == ok_corr => {
+                Some(b.backup_record_id.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let mut restore = backup_command(&org, "full", &token(&org, &["pf.backup.*"]));
+    restore.command = Some(drfleet_protocol::v1::command_envelope::Command::Restore(
+        drfleet_protocol::v1::RestoreCommand {
+            backup_record_id: record,
+            mode: drfleet_protocol::v1::RestoreMode::Promote as i32,
+            target: String::new(),
+        },
+    ));
+    publish_command(&p, &restore).await;
+    let restore_corr = restore.correlation_id.clone();
+    tap.wait_until(60, "restore_completed", |ev| {
+        ev.iter()
+            .any(|e| e.env.correlation_id == restore_corr && e.kind() == "restore_completed")
+    })
+    .await;
     for cmd in [&ok, &forged, &valid_but_marked, &bad_tier] {
         let corr = cmd.correlation_id.clone();
         tap.wait_until(60, "outcome", |ev| {
@@ -512,13 +555,8 @@ async fn planted_markers_never_reach_logs_events_or_artifacts() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(child.wait().unwrap().success());
+    let logs = format!("{}{}", out_logs.join().unwrap(), err_logs.join().unwrap());
     assert!(
         logs.contains("backup completed"),
         "debug logs were captured"

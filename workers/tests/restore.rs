@@ -505,7 +505,7 @@ async fn schema_drift_added_columns_take_defaults_dropped_columns_fail() {
     );
     assert_eq!(
         staging_schemas(&env.pool).await,
-        [done.staging_schema.clone()],
+        std::slice::from_ref(&done.staging_schema),
         "the failed restore left nothing"
     );
     shutdown.cancel();

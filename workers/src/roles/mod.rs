@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod restore;
+pub mod verify;
 
 use std::sync::Arc;
 
@@ -76,6 +77,11 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
     for role in &config.roles {
         match role {
             Role::Audit => {}
+            Role::Verify => {
+                handlers = handlers.with(verify::VerifyHandler::new(
+                    ctx.clone().expect("command role ctx"),
+                ))
+            }
             Role::Backup => {
                 handlers = handlers.with(backup::BackupHandler::new(
                     ctx.clone().expect("command role ctx"),

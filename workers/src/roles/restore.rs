@@ -88,12 +88,20 @@ struct Record {
     snapshot_at: Option<DateTime<Utc>>,
 }
 
+/// `status, object_key, manifest, snapshot_at` of a backup record.
+type RecordRow = (
+    String,
+    Option<String>,
+    Option<serde_json::Value>,
+    Option<DateTime<Utc>>,
+);
+
 async fn load_record(
     conn: &mut PgConnection,
     org: uuid::Uuid,
     id: uuid::Uuid,
 ) -> Result<Record, JobError> {
-    let row: Option<(String, Option<String>, Option<serde_json::Value>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let row: Option<RecordRow> = sqlx::query_as(
         "SELECT status, object_key, manifest, snapshot_at FROM pf_backup_records WHERE id = $1 AND organization_id = $2",
     )
     .bind(id)
