@@ -251,6 +251,49 @@ mod tests {
         ));
     }
 
+    // A throwaway P-256 keypair for this test only.
+    const ES_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgyZo1zg5F3b5NYrXS
+NYHPJHM6OQIQizVckLYdMR3CkiWhRANCAASmCQxf2JKZuRM/LKzEgUh/9e39Ec52
+rPuwfLZKeVV41Tepd5AARUFd9c5ez+DTtGJvoJ85EeLHxq39X+cC3ESZ
+-----END PRIVATE KEY-----
+";
+    const ES_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEpgkMX9iSmbkTPyysxIFIf/Xt/RHO
+dqz7sHy2SnlVeNU3qXeQAEVBXfXOXs/g07Rib6CfORHix8at/V/nAtxEmQ==
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn es256_tokens_verify_with_the_public_key_only() {
+        let org = OrganizationId::new();
+        let now = chrono::Utc::now().timestamp() as u64;
+        let claims = Claims {
+            sub: "svc".into(),
+            org: org.to_string(),
+            perms: vec!["pf.backup.create".into()],
+            exp: now + 60,
+            iat: Some(now),
+        };
+        let key = EncodingKey::from_ec_pem(ES_PRIVATE.as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::ES256), &claims, &key).unwrap();
+        let v = TokenVerifier::new(None, Some(ES_PUBLIC)).unwrap();
+        assert_eq!(v.verify(&token).unwrap().sub, "svc");
+        // HS256 is refused when only a public key is configured.
+        assert_eq!(
+            v.verify(&mint_hs256(SECRET, "a", &org, &[], 60)),
+            Err(AuthError::Unauthenticated("algorithm not accepted"))
+        );
+        // Both configured: both accepted.
+        let both =
+            TokenVerifier::new(Some(&Secret::new(SECRET.to_string())), Some(ES_PUBLIC)).unwrap();
+        assert!(
+            both.verify(&token).is_ok()
+                && both.verify(&mint_hs256(SECRET, "a", &org, &[], 60)).is_ok()
+        );
+        assert!(TokenVerifier::new(None, Some("not a pem")).is_err());
+    }
+
     #[test]
     fn short_secret_is_refused() {
         let e = TokenVerifier::new(Some(&Secret::new("short".into())), None).unwrap_err();
