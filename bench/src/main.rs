@@ -574,27 +574,8 @@ async fn restore_bench(size_mb: u64, pg_admin_url: &str, objects: &str) -> anyho
         f.flush()?;
     }
     let bytes = std::fs::metadata(&dump)?.len();
-    sqlx::raw_sql(
-        "CREATE SCHEMA bench_raw; CREATE TABLE bench_raw.events (LIKE public.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)",
-    )
-    .execute(&mut conn)
-    .await?;
-    let t = Instant::now();
-    {
-        use tokio::io::AsyncReadExt;
-        let mut copy = conn.copy_in_raw("COPY bench_raw.events (organization_id, id, customer, payload, amount, created_at) FROM STDIN").await?;
-        let mut f = tokio::fs::File::open(&dump).await?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            copy.send(&buf[..n]).await?;
-        }
-        copy.finish().await?;
-    }
-    let raw_in = t.elapsed().as_secs_f64();
+    let raw_in = raw_copy_in(&mut conn, &dump, false).await?;
+    let raw_in_unlogged = raw_copy_in(&mut conn, &dump, true).await?;
     sqlx::raw_sql("DROP SCHEMA bench_raw CASCADE")
         .execute(&mut conn)
         .await?;
@@ -703,6 +684,10 @@ async fn restore_bench(size_mb: u64, pg_admin_url: &str, objects: &str) -> anyho
         mb / raw_in
     );
     println!(
+        "raw COPY FROM, UNLOGGED + FREEZE:   {raw_in_unlogged:>7.2} s  {:>7.1} MB/s",
+        mb / raw_in_unlogged
+    );
+    println!(
         "drfleet restore into staging:       {restore_secs:>7.2} s  {:>7.1} MB/s  ratio {:.2}x",
         mb / restore_secs,
         raw_in / restore_secs
@@ -717,4 +702,39 @@ async fn restore_bench(size_mb: u64, pg_admin_url: &str, objects: &str) -> anyho
         read_secs / verify_secs
     );
     Ok(())
+}
+
+/// COPY FROM the dump file into an empty table like `events`: logged (the plain baseline), or
+/// created UNLOGGED in the loading transaction and loaded WITH (FREEZE), as drfleet's staging.
+async fn raw_copy_in(conn: &mut PgConnection, dump: &str, unlogged: bool) -> anyhow::Result<f64> {
+    use tokio::io::AsyncReadExt;
+    let t = Instant::now();
+    sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+    let kind = if unlogged { "UNLOGGED TABLE" } else { "TABLE" };
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA bench_raw; CREATE {kind} bench_raw.events (LIKE public.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)"
+    )))
+    .execute(&mut *conn)
+    .await?;
+    let opts = if unlogged { " WITH (FREEZE)" } else { "" };
+    let sql = format!(
+        "COPY bench_raw.events (organization_id, id, customer, payload, amount, created_at) FROM STDIN{opts}"
+    );
+    let mut copy = conn.copy_in_raw(&sql).await?;
+    let mut f = tokio::fs::File::open(dump).await?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        copy.send(&buf[..n]).await?;
+    }
+    copy.finish().await?;
+    sqlx::raw_sql("COMMIT").execute(&mut *conn).await?;
+    let secs = t.elapsed().as_secs_f64();
+    sqlx::raw_sql("DROP SCHEMA bench_raw CASCADE")
+        .execute(&mut *conn)
+        .await?;
+    Ok(secs)
 }

@@ -16,6 +16,11 @@
 //!    the staged rows in FK order, move identity/serial sequences past the restored maxima,
 //!    record the promotion, drop the staging schema, commit. All tables or none.
 //!
+//! Staging tables are UNLOGGED and loaded with `COPY … WITH (FREEZE)` (allowed because they
+//! are created in the same transaction): no WAL and no later hint-bit writes for a scratch
+//! copy. The live tables a promotion writes stay logged; a database crash empties a kept
+//! STAGING schema's tables (restore again).
+//!
 //! Any failure (or a crash) rolls the transaction back: no staging schema is left behind. The
 //! promotion marker (`drfleet_restore.promotions`) commits with the swap, so a job retried
 //! after a crash between the swap and its bookkeeping does not promote twice.
@@ -282,7 +287,7 @@ impl RestoreHandler {
                 };
                 let cols: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
                 let sql = format!(
-                    "COPY {staging_q}.{} ({}) FROM STDIN",
+                    "COPY {staging_q}.{} ({}) FROM STDIN WITH (FREEZE)",
                     quote_ident(&name),
                     cols.join(", ")
                 );
@@ -650,7 +655,7 @@ impl RestoreHandler {
         for t in &rec.manifest.tables {
             let name = quote_ident(&t.name);
             let sql = format!(
-                "CREATE TABLE {sq}.{name} (LIKE {live}.{name} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)"
+                "CREATE UNLOGGED TABLE {sq}.{name} (LIKE {live}.{name} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)"
             );
             sqlx::query(sqlx::AssertSqlSafe(sql))
                 .execute(&mut *tx)
