@@ -576,9 +576,6 @@ async fn restore_bench(size_mb: u64, pg_admin_url: &str, objects: &str) -> anyho
     let bytes = std::fs::metadata(&dump)?.len();
     let raw_in = raw_copy_in(&mut conn, &dump, false).await?;
     let raw_in_unlogged = raw_copy_in(&mut conn, &dump, true).await?;
-    sqlx::raw_sql("DROP SCHEMA bench_raw CASCADE")
-        .execute(&mut conn)
-        .await?;
 
     let vhost = "drbench-restore";
     let mut worker = spawn_worker("backup,restore,verify", vhost, &db_url, objects)?;
