@@ -1,0 +1,513 @@
+//! `drctl backup|restore|verify|drill`: build a command, validate it, publish it with
+//! confirms, then follow its events until a terminal one.
+//!
+//! The event queue is declared and bound *before* the command is published, so no event the
+//! command causes can be missed. It is exclusive and auto-delete, bound to `dr.events` with
+//! `*.<org>` and `command_rejected.unknown` (rejections whose organization was unreadable).
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, Consumer};
+use prost::Message;
+
+use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, message_properties};
+use drfleet_infra::config::{ConfigError, amqp_url};
+use drfleet_protocol::auth::required_permissions;
+use drfleet_protocol::events::{event_type, timestamp};
+use drfleet_protocol::topology::{
+    COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CommandKind, EVENTS_EXCHANGE, UNKNOWN_ORG,
+};
+use drfleet_protocol::v1::command_envelope::Command;
+use drfleet_protocol::v1::event_envelope::Event;
+use drfleet_protocol::v1::{self, CommandEnvelope, EventEnvelope};
+use drfleet_protocol::validate::{ValidCommand, validate_envelope};
+use drfleet_protocol::{CommandId, OrganizationId};
+
+use crate::cli::{BackupArgs, CommandOpts, DrillArgs, ModeArg, RestoreArgs, VerifyArgs};
+use crate::error::{Error, Outcome};
+use crate::output::{event_line, print_line};
+use crate::token;
+
+/// Shortest lifetime of a minted token: the command may wait in its queue for a while.
+const MIN_MINTED_TTL: u64 = 3600;
+
+/// The oneof body of each subcommand.
+pub fn backup_body(a: &BackupArgs) -> Command {
+    Command::Backup(v1::BackupCommand {
+        tier: a.tier.clone(),
+        policy_id: a.policy_id.clone(),
+        reason: a.reason.clone(),
+    })
+}
+
+pub fn restore_body(a: &RestoreArgs) -> Command {
+    let mode = match a.mode {
+        ModeArg::Staging => v1::RestoreMode::Staging,
+        ModeArg::Promote => v1::RestoreMode::Promote,
+    };
+    Command::Restore(v1::RestoreCommand {
+        backup_record_id: a.backup.to_string(),
+        mode: mode as i32,
+        target: a.target.clone().unwrap_or_default(),
+    })
+}
+
+pub fn verify_body(a: &VerifyArgs) -> Command {
+    Command::Verify(v1::VerifyCommand {
+        backup_record_id: a.backup.to_string(),
+    })
+}
+
+pub fn drill_body(a: &DrillArgs) -> Command {
+    Command::Drill(v1::DrillCommand {
+        backup_record_id: a.backup.map(|b| b.to_string()).unwrap_or_default(),
+        tier: a.tier.clone().unwrap_or_default(),
+    })
+}
+
+/// A fresh envelope (UUIDv7 command id; correlation id given or a fresh UUID) without token.
+pub fn new_envelope(
+    org: &OrganizationId,
+    correlation_id: Option<&str>,
+    command: Command,
+) -> CommandEnvelope {
+    CommandEnvelope {
+        command_id: CommandId::new().to_string(),
+        organization_id: org.to_string(),
+        issued_at: Some(timestamp(chrono::Utc::now())),
+        actor_token: String::new(),
+        correlation_id: correlation_id
+            .map(str::to_string)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        command: Some(command),
+    }
+}
+
+/// Validate the envelope, attach the actor token (given, or minted with exactly the
+/// permissions the validated command needs) and validate the result.
+pub fn prepare(
+    opts: &CommandOpts,
+    mut env: CommandEnvelope,
+) -> Result<(CommandEnvelope, ValidCommand), Error> {
+    let draft = validate_envelope(env.clone(), None).map_err(Error::InvalidCommand)?;
+    env.actor_token = match opts.token.as_deref() {
+        Some(t) if !t.is_empty() => t.to_string(),
+        _ if opts
+            .secret
+            .auth_jwt_secret
+            .as_deref()
+            .is_some_and(|s| !s.is_empty()) =>
+        {
+            let perms: Vec<String> = required_permissions(&draft.body)
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            let ttl = MIN_MINTED_TTL.max(opts.wait_secs.saturating_add(300));
+            token::mint(&opts.secret, &opts.sub, &draft.organization_id, &perms, ttl)?
+        }
+        _ => {
+            return Err(ConfigError::new(
+                "DR_ACTOR_TOKEN",
+                "is required (or DR_AUTH_JWT_SECRET to mint one)",
+            )
+            .into());
+        }
+    };
+    let valid =
+        validate_envelope(env.clone(), Some(draft.body.kind())).map_err(Error::InvalidCommand)?;
+    Ok((env, valid))
+}
+
+/// Whether an event answers our command: same correlation id, and caused by our command
+/// (or by nothing readable, as a rejection of an unreadable command may be).
+pub fn belongs_to(ev: &EventEnvelope, cmd: &ValidCommand) -> bool {
+    ev.correlation_id == cmd.correlation_id
+        && (ev.causation_id.is_empty() || ev.causation_id == cmd.command_id.to_string())
+}
+
+/// The outcome an event settles for a command of `kind`, if it is terminal.
+pub fn terminal(kind: CommandKind, event: &Event) -> Option<Outcome> {
+    let done = |ok: bool| {
+        Some(if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failed
+        })
+    };
+    match (kind, event) {
+        (_, Event::CommandRejected(_)) => done(false),
+        (CommandKind::Backup, Event::BackupCompleted(_)) => done(true),
+        (CommandKind::Backup, Event::BackupFailed(_)) => done(false),
+        (CommandKind::Restore, Event::RestoreCompleted(_)) => done(true),
+        (CommandKind::Restore, Event::RestoreFailed(_)) => done(false),
+        (CommandKind::Verify, Event::VerifyCompleted(v)) => done(v.ok),
+        (CommandKind::Drill, Event::DrDrillCompleted(d)) => done(d.passed),
+        _ => None,
+    }
+}
+
+/// Binding keys of the wait queue for `org`.
+pub fn wait_bindings(org: &OrganizationId) -> [String; 2] {
+    [
+        format!("*.{org}"),
+        format!("command_rejected.{UNKNOWN_ORG}"),
+    ]
+}
+
+/// An exclusive, auto-delete queue on `dr.events` bound with `keys`, consumed without acks.
+pub async fn event_consumer(ch: &Channel, keys: &[String], tag: &str) -> Result<Consumer, Error> {
+    let q = ch
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    for key in keys {
+        ch.queue_bind(
+            q.name().clone(),
+            EVENTS_EXCHANGE.into(),
+            key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    }
+    Ok(ch
+        .basic_consume(
+            q.name().clone(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?)
+}
+
+/// Connect and declare the topology (idempotent).
+pub async fn open(amqp: &str) -> Result<(Connection, Channel), Error> {
+    let url = amqp_url("DR_AMQP_URL", amqp)?;
+    let conn = connect(&url, "drctl").await?;
+    let ch = conn.create_channel().await?;
+    declare_topology(&ch).await?;
+    Ok((conn, ch))
+}
+
+/// Build, validate, publish and (unless `--no-wait`) follow one command.
+pub async fn run(
+    org: &OrganizationId,
+    body: Command,
+    opts: &CommandOpts,
+) -> Result<Outcome, Error> {
+    let env = new_envelope(org, opts.correlation_id.as_deref(), body);
+    let (env, cmd) = prepare(opts, env)?;
+    let kind = cmd.body.kind();
+    let routing_key = kind.routing_key(&cmd.organization_id);
+
+    let (conn, ch) = open(&opts.broker.amqp_url).await?;
+    let consumer = if opts.no_wait {
+        None
+    } else {
+        Some(event_consumer(&ch, &wait_bindings(&cmd.organization_id), "drctl-wait").await?)
+    };
+    let publisher = ConfirmPublisher::new(&conn).await?;
+    let command_id = cmd.command_id.to_string();
+    publisher
+        .publish_confirmed(
+            COMMANDS_EXCHANGE,
+            &routing_key,
+            &env.encode_to_vec(),
+            message_properties(COMMAND_MESSAGE_TYPE, &command_id, None),
+        )
+        .await?;
+    eprintln!(
+        "drctl: published {} command {command_id} (correlation {}) to {COMMANDS_EXCHANGE} with key {routing_key}",
+        kind.as_str(),
+        cmd.correlation_id
+    );
+
+    let outcome = match consumer {
+        None => {
+            print_line(&serde_json::json!({
+                "command_id": command_id,
+                "correlation_id": cmd.correlation_id,
+                "routing_key": routing_key,
+            }))?;
+            Ok(Outcome::Success)
+        }
+        Some(consumer) => wait(consumer, &cmd, Duration::from_secs(opts.wait_secs)).await,
+    };
+    let _ = conn.close(200, "drctl done".into()).await;
+    outcome
+}
+
+/// Print every event of the command until a terminal one, or time out.
+pub async fn wait(
+    mut consumer: Consumer,
+    cmd: &ValidCommand,
+    limit: Duration,
+) -> Result<Outcome, Error> {
+    let kind = cmd.body.kind();
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let delivery = match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Err(_) => {
+                eprintln!(
+                    "drctl: timed out after {}s waiting for the outcome of {} command {}",
+                    limit.as_secs(),
+                    kind.as_str(),
+                    cmd.command_id
+                );
+                return Ok(Outcome::TimedOut);
+            }
+            Ok(None) => return Err(Error::ConsumerClosed),
+            Ok(Some(d)) => d?,
+        };
+        let Ok(ev) = EventEnvelope::decode(delivery.data.as_slice()) else {
+            continue;
+        };
+        if !belongs_to(&ev, cmd) {
+            continue;
+        }
+        print_line(&event_line(&ev))?;
+        if let Some(outcome) = ev.event.as_ref().and_then(|e| terminal(kind, e)) {
+            if outcome == Outcome::Failed {
+                let ty = ev.event.as_ref().map(event_type).unwrap_or("unknown");
+                eprintln!(
+                    "drctl: {} command {} ended with {ty}",
+                    kind.as_str(),
+                    cmd.command_id
+                );
+            }
+            return Ok(outcome);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drfleet_infra::config::BrokerArgs;
+    use drfleet_protocol::auth::{PERM_BACKUP_PROMOTE, PERM_BACKUP_RESTORE};
+    use drfleet_protocol::events::envelope;
+    use drfleet_protocol::validate::CommandBody;
+
+    use crate::cli::SecretArgs;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn opts(token: Option<&str>, secret: Option<&str>) -> CommandOpts {
+        CommandOpts {
+            broker: BrokerArgs {
+                amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            },
+            token: token.map(Into::into),
+            secret: SecretArgs {
+                auth_jwt_secret: secret.map(Into::into),
+            },
+            sub: "ops".into(),
+            correlation_id: None,
+            wait_secs: 600,
+            no_wait: false,
+        }
+    }
+
+    fn restore(org: &OrganizationId, mode: ModeArg) -> Command {
+        restore_body(&RestoreArgs {
+            org: *org,
+            backup: drfleet_protocol::BackupRecordId::new(),
+            mode,
+            target: None,
+            opts: opts(None, None),
+        })
+    }
+
+    #[test]
+    fn minted_token_carries_exactly_the_needed_permissions() {
+        let org = OrganizationId::new();
+        let (env, valid) = prepare(
+            &opts(None, Some(SECRET)),
+            new_envelope(&org, None, restore(&org, ModeArg::Promote)),
+        )
+        .unwrap();
+        assert!(matches!(valid.body, CommandBody::Restore(_)));
+        assert_eq!(
+            env.command_id
+                .parse::<CommandId>()
+                .unwrap()
+                .as_uuid()
+                .get_version_num(),
+            7
+        );
+        assert!(uuid::Uuid::parse_str(&env.correlation_id).is_ok());
+        let verifier = drfleet_infra::auth::TokenVerifier::new(
+            Some(&drfleet_infra::config::Secret::new(SECRET.to_string())),
+            None,
+        )
+        .unwrap();
+        let actor = verifier.verify(&env.actor_token).unwrap();
+        assert_eq!(actor.org, org);
+        assert_eq!(actor.sub, "ops");
+        assert_eq!(actor.perms, [PERM_BACKUP_RESTORE, PERM_BACKUP_PROMOTE]);
+    }
+
+    #[test]
+    fn given_token_is_used_and_missing_token_is_a_config_error() {
+        let org = OrganizationId::new();
+        let (env, _) = prepare(
+            &opts(Some("tok"), Some(SECRET)),
+            new_envelope(&org, Some("c-1"), restore(&org, ModeArg::Staging)),
+        )
+        .unwrap();
+        assert_eq!(env.actor_token, "tok");
+        assert_eq!(env.correlation_id, "c-1");
+        let e = prepare(
+            &opts(None, None),
+            new_envelope(&org, None, restore(&org, ModeArg::Staging)),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::Config(ref c) if c.setting == "DR_ACTOR_TOKEN"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_commands_are_refused_before_sending() {
+        let org = OrganizationId::new();
+        let bad_tier = Command::Backup(v1::BackupCommand {
+            tier: "Bad Tier".into(),
+            ..Default::default()
+        });
+        let e = prepare(&opts(Some("t"), None), new_envelope(&org, None, bad_tier)).unwrap_err();
+        assert!(matches!(e, Error::InvalidCommand(_)), "{e:?}");
+        let e = prepare(
+            &opts(Some("t"), None),
+            new_envelope(&org, Some("has space"), restore(&org, ModeArg::Staging)),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("correlation_id"), "{e}");
+    }
+
+    #[test]
+    fn terminal_events() {
+        use v1::*;
+        let rejected = Event::CommandRejected(CommandRejected::default());
+        for k in CommandKind::ALL {
+            assert_eq!(terminal(k, &rejected), Some(Outcome::Failed));
+        }
+        assert_eq!(
+            terminal(
+                CommandKind::Backup,
+                &Event::BackupStarted(Default::default())
+            ),
+            None
+        );
+        assert_eq!(
+            terminal(
+                CommandKind::Backup,
+                &Event::BackupCompleted(Default::default())
+            ),
+            Some(Outcome::Success)
+        );
+        assert_eq!(
+            terminal(
+                CommandKind::Backup,
+                &Event::BackupFailed(Default::default())
+            ),
+            Some(Outcome::Failed)
+        );
+        assert_eq!(
+            terminal(
+                CommandKind::Restore,
+                &Event::RestoreInitiated(Default::default())
+            ),
+            None
+        );
+        assert_eq!(
+            terminal(
+                CommandKind::Restore,
+                &Event::RestoreCompleted(Default::default())
+            ),
+            Some(Outcome::Success)
+        );
+        assert_eq!(
+            terminal(
+                CommandKind::Restore,
+                &Event::RestoreFailed(Default::default())
+            ),
+            Some(Outcome::Failed)
+        );
+        let ok = |ok| {
+            Event::VerifyCompleted(VerifyCompleted {
+                ok,
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            terminal(CommandKind::Verify, &ok(true)),
+            Some(Outcome::Success)
+        );
+        assert_eq!(
+            terminal(CommandKind::Verify, &ok(false)),
+            Some(Outcome::Failed)
+        );
+        let drill = |passed| {
+            Event::DrDrillCompleted(DrillCompleted {
+                passed,
+                ..Default::default()
+            })
+        };
+        assert_eq!(
+            terminal(CommandKind::Drill, &drill(true)),
+            Some(Outcome::Success)
+        );
+        assert_eq!(
+            terminal(CommandKind::Drill, &drill(false)),
+            Some(Outcome::Failed)
+        );
+        // A drill's backup events are not its outcome.
+        assert_eq!(
+            terminal(
+                CommandKind::Drill,
+                &Event::BackupCompleted(Default::default())
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn events_are_matched_on_correlation_and_causation() {
+        let org = OrganizationId::new();
+        let (_, cmd) = prepare(
+            &opts(Some("t"), None),
+            new_envelope(&org, Some("shared"), restore(&org, ModeArg::Staging)),
+        )
+        .unwrap();
+        let ev = |corr: &str, cause: Option<CommandId>| {
+            envelope(
+                Some(org),
+                corr,
+                cause,
+                Event::RestoreFailed(Default::default()),
+            )
+        };
+        assert!(belongs_to(&ev("shared", Some(cmd.command_id)), &cmd));
+        assert!(belongs_to(&ev("shared", None), &cmd));
+        assert!(!belongs_to(&ev("shared", Some(CommandId::new())), &cmd));
+        assert!(!belongs_to(&ev("other", Some(cmd.command_id)), &cmd));
+        assert_eq!(
+            wait_bindings(&org),
+            [format!("*.{org}"), "command_rejected.unknown".to_string()]
+        );
+    }
+}

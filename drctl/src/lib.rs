@@ -1,0 +1,55 @@
+//! # drctl — operator CLI for drfleet
+//!
+//! `drctl <subcommand>`; every setting is a flag and a `DR_*` env var. Layout:
+//!
+//! - [`cli`]: the clap structs (`token`, `backup`, `restore`, `verify`, `drill`, `events`,
+//!   `audit verify|list`).
+//! - [`token`]: minting actor tokens (HS256) with `DR_AUTH_JWT_SECRET`.
+//! - [`command`]: building a `CommandEnvelope`, validating it with the wire contract's own
+//!   validation, publishing it with confirms, and following its events to a terminal one.
+//! - [`events`]: tailing `dr.events`.
+//! - [`audit`]: hash-chain verification and listing of `pf_audit_events`.
+//! - [`output`]: the JSON line printed per event.
+//! - [`error`]: [`Error`], [`Outcome`] and the exit codes.
+//!
+//! `main.rs` only parses the command line ([`drfleet_infra::config::parse_cli`]), runs
+//! [`run`] and maps the result to an exit code: 0 success, 1 failed/rejected/broken,
+//! 2 configuration or invalid input (one line on stderr), 3 timed out, 4 broker or database
+//! error. Stdout carries results only (JSON lines, the token, audit verdicts); progress and
+//! errors go to stderr. Tokens and secrets are never printed, except `drctl token`'s output.
+
+pub mod audit;
+pub mod cli;
+pub mod command;
+pub mod error;
+pub mod events;
+pub mod output;
+pub mod token;
+
+pub use cli::Cli;
+pub use error::{EXIT_CONFIG, EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, Error, Outcome};
+
+use cli::{AuditCmd, Cmd};
+
+/// Run one parsed command line.
+pub async fn run(cli: Cli) -> Result<Outcome, Error> {
+    match &cli.command {
+        Cmd::Token(a) => {
+            let t = token::token(a)?;
+            output::print_token(&t)?;
+            Ok(Outcome::Success)
+        }
+        Cmd::Backup(a) => command::run(&a.org, command::backup_body(a), &a.opts).await,
+        Cmd::Restore(a) => command::run(&a.org, command::restore_body(a), &a.opts).await,
+        Cmd::Verify(a) => command::run(&a.org, command::verify_body(a), &a.opts).await,
+        Cmd::Drill(a) => command::run(&a.org, command::drill_body(a), &a.opts).await,
+        Cmd::Events(a) => events::tail(a).await,
+        Cmd::Audit(AuditCmd::Verify { db, org }) => audit::verify(db, *org).await,
+        Cmd::Audit(AuditCmd::List {
+            db,
+            org,
+            since,
+            limit,
+        }) => audit::list(db, *org, *since, *limit).await,
+    }
+}

@@ -1,0 +1,74 @@
+//! The JSON line printed for every event (`drctl events`, and while a command waits).
+
+use std::io::Write;
+
+use chrono::SecondsFormat;
+use serde_json::{Value, json};
+
+use drfleet_protocol::events::{event_json, event_type, from_timestamp};
+use drfleet_protocol::v1::EventEnvelope;
+
+/// `{"event_type", "event_id", "organization_id", "occurred_at", "causation_id",
+/// "correlation_id", "event"}`; `event` holds the event's fields as the audit log stores them.
+pub fn event_line(env: &EventEnvelope) -> Value {
+    let occurred_at = env
+        .occurred_at
+        .as_ref()
+        .and_then(from_timestamp)
+        .map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
+        .unwrap_or(Value::Null);
+    json!({
+        "event_type": env.event.as_ref().map(event_type),
+        "event_id": env.event_id,
+        "organization_id": env.organization_id,
+        "occurred_at": occurred_at,
+        "causation_id": env.causation_id,
+        "correlation_id": env.correlation_id,
+        "event": env.event.as_ref().map(event_json),
+    })
+}
+
+/// Write one JSON value as a line to stdout and flush it (so pipes see it at once).
+pub fn print_line(v: &Value) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// `drctl token`'s output: the token and a newline, nothing else.
+pub fn print_token(token: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{token}")?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drfleet_protocol::OrganizationId;
+    use drfleet_protocol::events::envelope;
+    use drfleet_protocol::v1::{VerifyCompleted, event_envelope::Event};
+
+    #[test]
+    fn line_shape() {
+        let org = OrganizationId::new();
+        let env = envelope(
+            Some(org),
+            "corr-1",
+            None,
+            Event::VerifyCompleted(VerifyCompleted {
+                backup_record_id: "b".into(),
+                ok: true,
+                error_code: String::new(),
+            }),
+        );
+        let v = event_line(&env);
+        assert_eq!(v["event_type"], "verify_completed");
+        assert_eq!(v["organization_id"], org.to_string());
+        assert_eq!(v["correlation_id"], "corr-1");
+        assert_eq!(v["causation_id"], "");
+        assert_eq!(v["event"]["ok"], true);
+        assert!(v["occurred_at"].as_str().unwrap().ends_with('Z'));
+    }
+}
