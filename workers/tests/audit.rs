@@ -54,7 +54,8 @@ async fn stored(env: &TestEnv) -> i64 {
 }
 
 #[tokio::test]
-async fn every_event_is_stored_exactly_once_across_duplicates_and_a_sink_restart() {
+async fn every_event_is_stored_exactly_once_across_duplicates_a_sink_restart_and_cut_db_connections()
+ {
     let env = TestEnv::new().await;
     let (_conn, p) = env.publisher().await;
     let orgs = [OrganizationId::new(), OrganizationId::new()];
@@ -87,10 +88,25 @@ async fn every_event_is_stored_exactly_once_across_duplicates_and_a_sink_restart
     for e in &events[300..] {
         publish(e).await;
     }
+    // The database "restarts": every connection of the sink is cut while events flow.
+    let killer = {
+        let pool = env.pool.clone();
+        let db = env.db_name.clone();
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let _ = sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+                    .bind(&db)
+                    .execute(&pool)
+                    .await;
+            }
+        })
+    };
     // Duplicate publishes of a slice of them.
     for e in &events[100..200] {
         publish(e).await;
     }
+    killer.await.unwrap();
     let env_ref = &env;
     eventually(30, "600 events stored", || async move {
         (stored(env_ref).await == 600).then_some(())
