@@ -6,7 +6,6 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use prost::Message;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use common::*;
@@ -382,6 +381,4 @@ async fn events_tail_stops_on_sigterm() {
         .expect("drctl exits")
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    let _ = CONTENT_TYPE;
-    let _ = Message::encoded_len(&v1::VerifyCommand::default());
 }
