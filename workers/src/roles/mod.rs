@@ -19,6 +19,39 @@ use crate::RunError;
 use crate::config::{Role, WorkerConfig};
 use crate::handler::{Handlers, JobError};
 
+/// `std::io::Read` over chunks sent from the async side; used on a blocking thread.
+pub(crate) struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+    cur: bytes::Bytes,
+}
+
+impl ChannelReader {
+    /// The end of the channel is the end of the input.
+    pub(crate) fn new(
+        rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>,
+    ) -> Self {
+        Self {
+            rx,
+            cur: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
 /// Shared by the command roles of one process.
 pub struct RoleCtx {
     /// Tenant data (DR_SOURCE_DATABASE_URL).

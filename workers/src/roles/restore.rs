@@ -28,7 +28,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -48,8 +47,8 @@ use drfleet_protocol::validate::{
     CommandBody, ReasonCode, Rejection, RestoreMode, RestoreSpec, ValidCommand,
 };
 
-use super::RoleCtx;
 use super::catalog::{PIN_RENDERING, quote_ident};
+use super::{ChannelReader, RoleCtx};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use crate::outbox;
 
@@ -137,27 +136,6 @@ async fn load_record(
     })
 }
 
-/// `std::io::Read` over chunks sent from the async side; used on a blocking thread.
-pub(crate) struct ChannelReader {
-    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-    cur: Bytes,
-}
-
-impl std::io::Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.cur.len());
-        out[..n].copy_from_slice(&self.cur.split_to(n));
-        Ok(n)
-    }
-}
-
 /// Stream an object into a bounded channel for a blocking reader. Returns the reader and the
 /// pump future (run it concurrently with the reader).
 pub(crate) async fn object_reader(
@@ -191,13 +169,7 @@ pub(crate) async fn object_reader(
         }
         Ok(())
     };
-    Ok((
-        ChannelReader {
-            rx,
-            cur: Bytes::new(),
-        },
-        pump,
-    ))
+    Ok((ChannelReader::new(rx), pump))
 }
 
 enum Piece {

@@ -15,7 +15,6 @@
 //! bounded); every verify command still ends with one `verify_completed`, from
 //! [`JobHandler::on_failed`] if need be.
 
-use std::io::Read;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,7 +31,7 @@ use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand, VerifySpec};
 use drfleet_storage::{StorageError, StorageErrorKind, keys};
 
-use super::RoleCtx;
+use super::{ChannelReader, RoleCtx};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use crate::outbox;
 
@@ -59,44 +58,6 @@ fn spec(job: &Job) -> Result<&VerifySpec, JobError> {
     match &job.spec {
         CommandBody::Verify(v) => Ok(v),
         _ => Err(JobError::permanent("SPEC_MISMATCH", "job is not a verify")),
-    }
-}
-
-/// `std::io::Read` end of the download channel, used from the blocking thread. The end of
-/// the channel is the end of the object: when the download stops early the reader sees a
-/// truncated artifact, and the download's own error is what gets reported.
-struct ChannelReader<B> {
-    rx: mpsc::Receiver<B>,
-    cur: Option<B>,
-    pos: usize,
-}
-
-impl<B: AsRef<[u8]>> Read for ChannelReader<B> {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
-        }
-        loop {
-            if let Some(buf) = &self.cur {
-                let rest = &buf.as_ref()[self.pos..];
-                if !rest.is_empty() {
-                    let n = rest.len().min(out.len());
-                    out[..n].copy_from_slice(&rest[..n]);
-                    self.pos += n;
-                    return Ok(n);
-                }
-            }
-            match self.rx.blocking_recv() {
-                Some(buf) => {
-                    self.cur = Some(buf);
-                    self.pos = 0;
-                }
-                None => {
-                    self.cur = None;
-                    return Ok(0);
-                }
-            }
-        }
     }
 }
 
@@ -167,18 +128,14 @@ impl VerifyHandler {
         let (tx, rx) = mpsc::channel(DEPTH);
         let keyring = self.ctx.keyring.clone();
         let reading = tokio::task::spawn_blocking(move || {
-            let source = ChannelReader {
-                rx,
-                cur: None,
-                pos: 0,
-            };
+            let source = ChannelReader::new(rx);
             verify_against_manifest(source, &keyring, &manifest)
         });
         // Runs alongside the reader thread; returning drops `tx`, which ends the reader's
         // input (and a dropped future, e.g. a lost lease, does the same: nothing hangs).
         let downloaded = async move {
             while let Some(piece) = stream.next().await {
-                if tx.send(piece?).await.is_err() {
+                if tx.send(Ok(piece?)).await.is_err() {
                     // The reader stopped early (it found a problem): no need for the rest.
                     break;
                 }
