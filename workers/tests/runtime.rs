@@ -26,6 +26,10 @@ struct RecordingHandler {
     runs: Arc<AtomicUsize>,
     /// Sleep this long inside the job (to test leases and shutdown).
     hold: Duration,
+    /// Concurrency key of every job (None: one per command).
+    key: Option<String>,
+    /// (start, end) of each run.
+    spans: Arc<std::sync::Mutex<Vec<(std::time::Instant, std::time::Instant)>>>,
 }
 
 impl JobHandler for RecordingHandler {
@@ -33,12 +37,37 @@ impl JobHandler for RecordingHandler {
         CommandKind::Backup
     }
 
+    fn admit<'a>(
+        &'a self,
+        _tx: &'a mut PgConnection,
+        cmd: &'a drfleet_protocol::validate::ValidCommand,
+        _actor: &'a drfleet_infra::auth::Actor,
+    ) -> BoxFuture<
+        'a,
+        Result<drfleet_workers::handler::Admission, drfleet_workers::handler::AdmitError>,
+    > {
+        let key = self
+            .key
+            .clone()
+            .unwrap_or_else(|| cmd.command_id.to_string());
+        Box::pin(async move {
+            Ok(drfleet_workers::handler::Admission {
+                concurrency_key: key,
+            })
+        })
+    }
+
     fn run<'a>(&'a self, ctx: &'a JobCtx) -> BoxFuture<'a, Result<(), JobError>> {
         let job = ctx.job.clone();
         let pool = ctx.pool.clone();
         let fut = async move {
             self.runs.fetch_add(1, Ordering::SeqCst);
+            let started = std::time::Instant::now();
             tokio::time::sleep(self.hold).await;
+            self.spans
+                .lock()
+                .unwrap()
+                .push((started, std::time::Instant::now()));
             let mut tx = pool.begin().await?;
             sqlx::query("INSERT INTO test_effects (job_id, command_id, organization_id) VALUES ($1, $2, $3)")
                 .bind(job.id.as_uuid())
@@ -859,5 +888,89 @@ async fn a_worker_runs_as_its_least_privilege_broker_user() {
             .args(["delete_user", &format!("{prefix}-{u}")])
             .output();
     }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn jobs_sharing_a_concurrency_key_never_overlap() {
+    let env = TestEnv::new().await;
+    sqlx::query("CREATE TABLE IF NOT EXISTS test_effects (job_id uuid, command_id uuid, organization_id uuid)").execute(&env.pool).await.unwrap();
+    let same = RecordingHandler {
+        hold: Duration::from_millis(1500),
+        key: Some("backup:org:full".into()),
+        ..Default::default()
+    };
+    let spans = same.spans.clone();
+    // Two job slots in this process, so only the key can keep the jobs apart.
+    let mut cfg = env.config("backup");
+    cfg.job_concurrency = 2;
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    let task = tokio::spawn(async move {
+        drfleet_workers::run_with_handlers(cfg, Handlers::default().with(same), s)
+            .await
+            .unwrap()
+    });
+    let (_c, p) = env.publisher().await;
+    let org = OrganizationId::new();
+    let (a, b) = (
+        backup_command(&org, "full", &token(&org, &["pf.backup.create"])),
+        backup_command(&org, "full", &token(&org, &["pf.backup.create"])),
+    );
+    publish_command(&p, &a).await;
+    publish_command(&p, &b).await;
+    let sp = spans.clone();
+    eventually(30, "both jobs ran", || {
+        let sp = sp.clone();
+        async move { (sp.lock().unwrap().len() == 2).then_some(()) }
+    })
+    .await;
+    let mut v = spans.lock().unwrap().clone();
+    v.sort();
+    assert!(
+        v[1].0 >= v[0].1,
+        "the second job started only after the first ended: {v:?}"
+    );
+    assert_eq!(
+        effects_for(&env, &a.command_id).await + effects_for(&env, &b.command_id).await,
+        2
+    );
+    stop(shutdown, task).await;
+
+    // Different keys do run side by side with two slots.
+    let free = RecordingHandler {
+        hold: Duration::from_millis(1500),
+        ..Default::default()
+    };
+    let spans = free.spans.clone();
+    let mut cfg = env.config("backup");
+    cfg.job_concurrency = 2;
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    let task = tokio::spawn(async move {
+        drfleet_workers::run_with_handlers(cfg, Handlers::default().with(free), s)
+            .await
+            .unwrap()
+    });
+    publish_command(
+        &p,
+        &backup_command(&org, "full", &token(&org, &["pf.backup.create"])),
+    )
+    .await;
+    publish_command(
+        &p,
+        &backup_command(&org, "full", &token(&org, &["pf.backup.create"])),
+    )
+    .await;
+    let sp = spans.clone();
+    eventually(30, "both free jobs ran", || {
+        let sp = sp.clone();
+        async move { (sp.lock().unwrap().len() == 2).then_some(()) }
+    })
+    .await;
+    let mut v = spans.lock().unwrap().clone();
+    v.sort();
+    assert!(v[1].0 < v[0].1, "independent jobs overlap: {v:?}");
+    stop(shutdown, task).await;
     env.cleanup().await;
 }
