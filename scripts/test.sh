@@ -8,4 +8,5 @@ if [ -z "${DR_TEST_S3_ENDPOINT:-}" ]; then
   eval "$(scripts/s3-test-server.sh start)"
 fi
 export DR_TEST_S3_ENDPOINT
-exec cargo test --workspace --locked "$@"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+exec cargo test --workspace --locked --no-fail-fast "$@"
