@@ -28,8 +28,8 @@ use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand};
 use drfleet_storage::keys;
 
-use super::RoleCtx;
 use super::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
+use super::{RoleCtx, source_error};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use crate::outbox;
 
@@ -456,10 +456,4 @@ impl JobHandler for BackupHandler {
             outbox::enqueue(tx, &ev).await
         })
     }
-}
-
-fn source_error(e: &sqlx::Error) -> JobError {
-    let mut j = JobError::db(e);
-    j.code = "SOURCE_DATABASE_ERROR".into();
-    j
 }

@@ -136,6 +136,14 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
     Ok(handlers)
 }
 
+/// A tenant-database error, classified like any database error but coded apart from the
+/// metadata database's.
+pub(crate) fn source_error(e: &sqlx::Error) -> JobError {
+    let mut j = JobError::db(e);
+    j.code = "SOURCE_DATABASE_ERROR".into();
+    j
+}
+
 impl From<drfleet_storage::StorageError> for JobError {
     fn from(e: drfleet_storage::StorageError) -> Self {
         JobError {

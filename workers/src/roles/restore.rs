@@ -48,7 +48,7 @@ use drfleet_protocol::validate::{
 };
 
 use super::catalog::{PIN_RENDERING, quote_ident};
-use super::{ChannelReader, RoleCtx};
+use super::{ChannelReader, RoleCtx, source_error};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use crate::outbox;
 
@@ -836,10 +836,4 @@ impl JobHandler for RestoreHandler {
             outbox::enqueue(tx, &ev).await
         })
     }
-}
-
-fn source_error(e: &sqlx::Error) -> JobError {
-    let mut j = JobError::db(e);
-    j.code = "SOURCE_DATABASE_ERROR".into();
-    j
 }
