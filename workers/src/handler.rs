@@ -29,6 +29,22 @@ pub struct Job {
     pub max_attempts: i32,
 }
 
+impl Job {
+    /// A fresh event caused by this job's command (organization, correlation and causation
+    /// taken from the job).
+    pub fn event(
+        &self,
+        event: drfleet_protocol::v1::event_envelope::Event,
+    ) -> drfleet_protocol::v1::EventEnvelope {
+        drfleet_protocol::events::envelope(
+            Some(self.organization_id),
+            &self.correlation_id,
+            Some(self.command_id),
+            event,
+        )
+    }
+}
+
 /// Why a job failed. Display carries the code only; `message` is sanitized by construction
 /// (static text, codes and ids), so both may go into events and logs.
 #[derive(Debug, Clone, thiserror::Error)]

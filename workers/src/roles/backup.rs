@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 
 use drfleet_artifact::{ArtifactBinding, ArtifactWriter, Manifest, TableHeader};
 use drfleet_infra::auth::Actor;
-use drfleet_protocol::events::{envelope, timestamp};
+use drfleet_protocol::events::timestamp;
 use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand};
@@ -319,15 +319,10 @@ impl JobHandler for BackupHandler {
             .rows_affected()
                 == 1;
             if fresh {
-                let ev = envelope(
-                    Some(job.organization_id),
-                    &job.correlation_id,
-                    Some(job.command_id),
-                    Event::BackupStarted(v1::BackupStarted {
-                        backup_record_id: job.id.to_string(),
-                        tier: b.tier.clone(),
-                    }),
-                );
+                let ev = job.event(Event::BackupStarted(v1::BackupStarted {
+                    backup_record_id: job.id.to_string(),
+                    tier: b.tier.clone(),
+                }));
                 outbox::enqueue(&mut tx, &ev).await?;
             }
             let tier = find_tier(&mut tx, org, &b.tier)
@@ -392,20 +387,15 @@ impl JobHandler for BackupHandler {
             .bind(started.elapsed().as_millis() as i64)
             .execute(&mut *tx)
             .await?;
-            let ev = envelope(
-                Some(job.organization_id),
-                &job.correlation_id,
-                Some(job.command_id),
-                Event::BackupCompleted(v1::BackupCompleted {
-                    backup_record_id: job.id.to_string(),
-                    tier: b.tier.clone(),
-                    byte_size: m.byte_size,
-                    checksum_sha256: m.checksum_sha256.clone(),
-                    row_count: m.row_count,
-                    table_count: m.tables.len() as u32,
-                    snapshot_at: Some(timestamp(snapshot_at)),
-                }),
-            );
+            let ev = job.event(Event::BackupCompleted(v1::BackupCompleted {
+                backup_record_id: job.id.to_string(),
+                tier: b.tier.clone(),
+                byte_size: m.byte_size,
+                checksum_sha256: m.checksum_sha256.clone(),
+                row_count: m.row_count,
+                table_count: m.tables.len() as u32,
+                snapshot_at: Some(timestamp(snapshot_at)),
+            }));
             outbox::enqueue(&mut tx, &ev).await?;
             ctx.finish_in(&mut tx).await?;
             tx.commit().await?;
@@ -442,17 +432,12 @@ impl JobHandler for BackupHandler {
             .bind(err.code.as_ref())
             .execute(&mut *tx)
             .await?;
-            let ev = envelope(
-                Some(job.organization_id),
-                &job.correlation_id,
-                Some(job.command_id),
-                Event::BackupFailed(v1::BackupFailed {
-                    backup_record_id: job.id.to_string(),
-                    tier,
-                    error_code: err.code.to_string(),
-                    message: err.message.to_string(),
-                }),
-            );
+            let ev = job.event(Event::BackupFailed(v1::BackupFailed {
+                backup_record_id: job.id.to_string(),
+                tier,
+                error_code: err.code.to_string(),
+                message: err.message.to_string(),
+            }));
             outbox::enqueue(tx, &ev).await
         })
     }

@@ -40,7 +40,7 @@ use drfleet_artifact::{
     ArtifactBinding, ArtifactReader, Manifest, TableManifest, verify_against_manifest,
 };
 use drfleet_infra::auth::Actor;
-use drfleet_protocol::events::{envelope, timestamp};
+use drfleet_protocol::events::timestamp;
 use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{
@@ -734,18 +734,13 @@ impl JobHandler for RestoreHandler {
             .rows_affected()
                 == 1;
             if fresh {
-                let ev = envelope(
-                    Some(job.organization_id),
-                    &job.correlation_id,
-                    Some(job.command_id),
-                    Event::RestoreInitiated(v1::RestoreInitiated {
-                        restore_job_id: job.id.to_string(),
-                        backup_record_id: r.backup_record_id.to_string(),
-                        operator: job.actor.clone(),
-                        mode: r.mode.to_wire() as i32,
-                        snapshot_at: rec.snapshot_at.map(timestamp),
-                    }),
-                );
+                let ev = job.event(Event::RestoreInitiated(v1::RestoreInitiated {
+                    restore_job_id: job.id.to_string(),
+                    backup_record_id: r.backup_record_id.to_string(),
+                    operator: job.actor.clone(),
+                    mode: r.mode.to_wire() as i32,
+                    snapshot_at: rec.snapshot_at.map(timestamp),
+                }));
                 outbox::enqueue(&mut tx, &ev).await?;
             }
             tx.commit().await?;
@@ -771,21 +766,16 @@ impl JobHandler for RestoreHandler {
             .bind(&staging_out)
             .execute(&mut *tx)
             .await?;
-            let ev = envelope(
-                Some(job.organization_id),
-                &job.correlation_id,
-                Some(job.command_id),
-                Event::RestoreCompleted(v1::RestoreCompleted {
-                    restore_job_id: job.id.to_string(),
-                    backup_record_id: r.backup_record_id.to_string(),
-                    operator: job.actor.clone(),
-                    mode: r.mode.to_wire() as i32,
-                    started_at: Some(timestamp(started_at)),
-                    finished_at: Some(timestamp(finished_at)),
-                    row_count: rows,
-                    staging_schema: staging_out,
-                }),
-            );
+            let ev = job.event(Event::RestoreCompleted(v1::RestoreCompleted {
+                restore_job_id: job.id.to_string(),
+                backup_record_id: r.backup_record_id.to_string(),
+                operator: job.actor.clone(),
+                mode: r.mode.to_wire() as i32,
+                started_at: Some(timestamp(started_at)),
+                finished_at: Some(timestamp(finished_at)),
+                row_count: rows,
+                staging_schema: staging_out,
+            }));
             outbox::enqueue(&mut tx, &ev).await?;
             ctx.finish_in(&mut tx).await?;
             tx.commit().await?;
@@ -821,18 +811,13 @@ impl JobHandler for RestoreHandler {
             .bind(err.code.as_ref())
             .execute(&mut *tx)
             .await?;
-            let ev = envelope(
-                Some(job.organization_id),
-                &job.correlation_id,
-                Some(job.command_id),
-                Event::RestoreFailed(v1::RestoreFailed {
-                    restore_job_id: job.id.to_string(),
-                    backup_record_id: record,
-                    operator: job.actor.clone(),
-                    error_code: err.code.to_string(),
-                    message: err.message.to_string(),
-                }),
-            );
+            let ev = job.event(Event::RestoreFailed(v1::RestoreFailed {
+                restore_job_id: job.id.to_string(),
+                backup_record_id: record,
+                operator: job.actor.clone(),
+                error_code: err.code.to_string(),
+                message: err.message.to_string(),
+            }));
             outbox::enqueue(tx, &ev).await
         })
     }

@@ -25,7 +25,6 @@ use tokio::sync::mpsc;
 
 use drfleet_artifact::{Manifest, verify_against_manifest};
 use drfleet_infra::auth::Actor;
-use drfleet_protocol::events::envelope;
 use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand, VerifySpec};
@@ -175,16 +174,11 @@ async fn record_outcome(
     .bind(error_code)
     .execute(&mut *tx)
     .await?;
-    let ev = envelope(
-        Some(job.organization_id),
-        &job.correlation_id,
-        Some(job.command_id),
-        Event::VerifyCompleted(v1::VerifyCompleted {
-            backup_record_id: record_id.to_string(),
-            ok: error_code.is_none(),
-            error_code: error_code.unwrap_or_default().to_string(),
-        }),
-    );
+    let ev = job.event(Event::VerifyCompleted(v1::VerifyCompleted {
+        backup_record_id: record_id.to_string(),
+        ok: error_code.is_none(),
+        error_code: error_code.unwrap_or_default().to_string(),
+    }));
     outbox::enqueue(tx, &ev).await
 }
 
