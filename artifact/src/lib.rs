@@ -82,7 +82,9 @@ pub use error::ArtifactError;
 pub use hashing::{HashingReader, HashingWriter};
 pub use keys::{Keyring, MasterKey};
 pub use manifest::{ArtifactBinding, ColumnDef, Manifest, TableHeader, TableManifest};
-pub use reader::{ArtifactReader, ReadSummary, verify_against_manifest};
+pub use reader::{
+    ArtifactReader, ManifestCheck, ReadSummary, verify_against_manifest, verify_sealed,
+};
 pub use writer::ArtifactWriter;
 
 /// Container format version written in every artifact's fixed prefix.

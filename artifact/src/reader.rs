@@ -413,14 +413,59 @@ impl<R: Read> ArtifactReader<R> {
     }
 }
 
-/// Drains a whole artifact and compares it against `manifest`: binding, key
-/// id, chunk size, table order/names/schemas, per-table row counts and
-/// SHA-256, totals, stored size and stored SHA-256.
-pub fn verify_against_manifest<R: Read>(
+/// The outer layer only, against `manifest`: binding, key id, chunk size,
+/// every chunk's AEAD tag (decrypting it, without decompressing), the end of
+/// the stored bytes, their size and SHA-256. This is what a restore checks
+/// before writing a single row; the frame stream and the per-table hashes are
+/// checked as the rows are read in a second pass.
+pub fn verify_sealed<R: Read>(
     source: R,
     keyring: &Keyring,
     manifest: &Manifest,
-) -> Result<ReadSummary, ArtifactError> {
+) -> Result<(u64, String), ArtifactError> {
+    check_manifest_format(manifest)?;
+    let mismatch = |detail| ArtifactError::ManifestMismatch { detail };
+    let mut source = HashingReader::new(source);
+    let header = read_header(&mut source)?;
+    let expected = manifest.binding();
+    if header.binding != expected {
+        return Err(ArtifactError::BindingMismatch {
+            expected_organization_id: expected.organization_id,
+            expected_backup_record_id: expected.backup_record_id,
+            found_organization_id: header.binding.organization_id,
+            found_backup_record_id: header.binding.backup_record_id,
+        });
+    }
+    if header.key_id != manifest.key_id {
+        return Err(mismatch("key id differs from manifest"));
+    }
+    if header.chunk_size != manifest.chunk_size as usize {
+        return Err(mismatch("chunk size differs from manifest"));
+    }
+    let data_key = DataKey::unwrap(
+        keyring,
+        &header.key_id,
+        &header.wrapped,
+        header.binding.organization_id,
+        header.binding.backup_record_id,
+    )?;
+    let mut chunks = ChunkOpener::new(source, data_key, &header);
+    while !chunks.is_done() {
+        chunks.next_chunk()?;
+        let n = chunks.remaining().len();
+        chunks.advance(n);
+    }
+    let (byte_size, checksum) = chunks.stored_totals();
+    if byte_size != manifest.byte_size {
+        return Err(mismatch("stored byte size differs from manifest"));
+    }
+    if !checksum.eq_ignore_ascii_case(&manifest.checksum_sha256) {
+        return Err(mismatch("stored checksum differs from manifest"));
+    }
+    Ok((byte_size, checksum))
+}
+
+fn check_manifest_format(manifest: &Manifest) -> Result<(), ArtifactError> {
     if manifest.format_version != FORMAT_VERSION {
         return Err(ArtifactError::UnsupportedVersion {
             found: manifest.format_version,
@@ -433,61 +478,123 @@ pub fn verify_against_manifest<R: Read>(
     if manifest.cipher != CIPHER_NAME {
         return Err(mismatch("manifest cipher is not AES-256-GCM"));
     }
-    let mut reader = ArtifactReader::open(source, keyring, manifest.binding())?;
-    if reader.key_id() != manifest.key_id {
-        return Err(mismatch("key id differs from manifest"));
+    Ok(())
+}
+
+/// Checks a reader's progress against a manifest, table by table, for callers
+/// that consume the rows themselves (a restore streaming them into
+/// PostgreSQL). [`verify_against_manifest`] is this plus draining.
+pub struct ManifestCheck<'m> {
+    manifest: &'m Manifest,
+    index: usize,
+}
+
+impl<'m> ManifestCheck<'m> {
+    /// Checks the format, key id and chunk size of an opened reader.
+    pub fn new<R: Read>(
+        manifest: &'m Manifest,
+        reader: &ArtifactReader<R>,
+    ) -> Result<Self, ArtifactError> {
+        check_manifest_format(manifest)?;
+        let mismatch = |detail| ArtifactError::ManifestMismatch { detail };
+        if reader.binding() != manifest.binding() {
+            return Err(mismatch("binding differs from manifest"));
+        }
+        if reader.key_id() != manifest.key_id {
+            return Err(mismatch("key id differs from manifest"));
+        }
+        if reader.chunk_size() != manifest.chunk_size as usize {
+            return Err(mismatch("chunk size differs from manifest"));
+        }
+        Ok(Self { manifest, index: 0 })
     }
-    if reader.chunk_size() != manifest.chunk_size as usize {
-        return Err(mismatch("chunk size differs from manifest"));
-    }
-    let mut index = 0usize;
-    while let Some(header) = reader.next_table()? {
-        let table_mismatch = |detail| ArtifactError::TableMismatch {
-            table_index: index,
+
+    fn table_mismatch(&self, detail: &'static str) -> ArtifactError {
+        ArtifactError::TableMismatch {
+            table_index: self.index,
             detail,
-        };
-        let Some(expected) = manifest.tables.get(index) else {
-            return Err(table_mismatch("artifact has more tables than the manifest"));
+        }
+    }
+
+    /// A table section began: it must be the manifest's next table, same schema.
+    pub fn table_begun(&mut self, header: &TableHeader) -> Result<(), ArtifactError> {
+        let Some(expected) = self.manifest.tables.get(self.index) else {
+            return Err(self.table_mismatch("artifact has more tables than the manifest"));
         };
         if header.name != expected.name {
-            return Err(table_mismatch("table name or order differs from manifest"));
+            return Err(self.table_mismatch("table name or order differs from manifest"));
         }
         if header.columns != expected.columns
             || header.schema_fingerprint() != expected.schema_fingerprint
         {
-            return Err(table_mismatch("schema differs from manifest"));
+            return Err(self.table_mismatch("schema differs from manifest"));
         }
-        while reader.next_rows()?.is_some() {}
+        Ok(())
+    }
+
+    /// The current table was drained (`next_rows` returned `None`): its row
+    /// count and SHA-256 must be the manifest's.
+    pub fn table_ended<R: Read>(
+        &mut self,
+        reader: &ArtifactReader<R>,
+    ) -> Result<(), ArtifactError> {
+        let expected = &self.manifest.tables[self.index];
         let Some(actual) = reader.last_table_summary() else {
-            return Err(table_mismatch("table did not complete"));
+            return Err(self.table_mismatch("table did not complete"));
         };
+        if reader.tables.len() != self.index + 1 || actual.name != expected.name {
+            return Err(self.table_mismatch("table did not complete"));
+        }
         if actual.row_count != expected.row_count {
-            return Err(table_mismatch("row count differs from manifest"));
+            return Err(self.table_mismatch("row count differs from manifest"));
         }
         if !actual.sha256.eq_ignore_ascii_case(&expected.sha256) {
-            return Err(table_mismatch("sha256 differs from manifest"));
+            return Err(self.table_mismatch("sha256 differs from manifest"));
         }
-        index += 1;
+        self.index += 1;
+        Ok(())
     }
-    if index != manifest.tables.len() {
-        return Err(ArtifactError::TableMismatch {
-            table_index: index,
-            detail: "artifact has fewer tables than the manifest",
-        });
+
+    /// The reader finished: every table seen, totals, stored size and SHA-256.
+    pub fn finished(self, summary: &ReadSummary) -> Result<(), ArtifactError> {
+        let mismatch = |detail| ArtifactError::ManifestMismatch { detail };
+        if self.index != self.manifest.tables.len() {
+            return Err(self.table_mismatch("artifact has fewer tables than the manifest"));
+        }
+        if summary.row_count != self.manifest.row_count {
+            return Err(mismatch("total row count differs from manifest"));
+        }
+        if summary.byte_size != self.manifest.byte_size {
+            return Err(mismatch("stored byte size differs from manifest"));
+        }
+        if !summary
+            .checksum_sha256
+            .eq_ignore_ascii_case(&self.manifest.checksum_sha256)
+        {
+            return Err(mismatch("stored checksum differs from manifest"));
+        }
+        Ok(())
+    }
+}
+
+/// Drains a whole artifact and compares it against `manifest`: binding, key
+/// id, chunk size, table order/names/schemas, per-table row counts and
+/// SHA-256, totals, stored size and stored SHA-256.
+pub fn verify_against_manifest<R: Read>(
+    source: R,
+    keyring: &Keyring,
+    manifest: &Manifest,
+) -> Result<ReadSummary, ArtifactError> {
+    check_manifest_format(manifest)?;
+    let mut reader = ArtifactReader::open(source, keyring, manifest.binding())?;
+    let mut check = ManifestCheck::new(manifest, &reader)?;
+    while let Some(header) = reader.next_table()? {
+        check.table_begun(&header)?;
+        while reader.next_rows()?.is_some() {}
+        check.table_ended(&reader)?;
     }
     let summary = reader.finish()?;
-    if summary.row_count != manifest.row_count {
-        return Err(mismatch("total row count differs from manifest"));
-    }
-    if summary.byte_size != manifest.byte_size {
-        return Err(mismatch("stored byte size differs from manifest"));
-    }
-    if !summary
-        .checksum_sha256
-        .eq_ignore_ascii_case(&manifest.checksum_sha256)
-    {
-        return Err(mismatch("stored checksum differs from manifest"));
-    }
+    check.finished(&summary)?;
     Ok(summary)
 }
 

@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use common::*;
 use drfleet_artifact::{
     ArtifactBinding, ArtifactError, ArtifactReader, ArtifactWriter, Keyring,
-    verify_against_manifest,
+    verify_against_manifest, verify_sealed,
 };
 use uuid::Uuid;
 
@@ -56,8 +56,10 @@ fn every_single_byte_flip_is_detected() {
             t[pos] ^= mask;
             let r = read_all(&t, &ring(), binding());
             assert!(r.is_err(), "flip {mask:#x} at {pos} undetected");
-            // The verify path detects it too.
+            // The verify path detects it too, and so does the sealed-only pass a restore
+            // runs before writing anything.
             assert!(verify_against_manifest(&t[..], &ring(), &manifest).is_err());
+            assert!(verify_sealed(&t[..], &ring(), &manifest).is_err());
         }
     }
 }
@@ -546,4 +548,50 @@ fn source_failures_are_io_errors() {
     ] {
         assert!(!integrity.is_transient());
     }
+}
+
+#[test]
+fn sealed_pass_accepts_the_intact_artifact_and_rejects_layer_problems() {
+    let (manifest, stored) = small();
+    let (size, sum) = verify_sealed(&stored[..], &ring(), &manifest).expect("intact");
+    assert_eq!(size, manifest.byte_size);
+    assert_eq!(sum, manifest.checksum_sha256);
+    let code = |stored: &[u8], m: &drfleet_artifact::Manifest| {
+        verify_sealed(stored, &ring(), m).unwrap_err().code()
+    };
+    // Truncated at every chunk boundary, a chunk dropped, two chunks swapped.
+    let (header, chunks) = split(&stored);
+    for n in 0..chunks.len() {
+        assert!(verify_sealed(&join(&header, &chunks[..n])[..], &ring(), &manifest).is_err());
+    }
+    let mut dropped = chunks.clone();
+    dropped.remove(1);
+    assert_eq!(
+        code(&join(&header, &dropped), &manifest),
+        "ARTIFACT_CHUNK_AUTH_FAILED"
+    );
+    let mut swapped = chunks.clone();
+    swapped.swap(1, 2);
+    assert_eq!(
+        code(&join(&header, &swapped), &manifest),
+        "ARTIFACT_CHUNK_AUTH_FAILED"
+    );
+    // Trailing bytes.
+    let mut longer = stored.clone();
+    longer.push(0);
+    assert_eq!(code(&longer, &manifest), "ARTIFACT_TRAILING_DATA");
+    // A manifest that disagrees with the stored bytes.
+    let mut m = manifest.clone();
+    m.checksum_sha256 = "00".repeat(32);
+    assert_eq!(code(&stored, &m), "ARTIFACT_MANIFEST_MISMATCH");
+    let mut m = manifest.clone();
+    m.key_id = "other".into();
+    assert_eq!(code(&stored, &m), "ARTIFACT_MANIFEST_MISMATCH");
+    // Another record's manifest: the binding differs.
+    let mut m = manifest.clone();
+    m.backup_record_id = Uuid::from_u128(99);
+    assert_eq!(code(&stored, &m), "ARTIFACT_BINDING_MISMATCH");
+    // A keyring without the key.
+    let other = Keyring::new(key("k9", 9), vec![]);
+    assert!(verify_sealed(&stored[..], &other, &manifest).is_err());
 }

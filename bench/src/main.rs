@@ -52,6 +52,12 @@ enum Cli {
         #[arg(long, default_value = "/tmp/drfleet-bench-objects")]
         objects: String,
     },
+    /// The artifact pipeline alone, in memory (no services): write N MB of COPY-like rows,
+    /// then time the sealed pass (SHA-256 + AEAD tags) and a full verify.
+    Artifact {
+        #[arg(long, default_value_t = 1024)]
+        size_mb: u64,
+    },
     /// Audit sink: events/s persisted end to end (published with confirms → rows committed).
     Audit {
         #[arg(long, default_value_t = 50_000)]
@@ -89,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
             pg_admin_url,
             objects,
         } => return restore_bench(size_mb, &pg_admin_url, &objects).await,
+        Cli::Artifact { size_mb } => return artifact_bench(size_mb),
     };
     let db = format!("drbench_{size_mb}mb");
     let mut admin = PgConnection::connect(&pg_admin_url).await?;
@@ -161,7 +168,10 @@ async fn main() -> anyhow::Result<()> {
         .env("DR_MASTER_KEY_ID", "bench")
         .env("DR_AUTH_JWT_SECRET", JWT)
         .env("DR_HTTP_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("DR_BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| {
@@ -362,7 +372,10 @@ async fn audit_bench(events: u64, orgs: u64, pg_admin_url: &str) -> anyhow::Resu
         .env("DR_AMQP_URL", &amqp)
         .env("DR_DATABASE_URL", &db_url)
         .env("DR_HTTP_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("DR_BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("start {}", worker_bin.display()))?;
@@ -473,7 +486,10 @@ fn spawn_worker(
         .env("DR_MASTER_KEY_ID", "bench")
         .env("DR_AUTH_JWT_SECRET", JWT)
         .env("DR_HTTP_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("DR_BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| {
@@ -734,4 +750,79 @@ async fn raw_copy_in(conn: &mut PgConnection, dump: &str, unlogged: bool) -> any
         .execute(&mut *conn)
         .await?;
     Ok(secs)
+}
+
+fn artifact_bench(size_mb: u64) -> anyhow::Result<()> {
+    use drfleet_artifact::*;
+    let keyring = Keyring::new(MasterKey::new("bench", [7; 32]), vec![]);
+    let binding = ArtifactBinding {
+        organization_id: uuid::Uuid::from_u128(1),
+        backup_record_id: uuid::Uuid::from_u128(2),
+    };
+    let header = TableHeader {
+        name: "events".into(),
+        columns: vec![ColumnDef {
+            name: "row".into(),
+            data_type: "text".into(),
+            nullable: false,
+        }],
+    };
+    let t = Instant::now();
+    let mut w = ArtifactWriter::new(Vec::new(), &keyring, binding, DEFAULT_ZSTD_LEVEL)?;
+    w.begin_table(&header)?;
+    let (mut written, mut g, mut buf) = (0u64, 0u64, Vec::with_capacity(1 << 20));
+    while written < size_mb * 1_000_000 {
+        use std::fmt::Write as _;
+        let mut line = String::new();
+        let _ = writeln!(
+            line,
+            "{}\t{g}\t{}\t{:032x} {:032x}\\t{}\t{}.{:02}\t2026-01-01 00:00:{:02}+00",
+            binding.organization_id,
+            1 + g % 1000,
+            (g as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835),
+            (g as u128 * 7).wrapping_mul(0x2545_f491_4f6c_dd1d),
+            std::iter::repeat_n((b'a' + (g % 26) as u8) as char, 60).collect::<String>(),
+            g % 1000,
+            g % 100,
+            g % 60
+        );
+        buf.extend_from_slice(line.as_bytes());
+        written += line.len() as u64;
+        g += 1;
+        if buf.len() >= 1 << 20 {
+            w.write_rows(&buf)?;
+            buf.clear();
+        }
+    }
+    w.write_rows(&buf)?;
+    w.end_table()?;
+    let (manifest, stored) = w.finish()?;
+    let write_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let copy = stored.clone();
+    let read_secs = t.elapsed().as_secs_f64();
+    drop(copy);
+    let t = Instant::now();
+    verify_sealed(&stored[..], &keyring, &manifest)?;
+    let sealed_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    verify_against_manifest(&stored[..], &keyring, &manifest)?;
+    let verify_secs = t.elapsed().as_secs_f64();
+    let mb = written as f64 / 1e6;
+    let amb = stored.len() as f64 / 1e6;
+    println!("rows: {g}, {mb:.0} MB of COPY text, artifact {amb:.0} MB");
+    println!(
+        "write (frame, zstd, seal, hash): {write_secs:>6.2} s  {:>7.1} MB/s of rows",
+        mb / write_secs
+    );
+    println!("copy of the artifact in memory:  {read_secs:>6.2} s");
+    println!(
+        "sealed pass (sha256 + tags):     {sealed_secs:>6.2} s  {:>7.1} MB/s of artifact",
+        amb / sealed_secs
+    );
+    println!(
+        "full verify:                     {verify_secs:>6.2} s  {:>7.1} MB/s of rows",
+        mb / verify_secs
+    );
+    Ok(())
 }

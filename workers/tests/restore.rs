@@ -573,3 +573,161 @@ async fn promotion_waits_for_concurrent_writers_and_then_replaces_their_rows_too
     task.await.unwrap();
     env.cleanup().await;
 }
+
+/// Failed checks of a restore job, by name.
+async fn failed_checks(pool: &sqlx::PgPool, restore_job_id: &str) -> Vec<String> {
+    let checks: serde_json::Value =
+        sqlx::query_scalar("SELECT checks FROM pf_restore_jobs WHERE id = $1::uuid")
+            .bind(restore_job_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn rows_stored_differently_from_the_artifact_fail_the_checks_and_leave_nothing() {
+    let env = TestEnv::new().await;
+    let (org, other) = (OrganizationId::new(), OrganizationId::new());
+    seed_tenant(&env, &org, &other).await;
+    let tap = EventTap::new(&env).await;
+    let (shutdown, task) = start(&env);
+    let (_c, p) = env.publisher().await;
+    let record = backup(&env, &tap, &p, &org).await;
+    mutate(&env, &org).await;
+    let live_before = tenant_state(&env.pool, "public", &org).await;
+
+    // Something in the database rewrites rows as they are stored into a staging table: an
+    // event trigger puts a row trigger on every staging `customers` table.
+    sqlx::raw_sql(
+        r#"CREATE FUNCTION tamper_row() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN NEW.name := coalesce(NEW.name, '') || ' (rewritten)'; RETURN NEW; END $$;
+           CREATE FUNCTION tamper_staging() RETURNS event_trigger LANGUAGE plpgsql AS $$
+             DECLARE r record;
+             BEGIN
+               FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE' LOOP
+                 IF r.object_identity LIKE 'dr_restore_%.customers' THEN
+                   EXECUTE format('CREATE TRIGGER tamper BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION public.tamper_row()', r.object_identity);
+                 END IF;
+               END LOOP;
+             END $$;
+           CREATE EVENT TRIGGER tamper_staging ON ddl_command_end EXECUTE FUNCTION tamper_staging();"#,
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    let token = token(&org, &["pf.backup.*"]);
+    let cmd = restore_command(&org, &record, v1::RestoreMode::Promote, &token);
+    let events = run_command(&tap, &p, &cmd).await;
+    let Some(Event::RestoreFailed(f)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(f.error_code, "RESTORE_INTEGRITY_CHECK_FAILED");
+    assert_eq!(
+        failed_checks(&env.pool, &f.restore_job_id).await,
+        ["content_hashes"]
+    );
+    assert!(
+        staging_schemas(&env.pool).await.is_empty(),
+        "staging dropped"
+    );
+    assert_eq!(tenant_state(&env.pool, "public", &org).await, live_before);
+
+    // Rows stored under another organization fail the tenant check too.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        r#"CREATE OR REPLACE FUNCTION tamper_row() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN NEW.organization_id := '{other}'; RETURN NEW; END $$;"#
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let cmd = restore_command(&org, &record, v1::RestoreMode::Staging, &token);
+    let events = run_command(&tap, &p, &cmd).await;
+    let Some(Event::RestoreFailed(f)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(f.error_code, "RESTORE_INTEGRITY_CHECK_FAILED");
+    let failed = failed_checks(&env.pool, &f.restore_job_id).await;
+    assert!(failed.contains(&"tenant_scoped".to_owned()), "{failed:?}");
+    assert!(
+        staging_schemas(&env.pool).await.is_empty(),
+        "staging dropped"
+    );
+
+    // Without the trigger the same backup restores.
+    sqlx::raw_sql("DROP EVENT TRIGGER tamper_staging")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let cmd = restore_command(&org, &record, v1::RestoreMode::Staging, &token);
+    let events = run_command(&tap, &p, &cmd).await;
+    assert_eq!(events.last().unwrap().kind(), "restore_completed");
+    shutdown.cancel();
+    task.await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_large_table_is_read_back_in_block_ranges_and_staged_exactly() {
+    let env = TestEnv::new().await;
+    let (org, other) = (OrganizationId::new(), OrganizationId::new());
+    seed_tenant(&env, &org, &other).await;
+    // ~45 MB: above the size from which staging is read back over several connections.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE big (organization_id uuid NOT NULL, id bigint PRIMARY KEY, payload text, at timestamptz);
+         INSERT INTO big SELECT '{org}', g, repeat(md5(g::text), 4) || E'\\t\\\\' || g, '2026-01-01'::timestamptz + g * interval '1 minute'
+           FROM generate_series(1, 250000) g;
+         INSERT INTO big SELECT '{other}', g, 'other', now() FROM generate_series(250001, 251000) g;"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let tap = EventTap::new(&env).await;
+    let (shutdown, task) = start(&env);
+    let (_c, p) = env.publisher().await;
+    let at_backup = table_state(&env.pool, "public", "big", &org).await;
+    let record = backup(&env, &tap, &p, &org).await;
+    sqlx::query("DELETE FROM big WHERE organization_id = $1 AND id % 3 = 0")
+        .bind(org.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+
+    let cmd = restore_command(
+        &org,
+        &record,
+        v1::RestoreMode::Staging,
+        &token(&org, &["pf.backup.restore"]),
+    );
+    let events = run_command(&tap, &p, &cmd).await;
+    let Some(Event::RestoreCompleted(done)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        table_state(&env.pool, &done.staging_schema, "big", &org).await,
+        at_backup
+    );
+    let blocks: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_relation_size('\"{}\".big') / 8192",
+        done.staging_schema
+    )))
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(blocks >= 4096, "{blocks} blocks: too small to be sliced");
+    assert!(
+        failed_checks(&env.pool, &done.restore_job_id)
+            .await
+            .is_empty()
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    env.cleanup().await;
+}

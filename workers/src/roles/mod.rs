@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod restore;
+pub mod rowset;
 pub mod verify;
 
 use std::sync::Arc;

@@ -2,43 +2,48 @@
 //! promoted over the tenant's live rows.
 //!
 //! 1. `restore_initiated`; the record must be the command's organization's and completed.
-//! 2. Verify pass: the whole stored object is streamed through the artifact reader — sha256
-//!    of the stored bytes, every chunk's AEAD tag, per-table counts and hashes against the
-//!    manifest — before a single row is written anywhere.
-//! 3. One transaction on the tenant database: create `dr_restore_<id>` with tables `LIKE` the
-//!    live ones (columns, types, defaults, constraints, identity, generated), stream each
-//!    table in with `COPY … FROM STDIN` in foreign-key order, then run the integrity checks
-//!    (row counts, content hashes re-computed from what was loaded, schema compatibility,
-//!    foreign keys closed within the tenant, every row the tenant's).
-//! 4. STAGING: commit; the schema holds exactly the backup.
-//!    PROMOTE: in the same transaction, lock the live tables against writes (EXCLUSIVE: reads
+//! 2. Sealed pass: the stored object's size and SHA-256 and every chunk's AEAD tag are checked
+//!    against the recorded manifest before a single row is written anywhere (it decrypts but
+//!    does not decompress, so it costs a fraction of the load).
+//! 3. Schema compatibility: a column added since the backup takes its default; a dropped or
+//!    retyped one fails the restore before staging exists.
+//! 4. Staging `dr_restore_<id>`: each table is created `LIKE` the live one (columns, types,
+//!    defaults, constraints, identity, generated) and loaded with `COPY … FROM STDIN` in its
+//!    own transaction, in foreign-key order. The reader checks the table's row count and
+//!    SHA-256 against the manifest before that transaction commits. Each committed table is
+//!    read back (`COPY … TO STDOUT`, block ranges on parallel connections) while the next
+//!    one loads; the digest of the rows read back must equal that of the rows sent
+//!    ([`super::rowset`]), and every row must carry the tenant's id.
+//! 5. Integrity checks, stored in `pf_restore_jobs.checks`: row counts, content hashes, tenant
+//!    scope, foreign keys closed within the tenant.
+//! 6. STAGING: the schema holds exactly the backup.
+//!    PROMOTE: in one transaction, lock the live tables against writes (EXCLUSIVE: reads
 //!    go on, writers wait for the swap), delete the tenant's rows in reverse FK order, insert
 //!    the staged rows in FK order, move identity/serial sequences past the restored maxima,
 //!    record the promotion, drop the staging schema, commit. All tables or none.
 //!
-//! Staging tables are UNLOGGED and loaded with `COPY … WITH (FREEZE)` (allowed because they
-//! are created in the same transaction): no WAL and no later hint-bit writes for a scratch
+//! Staging tables are UNLOGGED and loaded with `COPY … WITH (FREEZE)` (allowed because each
+//! is created in its loading transaction): no WAL and no later hint-bit writes for a scratch
 //! copy. The live tables a promotion writes stay logged; a database crash empties a kept
 //! STAGING schema's tables (restore again).
 //!
-//! Any failure (or a crash) rolls the transaction back: no staging schema is left behind. The
-//! promotion marker (`drfleet_restore.promotions`) commits with the swap, so a job retried
-//! after a crash between the swap and its bookkeeping does not promote twice.
+//! A failed restore drops its staging schema. A worker killed mid-load leaves it until the
+//! job's next attempt (which drops it before loading) or its final failure. The promotion
+//! marker (`drfleet_restore.promotions`) commits with the swap, so a job retried after a crash
+//! between the swap and its bookkeeping does not promote twice.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::mpsc;
 
-use drfleet_artifact::{
-    ArtifactBinding, ArtifactReader, Manifest, TableManifest, verify_against_manifest,
-};
+use drfleet_artifact::{ArtifactReader, Manifest, ManifestCheck, TableManifest};
 use drfleet_infra::auth::Actor;
 use drfleet_protocol::events::timestamp;
 use drfleet_protocol::topology::CommandKind;
@@ -48,6 +53,7 @@ use drfleet_protocol::validate::{
 };
 
 use super::catalog::{PIN_RENDERING, quote_ident};
+use super::rowset::{RowDigest, RowSet};
 use super::{ChannelReader, RoleCtx, source_error};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use crate::outbox;
@@ -175,17 +181,115 @@ pub(crate) async fn object_reader(
 enum Piece {
     Begin(String, Vec<String>),
     Rows(Vec<u8>),
-    End,
+    /// The table's rows matched the manifest (count and SHA-256); the digest of what was sent.
+    End(RowSet),
+}
+
+/// Read-back slices of a large staging table, each on its own connection.
+const READBACK_SLICES: i64 = 2;
+/// Tables below this many blocks (32 MiB) are read back on one connection.
+const READBACK_SLICE_MIN_BLOCKS: i64 = 4096;
+
+/// One table loaded into staging and committed.
+struct Loaded {
+    name: String,
+    /// Rows `COPY … FROM STDIN` reported.
+    copied: u64,
+    /// Digest of the rows sent to PostgreSQL.
+    sent: RowSet,
+    /// Digest of the rows read back, computed while the next table loads.
+    read_back: tokio::task::JoinHandle<Result<RowSet, JobError>>,
+}
+
+fn src<T>(r: Result<T, sqlx::Error>) -> Result<T, JobError> {
+    r.map_err(|e| source_error(&e))
+}
+
+/// Digest of the rows of `staging.table` as PostgreSQL returns them, read in block ranges
+/// over several connections at once; counts rows of another organization too.
+async fn read_back(
+    ctx: Arc<RoleCtx>,
+    staging: String,
+    table: String,
+    columns: Vec<String>,
+    seed: u64,
+    org: uuid::Uuid,
+) -> Result<RowSet, JobError> {
+    let tenant_at = columns
+        .iter()
+        .position(|c| *c == ctx.tenant_column)
+        .unwrap_or(usize::MAX); // no tenant column: every row counts as foreign
+    let qualified = format!("{}.{}", quote_ident(&staging), quote_ident(&table));
+    let blocks: i64 = src(sqlx::query_scalar(
+        "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::bigint",
+    )
+    .bind(&qualified)
+    .fetch_one(&ctx.source)
+    .await)?;
+    let slices = if blocks >= READBACK_SLICE_MIN_BLOCKS {
+        READBACK_SLICES
+    } else {
+        1
+    };
+    let select: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+    let select = select.join(", ");
+    let org = org.to_string();
+    let parts = (0..slices).map(|i| {
+        // Block ranges [lo, hi); the last one is open so nothing past the measured size is missed.
+        let lo = blocks * i / slices;
+        let hi = blocks * (i + 1) / slices;
+        let mut cond = Vec::new();
+        if i > 0 {
+            cond.push(format!("ctid >= '({lo},0)'::tid"));
+        }
+        if i + 1 < slices {
+            cond.push(format!("ctid < '({hi},0)'::tid"));
+        }
+        let filter = if cond.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", cond.join(" AND "))
+        };
+        let sql = format!("COPY (SELECT {select} FROM {qualified}{filter}) TO STDOUT");
+        let (ctx, org) = (ctx.clone(), org.clone());
+        async move {
+            let mut conn = src(ctx.source.acquire().await)?;
+            let mut tx = src(conn.begin().await)?;
+            src(sqlx::raw_sql(PIN_RENDERING).execute(&mut *tx).await)?;
+            let mut digest = RowDigest::new(seed).with_tenant(tenant_at, &org);
+            let mut rows = src(tx.copy_out_raw(&sql).await)?;
+            while let Some(chunk) = rows.next().await {
+                digest.update(&src(chunk)?);
+            }
+            drop(rows);
+            src(tx.commit().await)?;
+            digest.finish().map_err(|_| {
+                JobError::permanent("RESTORE_READBACK_FAILED", "read-back ended inside a row")
+            })
+        }
+    });
+    let started = Instant::now();
+    let sets = futures::future::try_join_all(parts).await?;
+    let set = sets.into_iter().fold(RowSet::default(), RowSet::combine);
+    tracing::debug!(
+        table,
+        slices,
+        rows = set.rows,
+        ms = started.elapsed().as_millis() as u64,
+        "staging table read back"
+    );
+    Ok(set)
 }
 
 impl RestoreHandler {
-    /// Pass 1: the stored object checked end to end against the recorded manifest.
-    async fn verify_artifact(&self, rec: &Record) -> Result<(), JobError> {
+    /// Pass 1: the stored object's SHA-256, size and every chunk's AEAD tag against the
+    /// recorded manifest, before a single row is written anywhere.
+    async fn verify_sealed(&self, rec: &Record) -> Result<(), JobError> {
         let (reader, pump) = object_reader(&self.ctx, &rec.object_key).await?;
         let keyring = self.ctx.keyring.clone();
         let manifest = rec.manifest.clone();
         let check = tokio::task::spawn_blocking(move || {
-            verify_against_manifest(reader, &keyring, &manifest)
+            drfleet_artifact::verify_sealed(reader, &keyring, &manifest)
         });
         let (pumped, checked) = tokio::join!(pump, check);
         let checked = checked
@@ -198,25 +302,27 @@ impl RestoreHandler {
         }
     }
 
-    /// Pass 2: stream the tables into the staging schema (inside the caller's transaction).
-    /// Returns rows loaded per table.
+    /// Pass 2: stream the tables into the staging schema, one transaction per table (created
+    /// UNLOGGED and loaded WITH (FREEZE) in it), in foreign-key order. The artifact reader
+    /// checks each table's count and SHA-256 against the manifest before its transaction
+    /// commits; each committed table is read back while the next one loads.
     async fn load(
         &self,
         conn: &mut PgConnection,
         rec: &Record,
         staging: &str,
-    ) -> Result<HashMap<String, u64>, JobError> {
+        seed: u64,
+    ) -> Result<Vec<Loaded>, JobError> {
         let (reader, pump) = object_reader(&self.ctx, &rec.object_key).await?;
         let keyring = self.ctx.keyring.clone();
-        let binding = ArtifactBinding {
-            organization_id: rec.manifest.organization_id,
-            backup_record_id: rec.manifest.backup_record_id,
-        };
+        let manifest = rec.manifest.clone();
         let (tx, mut rx) = mpsc::channel::<Piece>(4);
         let decode =
             tokio::task::spawn_blocking(move || -> Result<(), drfleet_artifact::ArtifactError> {
-                let mut r = ArtifactReader::open(reader, &keyring, binding)?;
+                let mut r = ArtifactReader::open(reader, &keyring, manifest.binding())?;
+                let mut check = ManifestCheck::new(&manifest, &r)?;
                 while let Some(h) = r.next_table()? {
+                    check.table_begun(&h)?;
                     let cols = h.columns.iter().map(|c| c.name.clone()).collect();
                     if tx
                         .blocking_send(Piece::Begin(h.name.clone(), cols))
@@ -224,8 +330,10 @@ impl RestoreHandler {
                     {
                         return Ok(());
                     }
+                    let mut digest = RowDigest::new(seed);
                     let mut buf = Vec::with_capacity(BUF + 256 * 1024);
                     while let Some(p) = r.next_rows()? {
+                        digest.update(p);
                         buf.extend_from_slice(p);
                         if buf.len() >= BUF
                             && tx
@@ -238,18 +346,26 @@ impl RestoreHandler {
                             return Ok(());
                         }
                     }
+                    check.table_ended(&r)?;
+                    let sent = digest.finish().map_err(|_| {
+                        drfleet_artifact::ArtifactError::CorruptStream {
+                            detail: "table ends inside a row",
+                        }
+                    })?;
                     if (!buf.is_empty() && tx.blocking_send(Piece::Rows(buf)).is_err())
-                        || tx.blocking_send(Piece::End).is_err()
+                        || tx.blocking_send(Piece::End(sent)).is_err()
                     {
                         return Ok(());
                     }
                 }
-                r.finish()?;
+                check.finished(&r.finish()?)?;
                 Ok(())
             });
         let staging_q = quote_ident(staging);
+        let live = quote_ident(&self.ctx.tenant_schema);
+        let org = rec.manifest.organization_id;
         let loading = async {
-            let mut loaded = HashMap::new();
+            let mut loaded = Vec::new();
             while let Some(p) = rx.recv().await {
                 let Piece::Begin(name, cols) = p else {
                     return Err(JobError::permanent(
@@ -257,34 +373,59 @@ impl RestoreHandler {
                         "rows outside a table",
                     ));
                 };
-                let cols: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+                let table = quote_ident(&name);
+                let mut tx = src(conn.begin().await)?;
+                src(sqlx::raw_sql(PIN_RENDERING).execute(&mut *tx).await)?;
                 let sql = format!(
-                    "COPY {staging_q}.{} ({}) FROM STDIN WITH (FREEZE)",
-                    quote_ident(&name),
-                    cols.join(", ")
+                    "CREATE UNLOGGED TABLE {staging_q}.{table} (LIKE {live}.{table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)"
                 );
-                let mut copy = conn.copy_in_raw(&sql).await?;
-                let mut ended = false;
+                src(sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut *tx)
+                    .await)?;
+                let quoted: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+                let sql = format!(
+                    "COPY {staging_q}.{table} ({}) FROM STDIN WITH (FREEZE)",
+                    quoted.join(", ")
+                );
+                let mut copy = src(tx.copy_in_raw(&sql).await)?;
+                let mut sent = None;
                 while let Some(p) = rx.recv().await {
                     match p {
                         Piece::Rows(b) => {
-                            copy.send(b).await?;
+                            src(copy.send(b).await)?;
                         }
-                        Piece::End => {
-                            ended = true;
+                        Piece::End(set) => {
+                            sent = Some(set);
                             break;
                         }
                         Piece::Begin(..) => break,
                     }
                 }
-                if !ended {
+                let Some(sent) = sent else {
+                    // The reader failed (it reports why) or the stream is malformed: the
+                    // table's transaction rolls back.
                     let _ = copy.abort("artifact ended inside a table").await;
                     return Err(JobError::permanent(
                         "ARTIFACT_CORRUPT_STREAM",
                         "artifact ended inside a table",
                     ));
-                }
-                loaded.insert(name, copy.finish().await?);
+                };
+                let copied = src(copy.finish().await)?;
+                src(tx.commit().await)?;
+                let read_back = tokio::spawn(read_back(
+                    self.ctx.clone(),
+                    staging.to_owned(),
+                    name.clone(),
+                    cols,
+                    seed,
+                    org,
+                ));
+                loaded.push(Loaded {
+                    name,
+                    copied,
+                    sent,
+                    read_back,
+                });
             }
             Ok::<_, JobError>(loaded)
         };
@@ -292,8 +433,20 @@ impl RestoreHandler {
         let decoded = decode
             .await
             .map_err(|_| JobError::permanent("ARTIFACT_READER_PANIC", "artifact reader failed"))?;
-        pumped?;
-        decoded?;
+        let abort = |loaded: &Result<Vec<Loaded>, JobError>| {
+            if let Ok(l) = loaded {
+                l.iter().for_each(|t| t.read_back.abort());
+            }
+        };
+        // The store's error first, then the reader's: they explain a loader's broken stream.
+        if let Err(e) = pumped {
+            abort(&loaded);
+            return Err(e);
+        }
+        if let Err(e) = decoded {
+            abort(&loaded);
+            return Err(e.into());
+        }
         loaded
     }
 
@@ -375,55 +528,15 @@ impl RestoreHandler {
         .await?)
     }
 
-    /// Checks on what was loaded.
-    async fn integrity_checks(
+    /// Child rows in staging whose parent row is not in staging, per foreign key.
+    async fn dangling_references(
         &self,
-        conn: &mut PgConnection,
         rec: &Record,
         staging: &str,
-        loaded: &HashMap<String, u64>,
-        org: uuid::Uuid,
-    ) -> Result<Vec<Check>, JobError> {
+    ) -> Result<Vec<String>, JobError> {
         let sq = quote_ident(staging);
-        let tenant = quote_ident(&self.ctx.tenant_column);
-        let mut counts = Vec::new();
-        let mut hashes = Vec::new();
-        let mut foreign_rows = Vec::new();
-        for t in &rec.manifest.tables {
-            let n = loaded.get(&t.name).copied().unwrap_or(0);
-            if n != t.row_count {
-                counts.push(format!(
-                    "{}: {} loaded, {} in manifest",
-                    t.name, n, t.row_count
-                ));
-            }
-            let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-            let sql = format!(
-                "COPY (SELECT {} FROM {sq}.{}) TO STDOUT",
-                cols.join(", "),
-                quote_ident(&t.name)
-            );
-            let mut hasher = Sha256::new();
-            let mut s = conn.copy_out_raw(&sql).await?;
-            while let Some(c) = s.next().await {
-                hasher.update(&c?);
-            }
-            drop(s);
-            if hex::encode(hasher.finalize()) != t.sha256 {
-                hashes.push(t.name.clone());
-            }
-            let sql = format!(
-                "SELECT count(*) FROM {sq}.{} WHERE {tenant} IS DISTINCT FROM $1",
-                quote_ident(&t.name)
-            );
-            let strangers: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .bind(org)
-                .fetch_one(&mut *conn)
-                .await?;
-            if strangers != 0 {
-                foreign_rows.push(t.name.clone());
-            }
-        }
+        let mut conn = src(self.ctx.source.acquire().await)?;
+        let conn = &mut *conn;
         let names: Vec<String> = rec.manifest.tables.iter().map(|t| t.name.clone()).collect();
         let mut dangling = Vec::new();
         for (child, ccols, parent, pcols) in self.foreign_keys(conn, &names).await? {
@@ -443,14 +556,74 @@ impl RestoreHandler {
                 quote_ident(&parent),
                 join.join(" AND ")
             );
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            let n: i64 = src(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
                 .fetch_one(&mut *conn)
-                .await?;
+                .await)?;
             if n > 0 {
                 dangling.push(format!("{child} → {parent}: {n} rows"));
             }
         }
-        Ok(vec![
+        Ok(dangling)
+    }
+
+    /// Checks on what was loaded (committed staging tables).
+    async fn integrity_checks(
+        &self,
+        rec: &Record,
+        staging: &str,
+        loaded: Vec<Loaded>,
+    ) -> Result<(Vec<Check>, u64), JobError> {
+        let started = Instant::now();
+        // The foreign-key check needs only committed tables: it runs while the last
+        // read-backs finish.
+        let (digests, dangling) = tokio::join!(
+            async {
+                let mut counts = Vec::new();
+                let mut hashes = Vec::new();
+                let mut foreign_rows = Vec::new();
+                let mut by_name: HashMap<String, Loaded> =
+                    loaded.into_iter().map(|l| (l.name.clone(), l)).collect();
+                let mut rows = 0;
+                for t in &rec.manifest.tables {
+                    let Some(l) = by_name.remove(&t.name) else {
+                        counts.push(format!("{}: not loaded", t.name));
+                        continue;
+                    };
+                    rows += l.copied;
+                    if l.copied != t.row_count {
+                        counts.push(format!(
+                            "{}: {} loaded, {} in manifest",
+                            t.name, l.copied, t.row_count
+                        ));
+                    }
+                    let back = l.read_back.await.map_err(|_| {
+                        JobError::permanent("RESTORE_READBACK_FAILED", "read-back task failed")
+                    })??;
+                    if !back.same_rows(&l.sent) {
+                        hashes.push(t.name.clone());
+                    }
+                    if back.foreign != 0 {
+                        foreign_rows.push(t.name.clone());
+                    }
+                }
+                tracing::debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "staging read back"
+                );
+                Ok::<_, JobError>((counts, hashes, foreign_rows, rows))
+            },
+            async {
+                let d = self.dangling_references(rec, staging).await;
+                tracing::debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "staging foreign keys checked"
+                );
+                d
+            }
+        );
+        let (counts, hashes, foreign_rows, rows) = digests?;
+        let dangling = dangling?;
+        let checks = vec![
             Check {
                 name: "row_counts",
                 passed: counts.is_empty(),
@@ -475,7 +648,8 @@ impl RestoreHandler {
                 passed: dangling.is_empty(),
                 detail: dangling.join("; "),
             },
-        ])
+        ];
+        Ok((checks, rows))
     }
 
     /// Replace the tenant's live rows with the staged ones (inside the caller's transaction).
@@ -571,7 +745,22 @@ impl RestoreHandler {
         Ok(())
     }
 
-    /// Steps 3–4 on a dedicated connection: dropping it (crash, cancel) rolls everything back.
+    /// Drop a staging schema (best effort: a failed drop is logged; the job's next attempt
+    /// or its final failure drops it again).
+    async fn drop_staging(&self, staging: &str) {
+        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(staging));
+        let dropped = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&self.ctx.source),
+        )
+        .await;
+        if !matches!(dropped, Ok(Ok(_))) {
+            tracing::warn!(staging, "could not drop the staging schema");
+        }
+    }
+
+    /// Steps 3–4. Builds the staging schema (committed table by table); any failure drops
+    /// it again. Returns restored rows, checks and phase timings.
     async fn restore(
         &self,
         ctx: &JobCtx,
@@ -582,25 +771,23 @@ impl RestoreHandler {
         let org = job.organization_id.as_uuid();
         let staging = staging_schema(job);
         let opts = self.ctx.source.connect_options();
-        let mut conn = PgConnection::connect_with(&opts)
-            .await
-            .map_err(|e| source_error(&e))?;
+        let mut conn = src(PgConnection::connect_with(&opts).await)?;
         if r.mode == RestoreMode::Promote {
-            sqlx::raw_sql(
+            src(sqlx::raw_sql(
                 "CREATE SCHEMA IF NOT EXISTS drfleet_restore; \
                  CREATE TABLE IF NOT EXISTS drfleet_restore.promotions (restore_job_id uuid PRIMARY KEY, organization_id uuid NOT NULL, \
                    backup_record_id uuid NOT NULL, row_count bigint NOT NULL, promoted_at timestamptz NOT NULL DEFAULT now())",
             )
             .execute(&mut conn)
-            .await
-            .map_err(|e| source_error(&e))?;
+            .await)?;
             // Promoted already by an earlier attempt that died before its bookkeeping?
-            let done: Option<i64> = sqlx::query_scalar("SELECT row_count FROM drfleet_restore.promotions WHERE restore_job_id = $1 AND organization_id = $2")
+            let done: Option<i64> = src(sqlx::query_scalar("SELECT row_count FROM drfleet_restore.promotions WHERE restore_job_id = $1 AND organization_id = $2")
                 .bind(job.id.as_uuid())
                 .bind(org)
                 .fetch_optional(&mut conn)
-                .await?;
+                .await)?;
             if let Some(rows) = done {
+                self.drop_staging(&staging).await;
                 let checks = vec![Check {
                     name: "promoted",
                     passed: true,
@@ -609,9 +796,7 @@ impl RestoreHandler {
                 return Ok((rows as u64, checks));
             }
         }
-        let mut tx = conn.begin().await.map_err(|e| source_error(&e))?;
-        sqlx::raw_sql(PIN_RENDERING).execute(&mut *tx).await?;
-        let mut checks = vec![self.schema_check(&mut tx, &rec.manifest.tables).await?];
+        let mut checks = vec![self.schema_check(&mut conn, &rec.manifest.tables).await?];
         if !checks[0].passed {
             self.record_checks(ctx, &checks).await?;
             return Err(JobError::permanent(
@@ -619,44 +804,78 @@ impl RestoreHandler {
                 "backup columns were dropped or retyped in the live schema",
             ));
         }
-        let sq = quote_ident(&staging);
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {sq}")))
-            .execute(&mut *tx)
-            .await?;
-        let live = quote_ident(&self.ctx.tenant_schema);
-        for t in &rec.manifest.tables {
-            let name = quote_ident(&t.name);
-            let sql = format!(
-                "CREATE UNLOGGED TABLE {sq}.{name} (LIKE {live}.{name} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)"
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&mut *tx)
-                .await?;
-        }
-        let loaded = self.load(&mut tx, rec, &staging).await?;
-        checks.extend(
-            self.integrity_checks(&mut tx, rec, &staging, &loaded, org)
-                .await?,
-        );
+        // An earlier attempt of this job may have left its staging schema behind.
+        self.drop_staging(&staging).await;
+        let built = self.build_staging(&mut conn, rec, &staging).await;
+        let (staged, rows) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                drop(conn);
+                self.drop_staging(&staging).await;
+                return Err(e);
+            }
+        };
+        checks.extend(staged);
         if checks.iter().any(|c| !c.passed) {
-            drop(tx); // rolls back: no staging schema remains
+            self.drop_staging(&staging).await;
             self.record_checks(ctx, &checks).await?;
             return Err(JobError::permanent(
                 "RESTORE_INTEGRITY_CHECK_FAILED",
                 "an integrity check failed",
             ));
         }
-        let rows: u64 = loaded.values().sum();
         if r.mode == RestoreMode::Promote {
-            self.promote(&mut tx, rec, &staging, org, job, rows).await?;
+            let started = Instant::now();
+            let promoted = async {
+                let mut tx = src(conn.begin().await)?;
+                src(sqlx::raw_sql(PIN_RENDERING).execute(&mut *tx).await)?;
+                self.promote(&mut tx, rec, &staging, org, job, rows).await?;
+                src(tx.commit().await)
+            }
+            .await;
+            if let Err(e) = promoted {
+                drop(conn);
+                self.drop_staging(&staging).await;
+                return Err(e);
+            }
+            tracing::info!(
+                promote_ms = started.elapsed().as_millis() as u64,
+                "restore promoted"
+            );
             checks.push(Check {
                 name: "promoted",
                 passed: true,
                 detail: String::new(),
             });
         }
-        tx.commit().await?;
         Ok((rows, checks))
+    }
+
+    /// Create the staging schema, load it and check it.
+    async fn build_staging(
+        &self,
+        conn: &mut PgConnection,
+        rec: &Record,
+        staging: &str,
+    ) -> Result<(Vec<Check>, u64), JobError> {
+        let started = Instant::now();
+        let sq = quote_ident(staging);
+        src(
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {sq}")))
+                .execute(&mut *conn)
+                .await,
+        )?;
+        // Per-restore seed of the row digests (see `rowset`).
+        let seed = uuid::Uuid::new_v4().as_u64_pair().0;
+        let loaded = self.load(conn, rec, staging, seed).await?;
+        let load_ms = started.elapsed().as_millis() as u64;
+        let out = self.integrity_checks(rec, staging, loaded).await?;
+        tracing::info!(
+            load_ms,
+            checks_ms = started.elapsed().as_millis() as u64 - load_ms,
+            "restore staged"
+        );
+        Ok(out)
     }
 }
 
@@ -745,7 +964,12 @@ impl JobHandler for RestoreHandler {
             }
             tx.commit().await?;
 
-            self.verify_artifact(&rec).await?;
+            let verify_started = Instant::now();
+            self.verify_sealed(&rec).await?;
+            tracing::info!(
+                verify_ms = verify_started.elapsed().as_millis() as u64,
+                "restore artifact verified"
+            );
             let (rows, checks) = self.restore(ctx, &rec, r).await?;
 
             let finished_at = Utc::now();
@@ -796,6 +1020,8 @@ impl JobHandler for RestoreHandler {
                 Err(_) => (String::new(), "staging"),
             };
             let record_uuid = uuid::Uuid::parse_str(&record).unwrap_or_default();
+            // A job given up after its workers died may have left its staging schema.
+            self.drop_staging(&staging_schema(job)).await;
             sqlx::query(
                 "INSERT INTO pf_restore_jobs (id, organization_id, command_id, backup_record_id, mode, operator, status, error_code, finished_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, now()) \
