@@ -83,7 +83,8 @@ pub use hashing::{HashingReader, HashingWriter};
 pub use keys::{Keyring, MasterKey};
 pub use manifest::{ArtifactBinding, ColumnDef, Manifest, TableHeader, TableManifest};
 pub use reader::{
-    ArtifactReader, ManifestCheck, ReadSummary, verify_against_manifest, verify_sealed,
+    ArtifactReader, ManifestCheck, ReadSummary, verify_against_manifest,
+    verify_against_manifest_threaded, verify_sealed,
 };
 pub use writer::ArtifactWriter;
 

@@ -9,7 +9,7 @@ use std::io::Read;
 
 use zstd::stream::raw::{Decoder, InBuffer, Operation, OutBuffer};
 
-use crate::container::{ChunkOpener, read_header};
+use crate::container::{ChunkOpener, ContainerHeader, read_header};
 use crate::error::ArtifactError;
 use crate::frames::{
     self, FRAME_HEADER_LEN, MAX_ROWS_FRAME, MAX_TABLE_HEADER_LEN, STREAM_END_LEN, TABLE_END_LEN,
@@ -100,14 +100,145 @@ impl<R: Read> PlainStream<R> {
         debug_assert!(self.start + n <= self.end);
         self.start += n;
     }
+}
+
+/// Where the reader's plaintext comes from: decrypted and decompressed on the
+/// caller's thread, or on a helper thread that hands over decoded blocks (so
+/// decompression overlaps frame parsing and hashing).
+enum Plain<R: Read> {
+    Inline(PlainStream<R>),
+    Threaded(ThreadedPlain),
+}
+
+enum Block {
+    Data(Vec<u8>),
+    /// The verified end of the plaintext, with the stored byte count and SHA-256.
+    End(u64, String),
+    Failed(ArtifactError),
+}
+
+/// Consumer side of a [`PlainStream`] running on its own thread.
+struct ThreadedPlain {
+    rx: std::sync::mpsc::Receiver<Block>,
+    cur: Vec<u8>,
+    pos: usize,
+    totals: Option<(u64, String)>,
+}
+
+/// Decoded blocks in flight between the helper thread and the reader.
+const THREADED_DEPTH: usize = 8;
+
+impl ThreadedPlain {
+    fn spawn<R: Read + Send + 'static>(mut plain: PlainStream<R>) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel(THREADED_DEPTH);
+        std::thread::spawn(move || {
+            loop {
+                let block = match plain.fill() {
+                    Ok(0) => {
+                        let (n, sum) = plain.chunks.stored_totals();
+                        Block::End(n, sum)
+                    }
+                    Ok(_) => {
+                        let b = plain.available().to_vec();
+                        plain.consume(b.len());
+                        Block::Data(b)
+                    }
+                    Err(e) => Block::Failed(e),
+                };
+                let last = !matches!(block, Block::Data(_));
+                // A closed channel: the reader stopped; so do we.
+                if tx.send(block).is_err() || last {
+                    return;
+                }
+            }
+        });
+        Self {
+            rx,
+            cur: Vec::new(),
+            pos: 0,
+            totals: None,
+        }
+    }
+
+    fn fill(&mut self) -> Result<usize, ArtifactError> {
+        while self.pos == self.cur.len() {
+            if self.totals.is_some() {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Block::Data(b)) => {
+                    self.cur = b;
+                    self.pos = 0;
+                }
+                Ok(Block::End(n, sum)) => self.totals = Some((n, sum)),
+                Ok(Block::Failed(e)) => return Err(e),
+                Err(_) => {
+                    return Err(ArtifactError::InvalidState {
+                        detail: "artifact decoding thread stopped",
+                    });
+                }
+            }
+        }
+        Ok(self.cur.len() - self.pos)
+    }
+}
+
+impl<R: Read> Plain<R> {
+    fn fill(&mut self) -> Result<usize, ArtifactError> {
+        match self {
+            Plain::Inline(p) => p.fill(),
+            Plain::Threaded(t) => t.fill(),
+        }
+    }
+
+    fn available(&self) -> &[u8] {
+        match self {
+            Plain::Inline(p) => p.available(),
+            Plain::Threaded(t) => &t.cur[t.pos..],
+        }
+    }
+
+    fn consume(&mut self, n: usize) {
+        match self {
+            Plain::Inline(p) => p.consume(n),
+            Plain::Threaded(t) => {
+                debug_assert!(t.pos + n <= t.cur.len());
+                t.pos += n;
+            }
+        }
+    }
+
+    /// Offset of `available()` in the current buffer; with [`Plain::slice`],
+    /// consumed bytes stay readable until the next `fill`.
+    fn position(&self) -> usize {
+        match self {
+            Plain::Inline(p) => p.start,
+            Plain::Threaded(t) => t.pos,
+        }
+    }
+
+    fn slice(&self, start: usize, len: usize) -> &[u8] {
+        match self {
+            Plain::Inline(p) => &p.out[start..start + len],
+            Plain::Threaded(t) => &t.cur[start..start + len],
+        }
+    }
+
+    fn stored_totals(&self) -> (u64, String) {
+        match self {
+            Plain::Inline(p) => p.chunks.stored_totals(),
+            Plain::Threaded(t) => t.totals.clone().unwrap_or_default(),
+        }
+    }
 
     fn read_exact(&mut self, dst: &mut [u8]) -> Result<(), ArtifactError> {
         let mut done = 0;
         while done < dst.len() {
-            if self.fill()? == 0 {
+            let avail = self.fill()?;
+            if avail == 0 {
                 return Err(corrupt("frame stream ends inside a frame"));
             }
-            let n = (dst.len() - done).min(self.end - self.start);
+            let n = (dst.len() - done).min(avail);
             dst[done..done + n].copy_from_slice(&self.available()[..n]);
             self.consume(n);
             done += n;
@@ -150,13 +281,69 @@ pub struct ReadSummary {
     pub checksum_sha256: String,
 }
 
+/// Header checks and key unwrapping shared by both ways of opening.
+fn open_plain<R: Read>(
+    source: R,
+    keyring: &Keyring,
+    expected: ArtifactBinding,
+) -> Result<(PlainStream<R>, ContainerHeader), ArtifactError> {
+    let mut source = HashingReader::new(source);
+    let header = read_header(&mut source)?;
+    if header.binding != expected {
+        return Err(ArtifactError::BindingMismatch {
+            expected_organization_id: expected.organization_id,
+            expected_backup_record_id: expected.backup_record_id,
+            found_organization_id: header.binding.organization_id,
+            found_backup_record_id: header.binding.backup_record_id,
+        });
+    }
+    let data_key = DataKey::unwrap(
+        keyring,
+        &header.key_id,
+        &header.wrapped,
+        header.binding.organization_id,
+        header.binding.backup_record_id,
+    )?;
+    let decoder = Decoder::new().map_err(|_| ArtifactError::InvalidState {
+        detail: "zstd decoder could not be created",
+    })?;
+    let chunks = ChunkOpener::new(source, data_key, &header);
+    let plain = PlainStream {
+        chunks,
+        decoder,
+        out: vec![0u8; READ_PIECE_SIZE],
+        start: 0,
+        end: 0,
+        frame_done: false,
+        maybe_pending: false,
+    };
+    Ok((plain, header))
+}
+
+impl<R: Read + Send + 'static> ArtifactReader<R> {
+    /// Like [`ArtifactReader::open`], but the source is read, authenticated,
+    /// decrypted and decompressed on a helper thread, overlapping the frame
+    /// parsing and hashing done by the caller. Same checks, same errors.
+    pub fn open_threaded(
+        source: R,
+        keyring: &Keyring,
+        expected: ArtifactBinding,
+    ) -> Result<Self, ArtifactError> {
+        let (plain, header) = open_plain(source, keyring, expected)?;
+        Ok(Self::with_plain(
+            Plain::Threaded(ThreadedPlain::spawn(plain)),
+            header,
+        ))
+    }
+}
+
 /// Reads one artifact. Call `next_table` until it returns `None`, draining
 /// each table with `next_rows`, then `finish`.
 ///
 /// Every read of the source is exact-sized (prefixes, then whole chunks);
 /// wrap sources that cost a syscall per read in a `BufReader`.
 pub struct ArtifactReader<R: Read> {
-    plain: PlainStream<R>,
+    plain: Plain<R>,
     binding: ArtifactBinding,
     key_id: String,
     chunk_size: usize,
@@ -176,37 +363,13 @@ impl<R: Read> ArtifactReader<R> {
         keyring: &Keyring,
         expected: ArtifactBinding,
     ) -> Result<Self, ArtifactError> {
-        let mut source = HashingReader::new(source);
-        let header = read_header(&mut source)?;
-        if header.binding != expected {
-            return Err(ArtifactError::BindingMismatch {
-                expected_organization_id: expected.organization_id,
-                expected_backup_record_id: expected.backup_record_id,
-                found_organization_id: header.binding.organization_id,
-                found_backup_record_id: header.binding.backup_record_id,
-            });
-        }
-        let data_key = DataKey::unwrap(
-            keyring,
-            &header.key_id,
-            &header.wrapped,
-            header.binding.organization_id,
-            header.binding.backup_record_id,
-        )?;
-        let decoder = Decoder::new().map_err(|_| ArtifactError::InvalidState {
-            detail: "zstd decoder could not be created",
-        })?;
-        let chunks = ChunkOpener::new(source, data_key, &header);
-        Ok(Self {
-            plain: PlainStream {
-                chunks,
-                decoder,
-                out: vec![0u8; READ_PIECE_SIZE],
-                start: 0,
-                end: 0,
-                frame_done: false,
-                maybe_pending: false,
-            },
+        let (plain, header) = open_plain(source, keyring, expected)?;
+        Ok(Self::with_plain(Plain::Inline(plain), header))
+    }
+
+    fn with_plain(plain: Plain<R>, header: ContainerHeader) -> Self {
+        Self {
+            plain,
             binding: header.binding,
             key_id: header.key_id,
             chunk_size: header.chunk_size,
@@ -214,7 +377,7 @@ impl<R: Read> ArtifactReader<R> {
             tables: Vec::new(),
             total_rows: 0,
             poisoned: None,
-        })
+        }
     }
 
     /// Id of the master key that wrapped this artifact's data key.
@@ -248,7 +411,7 @@ impl<R: Read> ArtifactReader<R> {
     pub fn next_rows(&mut self) -> Result<Option<&[u8]>, ArtifactError> {
         self.check_poison()?;
         match self.next_rows_inner() {
-            Ok(Some((start, len))) => Ok(Some(&self.plain.out[start..start + len])),
+            Ok(Some((start, len))) => Ok(Some(self.plain.slice(start, len))),
             Ok(None) => Ok(None),
             Err(e) => {
                 self.poisoned = Some(e.clone());
@@ -272,7 +435,7 @@ impl<R: Read> ArtifactReader<R> {
                 detail: "finish called before next_table returned None",
             });
         }
-        let (byte_size, checksum_sha256) = self.plain.chunks.stored_totals();
+        let (byte_size, checksum_sha256) = self.plain.stored_totals();
         Ok(ReadSummary {
             tables: self.tables,
             row_count: self.total_rows,
@@ -357,7 +520,7 @@ impl<R: Read> ArtifactReader<R> {
                 table.hasher.update(piece);
                 table.rows += frames::count_rows(piece);
                 table.frame_left -= n;
-                let start = self.plain.start;
+                let start = self.plain.position();
                 self.plain.consume(n);
                 return Ok(Some((start, n)));
             }
@@ -586,7 +749,27 @@ pub fn verify_against_manifest<R: Read>(
     manifest: &Manifest,
 ) -> Result<ReadSummary, ArtifactError> {
     check_manifest_format(manifest)?;
-    let mut reader = ArtifactReader::open(source, keyring, manifest.binding())?;
+    let reader = ArtifactReader::open(source, keyring, manifest.binding())?;
+    drain_against_manifest(reader, manifest)
+}
+
+/// [`verify_against_manifest`] with decryption and decompression on a helper
+/// thread ([`ArtifactReader::open_threaded`]): the same checks in less time
+/// on a machine with a spare core.
+pub fn verify_against_manifest_threaded<R: Read + Send + 'static>(
+    source: R,
+    keyring: &Keyring,
+    manifest: &Manifest,
+) -> Result<ReadSummary, ArtifactError> {
+    check_manifest_format(manifest)?;
+    let reader = ArtifactReader::open_threaded(source, keyring, manifest.binding())?;
+    drain_against_manifest(reader, manifest)
+}
+
+fn drain_against_manifest<R: Read>(
+    mut reader: ArtifactReader<R>,
+    manifest: &Manifest,
+) -> Result<ReadSummary, ArtifactError> {
     let mut check = ManifestCheck::new(manifest, &reader)?;
     while let Some(header) = reader.next_table()? {
         check.table_begun(&header)?;

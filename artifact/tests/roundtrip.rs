@@ -8,6 +8,7 @@ use common::*;
 use drfleet_artifact::{
     ArtifactReader, ArtifactWriter, CIPHER_NAME, COMPRESSION_NAME, DEFAULT_CHUNK_SIZE,
     FORMAT_VERSION, HashingReader, HashingWriter, Manifest, verify_against_manifest,
+    verify_against_manifest_threaded,
 };
 use sha2::{Digest, Sha256};
 
@@ -313,4 +314,47 @@ fn hashing_reader_matches_sha2() {
     assert_eq!(total, data.len() as u64);
     assert_eq!(h, sha_hex(&data));
     assert_eq!([first, rest].concat(), data);
+}
+
+#[test]
+fn threaded_reader_reads_what_the_inline_reader_reads() {
+    let tables = sample_tables();
+    for chunk_size in [1, 64, DEFAULT_CHUNK_SIZE] {
+        let (manifest, stored) = write(&tables, chunk_size);
+        let (inline, inline_summary) = read_all(&stored, &ring(), binding()).unwrap();
+        let mut r =
+            ArtifactReader::open_threaded(std::io::Cursor::new(stored.clone()), &ring(), binding())
+                .unwrap();
+        let mut threaded = Vec::new();
+        while let Some(h) = r.next_table().unwrap() {
+            let mut bytes = Vec::new();
+            while let Some(p) = r.next_rows().unwrap() {
+                bytes.extend_from_slice(p);
+            }
+            threaded.push((h, bytes));
+        }
+        assert_eq!(threaded, inline);
+        assert_eq!(r.finish().unwrap(), inline_summary);
+        let summary = verify_against_manifest_threaded(
+            std::io::Cursor::new(stored.clone()),
+            &ring(),
+            &manifest,
+        )
+        .unwrap();
+        assert_eq!(summary, inline_summary);
+    }
+}
+
+#[test]
+fn threaded_reader_dropped_midway_stops_cleanly() {
+    let big: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("{i}\trow\n").into_bytes())
+        .collect();
+    let tables = vec![(header("public.big"), vec![big])];
+    let (_, stored) = write(&tables, 4096);
+    let mut r =
+        ArtifactReader::open_threaded(std::io::Cursor::new(stored), &ring(), binding()).unwrap();
+    r.next_table().unwrap().unwrap();
+    r.next_rows().unwrap().unwrap();
+    drop(r); // the helper thread sees a closed channel and ends
 }

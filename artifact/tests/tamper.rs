@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use common::*;
 use drfleet_artifact::{
     ArtifactBinding, ArtifactError, ArtifactReader, ArtifactWriter, Keyring,
-    verify_against_manifest, verify_sealed,
+    verify_against_manifest, verify_against_manifest_threaded, verify_sealed,
 };
 use uuid::Uuid;
 
@@ -60,6 +60,17 @@ fn every_single_byte_flip_is_detected() {
             // runs before writing anything.
             assert!(verify_against_manifest(&t[..], &ring(), &manifest).is_err());
             assert!(verify_sealed(&t[..], &ring(), &manifest).is_err());
+            if mask == 0x01 {
+                // The threaded reader reports the same error as the inline one.
+                let inline = verify_against_manifest(&t[..], &ring(), &manifest).unwrap_err();
+                let threaded = verify_against_manifest_threaded(
+                    std::io::Cursor::new(t.clone()),
+                    &ring(),
+                    &manifest,
+                )
+                .unwrap_err();
+                assert_eq!(threaded.code(), inline.code(), "flip at {pos}");
+            }
         }
     }
 }

@@ -51,6 +51,13 @@ enum Cli {
         pg_admin_url: String,
         #[arg(long, default_value = "/tmp/drfleet-bench-objects")]
         objects: String,
+        /// Alternating runs of the COPY FROM baselines and the restore (medians reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Also compare verify with reading the object from this S3-compatible endpoint
+        /// (e.g. the moto server of scripts/s3-test-server.sh).
+        #[arg(long, env = "DR_BENCH_S3_ENDPOINT")]
+        s3_endpoint: Option<String>,
     },
     /// The artifact pipeline alone, in memory (no services): write N MB of COPY-like rows,
     /// then time the sealed pass (SHA-256 + AEAD tags) and a full verify.
@@ -94,7 +101,11 @@ async fn main() -> anyhow::Result<()> {
             size_mb,
             pg_admin_url,
             objects,
-        } => return restore_bench(size_mb, &pg_admin_url, &objects).await,
+            runs,
+            s3_endpoint,
+        } => {
+            return restore_bench(size_mb, &pg_admin_url, &objects, runs.max(1), s3_endpoint).await;
+        }
         Cli::Artifact { size_mb } => return artifact_bench(size_mb),
     };
     let db = format!("drbench_{size_mb}mb");
@@ -457,6 +468,20 @@ fn spawn_worker(
     db_url: &str,
     objects: &str,
 ) -> anyhow::Result<std::process::Child> {
+    spawn_worker_at(roles, vhost, db_url, &format!("file://{objects}"), true)
+}
+
+/// A release worker against `store_url`; `fresh_vhost` recreates the vhost first.
+fn spawn_worker_at(
+    roles: &str,
+    vhost: &str,
+    db_url: &str,
+    store_url: &str,
+    fresh_vhost: bool,
+) -> anyhow::Result<std::process::Child> {
+    if !fresh_vhost {
+        return worker_command(roles, vhost, db_url, store_url);
+    }
     let _ = Command::new("rabbitmqctl")
         .args(["delete_vhost", vhost])
         .output();
@@ -470,6 +495,15 @@ fn spawn_worker(
         ".*",
         ".*",
     ]))?;
+    worker_command(roles, vhost, db_url, store_url)
+}
+
+fn worker_command(
+    roles: &str,
+    vhost: &str,
+    db_url: &str,
+    store_url: &str,
+) -> anyhow::Result<std::process::Child> {
     let worker_bin = std::env::current_exe()?.with_file_name("drfleet-worker");
     Command::new(&worker_bin)
         .args(["--role", roles])
@@ -478,7 +512,7 @@ fn spawn_worker(
             format!("amqp://guest:guest@127.0.0.1:5672/{vhost}"),
         )
         .env("DR_DATABASE_URL", db_url)
-        .env("DR_OBJECT_STORE_URL", format!("file://{objects}"))
+        .env("DR_OBJECT_STORE_URL", store_url)
         .env(
             "DR_MASTER_KEY",
             base64::engine::general_purpose::STANDARD.encode([7u8; 32]),
@@ -553,7 +587,13 @@ async fn wait_for(
     }
 }
 
-async fn restore_bench(size_mb: u64, pg_admin_url: &str, objects: &str) -> anyhow::Result<()> {
+async fn restore_bench(
+    size_mb: u64,
+    pg_admin_url: &str,
+    objects: &str,
+    runs: usize,
+    s3_endpoint: Option<String>,
+) -> anyhow::Result<()> {
     let db = format!("drbench_{size_mb}mb");
     let db_url = format!(
         "{}/{db}",
@@ -590,8 +630,6 @@ async fn restore_bench(size_mb: u64, pg_admin_url: &str, objects: &str) -> anyho
         f.flush()?;
     }
     let bytes = std::fs::metadata(&dump)?.len();
-    let raw_in = raw_copy_in(&mut conn, &dump, false).await?;
-    let raw_in_unlogged = raw_copy_in(&mut conn, &dump, true).await?;
 
     let vhost = "drbench-restore";
     let mut worker = spawn_worker("backup,restore,verify", vhost, &db_url, objects)?;
@@ -651,40 +689,61 @@ async fn restore_bench(size_mb: u64, pg_admin_url: &str, objects: &str) -> anyho
     .await?;
     let verify_secs = wait_for(&mut conn, "SELECT r.verify_status FROM pf_backup_records r JOIN pf_jobs j ON j.spec->>'backup_record_id' = r.id::text WHERE j.command_id = $1::uuid AND j.state = 'succeeded'", &verify, "ok").await?;
 
-    let restore = send(
-        &publisher,
-        CommandKind::Restore,
-        &org,
-        &["pf.backup.restore"],
-        v1::command_envelope::Command::Restore(v1::RestoreCommand {
-            backup_record_id: record.to_string(),
-            mode: v1::RestoreMode::Staging as i32,
-            target: String::new(),
-        }),
-    )
-    .await?;
-    let restore_secs = wait_for(
-        &mut conn,
-        "SELECT status FROM pf_restore_jobs WHERE command_id = $1::uuid",
-        &restore,
-        "completed",
-    )
-    .await?;
+    // COPY FROM on this kind of machine varies a lot from run to run (WAL and page-cache
+    // writeback): alternate baseline and restore, and compare medians.
+    let (mut raw, mut raw_unlogged, mut restored) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        raw.push(raw_copy_in(&mut conn, &dump, false).await?);
+        raw_unlogged.push(raw_copy_in(&mut conn, &dump, true).await?);
+        let restore = send(
+            &publisher,
+            CommandKind::Restore,
+            &org,
+            &["pf.backup.restore"],
+            v1::command_envelope::Command::Restore(v1::RestoreCommand {
+                backup_record_id: record.to_string(),
+                mode: v1::RestoreMode::Staging as i32,
+                target: String::new(),
+            }),
+        )
+        .await?;
+        restored.push(
+            wait_for(
+                &mut conn,
+                "SELECT status FROM pf_restore_jobs WHERE command_id = $1::uuid",
+                &restore,
+                "completed",
+            )
+            .await?,
+        );
+        drop_staging(&mut conn).await?;
+        eprintln!(
+            "run {run}: raw {:.2} s, raw UNLOGGED+FREEZE {:.2} s, restore {:.2} s",
+            raw[run - 1],
+            raw_unlogged[run - 1],
+            restored[run - 1]
+        );
+    }
+    let (raw_in, raw_in_unlogged, restore_secs) = (
+        median(&mut raw),
+        median(&mut raw_unlogged),
+        median(&mut restored),
+    );
     let _ = Command::new("kill").arg(worker.id().to_string()).status();
     let _ = worker.wait();
+    let s3 = match s3_endpoint {
+        Some(endpoint) => Some(
+            s3_verify(
+                &endpoint, &mut conn, &publisher, &org, record, objects, vhost, &db_url,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let _ = Command::new("rabbitmqctl")
         .args(["delete_vhost", vhost])
         .output();
-    for s in sqlx::query_scalar::<_, String>(
-        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'dr_restore_%'",
-    )
-    .fetch_all(&mut conn)
-    .await?
-    {
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {s} CASCADE")))
-            .execute(&mut conn)
-            .await?;
-    }
+    drop_staging(&mut conn).await?;
     let _ = std::fs::remove_file(&dump);
     let _ = std::fs::remove_dir_all(objects);
     let mb = bytes as f64 / 1e6;
@@ -692,6 +751,7 @@ async fn restore_bench(size_mb: u64, pg_admin_url: &str, objects: &str) -> anyho
         "tenant: {mb:.0} MB of COPY text, artifact {:.0} MB",
         object_size as f64 / 1e6
     );
+    println!("medians of {runs} alternating runs:");
     println!(
         "raw COPY FROM into an empty table:  {raw_in:>7.2} s  {:>7.1} MB/s",
         mb / raw_in
@@ -714,6 +774,118 @@ async fn restore_bench(size_mb: u64, pg_admin_url: &str, objects: &str) -> anyho
         object_size as f64 / 1e6 / verify_secs,
         read_secs / verify_secs
     );
+    if let Some((s3_read, s3_verify)) = s3 {
+        println!(
+            "reading the object from S3:         {s3_read:>7.2} s  {:>7.1} MB/s (of artifact)",
+            object_size as f64 / 1e6 / s3_read
+        );
+        println!(
+            "drfleet verify from S3:             {s3_verify:>7.2} s  {:>7.1} MB/s (of artifact)  ratio {:.2}x",
+            object_size as f64 / 1e6 / s3_verify,
+            s3_read / s3_verify
+        );
+    }
+    Ok(())
+}
+
+/// Copy the backup's objects to a fresh bucket at `endpoint`, time draining the artifact
+/// through drfleet's store client, then time a verify by a worker reading from that bucket.
+#[allow(clippy::too_many_arguments)]
+async fn s3_verify(
+    endpoint: &str,
+    conn: &mut PgConnection,
+    publisher: &ConfirmPublisher,
+    org: &OrganizationId,
+    record: uuid::Uuid,
+    objects: &str,
+    vhost: &str,
+    db_url: &str,
+) -> anyhow::Result<(f64, f64)> {
+    use std::io::{Read, Write};
+    let bucket = format!(
+        "drbench-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(hostport).context("S3 endpoint reachable")?;
+    write!(
+        s,
+        "PUT /{bucket} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    anyhow::ensure!(out.starts_with("HTTP/1.1 200"), "bucket not created");
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "bench"),
+        ("AWS_SECRET_ACCESS_KEY", "bench"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", endpoint),
+    ] {
+        // SAFETY: set before any other thread reads the environment for these.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let store_url = format!("s3://{bucket}/artifacts");
+    let store =
+        drfleet_storage::ArtifactStore::open(&drfleet_infra::config::ObjectStoreLocation::S3 {
+            bucket: bucket.clone(),
+            prefix: "artifacts".into(),
+        })?;
+    let (object_key, manifest_key): (String, String) =
+        sqlx::query_as("SELECT object_key, manifest_key FROM pf_backup_records WHERE id = $1")
+            .bind(record)
+            .fetch_one(&mut *conn)
+            .await?;
+    for key in [&object_key, &manifest_key] {
+        let bytes = std::fs::read(std::path::Path::new(objects).join(key))?;
+        store
+            .put_overwrite(
+                &drfleet_storage::keys::parse(key)?,
+                bytes::Bytes::from(bytes),
+            )
+            .await?;
+    }
+    let t = Instant::now();
+    let mut s = store
+        .get_stream(&drfleet_storage::keys::parse(&object_key)?)
+        .await?;
+    while let Some(piece) = s.next().await {
+        piece?;
+    }
+    let read_secs = t.elapsed().as_secs_f64();
+    let mut worker = spawn_worker_at("verify", vhost, db_url, &store_url, false)?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let verify = send(
+        publisher,
+        CommandKind::Verify,
+        org,
+        &["pf.backup.verify"],
+        v1::command_envelope::Command::Verify(v1::VerifyCommand {
+            backup_record_id: record.to_string(),
+        }),
+    )
+    .await?;
+    let verify_secs = wait_for(conn, "SELECT r.verify_status FROM pf_backup_records r JOIN pf_jobs j ON j.spec->>'backup_record_id' = r.id::text WHERE j.command_id = $1::uuid AND j.state = 'succeeded'", &verify, "ok").await?;
+    let _ = Command::new("kill").arg(worker.id().to_string()).status();
+    let _ = worker.wait();
+    Ok((read_secs, verify_secs))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn drop_staging(conn: &mut PgConnection) -> anyhow::Result<()> {
+    for s in sqlx::query_scalar::<_, String>(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'dr_restore_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {s} CASCADE")))
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
@@ -808,6 +980,9 @@ fn artifact_bench(size_mb: u64) -> anyhow::Result<()> {
     let t = Instant::now();
     verify_against_manifest(&stored[..], &keyring, &manifest)?;
     let verify_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    verify_against_manifest_threaded(std::io::Cursor::new(stored.clone()), &keyring, &manifest)?;
+    let threaded_secs = t.elapsed().as_secs_f64();
     let mb = written as f64 / 1e6;
     let amb = stored.len() as f64 / 1e6;
     println!("rows: {g}, {mb:.0} MB of COPY text, artifact {amb:.0} MB");
@@ -823,6 +998,10 @@ fn artifact_bench(size_mb: u64) -> anyhow::Result<()> {
     println!(
         "full verify:                     {verify_secs:>6.2} s  {:>7.1} MB/s of rows",
         mb / verify_secs
+    );
+    println!(
+        "full verify, threaded reader:    {threaded_secs:>6.2} s  {:>7.1} MB/s of rows",
+        mb / threaded_secs
     );
     Ok(())
 }

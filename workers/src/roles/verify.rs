@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! object store ──byte stream──▶ bounded channel ──▶ blocking thread:
-//!   sha256 of the stored bytes, every chunk's tag, zstd, frames, per-table hashes and counts
+//!   sha256 of the stored bytes, every chunk's tag, zstd (on a helper thread), frames,
+//!   per-table hashes and counts
 //!   ──▶ compared against the manifest recorded with the backup
 //! ```
 //!
@@ -23,7 +24,7 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
-use drfleet_artifact::{Manifest, verify_against_manifest};
+use drfleet_artifact::{Manifest, verify_against_manifest_threaded};
 use drfleet_infra::auth::Actor;
 use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::v1::{self, event_envelope::Event};
@@ -128,7 +129,7 @@ impl VerifyHandler {
         let keyring = self.ctx.keyring.clone();
         let reading = tokio::task::spawn_blocking(move || {
             let source = ChannelReader::new(rx);
-            verify_against_manifest(source, &keyring, &manifest)
+            verify_against_manifest_threaded(source, &keyring, &manifest)
         });
         // Runs alongside the reader thread; returning drops `tx`, which ends the reader's
         // input (and a dropped future, e.g. a lost lease, does the same: nothing hangs).
