@@ -106,7 +106,7 @@ impl<R: Read> PlainStream<R> {
 /// caller's thread, or on a helper thread that hands over decoded blocks (so
 /// decompression overlaps frame parsing and hashing).
 enum Plain<R: Read> {
-    Inline(PlainStream<R>),
+    Inline(Box<PlainStream<R>>),
     Threaded(ThreadedPlain),
 }
 
@@ -364,7 +364,7 @@ impl<R: Read> ArtifactReader<R> {
         expected: ArtifactBinding,
     ) -> Result<Self, ArtifactError> {
         let (plain, header) = open_plain(source, keyring, expected)?;
-        Ok(Self::with_plain(Plain::Inline(plain), header))
+        Ok(Self::with_plain(Plain::Inline(Box::new(plain)), header))
     }
 
     fn with_plain(plain: Plain<R>, header: ContainerHeader) -> Self {
