@@ -281,12 +281,13 @@ pub struct ReadSummary {
     pub checksum_sha256: String,
 }
 
-/// Header checks and key unwrapping shared by both ways of opening.
-fn open_plain<R: Read>(
+/// Reads the header, checks its binding and unwraps the data key: the start of
+/// every read of an artifact.
+fn open_container<R: Read>(
     source: R,
     keyring: &Keyring,
     expected: ArtifactBinding,
-) -> Result<(PlainStream<R>, ContainerHeader), ArtifactError> {
+) -> Result<(HashingReader<R>, ContainerHeader, DataKey), ArtifactError> {
     let mut source = HashingReader::new(source);
     let header = read_header(&mut source)?;
     if header.binding != expected {
@@ -304,6 +305,16 @@ fn open_plain<R: Read>(
         header.binding.organization_id,
         header.binding.backup_record_id,
     )?;
+    Ok((source, header, data_key))
+}
+
+/// The decoding layers of a reader, shared by both ways of opening.
+fn open_plain<R: Read>(
+    source: R,
+    keyring: &Keyring,
+    expected: ArtifactBinding,
+) -> Result<(PlainStream<R>, ContainerHeader), ArtifactError> {
+    let (source, header, data_key) = open_container(source, keyring, expected)?;
     let decoder = Decoder::new().map_err(|_| ArtifactError::InvalidState {
         detail: "zstd decoder could not be created",
     })?;
@@ -588,30 +599,13 @@ pub fn verify_sealed<R: Read>(
 ) -> Result<(u64, String), ArtifactError> {
     check_manifest_format(manifest)?;
     let mismatch = |detail| ArtifactError::ManifestMismatch { detail };
-    let mut source = HashingReader::new(source);
-    let header = read_header(&mut source)?;
-    let expected = manifest.binding();
-    if header.binding != expected {
-        return Err(ArtifactError::BindingMismatch {
-            expected_organization_id: expected.organization_id,
-            expected_backup_record_id: expected.backup_record_id,
-            found_organization_id: header.binding.organization_id,
-            found_backup_record_id: header.binding.backup_record_id,
-        });
-    }
+    let (source, header, data_key) = open_container(source, keyring, manifest.binding())?;
     if header.key_id != manifest.key_id {
         return Err(mismatch("key id differs from manifest"));
     }
     if header.chunk_size != manifest.chunk_size as usize {
         return Err(mismatch("chunk size differs from manifest"));
     }
-    let data_key = DataKey::unwrap(
-        keyring,
-        &header.key_id,
-        &header.wrapped,
-        header.binding.organization_id,
-        header.binding.backup_record_id,
-    )?;
     let mut chunks = ChunkOpener::new(source, data_key, &header);
     while !chunks.is_done() {
         chunks.next_chunk()?;
