@@ -119,6 +119,11 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_JOB_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub job_concurrency: u16,
 
+    /// COPY text (MiB) per loading transaction of a large table in a restore: each committed
+    /// segment is read back and checked while the next one loads.
+    #[arg(long, env = "DR_RESTORE_SEGMENT_MIB", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub restore_segment_mib: u32,
+
     /// Seconds a job lease lasts without a heartbeat before another worker may take the job.
     #[arg(long, env = "DR_JOB_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub job_lease_secs: u64,
@@ -158,6 +163,8 @@ pub struct WorkerConfig {
     pub log_format: LogFormat,
     pub job_concurrency: usize,
     pub job_lease: Duration,
+    /// Bytes of COPY text per restore loading transaction (DR_RESTORE_SEGMENT_MIB).
+    pub restore_segment_bytes: usize,
     pub shutdown_grace: Duration,
     pub worker_id: String,
     /// Poll interval of job runners and the outbox relay when no notification arrives.
@@ -265,6 +272,7 @@ impl WorkerConfig {
             log_format: cli.log.format()?,
             job_concurrency: cli.job_concurrency as usize,
             job_lease: Duration::from_secs(cli.job_lease_secs),
+            restore_segment_bytes: (cli.restore_segment_mib as usize) << 20,
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs),
             worker_id,
             poll_interval: Duration::from_secs(1),

@@ -661,6 +661,30 @@ async fn rows_stored_differently_from_the_artifact_fail_the_checks_and_leave_not
         "staging dropped"
     );
 
+    // Customers stored under other ids leave the staged orders pointing at nothing.
+    sqlx::raw_sql(
+        r#"CREATE OR REPLACE FUNCTION tamper_row() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN NEW.id := NEW.id + 1000000; RETURN NEW; END $$;"#,
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let cmd = restore_command(&org, &record, v1::RestoreMode::Staging, &token);
+    let events = run_command(&tap, &p, &cmd).await;
+    let Some(Event::RestoreFailed(f)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(f.error_code, "RESTORE_INTEGRITY_CHECK_FAILED");
+    let failed = failed_checks(&env.pool, &f.restore_job_id).await;
+    assert!(
+        failed.contains(&"foreign_keys_closed".to_owned()),
+        "{failed:?}"
+    );
+    assert!(
+        staging_schemas(&env.pool).await.is_empty(),
+        "staging dropped"
+    );
+
     // Without the trigger the same backup restores.
     sqlx::raw_sql("DROP EVENT TRIGGER tamper_staging")
         .execute(&env.pool)
@@ -727,6 +751,136 @@ async fn a_large_table_is_read_back_in_block_ranges_and_staged_exactly() {
             .await
             .is_empty()
     );
+    shutdown.cancel();
+    task.await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_table_loaded_in_segments_is_read_back_per_segment_and_promoted_whole() {
+    let env = TestEnv::new().await;
+    let (org, other) = (OrganizationId::new(), OrganizationId::new());
+    seed_tenant(&env, &org, &other).await;
+    // ~15 MB of COPY text loaded in 1 MiB segments: the staging table and a dozen parts.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE seg (organization_id uuid NOT NULL, id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+           payload text NOT NULL CHECK (payload <> ''), n int GENERATED ALWAYS AS (length(payload)) STORED,
+           parent_id bigint REFERENCES seg (id) ON DELETE SET NULL);
+         CREATE INDEX ON seg (parent_id);
+         INSERT INTO seg (organization_id, payload) SELECT '{org}', repeat(md5(g::text), 3) || E'\\t\\n' || g
+           FROM generate_series(1, 100000) g;
+         -- A key to its own table is checked once the whole table (all its segments) is in.
+         UPDATE seg SET parent_id = 100001 - id WHERE id % 5 = 0;
+         INSERT INTO seg (organization_id, payload) SELECT '{other}', 'other ' || g FROM generate_series(1, 1000) g;"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let cfg = env.config_with(
+        "backup,restore",
+        &[("DR_RESTORE_SEGMENT_MIB", "1".to_string())],
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let s = shutdown.clone();
+        async move { drfleet_workers::run(cfg, s).await.expect("worker runs") }
+    });
+    let tap = EventTap::new(&env).await;
+    let (_c, p) = env.publisher().await;
+    let at_backup = table_state(&env.pool, "public", "seg", &org).await;
+    let others = table_state(&env.pool, "public", "seg", &other).await;
+    let record = backup(&env, &tap, &p, &org).await;
+    sqlx::query("DELETE FROM seg WHERE organization_id = $1 AND id % 7 = 0")
+        .bind(org.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE seg SET payload = 'changed' WHERE organization_id = $1 AND id % 11 = 0")
+        .bind(org.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO seg (organization_id, payload) SELECT $1, 'new' FROM generate_series(1, 50)",
+    )
+    .bind(org.as_uuid())
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_ne!(
+        table_state(&env.pool, "public", "seg", &org).await,
+        at_backup
+    );
+
+    // STAGING: the staging table reads as the backup; its later segments are its parts.
+    let cmd = restore_command(
+        &org,
+        &record,
+        v1::RestoreMode::Staging,
+        &token(&org, &["pf.backup.restore"]),
+    );
+    let events = run_command(&tap, &p, &cmd).await;
+    let Some(Event::RestoreCompleted(staged)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        table_state(&env.pool, &staged.staging_schema, "seg", &org).await,
+        at_backup
+    );
+    let parts: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = '\"{}\".seg'::regclass",
+        staged.staging_schema
+    )))
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        parts >= 8,
+        "{parts} parts: the table was not loaded in segments"
+    );
+    assert!(
+        failed_checks(&env.pool, &staged.restore_job_id)
+            .await
+            .is_empty()
+    );
+
+    // PROMOTE: the live rows become the backup's, across all segments; staging goes away.
+    let cmd = restore_command(
+        &org,
+        &record,
+        v1::RestoreMode::Promote,
+        &token(&org, &["pf.backup.restore", "pf.backup.promote"]),
+    );
+    let events = run_command(&tap, &p, &cmd).await;
+    assert_eq!(
+        events.last().unwrap().kind(),
+        "restore_completed",
+        "{events:?}"
+    );
+    assert_eq!(
+        table_state(&env.pool, "public", "seg", &org).await,
+        at_backup
+    );
+    assert_eq!(
+        table_state(&env.pool, "public", "seg", &other).await,
+        others
+    );
+    let mut left = staging_schemas(&env.pool).await;
+    left.sort();
+    assert_eq!(
+        left,
+        vec![
+            staged.staging_schema.clone(),
+            format!("{}_parts", staged.staging_schema)
+        ],
+        "only the kept STAGING restore remains"
+    );
+    // The identity sequence moved past the restored maximum.
+    sqlx::query("INSERT INTO seg (organization_id, payload) VALUES ($1, 'after')")
+        .bind(org.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
     shutdown.cancel();
     task.await.unwrap();
     env.cleanup().await;

@@ -61,6 +61,8 @@ pub struct RoleCtx {
     pub keyring: Arc<Keyring>,
     pub tenant_column: String,
     pub tenant_schema: String,
+    /// See [`crate::config::WorkerConfig::restore_segment_bytes`].
+    pub restore_segment_bytes: usize,
 }
 
 impl RoleCtx {
@@ -95,6 +97,7 @@ impl RoleCtx {
             keyring: Arc::new(keyring),
             tenant_column: config.tenant_column.clone(),
             tenant_schema: config.tenant_schema.clone(),
+            restore_segment_bytes: config.restore_segment_bytes,
         })
     }
 }

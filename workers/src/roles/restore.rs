@@ -8,12 +8,16 @@
 //! 3. Schema compatibility: a column added since the backup takes its default; a dropped or
 //!    retyped one fails the restore before staging exists.
 //! 4. Staging `dr_restore_<id>`: each table is created `LIKE` the live one (columns, types,
-//!    defaults, constraints, identity, generated) and loaded with `COPY … FROM STDIN` in its
-//!    own transaction, in foreign-key order. The reader checks the table's row count and
-//!    SHA-256 against the manifest before that transaction commits. Each committed table is
-//!    read back (`COPY … TO STDOUT`, block ranges on parallel connections) while the next
-//!    one loads; the digest of the rows read back must equal that of the rows sent
-//!    ([`super::rowset`]), and every row must carry the tenant's id.
+//!    defaults, constraints, identity, generated) and loaded with `COPY … FROM STDIN` in
+//!    foreign-key order. The reader checks the table's row count and SHA-256 against the
+//!    manifest before its last transaction commits. A large table loads in segments
+//!    (`DR_RESTORE_SEGMENT_MIB` of COPY text, cut at a row boundary), each committed on its
+//!    own in a table created in the same transaction: the first is the staging table, later
+//!    ones are tables in `dr_restore_<id>_parts` that inherit from it (so reading the staging
+//!    table reads them all). Each committed segment is read back (`COPY … TO STDOUT`) and
+//!    checked for foreign keys to earlier tables while the next one loads; the digest of the
+//!    rows read back must equal that of the rows sent ([`super::rowset`]), and every row must
+//!    carry the tenant's id.
 //! 5. Integrity checks, stored in `pf_restore_jobs.checks`: row counts, content hashes, tenant
 //!    scope, foreign keys closed within the tenant.
 //! 6. STAGING: the schema holds exactly the backup.
@@ -23,12 +27,12 @@
 //!    record the promotion, drop the staging schema, commit. All tables or none.
 //!
 //! Staging tables are UNLOGGED and loaded with `COPY … WITH (FREEZE)` (allowed because each
-//! is created in its loading transaction): no WAL and no later hint-bit writes for a scratch
-//! copy. The live tables a promotion writes stay logged; a database crash empties a kept
-//! STAGING schema's tables (restore again).
+//! segment's table is created in its loading transaction): no WAL and no later hint-bit
+//! writes for a scratch copy. The live tables a promotion writes stay logged; a database crash
+//! empties a kept STAGING schema's tables (restore again).
 //!
-//! A failed restore drops its staging schema. A worker killed mid-load leaves it until the
-//! job's next attempt (which drops it before loading) or its final failure. The promotion
+//! A failed restore drops its staging and parts schemas. A worker killed mid-load leaves them
+//! until the job's next attempt (which drops it before loading) or its final failure. The promotion
 //! marker (`drfleet_restore.promotions`) commits with the swap, so a job retried after a crash
 //! between the swap and its bookkeeping does not promote twice.
 
@@ -81,6 +85,11 @@ fn spec(job: &Job) -> Result<&RestoreSpec, JobError> {
 pub fn staging_schema(job: &Job) -> String {
     let hex = job.id.as_uuid().simple().to_string();
     format!("dr_restore_{}", &hex[20..])
+}
+
+/// Schema of the later segments of large staging tables (see the module docs).
+pub fn parts_schema(staging: &str) -> String {
+    format!("{staging}_parts")
 }
 
 /// One integrity check, as stored in `pf_restore_jobs.checks`.
@@ -181,6 +190,9 @@ pub(crate) async fn object_reader(
 enum Piece {
     Begin(String, Vec<String>),
     Rows(Vec<u8>),
+    /// A row boundary after a segment's worth of rows (`DR_RESTORE_SEGMENT_MIB`): commit
+    /// what was loaded so far, so that it is read back while the rest of the table loads.
+    Cut,
     /// The table's rows matched the manifest (count and SHA-256); the digest of what was sent.
     End(RowSet),
 }
@@ -197,36 +209,84 @@ struct Loaded {
     copied: u64,
     /// Digest of the rows sent to PostgreSQL.
     sent: RowSet,
-    /// Digest of the rows read back, computed while the next table loads.
-    read_back: tokio::task::JoinHandle<Result<RowSet, JobError>>,
+    /// Digests of the rows read back, segment by segment, computed while loading goes on.
+    read_back: Vec<tokio::task::JoinHandle<Result<RowSet, JobError>>>,
+    /// Dangling-reference counts of its segments, by index into the foreign keys, for the
+    /// keys whose parent table was loaded before it.
+    fk_checks: Vec<(usize, tokio::task::JoinHandle<Result<i64, JobError>>)>,
+}
+
+/// A foreign key between two backed-up tables: child, its columns, parent, its columns.
+type ForeignKey = (String, Vec<String>, String, Vec<String>);
+
+/// Rows of `child` (`ONLY` one staging segment, or a whole staging table) whose key is set
+/// but has no row in `parent` (a staging table, its parts included).
+async fn count_dangling(
+    ctx: Arc<RoleCtx>,
+    child: String,
+    parent: String,
+    fk: ForeignKey,
+    permits: Arc<tokio::sync::Semaphore>,
+) -> Result<i64, JobError> {
+    let _permit = permits
+        .acquire_owned()
+        .await
+        .map_err(|_| JobError::permanent("RESTORE_FK_CHECK_FAILED", "check cancelled"))?;
+    let (_, ccols, _, pcols) = fk;
+    let not_null: Vec<String> = ccols
+        .iter()
+        .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
+        .collect();
+    let join: Vec<String> = ccols
+        .iter()
+        .zip(&pcols)
+        .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
+        .collect();
+    let sql = format!(
+        "SELECT count(*) FROM {child} c WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
+        not_null.join(" AND "),
+        join.join(" AND ")
+    );
+    src(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(&ctx.source)
+        .await)
 }
 
 fn src<T>(r: Result<T, sqlx::Error>) -> Result<T, JobError> {
     r.map_err(|e| source_error(&e))
 }
 
-/// Digest of the rows of `staging.table` as PostgreSQL returns them, read in block ranges
-/// over several connections at once; counts rows of another organization too.
-async fn read_back(
+/// Digest of the rows of one segment (`qualified`, a staging table without its inheriting
+/// parts, or one part) of `table` as PostgreSQL returns them; counts rows of another
+/// organization too. A table's last segment is read in block ranges over several connections
+/// at once, since the checks wait for it; earlier ones on one connection, since the load
+/// goes on beside them.
+#[allow(clippy::too_many_arguments)]
+async fn read_back_rows(
     ctx: Arc<RoleCtx>,
-    staging: String,
+    qualified: String,
     table: String,
     columns: Vec<String>,
     seed: u64,
     org: uuid::Uuid,
+    last: bool,
+    permits: Arc<tokio::sync::Semaphore>,
 ) -> Result<RowSet, JobError> {
+    let _permit = permits
+        .acquire_owned()
+        .await
+        .map_err(|_| JobError::permanent("RESTORE_READBACK_FAILED", "read-back cancelled"))?;
     let tenant_at = columns
         .iter()
         .position(|c| *c == ctx.tenant_column)
         .unwrap_or(usize::MAX); // no tenant column: every row counts as foreign
-    let qualified = format!("{}.{}", quote_ident(&staging), quote_ident(&table));
     let blocks: i64 = src(sqlx::query_scalar(
         "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::bigint",
     )
     .bind(&qualified)
     .fetch_one(&ctx.source)
     .await)?;
-    let slices = if blocks >= READBACK_SLICE_MIN_BLOCKS {
+    let slices = if last && blocks >= READBACK_SLICE_MIN_BLOCKS {
         READBACK_SLICES
     } else {
         1
@@ -250,7 +310,7 @@ async fn read_back(
         } else {
             format!(" WHERE {}", cond.join(" AND "))
         };
-        let sql = format!("COPY (SELECT {select} FROM {qualified}{filter}) TO STDOUT");
+        let sql = format!("COPY (SELECT {select} FROM ONLY {qualified}{filter}) TO STDOUT");
         let (ctx, org) = (ctx.clone(), org.clone());
         async move {
             let mut conn = src(ctx.source.acquire().await)?;
@@ -273,6 +333,7 @@ async fn read_back(
     let set = sets.into_iter().fold(RowSet::default(), RowSet::combine);
     tracing::debug!(
         table,
+        segment = qualified,
         slices,
         rows = set.rows,
         ms = started.elapsed().as_millis() as u64,
@@ -302,20 +363,23 @@ impl RestoreHandler {
         }
     }
 
-    /// Pass 2: stream the tables into the staging schema, one transaction per table (created
-    /// UNLOGGED and loaded WITH (FREEZE) in it), in foreign-key order. The artifact reader
-    /// checks each table's count and SHA-256 against the manifest before its transaction
-    /// commits; each committed table is read back while the next one loads.
+    /// Pass 2: stream the tables into the staging schema in foreign-key order, one
+    /// transaction per segment (a table created UNLOGGED and loaded WITH (FREEZE) in it). The
+    /// artifact reader checks each table's count and SHA-256 against the manifest before its
+    /// last segment commits; each committed segment is read back and its foreign keys to
+    /// earlier tables are checked while the next one loads.
     async fn load(
         &self,
         conn: &mut PgConnection,
         rec: &Record,
         staging: &str,
         seed: u64,
+        fks: &[ForeignKey],
     ) -> Result<Vec<Loaded>, JobError> {
         let (reader, pump) = object_reader(&self.ctx, &rec.object_key).await?;
         let keyring = self.ctx.keyring.clone();
         let manifest = rec.manifest.clone();
+        let segment_bytes = self.ctx.restore_segment_bytes;
         let (tx, mut rx) = mpsc::channel::<Piece>(4);
         let decode =
             tokio::task::spawn_blocking(move || -> Result<(), drfleet_artifact::ArtifactError> {
@@ -332,18 +396,34 @@ impl RestoreHandler {
                     }
                     let mut digest = RowDigest::new(seed);
                     let mut buf = Vec::with_capacity(BUF + 256 * 1024);
+                    let mut segment = 0;
+                    let segment_bytes = segment_bytes;
                     while let Some(p) = r.next_rows()? {
                         digest.update(p);
                         buf.extend_from_slice(p);
-                        if buf.len() >= BUF
-                            && tx
-                                .blocking_send(Piece::Rows(std::mem::replace(
-                                    &mut buf,
-                                    Vec::with_capacity(BUF + 256 * 1024),
-                                )))
-                                .is_err()
+                        if buf.len() < BUF {
+                            continue;
+                        }
+                        segment += buf.len();
+                        let cut = if segment >= segment_bytes {
+                            memchr::memrchr(b'\n', &buf)
+                        } else {
+                            None
+                        };
+                        let mut next = Vec::with_capacity(BUF + 256 * 1024);
+                        if let Some(i) = cut {
+                            next.extend_from_slice(&buf[i + 1..]);
+                            buf.truncate(i + 1);
+                        }
+                        if tx
+                            .blocking_send(Piece::Rows(std::mem::replace(&mut buf, next)))
+                            .is_err()
+                            || (cut.is_some() && tx.blocking_send(Piece::Cut).is_err())
                         {
                             return Ok(());
+                        }
+                        if cut.is_some() {
+                            segment = 0;
                         }
                     }
                     check.table_ended(&r)?;
@@ -362,8 +442,11 @@ impl RestoreHandler {
                 Ok(())
             });
         let staging_q = quote_ident(staging);
+        let parts_q = quote_ident(&parts_schema(staging));
         let live = quote_ident(&self.ctx.tenant_schema);
         let org = rec.manifest.organization_id;
+        // Read-backs in flight at once (each may use several connections).
+        let permits = Arc::new(tokio::sync::Semaphore::new(2));
         let loading = async {
             let mut loaded = Vec::new();
             while let Some(p) = rx.recv().await {
@@ -374,57 +457,108 @@ impl RestoreHandler {
                     ));
                 };
                 let table = quote_ident(&name);
-                let mut tx = src(conn.begin().await)?;
-                src(sqlx::raw_sql(PIN_RENDERING).execute(&mut *tx).await)?;
-                let sql = format!(
-                    "CREATE UNLOGGED TABLE {staging_q}.{table} (LIKE {live}.{table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)"
-                );
-                src(sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut *tx)
-                    .await)?;
                 let quoted: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
-                let sql = format!(
-                    "COPY {staging_q}.{table} ({}) FROM STDIN WITH (FREEZE)",
-                    quoted.join(", ")
-                );
-                let mut copy = src(tx.copy_in_raw(&sql).await)?;
-                let mut sent = None;
-                while let Some(p) = rx.recv().await {
-                    match p {
-                        Piece::Rows(b) => {
-                            src(copy.send(b).await)?;
+                let (mut copied, mut read_back, mut segment) = (0, Vec::new(), 0);
+                let mut fk_checks = Vec::new();
+                let sent = loop {
+                    let mut tx = src(conn.begin().await)?;
+                    src(sqlx::raw_sql(PIN_RENDERING).execute(&mut *tx).await)?;
+                    // Every segment is a table created in its loading transaction, so that
+                    // COPY may FREEZE it: the first is the staging table, later ones inherit
+                    // from it (reading the staging table reads them too).
+                    let target = if segment == 0 {
+                        let sql = format!(
+                            "CREATE UNLOGGED TABLE {staging_q}.{table} (LIKE {live}.{table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)"
+                        );
+                        src(sqlx::query(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut *tx)
+                            .await)?;
+                        format!("{staging_q}.{table}")
+                    } else {
+                        let part = format!(
+                            "{parts_q}.{}",
+                            quote_ident(&format!("t{}_{segment}", loaded.len()))
+                        );
+                        let sql = format!(
+                            "CREATE SCHEMA IF NOT EXISTS {parts_q}; CREATE UNLOGGED TABLE {part} () INHERITS ({staging_q}.{table})"
+                        );
+                        src(sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut *tx)
+                            .await)?;
+                        part
+                    };
+                    let sql = format!(
+                        "COPY {target} ({}) FROM STDIN WITH (FREEZE)",
+                        quoted.join(", ")
+                    );
+                    let mut copy = src(tx.copy_in_raw(&sql).await)?;
+                    // Some(None): a cut; Some(Some(digest)): the table's end.
+                    let mut outcome = None;
+                    while let Some(p) = rx.recv().await {
+                        match p {
+                            Piece::Rows(b) => {
+                                src(copy.send(b).await)?;
+                            }
+                            Piece::Cut => {
+                                outcome = Some(None);
+                                break;
+                            }
+                            Piece::End(set) => {
+                                outcome = Some(Some(set));
+                                break;
+                            }
+                            Piece::Begin(..) => break,
                         }
-                        Piece::End(set) => {
-                            sent = Some(set);
-                            break;
-                        }
-                        Piece::Begin(..) => break,
                     }
-                }
-                let Some(sent) = sent else {
-                    // The reader failed (it reports why) or the stream is malformed: the
-                    // table's transaction rolls back.
-                    let _ = copy.abort("artifact ended inside a table").await;
-                    return Err(JobError::permanent(
-                        "ARTIFACT_CORRUPT_STREAM",
-                        "artifact ended inside a table",
-                    ));
+                    let Some(outcome) = outcome else {
+                        // The reader failed (it reports why) or the stream is malformed: this
+                        // transaction rolls back and the caller drops the schema.
+                        let _ = copy.abort("artifact ended inside a table").await;
+                        return Err(JobError::permanent(
+                            "ARTIFACT_CORRUPT_STREAM",
+                            "artifact ended inside a table",
+                        ));
+                    };
+                    copied += src(copy.finish().await)?;
+                    src(tx.commit().await)?;
+                    read_back.push(tokio::spawn(read_back_rows(
+                        self.ctx.clone(),
+                        target.clone(),
+                        name.clone(),
+                        cols.clone(),
+                        seed,
+                        org,
+                        outcome.is_some(),
+                        permits.clone(),
+                    )));
+                    // Keys to tables loaded before this one can be checked now: their rows
+                    // are all committed.
+                    for (i, fk) in fks.iter().enumerate() {
+                        if fk.0 == name && loaded.iter().any(|l: &Loaded| l.name == fk.2) {
+                            let parent = format!("{staging_q}.{}", quote_ident(&fk.2));
+                            fk_checks.push((
+                                i,
+                                tokio::spawn(count_dangling(
+                                    self.ctx.clone(),
+                                    format!("ONLY {target}"),
+                                    parent,
+                                    fk.clone(),
+                                    permits.clone(),
+                                )),
+                            ));
+                        }
+                    }
+                    segment += 1;
+                    if let Some(set) = outcome {
+                        break set;
+                    }
                 };
-                let copied = src(copy.finish().await)?;
-                src(tx.commit().await)?;
-                let read_back = tokio::spawn(read_back(
-                    self.ctx.clone(),
-                    staging.to_owned(),
-                    name.clone(),
-                    cols,
-                    seed,
-                    org,
-                ));
                 loaded.push(Loaded {
                     name,
                     copied,
                     sent,
                     read_back,
+                    fk_checks,
                 });
             }
             Ok::<_, JobError>(loaded)
@@ -435,7 +569,10 @@ impl RestoreHandler {
             .map_err(|_| JobError::permanent("ARTIFACT_READER_PANIC", "artifact reader failed"))?;
         let abort = |loaded: &Result<Vec<Loaded>, JobError>| {
             if let Ok(l) = loaded {
-                l.iter().for_each(|t| t.read_back.abort());
+                for t in l {
+                    t.read_back.iter().for_each(|h| h.abort());
+                    t.fk_checks.iter().for_each(|(_, h)| h.abort());
+                }
             }
         };
         // The store's error first, then the reader's: they explain a loader's broken stream.
@@ -509,7 +646,7 @@ impl RestoreHandler {
         &self,
         conn: &mut PgConnection,
         names: &[String],
-    ) -> Result<Vec<(String, Vec<String>, String, Vec<String>)>, JobError> {
+    ) -> Result<Vec<ForeignKey>, JobError> {
         Ok(sqlx::query_as(
             "SELECT cl.relname::text, \
                ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, o) \
@@ -528,42 +665,41 @@ impl RestoreHandler {
         .await?)
     }
 
-    /// Child rows in staging whose parent row is not in staging, per foreign key.
+    /// Child rows in staging whose parent row is not in staging, per foreign key: the
+    /// counts taken segment by segment during the load, the other keys (to a table loaded
+    /// later or to itself) counted now.
     async fn dangling_references(
         &self,
-        rec: &Record,
         staging: &str,
+        fks: &[ForeignKey],
+        mut early: Vec<(usize, tokio::task::JoinHandle<Result<i64, JobError>>)>,
     ) -> Result<Vec<String>, JobError> {
         let sq = quote_ident(staging);
-        let mut conn = src(self.ctx.source.acquire().await)?;
-        let conn = &mut *conn;
-        let names: Vec<String> = rec.manifest.tables.iter().map(|t| t.name.clone()).collect();
-        let mut dangling = Vec::new();
-        for (child, ccols, parent, pcols) in self.foreign_keys(conn, &names).await? {
-            let not_null: Vec<String> = ccols
-                .iter()
-                .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
-                .collect();
-            let join: Vec<String> = ccols
-                .iter()
-                .zip(&pcols)
-                .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
-                .collect();
-            let sql = format!(
-                "SELECT count(*) FROM {sq}.{} c WHERE {} AND NOT EXISTS (SELECT 1 FROM {sq}.{} p WHERE {})",
-                quote_ident(&child),
-                not_null.join(" AND "),
-                quote_ident(&parent),
-                join.join(" AND ")
-            );
-            let n: i64 = src(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&mut *conn)
-                .await)?;
-            if n > 0 {
-                dangling.push(format!("{child} → {parent}: {n} rows"));
+        let permits = Arc::new(tokio::sync::Semaphore::new(2));
+        for (i, fk) in fks.iter().enumerate() {
+            if early.iter().all(|(e, _)| *e != i) {
+                let n = count_dangling(
+                    self.ctx.clone(),
+                    format!("{sq}.{}", quote_ident(&fk.0)),
+                    format!("{sq}.{}", quote_ident(&fk.2)),
+                    fk.clone(),
+                    permits.clone(),
+                );
+                early.push((i, tokio::spawn(n)));
             }
         }
-        Ok(dangling)
+        let mut counts = vec![0i64; fks.len()];
+        for (i, h) in early {
+            counts[i] += h.await.map_err(|_| {
+                JobError::permanent("RESTORE_FK_CHECK_FAILED", "foreign key check failed")
+            })??;
+        }
+        Ok(fks
+            .iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .map(|((child, _, parent, _), n)| format!("{child} → {parent}: {n} rows"))
+            .collect())
     }
 
     /// Checks on what was loaded (committed staging tables).
@@ -571,10 +707,15 @@ impl RestoreHandler {
         &self,
         rec: &Record,
         staging: &str,
-        loaded: Vec<Loaded>,
+        mut loaded: Vec<Loaded>,
+        fks: &[ForeignKey],
     ) -> Result<(Vec<Check>, u64), JobError> {
         let started = Instant::now();
-        // The foreign-key check needs only committed tables: it runs while the last
+        let early: Vec<_> = loaded
+            .iter_mut()
+            .flat_map(|l| std::mem::take(&mut l.fk_checks))
+            .collect();
+        // The foreign-key checks need only committed tables: they run while the last
         // read-backs finish.
         let (digests, dangling) = tokio::join!(
             async {
@@ -596,9 +737,12 @@ impl RestoreHandler {
                             t.name, l.copied, t.row_count
                         ));
                     }
-                    let back = l.read_back.await.map_err(|_| {
-                        JobError::permanent("RESTORE_READBACK_FAILED", "read-back task failed")
-                    })??;
+                    let mut back = RowSet::default();
+                    for h in l.read_back {
+                        back = back.combine(h.await.map_err(|_| {
+                            JobError::permanent("RESTORE_READBACK_FAILED", "read-back task failed")
+                        })??);
+                    }
                     if !back.same_rows(&l.sent) {
                         hashes.push(t.name.clone());
                     }
@@ -613,7 +757,7 @@ impl RestoreHandler {
                 Ok::<_, JobError>((counts, hashes, foreign_rows, rows))
             },
             async {
-                let d = self.dangling_references(rec, staging).await;
+                let d = self.dangling_references(staging, fks, early).await;
                 tracing::debug!(
                     ms = started.elapsed().as_millis() as u64,
                     "staging foreign keys checked"
@@ -727,9 +871,12 @@ impl RestoreHandler {
         .bind(rows as i64)
         .execute(&mut *conn)
         .await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {sq} CASCADE")))
-            .execute(&mut *conn)
-            .await?;
+        let parts = quote_ident(&parts_schema(staging));
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {sq}, {parts} CASCADE"
+        )))
+        .execute(&mut *conn)
+        .await?;
         Ok(())
     }
 
@@ -748,7 +895,11 @@ impl RestoreHandler {
     /// Drop a staging schema (best effort: a failed drop is logged; the job's next attempt
     /// or its final failure drops it again).
     async fn drop_staging(&self, staging: &str) {
-        let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(staging));
+        let sql = format!(
+            "DROP SCHEMA IF EXISTS {}, {} CASCADE",
+            quote_ident(staging),
+            quote_ident(&parts_schema(staging))
+        );
         let dropped = tokio::time::timeout(
             std::time::Duration::from_secs(30),
             sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&self.ctx.source),
@@ -867,9 +1018,11 @@ impl RestoreHandler {
         )?;
         // Per-restore seed of the row digests (see `rowset`).
         let seed = uuid::Uuid::new_v4().as_u64_pair().0;
-        let loaded = self.load(conn, rec, staging, seed).await?;
+        let names: Vec<String> = rec.manifest.tables.iter().map(|t| t.name.clone()).collect();
+        let fks = self.foreign_keys(conn, &names).await?;
+        let loaded = self.load(conn, rec, staging, seed, &fks).await?;
         let load_ms = started.elapsed().as_millis() as u64;
-        let out = self.integrity_checks(rec, staging, loaded).await?;
+        let out = self.integrity_checks(rec, staging, loaded, &fks).await?;
         tracing::info!(
             load_ms,
             checks_ms = started.elapsed().as_millis() as u64 - load_ms,
