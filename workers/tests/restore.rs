@@ -73,6 +73,26 @@ fn restore_command(
     c
 }
 
+/// A STAGING restore of `record` that must complete.
+async fn stage(
+    tap: &EventTap,
+    p: &drfleet_infra::amqp::ConfirmPublisher,
+    org: &OrganizationId,
+    record: &str,
+) -> v1::RestoreCompleted {
+    let cmd = restore_command(
+        org,
+        record,
+        v1::RestoreMode::Staging,
+        &token(org, &["pf.backup.restore"]),
+    );
+    let events = run_command(tap, p, &cmd).await;
+    let Some(Event::RestoreCompleted(done)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    done.clone()
+}
+
 /// Back up `org` and return the record id.
 async fn backup(
     env: &TestEnv,
@@ -244,16 +264,7 @@ async fn staging_holds_exactly_the_backup_and_leaves_live_data_untouched() {
     let live_before = tenant_state(&env.pool, "public", &org).await;
     let other_before = tenant_state(&env.pool, "public", &other).await;
 
-    let cmd = restore_command(
-        &org,
-        &record,
-        v1::RestoreMode::Staging,
-        &token(&org, &["pf.backup.restore"]),
-    );
-    let events = run_command(&tap, &p, &cmd).await;
-    let Some(Event::RestoreCompleted(done)) = &events.last().unwrap().env.event else {
-        panic!("{events:?}")
-    };
+    let done = stage(&tap, &p, &org, &record).await;
     assert!(done.staging_schema.starts_with("dr_restore_"));
     assert_eq!(
         tenant_state(&env.pool, "public", &org).await,
@@ -724,16 +735,7 @@ async fn a_large_table_is_read_back_in_block_ranges_and_staged_exactly() {
         .await
         .unwrap();
 
-    let cmd = restore_command(
-        &org,
-        &record,
-        v1::RestoreMode::Staging,
-        &token(&org, &["pf.backup.restore"]),
-    );
-    let events = run_command(&tap, &p, &cmd).await;
-    let Some(Event::RestoreCompleted(done)) = &events.last().unwrap().env.event else {
-        panic!("{events:?}")
-    };
+    let done = stage(&tap, &p, &org, &record).await;
     assert_eq!(
         table_state(&env.pool, &done.staging_schema, "big", &org).await,
         at_backup
@@ -813,16 +815,7 @@ async fn a_table_loaded_in_segments_is_read_back_per_segment_and_promoted_whole(
     );
 
     // STAGING: the staging table reads as the backup; its later segments are its parts.
-    let cmd = restore_command(
-        &org,
-        &record,
-        v1::RestoreMode::Staging,
-        &token(&org, &["pf.backup.restore"]),
-    );
-    let events = run_command(&tap, &p, &cmd).await;
-    let Some(Event::RestoreCompleted(staged)) = &events.last().unwrap().env.event else {
-        panic!("{events:?}")
-    };
+    let staged = stage(&tap, &p, &org, &record).await;
     assert_eq!(
         table_state(&env.pool, &staged.staging_schema, "seg", &org).await,
         at_backup
