@@ -11,6 +11,7 @@ pub mod verify;
 
 use std::sync::Arc;
 
+use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use drfleet_artifact::{Keyring, MasterKey};
@@ -88,7 +89,15 @@ impl RoleCtx {
         let source = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect_lazy_with(opts.application_name("drfleet-worker-source"));
+            .connect_lazy_with(
+                opts.application_name("drfleet-worker-source")
+                    // Whole-table statements (staging checks, promotion) take seconds to
+                    // minutes by design; only warn when one runs unusually long.
+                    .log_slow_statements(
+                        log::LevelFilter::Warn,
+                        std::time::Duration::from_secs(600),
+                    ),
+            );
         let store = ArtifactStore::open(&config.object_store)
             .map_err(|e| RunError::Role(format!("artifact store: {e}")))?;
         Ok(Self {
