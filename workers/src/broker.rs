@@ -86,6 +86,10 @@ impl Broker {
                     self.metrics
                         .broker_connected
                         .store(false, Ordering::Relaxed);
+                    // A consumer that ended because of the shutdown is not a lost broker.
+                    if shutdown.is_cancelled() {
+                        break;
+                    }
                     if established {
                         delays = backoff();
                     }
