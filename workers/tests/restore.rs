@@ -16,7 +16,15 @@ use drfleet_protocol::v1::{self, event_envelope::Event};
 const TABLES: [&str; 3] = ["customers", "orders", "order_notes"];
 
 fn start(env: &TestEnv) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let cfg = env.config("backup,restore");
+    start_with(env, &[])
+}
+
+/// [`start`] with some settings replaced (`DR_*` names).
+fn start_with(
+    env: &TestEnv,
+    overrides: &[(&str, String)],
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let cfg = env.config_with("backup,restore", overrides);
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     (
@@ -778,15 +786,7 @@ async fn a_table_loaded_in_segments_is_read_back_per_segment_and_promoted_whole(
     .execute(&env.pool)
     .await
     .unwrap();
-    let cfg = env.config_with(
-        "backup,restore",
-        &[("DR_RESTORE_SEGMENT_MIB", "1".to_string())],
-    );
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let s = shutdown.clone();
-        async move { drfleet_workers::run(cfg, s).await.expect("worker runs") }
-    });
+    let (shutdown, task) = start_with(&env, &[("DR_RESTORE_SEGMENT_MIB", "1".to_string())]);
     let tap = EventTap::new(&env).await;
     let (_c, p) = env.publisher().await;
     let at_backup = table_state(&env.pool, "public", "seg", &org).await;

@@ -32,7 +32,7 @@
 //! empties a kept STAGING schema's tables (restore again).
 //!
 //! A failed restore drops its staging and parts schemas. A worker killed mid-load leaves them
-//! until the job's next attempt (which drops it before loading) or its final failure. The promotion
+//! until the job's next attempt (which drops them before loading) or its final failure. The promotion
 //! marker (`drfleet_restore.promotions`) commits with the swap, so a job retried after a crash
 //! between the swap and its bookkeeping does not promote twice.
 
@@ -90,6 +90,15 @@ pub fn staging_schema(job: &Job) -> String {
 /// Schema of the later segments of large staging tables (see the module docs).
 pub fn parts_schema(staging: &str) -> String {
     format!("{staging}_parts")
+}
+
+/// Drops a staging schema and its parts schema, whichever exist.
+fn drop_staging_sql(staging: &str) -> String {
+    format!(
+        "DROP SCHEMA IF EXISTS {}, {} CASCADE",
+        quote_ident(staging),
+        quote_ident(&parts_schema(staging))
+    )
 }
 
 /// One integrity check, as stored in `pf_restore_jobs.checks`.
@@ -213,8 +222,11 @@ struct Loaded {
     read_back: Vec<tokio::task::JoinHandle<Result<RowSet, JobError>>>,
     /// Dangling-reference counts of its segments, by index into the foreign keys, for the
     /// keys whose parent table was loaded before it.
-    fk_checks: Vec<(usize, tokio::task::JoinHandle<Result<i64, JobError>>)>,
+    fk_checks: Vec<FkCount>,
 }
+
+/// A dangling-reference count in progress: index into the foreign keys, and the count.
+type FkCount = (usize, tokio::task::JoinHandle<Result<i64, JobError>>);
 
 /// A foreign key between two backed-up tables: child, its columns, parent, its columns.
 type ForeignKey = (String, Vec<String>, String, Vec<String>);
@@ -397,7 +409,6 @@ impl RestoreHandler {
                     let mut digest = RowDigest::new(seed);
                     let mut buf = Vec::with_capacity(BUF + 256 * 1024);
                     let mut segment = 0;
-                    let segment_bytes = segment_bytes;
                     while let Some(p) = r.next_rows()? {
                         digest.update(p);
                         buf.extend_from_slice(p);
@@ -672,7 +683,7 @@ impl RestoreHandler {
         &self,
         staging: &str,
         fks: &[ForeignKey],
-        mut early: Vec<(usize, tokio::task::JoinHandle<Result<i64, JobError>>)>,
+        mut early: Vec<FkCount>,
     ) -> Result<Vec<String>, JobError> {
         let sq = quote_ident(staging);
         let permits = Arc::new(tokio::sync::Semaphore::new(2));
@@ -871,12 +882,9 @@ impl RestoreHandler {
         .bind(rows as i64)
         .execute(&mut *conn)
         .await?;
-        let parts = quote_ident(&parts_schema(staging));
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {sq}, {parts} CASCADE"
-        )))
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query(sqlx::AssertSqlSafe(drop_staging_sql(staging)))
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 
@@ -895,11 +903,7 @@ impl RestoreHandler {
     /// Drop a staging schema (best effort: a failed drop is logged; the job's next attempt
     /// or its final failure drops it again).
     async fn drop_staging(&self, staging: &str) {
-        let sql = format!(
-            "DROP SCHEMA IF EXISTS {}, {} CASCADE",
-            quote_ident(staging),
-            quote_ident(&parts_schema(staging))
-        );
+        let sql = drop_staging_sql(staging);
         let dropped = tokio::time::timeout(
             std::time::Duration::from_secs(30),
             sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&self.ctx.source),
