@@ -303,6 +303,7 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 finished_at: ts(1_760_000_003),
                 row_count: 12_345,
                 staging_schema: "dr_staging_0190f1a2".into(),
+                lock_ms: 0,
             }),
         ),
         (

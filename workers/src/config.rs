@@ -128,6 +128,11 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_JOB_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub job_lease_secs: u64,
 
+    /// Seconds a running job may go without progress (rows, bytes, a finished phase) before
+    /// it is ended and retried or failed, however alive its heartbeat keeps its lease.
+    #[arg(long, env = "DR_JOB_STALL_SECS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(2..=86400))]
+    pub job_stall_secs: u64,
+
     /// Seconds shutdown waits for in-flight jobs before handing them back.
     #[arg(long, env = "DR_SHUTDOWN_GRACE_SECS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_secs: u64,
@@ -163,6 +168,8 @@ pub struct WorkerConfig {
     pub log_format: LogFormat,
     pub job_concurrency: usize,
     pub job_lease: Duration,
+    /// DR_JOB_STALL_SECS.
+    pub job_stall: Duration,
     /// Bytes of COPY text per restore loading transaction (DR_RESTORE_SEGMENT_MIB).
     pub restore_segment_bytes: usize,
     pub shutdown_grace: Duration,
@@ -272,6 +279,7 @@ impl WorkerConfig {
             log_format: cli.log.format()?,
             job_concurrency: cli.job_concurrency as usize,
             job_lease: Duration::from_secs(cli.job_lease_secs),
+            job_stall: Duration::from_secs(cli.job_stall_secs),
             restore_segment_bytes: (cli.restore_segment_mib as usize) << 20,
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs),
             worker_id,

@@ -196,6 +196,8 @@ pub struct RunnerCtx {
     pub pool: PgPool,
     pub owner: Arc<str>,
     pub lease: Duration,
+    /// A job without progress for this long is ended (DR_JOB_STALL_SECS).
+    pub stall: Duration,
     pub poll: Duration,
     pub metrics: Arc<Metrics>,
     /// Cancelled at shutdown: stop claiming.
@@ -244,34 +246,44 @@ async fn run_one(ctx: &RunnerCtx, handler: &dyn JobHandler, job: Job) {
     }
     tracing::info!("job started");
     let cancel = ctx.abandon.child_token();
+    let progress = crate::handler::Progress::default();
     let jctx = JobCtx {
         job: job.clone(),
         pool: ctx.pool.clone(),
         cancel: cancel.clone(),
+        progress: progress.clone(),
         lease_owner: ctx.owner.clone(),
     };
 
-    // Heartbeat: renew the lease; if it is lost, cancel the job.
+    // Heartbeat: renew the lease; if it is lost, or the job has stopped moving, cancel it.
+    // Returns whether the job was ended as stalled.
     let hb = {
-        let (pool, owner, lease, job, cancel) = (
+        let (pool, owner, lease, stall, job, cancel) = (
             ctx.pool.clone(),
             ctx.owner.clone(),
             ctx.lease,
+            ctx.stall,
             job.clone(),
             cancel.clone(),
         );
+        let beat = (lease / 3).min(stall / 2);
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(lease / 3) => {}
+                    _ = cancel.cancelled() => return false,
+                    _ = tokio::time::sleep(beat) => {}
+                }
+                if progress.idle() >= stall {
+                    tracing::warn!(job_id = %job.id, stall_secs = stall.as_secs(), "job made no progress; ending it");
+                    cancel.cancel();
+                    return true;
                 }
                 match heartbeat(&pool, &job, &owner, lease).await {
                     Ok(true) => {}
                     Ok(false) => {
                         tracing::warn!(job_id = %job.id, "job lease lost; stopping it");
                         cancel.cancel();
-                        return;
+                        return false;
                     }
                     Err(e) => tracing::warn!(job_id = %job.id, error = %e, "heartbeat failed"),
                 }
@@ -284,7 +296,16 @@ async fn run_one(ctx: &RunnerCtx, handler: &dyn JobHandler, job: Job) {
         _ = cancel.cancelled() => None,
     };
     cancel.cancel();
-    let _ = hb.await;
+    let stalled = hb.await.unwrap_or(false);
+    // A stalled job's future is dropped like a handed-back one (its transactions roll back),
+    // but it counts as a failed attempt: retried, and failed for good once out of attempts.
+    let result = match result {
+        None if stalled => Some(Err(JobError::transient(
+            "JOB_STALLED",
+            format!("no progress for {} s", ctx.stall.as_secs()),
+        ))),
+        r => r,
+    };
 
     match result {
         None => {

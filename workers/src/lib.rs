@@ -8,6 +8,7 @@
 //!   (or a `command_rejected` event and dead-lettering) → ack.
 //! - [`jobs`]: job runners claiming `pf_jobs` rows under a lease with heartbeat.
 //! - [`handler`]: the [`handler::JobHandler`] trait each role implements.
+//! - [`faults`]: named fault points for tests (feature `fault-injection`, off in builds).
 //! - [`outbox`]: events written transactionally, relayed with publisher confirms.
 //! - [`audit`]: the audit sink and hash-chain verification.
 //! - [`http`]: `/health`, `/ready`, `/metrics`.
@@ -19,6 +20,7 @@
 pub mod audit;
 pub mod broker;
 pub mod config;
+pub mod faults;
 pub mod handler;
 pub mod http;
 pub mod intake;
@@ -129,6 +131,7 @@ pub async fn run_with_handlers(
         pool: pool.clone(),
         owner,
         lease: config.job_lease,
+        stall: config.job_stall,
         poll: config.poll_interval,
         metrics: metrics.clone(),
         stop_claiming: shutdown.clone(),

@@ -41,11 +41,92 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        PROMOTE_LOCK.render(&mut out);
         let up = u8::from(self.broker_connected.load(Ordering::Relaxed));
         let _ = writeln!(
             out,
             "# TYPE drfleet_broker_connected gauge\ndrfleet_broker_connected {up}"
         );
         out
+    }
+}
+
+/// Seconds the live tables were locked by a promotion. Process-wide: promotions run inside
+/// the restore role, which has no handle on the runtime's counters.
+static PROMOTE_LOCK: Histogram = Histogram::new(
+    "drfleet_restore_promote_lock_seconds",
+    [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0],
+);
+
+/// Record one promotion's lock time.
+pub fn observe_promote_lock(ms: u64) {
+    PROMOTE_LOCK.observe_ms(ms);
+}
+
+/// A Prometheus histogram over fixed buckets (seconds), kept in milliseconds.
+struct Histogram {
+    name: &'static str,
+    bounds: [f64; 8],
+    buckets: [AtomicU64; 8],
+    count: AtomicU64,
+    sum_ms: AtomicU64,
+}
+
+impl Histogram {
+    const fn new(name: &'static str, bounds: [f64; 8]) -> Self {
+        Self {
+            name,
+            bounds,
+            buckets: [const { AtomicU64::new(0) }; 8],
+            count: AtomicU64::new(0),
+            sum_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn observe_ms(&self, ms: u64) {
+        let secs = ms as f64 / 1000.0;
+        for (b, n) in self.bounds.iter().zip(&self.buckets) {
+            if secs <= *b {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = self.name;
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (b, n) in self.bounds.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new("t_seconds", [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0]);
+        h.observe_ms(70);
+        h.observe_ms(2000);
+        let mut out = String::new();
+        h.render(&mut out);
+        assert!(out.contains("t_seconds_bucket{le=\"0.05\"} 0"), "{out}");
+        assert!(out.contains("t_seconds_bucket{le=\"0.1\"} 1"), "{out}");
+        assert!(out.contains("t_seconds_bucket{le=\"5\"} 2"), "{out}");
+        assert!(out.contains("t_seconds_bucket{le=\"+Inf\"} 2"), "{out}");
+        assert!(out.contains("t_seconds_sum 2.07"), "{out}");
+        assert!(out.contains("t_seconds_count 2"), "{out}");
     }
 }

@@ -9,29 +9,12 @@ use futures::TryStreamExt;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
+use common::restore::*;
 use common::*;
 use drfleet_protocol::OrganizationId;
 use drfleet_protocol::v1::{self, event_envelope::Event};
 
 const TABLES: [&str; 3] = ["customers", "orders", "order_notes"];
-
-fn start(env: &TestEnv) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    start_with(env, &[])
-}
-
-/// [`start`] with some settings replaced (`DR_*` names).
-fn start_with(
-    env: &TestEnv,
-    overrides: &[(&str, String)],
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let cfg = env.config_with("backup,restore", overrides);
-    let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    (
-        shutdown,
-        tokio::spawn(async move { drfleet_workers::run(cfg, s).await.expect("worker runs") }),
-    )
-}
 
 /// Order-independent content of one tenant's rows of a table (every column, generated ones
 /// included).
@@ -57,96 +40,6 @@ async fn tenant_state(pool: &sqlx::PgPool, schema: &str, org: &OrganizationId) -
         v.push(table_state(pool, schema, t, org).await);
     }
     v
-}
-
-async fn staging_schemas(pool: &sqlx::PgPool) -> Vec<String> {
-    sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'dr_restore_%'")
-        .fetch_all(pool)
-        .await
-        .unwrap()
-}
-
-fn restore_command(
-    org: &OrganizationId,
-    record: &str,
-    mode: v1::RestoreMode,
-    token: &str,
-) -> v1::CommandEnvelope {
-    let mut c = backup_command(org, "full", token);
-    c.command = Some(v1::command_envelope::Command::Restore(v1::RestoreCommand {
-        backup_record_id: record.into(),
-        mode: mode as i32,
-        target: String::new(),
-    }));
-    c
-}
-
-/// A STAGING restore of `record` that must complete.
-async fn stage(
-    tap: &EventTap,
-    p: &drfleet_infra::amqp::ConfirmPublisher,
-    org: &OrganizationId,
-    record: &str,
-) -> v1::RestoreCompleted {
-    let cmd = restore_command(
-        org,
-        record,
-        v1::RestoreMode::Staging,
-        &token(org, &["pf.backup.restore"]),
-    );
-    let events = run_command(tap, p, &cmd).await;
-    let Some(Event::RestoreCompleted(done)) = &events.last().unwrap().env.event else {
-        panic!("{events:?}")
-    };
-    done.clone()
-}
-
-/// Back up `org` and return the record id.
-async fn backup(
-    env: &TestEnv,
-    tap: &EventTap,
-    p: &drfleet_infra::amqp::ConfirmPublisher,
-    org: &OrganizationId,
-) -> String {
-    let cmd = backup_command(org, "full", &token(org, &["pf.backup.create"]));
-    publish_command(p, &cmd).await;
-    let corr = cmd.correlation_id.clone();
-    let ev = tap
-        .wait_until(60, "backup_completed", |ev| {
-            ev.iter()
-                .any(|e| e.env.correlation_id == corr && e.kind() == "backup_completed")
-        })
-        .await;
-    let _ = env;
-    ev.iter()
-        .find_map(|e| match &e.env.event {
-            Some(Event::BackupCompleted(b)) if e.env.correlation_id == corr => {
-                Some(b.backup_record_id.clone())
-            }
-            _ => None,
-        })
-        .unwrap()
-}
-
-/// Publish and wait for the outcome; returns this command's events.
-async fn run_command(
-    tap: &EventTap,
-    p: &drfleet_infra::amqp::ConfirmPublisher,
-    cmd: &v1::CommandEnvelope,
-) -> Vec<Received> {
-    publish_command(p, cmd).await;
-    let corr = cmd.correlation_id.clone();
-    tap.wait_until(90, "restore outcome", |ev| {
-        ev.iter().any(|e| {
-            e.env.correlation_id == corr
-                && matches!(
-                    e.kind(),
-                    "restore_completed" | "restore_failed" | "command_rejected"
-                )
-        })
-    })
-    .await;
-    tap.for_correlation(&cmd.correlation_id)
 }
 
 async fn mutate(env: &TestEnv, org: &OrganizationId) {
@@ -243,6 +136,7 @@ async fn promote_restores_the_tenant_exactly_and_leaves_other_tenants_alone() {
             "content_hashes",
             "tenant_scoped",
             "foreign_keys_closed",
+            "referencing_indexes",
             "promoted"
         ]
     );
@@ -253,6 +147,14 @@ async fn promote_restores_the_tenant_exactly_and_leaves_other_tenants_alone() {
             .iter()
             .all(|c| c["passed"] == true)
     );
+    // Advisory: the referencing columns without an index, with the index that would help.
+    let advice = checks[5]["detail"].as_str().unwrap();
+    assert!(
+        advice.contains(r#"orders(customer_id) → customers has no index: CREATE INDEX ON public.orders ("customer_id")"#)
+            && advice.contains("order_notes(order_id) → orders"),
+        "{advice}"
+    );
+    assert!(done.lock_ms < 30_000);
     shutdown.cancel();
     task.await.unwrap();
     env.cleanup().await;
@@ -594,22 +496,6 @@ async fn promotion_waits_for_concurrent_writers_and_then_replaces_their_rows_too
 }
 
 /// Failed checks of a restore job, by name.
-async fn failed_checks(pool: &sqlx::PgPool, restore_job_id: &str) -> Vec<String> {
-    let checks: serde_json::Value =
-        sqlx::query_scalar("SELECT checks FROM pf_restore_jobs WHERE id = $1::uuid")
-            .bind(restore_job_id)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-    checks
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|c| c["passed"] == false)
-        .map(|c| c["name"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn rows_stored_differently_from_the_artifact_fail_the_checks_and_leave_nothing() {
     let env = TestEnv::new().await;

@@ -30,7 +30,7 @@ use drfleet_storage::keys;
 
 use super::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
 use super::{RoleCtx, source_error};
-use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
+use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
 use crate::outbox;
 
 /// Buffers handed between pipeline stages.
@@ -130,6 +130,7 @@ impl BackupHandler {
         job: &Job,
         tables: &[TableInfo],
         snapshot_at: DateTime<Utc>,
+        progress: &Progress,
     ) -> Result<Exported, JobError> {
         let org = job.organization_id.as_uuid();
         let record = job.id.as_uuid();
@@ -170,6 +171,7 @@ impl BackupHandler {
         let uploading = async {
             while let Some(buf) = out_rx.recv().await {
                 upload.write(&buf).await?;
+                progress.tick();
             }
             Ok::<_, JobError>(())
         };
@@ -358,7 +360,9 @@ impl JobHandler for BackupHandler {
                     names,
                 )
                 .await?;
-                let exported = self.export(&mut src, job, &tables, snapshot_at).await?;
+                let exported = self
+                    .export(&mut src, job, &tables, snapshot_at, &ctx.progress)
+                    .await?;
                 Ok::<_, JobError>((exported, snapshot_at))
             }
             .await;

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod catalog;
 pub mod restore;
 pub mod rowset;
+pub mod staging;
 pub mod verify;
 
 use std::sync::Arc;

@@ -32,7 +32,7 @@ use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidComman
 use drfleet_storage::{StorageError, StorageErrorKind, keys};
 
 use super::{ChannelReader, RoleCtx};
-use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
+use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
 use crate::outbox;
 
 /// Downloaded buffers in flight between the store and the reader thread.
@@ -89,6 +89,7 @@ impl VerifyHandler {
         org: uuid::Uuid,
         record_id: uuid::Uuid,
         record: Record,
+        progress: &Progress,
     ) -> Result<Verdict, JobError> {
         // The manifest recorded with the backup is the reference.
         let Some(manifest) = record
@@ -135,6 +136,7 @@ impl VerifyHandler {
         // input (and a dropped future, e.g. a lost lease, does the same: nothing hangs).
         let downloaded = async move {
             while let Some(piece) = stream.next().await {
+                progress.tick();
                 if tx.send(Ok(piece?)).await.is_err() {
                     // The reader stopped early (it found a problem): no need for the rest.
                     break;
@@ -254,7 +256,7 @@ impl JobHandler for VerifyHandler {
                     "backup record is not completed",
                 ));
             }
-            let verdict = self.check(org, record_id, record).await?;
+            let verdict = self.check(org, record_id, record, &ctx.progress).await?;
 
             let mut tx = ctx.pool.begin().await?;
             record_outcome(&mut tx, job, record_id, verdict).await?;

@@ -1,0 +1,170 @@
+//! Restore helpers shared by the restore, promotion and restore-fault tests.
+
+use drfleet_protocol::OrganizationId;
+use drfleet_protocol::v1::{self, event_envelope::Event};
+
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+
+/// An in-process worker with the backup and restore roles.
+pub fn start(env: &TestEnv) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    start_with(env, &[])
+}
+
+/// [`start`] with some settings replaced (`DR_*` names).
+pub fn start_with(
+    env: &TestEnv,
+    overrides: &[(&str, String)],
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let cfg = env.config_with("backup,restore", overrides);
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    (
+        shutdown,
+        tokio::spawn(async move { drfleet_workers::run(cfg, s).await.expect("worker runs") }),
+    )
+}
+
+pub async fn staging_schemas(pool: &sqlx::PgPool) -> Vec<String> {
+    sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'dr_restore_%'")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+pub fn restore_command(
+    org: &OrganizationId,
+    record: &str,
+    mode: v1::RestoreMode,
+    token: &str,
+) -> v1::CommandEnvelope {
+    let mut c = backup_command(org, "full", token);
+    c.command = Some(v1::command_envelope::Command::Restore(v1::RestoreCommand {
+        backup_record_id: record.into(),
+        mode: mode as i32,
+        target: String::new(),
+    }));
+    c
+}
+
+/// A STAGING restore of `record` that must complete.
+pub async fn stage(
+    tap: &EventTap,
+    p: &drfleet_infra::amqp::ConfirmPublisher,
+    org: &OrganizationId,
+    record: &str,
+) -> v1::RestoreCompleted {
+    let cmd = restore_command(
+        org,
+        record,
+        v1::RestoreMode::Staging,
+        &token(org, &["pf.backup.restore"]),
+    );
+    let events = run_command(tap, p, &cmd).await;
+    let Some(Event::RestoreCompleted(done)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    done.clone()
+}
+
+/// Back up `org` and return the record id.
+pub async fn backup(
+    env: &TestEnv,
+    tap: &EventTap,
+    p: &drfleet_infra::amqp::ConfirmPublisher,
+    org: &OrganizationId,
+) -> String {
+    let cmd = backup_command(org, "full", &token(org, &["pf.backup.create"]));
+    publish_command(p, &cmd).await;
+    let corr = cmd.correlation_id.clone();
+    let ev = tap
+        .wait_until(60, "backup_completed", |ev| {
+            ev.iter()
+                .any(|e| e.env.correlation_id == corr && e.kind() == "backup_completed")
+        })
+        .await;
+    let _ = env;
+    ev.iter()
+        .find_map(|e| match &e.env.event {
+            Some(Event::BackupCompleted(b)) if e.env.correlation_id == corr => {
+                Some(b.backup_record_id.clone())
+            }
+            _ => None,
+        })
+        .unwrap()
+}
+
+/// Publish and wait for the outcome; returns this command's events.
+pub async fn run_command(
+    tap: &EventTap,
+    p: &drfleet_infra::amqp::ConfirmPublisher,
+    cmd: &v1::CommandEnvelope,
+) -> Vec<Received> {
+    publish_command(p, cmd).await;
+    let corr = cmd.correlation_id.clone();
+    tap.wait_until(90, "restore outcome", |ev| {
+        ev.iter().any(|e| {
+            e.env.correlation_id == corr
+                && matches!(
+                    e.kind(),
+                    "restore_completed" | "restore_failed" | "command_rejected"
+                )
+        })
+    })
+    .await;
+    tap.for_correlation(&cmd.correlation_id)
+}
+
+pub async fn failed_checks(pool: &sqlx::PgPool, restore_job_id: &str) -> Vec<String> {
+    let checks: serde_json::Value =
+        sqlx::query_scalar("SELECT checks FROM pf_restore_jobs WHERE id = $1::uuid")
+            .bind(restore_job_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["passed"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every row of every table of the database except drfleet's own (metadata, staging,
+/// promotion markers), one digest per table; for the tables in `tenant_tables`, `org`'s rows
+/// are left out. Two equal fingerprints mean nothing outside the tenant's rows changed.
+pub async fn fingerprint_outside(
+    pool: &sqlx::PgPool,
+    org: &OrganizationId,
+    tenant_tables: &[&str],
+) -> std::collections::BTreeMap<String, String> {
+    let tables: Vec<(String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'drfleet_restore') \
+           AND n.nspname NOT LIKE 'dr\\_restore\\_%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+           AND c.relname NOT LIKE 'pf\\_%' AND c.relname <> '_sqlx_migrations' ORDER BY 1, 2",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    for (schema, table) in tables {
+        let filter = if schema == "public" && tenant_tables.contains(&table.as_str()) {
+            format!("WHERE t.organization_id IS DISTINCT FROM '{org}'")
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), 'empty') || ':' || count(*) \
+             FROM \"{schema}\".\"{table}\" t {filter}"
+        );
+        let digest: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        out.insert(format!("{schema}.{table}"), digest);
+    }
+    out
+}

@@ -1,0 +1,346 @@
+//! What a PROMOTE guarantees (issue: restore correctness): it changes exactly the backup's
+//! rows — no user trigger effects, no cascades into tables outside the backup, foreign-key
+//! cycles and self-references promote — and a promotion that would orphan rows outside the
+//! backup is refused with nothing changed. Each test compares everything outside the
+//! tenant's backed-up rows before and after.
+
+mod common;
+
+use common::restore::*;
+use common::*;
+use drfleet_protocol::OrganizationId;
+use drfleet_protocol::v1::{self, event_envelope::Event};
+
+/// The backed-up tables of this schema (the `full` tier: tables of `public` with the tenant
+/// column).
+const TENANT_TABLES: [&str; 3] = ["accounts", "contacts", "activity"];
+
+/// accounts ⇄ contacts form a cycle (nullable keys), accounts references itself, contacts
+/// has a user trigger that writes into a tenant table and into a table of another schema, and
+/// `crm.notes` (outside the backup) references contacts with ON DELETE CASCADE.
+async fn seed(env: &TestEnv, orgs: &[(&OrganizationId, i64)]) {
+    sqlx::raw_sql(
+        r#"
+        CREATE SCHEMA crm;
+        CREATE TABLE crm.audit_trail (id bigserial PRIMARY KEY, what text NOT NULL);
+        CREATE TABLE accounts (
+            id bigint PRIMARY KEY,
+            organization_id uuid NOT NULL,
+            name text NOT NULL,
+            parent_id bigint REFERENCES accounts(id),
+            best_contact_id bigint
+        );
+        CREATE TABLE contacts (
+            id bigint PRIMARY KEY,
+            organization_id uuid NOT NULL,
+            account_id bigint REFERENCES accounts(id),
+            name text NOT NULL
+        );
+        ALTER TABLE accounts ADD FOREIGN KEY (best_contact_id) REFERENCES contacts(id);
+        CREATE TABLE activity (
+            id bigserial PRIMARY KEY,
+            organization_id uuid NOT NULL,
+            what text NOT NULL
+        );
+        CREATE TABLE crm.notes (
+            id bigserial PRIMARY KEY,
+            contact_id bigint NOT NULL REFERENCES public.contacts(id) ON DELETE CASCADE,
+            body text NOT NULL
+        );
+        CREATE FUNCTION log_contact() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO activity (organization_id, what) VALUES (NEW.organization_id, 'contact ' || NEW.id);
+            INSERT INTO crm.audit_trail (what) VALUES ('contact ' || NEW.id);
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER contacts_log AFTER INSERT ON contacts FOR EACH ROW EXECUTE FUNCTION log_contact();
+        "#,
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    for (org, base) in orgs {
+        sqlx::query(
+            "INSERT INTO accounts (id, organization_id, name, parent_id) \
+               SELECT $2 + g, $1, 'account ' || g, CASE WHEN g > 1 THEN $2 + 1 END FROM generate_series(1, 20) g; \
+             ",
+        )
+        .bind(org.as_uuid())
+        .bind(base)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO contacts (id, organization_id, account_id, name) \
+               SELECT $2 + g, $1, $2 + 1 + g % 20, 'contact ' || g FROM generate_series(1, 200) g",
+        )
+        .bind(org.as_uuid())
+        .bind(base)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+        // Close the cycle: every account names a best contact.
+        sqlx::query("UPDATE accounts SET best_contact_id = id + 100 WHERE organization_id = $1")
+            .bind(org.as_uuid())
+            .execute(&env.pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO crm.notes (contact_id, body) SELECT id, 'note on ' || id FROM contacts \
+             WHERE organization_id = $1 AND id % 10 = 0",
+        )
+        .bind(org.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+}
+
+/// Order-independent content of `org`'s rows of every backed-up table.
+async fn tenant_rows(env: &TestEnv, org: &OrganizationId) -> Vec<String> {
+    let mut v = Vec::new();
+    for t in TENANT_TABLES {
+        let sql = format!(
+            "SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), 'empty') || ':' || count(*) \
+             FROM public.{t} t WHERE organization_id = $1"
+        );
+        v.push(
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .bind(org.as_uuid())
+                .fetch_one(&env.pool)
+                .await
+                .unwrap(),
+        );
+    }
+    v
+}
+
+async fn promote(
+    tap: &EventTap,
+    p: &drfleet_infra::amqp::ConfirmPublisher,
+    org: &OrganizationId,
+    record: &str,
+) -> Vec<Received> {
+    let cmd = restore_command(
+        org,
+        record,
+        v1::RestoreMode::Promote,
+        &token(org, &["pf.backup.restore", "pf.backup.promote"]),
+    );
+    run_command(tap, p, &cmd).await
+}
+
+#[tokio::test]
+async fn promotion_changes_only_the_backups_rows_without_triggers_or_cascades_and_promotes_cycles()
+{
+    let env = TestEnv::new().await;
+    let (org, other) = (OrganizationId::new(), OrganizationId::new());
+    seed(&env, &[(&org, 0), (&other, 100_000)]).await;
+    let (shutdown, worker) = start(&env);
+    let tap = EventTap::new(&env).await;
+    let (_c, p) = env.publisher().await;
+
+    let record = backup(&env, &tap, &p, &org).await;
+    let backed_up = tenant_rows(&env, &org).await;
+
+    // Change the tenant after the backup: renamed rows, a broken cycle, deleted contacts
+    // (their notes cascade away: the user's doing, before the promotion), a new contact
+    // (the trigger logs it).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE accounts SET name = 'renamed', parent_id = NULL WHERE organization_id = '{org}';
+         UPDATE accounts SET best_contact_id = NULL WHERE organization_id = '{org}' AND id % 2 = 0;
+         DELETE FROM contacts WHERE organization_id = '{org}' AND id BETWEEN 180 AND 199 AND id NOT IN (SELECT best_contact_id FROM accounts WHERE best_contact_id IS NOT NULL);
+         INSERT INTO contacts (id, organization_id, account_id, name) VALUES (5000, '{org}', 1, 'added after the backup');"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_ne!(tenant_rows(&env, &org).await, backed_up);
+    let outside = fingerprint_outside(&env.pool, &org, &TENANT_TABLES).await;
+    let notes_before: i64 = sqlx::query_scalar("SELECT count(*) FROM crm.notes")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+
+    // Twice: a second promotion of the same backup changes nothing more.
+    for round in 0..2 {
+        let events = promote(&tap, &p, &org, &record).await;
+        let Some(Event::RestoreCompleted(done)) = &events.last().unwrap().env.event else {
+            panic!("round {round}: {events:?}")
+        };
+        assert!(done.lock_ms < 30_000, "{done:?}");
+        assert_eq!(
+            tenant_rows(&env, &org).await,
+            backed_up,
+            "round {round}: the tenant's rows equal the backup exactly (no trigger rows added)"
+        );
+        assert_eq!(
+            fingerprint_outside(&env.pool, &org, &TENANT_TABLES).await,
+            outside,
+            "round {round}: nothing outside the tenant's backed-up rows changed (no cascade, no trigger effect)"
+        );
+    }
+    let notes_after: i64 = sqlx::query_scalar("SELECT count(*) FROM crm.notes")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(notes_after, notes_before, "no note cascaded away");
+    assert!(staging_schemas(&env.pool).await.is_empty());
+
+    // The live tables' triggers and keys still work for ordinary writers afterwards.
+    sqlx::query("INSERT INTO contacts (id, organization_id, account_id, name) VALUES (6000, $1, 1, 'later')")
+        .bind(org.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let logged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM crm.audit_trail WHERE what = 'contact 6000'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(logged, 1, "the trigger fires for ordinary writers");
+    let bad = sqlx::query("INSERT INTO contacts (id, organization_id, account_id, name) VALUES (6001, $1, 999999, 'x')")
+        .bind(org.as_uuid())
+        .execute(&env.pool)
+        .await;
+    assert!(
+        bad.is_err(),
+        "foreign keys are enforced for ordinary writers"
+    );
+
+    shutdown.cancel();
+    worker.await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_promotion_that_would_orphan_rows_outside_the_backup_is_refused_with_nothing_changed() {
+    let env = TestEnv::new().await;
+    let (org, other) = (OrganizationId::new(), OrganizationId::new());
+    seed(&env, &[(&org, 0), (&other, 100_000)]).await;
+    let (shutdown, worker) = start(&env);
+    let tap = EventTap::new(&env).await;
+    let (_c, p) = env.publisher().await;
+
+    let record = backup(&env, &tap, &p, &org).await;
+    // A contact created after the backup, with notes outside the backup referencing it: the
+    // backup's state would leave those notes dangling.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO contacts (id, organization_id, account_id, name) VALUES (7000, '{org}', 1, 'new');
+         INSERT INTO crm.notes (contact_id, body) VALUES (7000, 'first'), (7000, 'second');
+         UPDATE accounts SET name = 'renamed' WHERE organization_id = '{org}';"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let everything = fingerprint_outside(&env.pool, &org, &[]).await;
+
+    let events = promote(&tap, &p, &org, &record).await;
+    let Some(Event::RestoreFailed(failed)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(failed.error_code, "PROMOTE_WOULD_ORPHAN", "{failed:?}");
+    assert!(
+        failed
+            .message
+            .contains("notes(contact_id) → contacts: 2 rows"),
+        "the message names the referencing table and its count: {}",
+        failed.message
+    );
+    assert_eq!(
+        fingerprint_outside(&env.pool, &org, &[]).await,
+        everything,
+        "a refused promotion changes nothing at all"
+    );
+    assert!(staging_schemas(&env.pool).await.is_empty());
+    assert_eq!(
+        failed_checks(&env.pool, &failed.restore_job_id).await,
+        ["promoted"],
+        "the failed promotion's checks are stored"
+    );
+
+    // The tenant's restores keep working: STAGING of the same backup completes.
+    let done = stage(&tap, &p, &org, &record).await;
+    assert!(done.staging_schema.starts_with("dr_restore_"));
+
+    shutdown.cancel();
+    worker.await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_promotion_is_refused_when_triggers_would_fire_anyway_or_referenced_rows_are_gone() {
+    let env = TestEnv::new().await;
+    let (org, other) = (OrganizationId::new(), OrganizationId::new());
+    seed(&env, &[(&org, 0), (&other, 100_000)]).await;
+    // A global table outside the backup that the tenant's accounts reference.
+    sqlx::raw_sql(
+        "CREATE TABLE plans (code text PRIMARY KEY); INSERT INTO plans VALUES ('basic'), ('gold');
+         ALTER TABLE accounts ADD COLUMN plan text REFERENCES plans(code);
+         UPDATE accounts SET plan = 'gold';",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let (shutdown, worker) = start(&env);
+    let tap = EventTap::new(&env).await;
+    let (_c, p) = env.publisher().await;
+    let record = backup(&env, &tap, &p, &org).await;
+
+    // A trigger enabled ALWAYS would fire even under the replica role: refused.
+    sqlx::raw_sql("ALTER TABLE contacts ENABLE ALWAYS TRIGGER contacts_log")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let everything = fingerprint_outside(&env.pool, &org, &[]).await;
+    let events = promote(&tap, &p, &org, &record).await;
+    let Some(Event::RestoreFailed(failed)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(failed.error_code, "PROMOTE_TRIGGERS_WOULD_FIRE");
+    assert!(
+        failed.message.contains("contacts.contacts_log"),
+        "{failed:?}"
+    );
+    assert_eq!(fingerprint_outside(&env.pool, &org, &[]).await, everything);
+    sqlx::raw_sql("ALTER TABLE contacts ENABLE TRIGGER contacts_log")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+
+    // The plan the backed-up accounts reference is gone: refused, nothing changed.
+    sqlx::raw_sql("UPDATE accounts SET plan = 'basic'; DELETE FROM plans WHERE code = 'gold';")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let everything = fingerprint_outside(&env.pool, &org, &[]).await;
+    let events = promote(&tap, &p, &org, &record).await;
+    let Some(Event::RestoreFailed(failed)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(failed.error_code, "PROMOTE_MISSING_REFERENCED_ROWS");
+    assert!(
+        failed.message.contains("accounts(plan) → plans: 20 rows"),
+        "{failed:?}"
+    );
+    assert_eq!(fingerprint_outside(&env.pool, &org, &[]).await, everything);
+    assert!(staging_schemas(&env.pool).await.is_empty());
+
+    // Put the plan back: the promotion goes through.
+    sqlx::raw_sql("INSERT INTO plans VALUES ('gold')")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let events = promote(&tap, &p, &org, &record).await;
+    assert!(
+        matches!(
+            events.last().unwrap().env.event,
+            Some(Event::RestoreCompleted(_))
+        ),
+        "{events:?}"
+    );
+
+    shutdown.cancel();
+    worker.await.unwrap();
+    env.cleanup().await;
+}
