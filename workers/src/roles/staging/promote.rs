@@ -298,9 +298,11 @@ pub async fn promote(
     let locked = Instant::now();
     stage.progress.tick();
 
-    // Delete the tenant's rows; where rows outside may reference them, keep the deleted keys.
+    // Delete the tenant's rows, referencing tables first (the manifest lists referenced ones
+    // first), so that a table whose membership is decided through its parents still finds
+    // them; where rows outside may reference the deleted rows, keep their keys.
     let mut gone = Vec::new();
-    for t in &manifest.tables {
+    for t in manifest.tables.iter().rev() {
         let name = quote_ident(&t.name);
         let mut cols: Vec<&String> = incoming
             .iter()
