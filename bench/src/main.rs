@@ -20,6 +20,8 @@ use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, message_p
 use drfleet_protocol::topology::{COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CommandKind};
 use drfleet_protocol::{OrganizationId, v1};
 
+mod promote;
+
 #[derive(Parser)]
 #[command(name = "drfleet-bench")]
 enum Cli {
@@ -65,6 +67,26 @@ enum Cli {
         #[arg(long, default_value_t = 1024)]
         size_mb: u64,
     },
+    /// Promotion on a schema shaped like the Citus multi-tenant tutorial: the time the live
+    /// tables are locked against a raw swap with keys off, and another tenant's INSERT waits.
+    Promote {
+        /// Tenants in the database (the first is promoted, the second writes meanwhile).
+        #[arg(long, default_value_t = 20)]
+        tenants: u32,
+        /// Ads per tenant (each with 7 clicks and 7 impressions, plus 50 campaigns).
+        #[arg(long, default_value_t = 3800)]
+        ads: u32,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(
+            long,
+            env = "DR_BENCH_PG_ADMIN_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        pg_admin_url: String,
+        #[arg(long, default_value = "/tmp/drfleet-bench-objects")]
+        objects: String,
+    },
     /// Audit sink: events/s persisted end to end (published with confirms → rows committed).
     Audit {
         #[arg(long, default_value_t = 50_000)]
@@ -107,6 +129,22 @@ async fn main() -> anyhow::Result<()> {
             return restore_bench(size_mb, &pg_admin_url, &objects, runs.max(1), s3_endpoint).await;
         }
         Cli::Artifact { size_mb } => return artifact_bench(size_mb),
+        Cli::Promote {
+            tenants,
+            ads,
+            runs,
+            pg_admin_url,
+            objects,
+        } => {
+            return promote::promote_bench(
+                tenants.max(2),
+                ads,
+                runs.max(1),
+                &pg_admin_url,
+                &objects,
+            )
+            .await;
+        }
     };
     let db = format!("drbench_{size_mb}mb");
     let mut admin = PgConnection::connect(&pg_admin_url).await?;
@@ -468,7 +506,19 @@ fn spawn_worker(
     db_url: &str,
     objects: &str,
 ) -> anyhow::Result<std::process::Child> {
-    spawn_worker_at(roles, vhost, db_url, &format!("file://{objects}"), true)
+    spawn_worker_env(roles, vhost, db_url, objects, &[])
+}
+
+/// [`spawn_worker`] with more settings (`DR_*` env vars).
+fn spawn_worker_env(
+    roles: &str,
+    vhost: &str,
+    db_url: &str,
+    objects: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<std::process::Child> {
+    fresh_vhost(vhost)?;
+    worker_command(roles, vhost, db_url, &format!("file://{objects}"), env)
 }
 
 /// A release worker against `store_url`; `fresh_vhost` recreates the vhost first.
@@ -477,11 +527,16 @@ fn spawn_worker_at(
     vhost: &str,
     db_url: &str,
     store_url: &str,
-    fresh_vhost: bool,
+    fresh: bool,
 ) -> anyhow::Result<std::process::Child> {
-    if !fresh_vhost {
-        return worker_command(roles, vhost, db_url, store_url);
+    if fresh {
+        fresh_vhost(vhost)?;
     }
+    worker_command(roles, vhost, db_url, store_url, &[])
+}
+
+/// Recreate `vhost` (empty, guest may use it).
+fn fresh_vhost(vhost: &str) -> anyhow::Result<()> {
     let _ = Command::new("rabbitmqctl")
         .args(["delete_vhost", vhost])
         .output();
@@ -495,7 +550,7 @@ fn spawn_worker_at(
         ".*",
         ".*",
     ]))?;
-    worker_command(roles, vhost, db_url, store_url)
+    Ok(())
 }
 
 fn worker_command(
@@ -503,6 +558,7 @@ fn worker_command(
     vhost: &str,
     db_url: &str,
     store_url: &str,
+    env: &[(&str, &str)],
 ) -> anyhow::Result<std::process::Child> {
     let worker_bin = std::env::current_exe()?.with_file_name("drfleet-worker");
     Command::new(&worker_bin)
@@ -524,6 +580,7 @@ fn worker_command(
             "RUST_LOG",
             std::env::var("DR_BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()),
         )
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| {

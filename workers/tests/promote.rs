@@ -344,3 +344,101 @@ async fn a_promotion_is_refused_when_triggers_would_fire_anyway_or_referenced_ro
     worker.await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn another_tenants_writes_during_a_promotion_wait_no_longer_than_its_lock() {
+    let env = TestEnv::new().await;
+    let (org, other) = (OrganizationId::new(), OrganizationId::new());
+    // Composite keys with the tenant column, and no index on the referencing columns (the
+    // shape that made a per-row-checked promotion take seconds).
+    sqlx::raw_sql(
+        "CREATE TABLE ads (id bigint NOT NULL, organization_id uuid NOT NULL, name text NOT NULL, PRIMARY KEY (organization_id, id));
+         CREATE TABLE clicks (id bigint NOT NULL, organization_id uuid NOT NULL, ad_id bigint NOT NULL, site text NOT NULL,
+           PRIMARY KEY (organization_id, id), FOREIGN KEY (organization_id, ad_id) REFERENCES ads (organization_id, id));",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    for o in [&org, &other] {
+        sqlx::query("INSERT INTO ads SELECT g, $1, 'ad ' || g FROM generate_series(1, 3000) g;")
+            .bind(o.as_uuid())
+            .execute(&env.pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO clicks SELECT g, $1, 1 + g % 3000, 'site ' || g FROM generate_series(1, 40000) g",
+        )
+        .bind(o.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+    let (shutdown, worker) = start(&env);
+    let tap = EventTap::new(&env).await;
+    let (_c, p) = env.publisher().await;
+    let record = backup(&env, &tap, &p, &org).await;
+    sqlx::query("UPDATE ads SET name = 'renamed' WHERE organization_id = $1")
+        .bind(org.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+
+    // The other tenant inserts clicks one after another while the promotion runs.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = {
+        let (pool, stop, other) = (env.pool.clone(), stop.clone(), other);
+        tokio::spawn(async move {
+            let mut waits = Vec::new();
+            let mut id = 1_000_000i64;
+            while !stop.is_cancelled() {
+                id += 1;
+                let t = std::time::Instant::now();
+                sqlx::query("INSERT INTO clicks VALUES ($1, $2, 7, 'during')")
+                    .bind(id)
+                    .bind(other.as_uuid())
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                waits.push(t.elapsed());
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            waits
+        })
+    };
+    let events = promote(&tap, &p, &org, &record).await;
+    stop.cancel();
+    let waits = writer.await.unwrap();
+    let Some(Event::RestoreCompleted(done)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    let longest = waits.iter().max().unwrap();
+    assert!(waits.len() > 10, "the writer ran during the restore");
+    assert!(
+        longest.as_millis() as u64 <= done.lock_ms + 250,
+        "another tenant waited {longest:?}, the promotion held its locks {} ms",
+        done.lock_ms
+    );
+    let stored: Option<i64> =
+        sqlx::query_scalar("SELECT lock_ms FROM pf_restore_jobs WHERE id = $1::uuid")
+            .bind(&done.restore_job_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, Some(done.lock_ms as i64));
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM clicks WHERE organization_id = $1 AND site = 'during'",
+    )
+    .bind(other.as_uuid())
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kept as usize,
+        waits.len(),
+        "every write of the other tenant is kept"
+    );
+
+    shutdown.cancel();
+    worker.await.unwrap();
+    env.cleanup().await;
+}

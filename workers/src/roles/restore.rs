@@ -419,13 +419,14 @@ impl JobHandler for RestoreHandler {
             let mut tx = ctx.pool.begin().await?;
             sqlx::query(
                 "UPDATE pf_restore_jobs SET status = 'completed', checks = $3, row_count = $4, finished_at = now(), \
-                   staging_schema = NULLIF($5, '') WHERE id = $1 AND organization_id = $2",
+                   staging_schema = NULLIF($5, ''), lock_ms = $6 WHERE id = $1 AND organization_id = $2",
             )
             .bind(job.id.as_uuid())
             .bind(org)
             .bind(json!(checks))
             .bind(rows as i64)
             .bind(&staging_out)
+            .bind((r.mode == RestoreMode::Promote).then_some(lock_ms as i64))
             .execute(&mut *tx)
             .await?;
             let ev = job.event(Event::RestoreCompleted(v1::RestoreCompleted {
