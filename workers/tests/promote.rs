@@ -6,6 +6,8 @@
 
 mod common;
 
+use sqlx::Connection;
+
 use common::restore::*;
 use common::*;
 use drfleet_protocol::OrganizationId;
@@ -441,4 +443,91 @@ async fn another_tenants_writes_during_a_promotion_wait_no_longer_than_its_lock(
     shutdown.cancel();
     worker.await.unwrap();
     env.cleanup().await;
+}
+
+#[tokio::test]
+async fn without_the_replication_role_privilege_promote_fails_at_once_and_is_never_weaker() {
+    let env = TestEnv::new().await;
+    let (org, other) = (OrganizationId::new(), OrganizationId::new());
+    seed(&env, &[(&org, 0), (&other, 100_000)]).await;
+    // The tenant database as an ordinary role that owns nothing special: all it needs for
+    // backups and STAGING, but not the right to set session_replication_role.
+    let role = format!("drw_{}", &env.db_name[7..]);
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN;
+         GRANT CREATE, TEMP ON DATABASE {db} TO {role};
+         GRANT USAGE, CREATE ON SCHEMA public, crm TO {role};
+         GRANT ALL ON ALL TABLES IN SCHEMA public, crm TO {role};
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA public, crm TO {role};",
+        db = env.db_name
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let host = env.db_url.rsplit_once('@').map_or("", |(_, h)| h);
+    let source = format!("postgres://{role}@{host}");
+    let (shutdown, worker) = start_with(&env, &[("DR_SOURCE_DATABASE_URL", source)]);
+    let tap = EventTap::new(&env).await;
+    let (_c, p) = env.publisher().await;
+    let record = backup(&env, &tap, &p, &org).await;
+    sqlx::query("UPDATE accounts SET name = 'renamed' WHERE organization_id = $1")
+        .bind(org.as_uuid())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let everything = fingerprint_outside(&env.pool, &org, &[]).await;
+
+    let events = promote(&tap, &p, &org, &record).await;
+    let Some(Event::RestoreFailed(failed)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(failed.error_code, "PROMOTE_PRIVILEGE_MISSING", "{failed:?}");
+    assert!(failed.message.contains("session_replication_role"));
+    assert_eq!(fingerprint_outside(&env.pool, &org, &[]).await, everything);
+    assert!(staging_schemas(&env.pool).await.is_empty());
+    assert_eq!(
+        failed_checks(&env.pool, &failed.restore_job_id).await,
+        ["promote_privilege"]
+    );
+    // STAGING needs no such privilege.
+    stage(&tap, &p, &org, &record).await;
+
+    // Granted (PostgreSQL 15+), the same role promotes.
+    let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    if version >= 150000 {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "GRANT SET ON PARAMETER session_replication_role TO {role}"
+        )))
+        .execute(&env.pool)
+        .await
+        .unwrap();
+        let events = promote(&tap, &p, &org, &record).await;
+        assert!(
+            matches!(
+                events.last().unwrap().env.event,
+                Some(Event::RestoreCompleted(_))
+            ),
+            "{events:?}"
+        );
+    }
+
+    shutdown.cancel();
+    worker.await.unwrap();
+    let admin_url = env.admin_url.clone();
+    env.cleanup().await;
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    if version >= 150000 {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "REVOKE SET ON PARAMETER session_replication_role FROM {role}"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
 }

@@ -398,7 +398,11 @@ impl JobHandler for RestoreHandler {
             tx.commit().await?;
 
             let verify_started = Instant::now();
-            self.verify_sealed(ctx, &rec).await?;
+            if let Err(e) = self.verify_sealed(ctx, &rec).await {
+                self.record_checks(ctx, &[Check::failed("sealed", &e)])
+                    .await;
+                return Err(e);
+            }
             ctx.progress.tick();
             tracing::info!(
                 verify_ms = verify_started.elapsed().as_millis() as u64,

@@ -64,7 +64,7 @@ pub struct TestEnv {
     pub amqp_url: String,
     pub db_name: String,
     pub db_url: String,
-    admin_url: String,
+    pub admin_url: String,
     pub pool: PgPool,
 }
 
