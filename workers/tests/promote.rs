@@ -17,7 +17,7 @@ use drfleet_protocol::v1::{self, event_envelope::Event};
 /// column).
 const TENANT_TABLES: [&str; 3] = ["accounts", "contacts", "activity"];
 
-/// accounts ⇄ contacts form a cycle (nullable keys), accounts references itself, contacts
+/// accounts ⇄ contacts form a cycle (nullable keys, one deferrable), accounts references itself, contacts
 /// has a user trigger that writes into a tenant table and into a table of another schema, and
 /// `crm.notes` (outside the backup) references contacts with ON DELETE CASCADE.
 async fn seed(env: &TestEnv, orgs: &[(&OrganizationId, i64)]) {
@@ -35,7 +35,7 @@ async fn seed(env: &TestEnv, orgs: &[(&OrganizationId, i64)]) {
         CREATE TABLE contacts (
             id bigint PRIMARY KEY,
             organization_id uuid NOT NULL,
-            account_id bigint REFERENCES accounts(id),
+            account_id bigint REFERENCES accounts(id) DEFERRABLE INITIALLY DEFERRED,
             name text NOT NULL
         );
         ALTER TABLE accounts ADD FOREIGN KEY (best_contact_id) REFERENCES contacts(id);

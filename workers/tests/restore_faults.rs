@@ -121,6 +121,7 @@ async fn a_row_rejected_by_a_live_constraint_mid_load_fails_promptly_and_later_r
     let (_c, p) = env.publisher().await;
     let record = backup(&env, &tap, &p, &org).await;
 
+    let live = fingerprint_outside(&env.pool, &org, &[]).await;
     // Added after the backup, NOT VALID: live rows are not checked, staged ones are.
     sqlx::raw_sql(
         "ALTER TABLE events ADD CONSTRAINT payload_short CHECK (length(payload) < 200) NOT VALID",
@@ -141,16 +142,18 @@ async fn a_row_rejected_by_a_live_constraint_mid_load_fails_promptly_and_later_r
     );
     assert!(!failed.message.contains("xxxx"), "no row content");
     assert_left(&env, &[], "after the rejected load").await;
+    // No live row changed; without the constraint the next restore can load every row.
+    sqlx::raw_sql("ALTER TABLE events DROP CONSTRAINT payload_short")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(fingerprint_outside(&env.pool, &org, &[]).await, live);
     assert_eq!(
         failed_checks(&env.pool, &failed.restore_job_id).await,
         ["loaded"]
     );
 
     // The tenant's next restore is not stuck behind it.
-    sqlx::raw_sql("ALTER TABLE events DROP CONSTRAINT payload_short")
-        .execute(&env.pool)
-        .await
-        .unwrap();
     let (outcome, _) = restore(&tap, &p, &org, &record, v1::RestoreMode::Staging).await;
     let Event::RestoreCompleted(done) = outcome else {
         panic!("{outcome:?}")
@@ -172,7 +175,7 @@ async fn a_connection_cut_mid_load_is_retried_and_the_restore_completes() {
     let (_c, p) = env.publisher().await;
     let record = backup(&env, &tap, &p, &org).await;
 
-    // Slow the load down so the cut lands inside it: every segment's commit waits a little.
+    let live = fingerprint_outside(&env.pool, &org, &[]).await;
     let cmd = restore_command(
         &org,
         &record,
