@@ -231,6 +231,7 @@ async fn a_connection_cut_mid_load_is_retried_and_the_restore_completes() {
         "after the retry",
     )
     .await;
+    assert_eq!(fingerprint_outside(&env.pool, &org, &[]).await, live);
 
     shutdown.cancel();
     worker.await.unwrap();
