@@ -93,7 +93,7 @@ pub fn parts_schema(staging: &str) -> String {
 }
 
 /// Drops a staging schema and its parts schema, whichever exist.
-fn drop_staging_sql(staging: &str) -> String {
+pub(crate) fn drop_staging_sql(staging: &str) -> String {
     format!(
         "DROP SCHEMA IF EXISTS {}, {} CASCADE",
         quote_ident(staging),
@@ -1047,6 +1047,9 @@ impl JobHandler for RestoreHandler {
         cmd: &'a ValidCommand,
         _actor: &'a Actor,
     ) -> BoxFuture<'a, Result<Admission, AdmitError>> {
+        if let CommandBody::StagingDiscard(_) = &cmd.body {
+            return super::staging_ttl::admit_discard(tx, cmd);
+        }
         Box::pin(async move {
             let CommandBody::Restore(r) = &cmd.body else {
                 return Err(AdmitError::Reject(Rejection::new(
@@ -1085,6 +1088,9 @@ impl JobHandler for RestoreHandler {
     }
 
     fn run<'a>(&'a self, ctx: &'a JobCtx) -> BoxFuture<'a, Result<(), JobError>> {
+        if let CommandBody::StagingDiscard(_) = &ctx.job.spec {
+            return super::staging_ttl::run_discard(&self.ctx.source, ctx);
+        }
         Box::pin(async move {
             let job = &ctx.job;
             let r = spec(job)?;
@@ -1147,6 +1153,7 @@ impl JobHandler for RestoreHandler {
             .bind(&staging_out)
             .execute(&mut *tx)
             .await?;
+            super::staging_ttl::stamp_expiry(&mut tx, job.id, self.ctx.staging_ttl).await?;
             let ev = job.event(Event::RestoreCompleted(v1::RestoreCompleted {
                 restore_job_id: job.id.to_string(),
                 backup_record_id: r.backup_record_id.to_string(),
@@ -1171,6 +1178,9 @@ impl JobHandler for RestoreHandler {
         job: &'a Job,
         err: &'a JobError,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        if let CommandBody::StagingDiscard(_) = &job.spec {
+            return super::staging_ttl::discard_failed(tx, job, err);
+        }
         Box::pin(async move {
             let (record, mode) = match spec(job) {
                 Ok(r) => (r.backup_record_id.to_string(), r.mode.as_str()),
