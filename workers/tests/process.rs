@@ -138,6 +138,7 @@ fn help_lists_every_setting_without_secret_values() {
         "DR_HTTP_ADDR",
         "DR_LOG_FORMAT",
         "DR_ROLE",
+        "DR_STAGING_TTL",
     ] {
         assert!(help.contains(s), "--help documents {s}");
     }
