@@ -1,7 +1,8 @@
 //! `drctl audit verify|list`: the audit log in `pf_audit_events`.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use serde_json::json;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -9,9 +10,9 @@ use drfleet_infra::config::postgres_url;
 use drfleet_protocol::OrganizationId;
 use drfleet_workers::audit::verify_chains;
 
-use crate::cli::DbArgs;
+use crate::cli::{DbArgs, OutputFormat};
 use crate::error::{Error, Outcome};
-use crate::output::print_line;
+use crate::output::{EventFields, event_object, instant, print_line};
 
 async fn pool(db: &DbArgs) -> Result<PgPool, Error> {
     let url = postgres_url("DR_DATABASE_URL", db.database_url.as_deref().unwrap_or(""))?;
@@ -19,27 +20,45 @@ async fn pool(db: &DbArgs) -> Result<PgPool, Error> {
 }
 
 /// `ok: N events verified` (Success) or `broken: chain <org> at position <seq>: <problem>`
-/// (Failed).
-pub async fn verify(db: &DbArgs, org: Option<OrganizationId>) -> Result<Outcome, Error> {
+/// (Failed); with `--output json` one object: `{"ok": true, "events_verified": N}` or
+/// `{"ok": false, "chain_org", "chain_seq", "problem"}`.
+pub async fn verify(
+    db: &DbArgs,
+    org: Option<OrganizationId>,
+    output: OutputFormat,
+) -> Result<Outcome, Error> {
     let pool = pool(db).await?;
     let result = verify_chains(&pool, org.map(|o| o.as_uuid())).await;
     pool.close().await;
-    match result? {
-        Ok(n) => {
-            println!("ok: {n} events verified");
-            Ok(Outcome::Success)
-        }
-        Err(b) => {
-            println!(
-                "broken: chain {} at position {}: {}",
-                b.chain_org, b.chain_seq, b.problem
-            );
-            Ok(Outcome::Failed)
-        }
+    let (line, outcome) = match result? {
+        Ok(n) => (
+            (
+                format!("ok: {n} events verified"),
+                json!({"ok": true, "events_verified": n}),
+            ),
+            Outcome::Success,
+        ),
+        Err(b) => (
+            (
+                format!(
+                    "broken: chain {} at position {}: {}",
+                    b.chain_org, b.chain_seq, b.problem
+                ),
+                json!({"ok": false, "chain_org": b.chain_org.to_string(),
+                    "chain_seq": b.chain_seq, "problem": b.problem.to_string()}),
+            ),
+            Outcome::Failed,
+        ),
+    };
+    match output {
+        OutputFormat::Text => println!("{}", line.0),
+        OutputFormat::Json => print_line(&line.1)?,
     }
+    Ok(outcome)
 }
 
-/// One JSON line per stored event of `org`, in chain order.
+/// One JSON line per stored event of `org`, in chain order: the shape of `drctl events`
+/// (see [`event_object`]) plus `audit: {seq, chain_seq, recorded_at}`.
 pub async fn list(
     db: &DbArgs,
     org: OrganizationId,
@@ -69,19 +88,29 @@ async fn print_rows(
     .bind(since)
     .bind(limit)
     .fetch(pool);
-    let ts = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
     while let Some(row) = rows.try_next().await? {
-        let line = serde_json::json!({
+        // The event exactly as `drctl events` prints it, plus its place in the chain.
+        let event_id = row.try_get::<Uuid, _>("event_id")?.to_string();
+        let org = row
+            .try_get::<Option<Uuid>, _>("organization_id")?
+            .map(|o| o.to_string())
+            .unwrap_or_default();
+        let event_type: String = row.try_get("event_type")?;
+        let causation_id: String = row.try_get("causation_id")?;
+        let correlation_id: String = row.try_get("correlation_id")?;
+        let mut line = event_object(EventFields {
+            event_type: Some(&event_type),
+            event_id: &event_id,
+            organization_id: &org,
+            occurred_at: Some(row.try_get("occurred_at")?),
+            causation_id: &causation_id,
+            correlation_id: &correlation_id,
+            event: Some(row.try_get::<serde_json::Value, _>("payload")?),
+        });
+        line["audit"] = json!({
             "seq": row.try_get::<i64, _>("seq")?,
             "chain_seq": row.try_get::<i64, _>("chain_seq")?,
-            "event_id": row.try_get::<Uuid, _>("event_id")?,
-            "event_type": row.try_get::<String, _>("event_type")?,
-            "organization_id": row.try_get::<Option<Uuid>, _>("organization_id")?,
-            "occurred_at": ts(row.try_get("occurred_at")?),
-            "causation_id": row.try_get::<String, _>("causation_id")?,
-            "correlation_id": row.try_get::<String, _>("correlation_id")?,
-            "payload": row.try_get::<serde_json::Value, _>("payload")?,
-            "recorded_at": ts(row.try_get("recorded_at")?),
+            "recorded_at": instant(row.try_get("recorded_at")?),
         });
         match print_line(&line) {
             Ok(()) => {}

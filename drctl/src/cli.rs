@@ -7,7 +7,7 @@ use clap::builder::PossibleValuesParser;
 
 use drfleet_infra::config::BrokerArgs;
 use drfleet_protocol::events::EVENT_TYPES;
-use drfleet_protocol::{BackupRecordId, OrganizationId};
+use drfleet_protocol::{BackupRecordId, OrganizationId, RestoreJobId};
 
 /// Longest token lifetime `drctl token` mints: 30 days.
 pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
@@ -30,7 +30,8 @@ pub enum Cmd {
     Token(TokenArgs),
     /// Request a backup of one organization.
     Backup(BackupArgs),
-    /// Restore one backup (into a staging schema, or promoted over the live rows).
+    /// Restore one backup (into a staging schema, or promoted over the live rows);
+    /// `restore discard` drops a kept staging schema now.
     Restore(RestoreArgs),
     /// Verify one backup's artifact (checksum, decryption, manifest).
     Verify(VerifyArgs),
@@ -53,8 +54,8 @@ pub struct SecretArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TokenArgs {
-    /// Organization the token acts in.
-    #[arg(long)]
+    /// Organization (tenant) the token acts in: its id, a UUID.
+    #[arg(long, value_name = "UUID")]
     pub org: OrganizationId,
     /// Permission key to grant (repeat, or comma-separate), e.g. pf.backup.* or pf.dr-drill.run.
     #[arg(long = "perm", required = true, value_delimiter = ',')]
@@ -96,8 +97,8 @@ pub struct CommandOpts {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BackupArgs {
-    /// Organization to back up.
-    #[arg(long)]
+    /// Organization (tenant) to back up: its id, a UUID.
+    #[arg(long, value_name = "UUID")]
     pub org: OrganizationId,
     /// Tier (named table set).
     #[arg(long, default_value = "full")]
@@ -121,12 +122,16 @@ pub enum ModeArg {
 }
 
 #[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct RestoreArgs {
-    #[arg(long)]
-    pub org: OrganizationId,
+    #[command(subcommand)]
+    pub action: Option<RestoreAction>,
+    /// Organization (tenant) id, a UUID.
+    #[arg(long, value_name = "UUID", required = true)]
+    pub org: Option<OrganizationId>,
     /// Backup record to restore.
-    #[arg(long)]
-    pub backup: BackupRecordId,
+    #[arg(long, value_name = "UUID", required = true)]
+    pub backup: Option<BackupRecordId>,
     #[arg(long, value_enum, default_value_t = ModeArg::Staging)]
     pub mode: ModeArg,
     /// Name of a configured restore target; default the source database.
@@ -136,9 +141,29 @@ pub struct RestoreArgs {
     pub opts: CommandOpts,
 }
 
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum RestoreAction {
+    /// Drop the staging schema a completed STAGING restore kept, now (instead of when
+    /// DR_STAGING_TTL runs out).
+    Discard(DiscardArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DiscardArgs {
+    /// Organization (tenant) id, a UUID.
+    #[arg(long, value_name = "UUID")]
+    pub org: OrganizationId,
+    /// The STAGING restore's job id (restore_job_id of its restore_completed event).
+    #[arg(long, value_name = "UUID")]
+    pub job: RestoreJobId,
+    #[command(flatten)]
+    pub opts: CommandOpts,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct VerifyArgs {
-    #[arg(long)]
+    /// Organization (tenant) id, a UUID.
+    #[arg(long, value_name = "UUID")]
     pub org: OrganizationId,
     /// Backup record to verify.
     #[arg(long)]
@@ -149,7 +174,8 @@ pub struct VerifyArgs {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DrillArgs {
-    #[arg(long)]
+    /// Organization (tenant) id, a UUID.
+    #[arg(long, value_name = "UUID")]
     pub org: OrganizationId,
     /// Backup record to drill with; default the organization's newest completed backup.
     #[arg(long)]
@@ -165,8 +191,8 @@ pub struct DrillArgs {
 pub struct EventsArgs {
     #[command(flatten)]
     pub broker: BrokerArgs,
-    /// Only this organization's events.
-    #[arg(long)]
+    /// Only this organization's events (its id, a UUID).
+    #[arg(long, value_name = "UUID")]
     pub org: Option<OrganizationId>,
     /// Only events of this type.
     #[arg(long = "type", value_parser = PossibleValuesParser::new(EVENT_TYPES))]
@@ -190,15 +216,19 @@ pub enum AuditCmd {
     Verify {
         #[command(flatten)]
         db: DbArgs,
-        /// Only this organization's chain.
-        #[arg(long)]
+        /// Only this organization's chain (its id, a UUID).
+        #[arg(long, value_name = "UUID")]
         org: Option<OrganizationId>,
+        /// `text` (one line) or `json` (one JSON object).
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        output: OutputFormat,
     },
     /// Print one organization's stored events (JSON lines) in chain order.
     List {
         #[command(flatten)]
         db: DbArgs,
-        #[arg(long)]
+        /// Organization (tenant) id, a UUID.
+        #[arg(long, value_name = "UUID")]
         org: OrganizationId,
         /// Only events that occurred at or after this instant (RFC 3339).
         #[arg(long, value_parser = parse_rfc3339)]
@@ -207,6 +237,12 @@ pub enum AuditCmd {
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
         limit: i64,
     },
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
 }
 
 /// An RFC 3339 instant. The error never echoes the input.
@@ -245,7 +281,8 @@ mod tests {
         .unwrap();
         match cli.command {
             Cmd::Restore(r) => {
-                assert_eq!(r.org, org);
+                assert_eq!(r.org, Some(org));
+                assert!(r.action.is_none());
                 assert_eq!(r.mode, ModeArg::Promote);
                 assert!(r.opts.no_wait);
                 assert_eq!(r.opts.wait_secs, 600);
@@ -254,6 +291,40 @@ mod tests {
             other => panic!("parsed {other:?}"),
         }
         assert!(Cli::try_parse_from(["drctl", "backup", "--org", "not-a-uuid"]).is_err());
+        let job = RestoreJobId::new();
+        let cli = Cli::try_parse_from([
+            "drctl",
+            "restore",
+            "discard",
+            "--org",
+            &org.to_string(),
+            "--job",
+            &job.to_string(),
+        ])
+        .unwrap();
+        match cli.command {
+            Cmd::Restore(RestoreArgs {
+                action: Some(RestoreAction::Discard(d)),
+                ..
+            }) => {
+                assert_eq!((d.org, d.job), (org, job));
+            }
+            other => panic!("parsed {other:?}"),
+        }
+        // A restore needs --backup; discard needs --job.
+        assert!(Cli::try_parse_from(["drctl", "restore", "--org", &org.to_string()]).is_err());
+        assert!(
+            Cli::try_parse_from(["drctl", "restore", "discard", "--org", &org.to_string()])
+                .is_err()
+        );
+        let cli = Cli::try_parse_from(["drctl", "audit", "verify", "--output", "json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Cmd::Audit(AuditCmd::Verify {
+                output: OutputFormat::Json,
+                ..
+            })
+        ));
         assert!(Cli::try_parse_from(["drctl", "events", "--type", "nope"]).is_err());
         assert!(parse_rfc3339("2026-01-31T00:00:00+01:00").is_ok());
         assert!(parse_rfc3339("yesterday").is_err());

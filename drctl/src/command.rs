@@ -24,10 +24,13 @@ use drfleet_protocol::v1::command_envelope::Command;
 use drfleet_protocol::v1::event_envelope::Event;
 use drfleet_protocol::v1::{self, CommandEnvelope, EventEnvelope};
 use drfleet_protocol::validate::{ValidCommand, validate_envelope};
-use drfleet_protocol::{CommandId, OrganizationId};
+use drfleet_protocol::{BackupRecordId, CommandId, OrganizationId};
 
-use crate::cli::{BackupArgs, CommandOpts, DrillArgs, ModeArg, RestoreArgs, VerifyArgs};
+use crate::cli::{
+    BackupArgs, CommandOpts, DiscardArgs, DrillArgs, ModeArg, RestoreArgs, VerifyArgs,
+};
 use crate::error::{Error, Outcome};
+use crate::notice;
 use crate::output::{event_line, print_line};
 use crate::token;
 
@@ -43,15 +46,22 @@ pub fn backup_body(a: &BackupArgs) -> Command {
     })
 }
 
-pub fn restore_body(a: &RestoreArgs) -> Command {
+/// `backup` is required by the command line whenever no `restore` subcommand is given.
+pub fn restore_body(a: &RestoreArgs, backup: &BackupRecordId) -> Command {
     let mode = match a.mode {
         ModeArg::Staging => v1::RestoreMode::Staging,
         ModeArg::Promote => v1::RestoreMode::Promote,
     };
     Command::Restore(v1::RestoreCommand {
-        backup_record_id: a.backup.to_string(),
+        backup_record_id: backup.to_string(),
         mode: mode as i32,
         target: a.target.clone().unwrap_or_default(),
+    })
+}
+
+pub fn discard_body(a: &DiscardArgs) -> Command {
+    Command::StagingDiscard(v1::StagingDiscardCommand {
+        restore_job_id: a.job.to_string(),
     })
 }
 
@@ -143,6 +153,8 @@ pub fn terminal(kind: CommandKind, event: &Event) -> Option<Outcome> {
         (CommandKind::Backup, Event::BackupFailed(_)) => done(false),
         (CommandKind::Restore, Event::RestoreCompleted(_)) => done(true),
         (CommandKind::Restore, Event::RestoreFailed(_)) => done(false),
+        // A staging discard is a `restore`-kind command.
+        (CommandKind::Restore, Event::StagingDiscarded(_)) => done(true),
         (CommandKind::Verify, Event::VerifyCompleted(v)) => done(v.ok),
         (CommandKind::Drill, Event::DrDrillCompleted(d)) => done(d.passed),
         _ => None,
@@ -193,9 +205,12 @@ pub async fn event_consumer(ch: &Channel, keys: &[String], tag: &str) -> Result<
         .await?)
 }
 
-/// Connect and declare the topology (idempotent).
+/// Connect and declare the topology (idempotent). Says on stderr which broker and vhost.
 pub async fn open(amqp: &str) -> Result<(Connection, Channel), Error> {
     let url = amqp_url("DR_AMQP_URL", amqp)?;
+    if let Some(target) = notice::broker_target(&url) {
+        eprintln!("drctl: broker {target}");
+    }
     let conn = connect(&url, "drctl").await?;
     let ch = conn.create_channel().await?;
     declare_topology(&ch).await?;
@@ -234,6 +249,7 @@ pub async fn run(
         kind.as_str(),
         cmd.correlation_id
     );
+    notice::warn_if_unconsumed(&conn, kind).await;
 
     let outcome = match consumer {
         None => {
@@ -279,6 +295,9 @@ pub async fn wait(
             continue;
         }
         print_line(&event_line(&ev))?;
+        if let Some(w) = ev.event.as_ref().and_then(notice::event_warning) {
+            eprintln!("{w}");
+        }
         if let Some(outcome) = ev.event.as_ref().and_then(|e| terminal(kind, e)) {
             if outcome == Outcome::Failed {
                 let ty = ev.event.as_ref().map(event_type).unwrap_or("unknown");
@@ -322,13 +341,18 @@ mod tests {
     }
 
     fn restore(org: &OrganizationId, mode: ModeArg) -> Command {
-        restore_body(&RestoreArgs {
-            org: *org,
-            backup: drfleet_protocol::BackupRecordId::new(),
-            mode,
-            target: None,
-            opts: opts(None, None),
-        })
+        let backup = BackupRecordId::new();
+        restore_body(
+            &RestoreArgs {
+                action: None,
+                org: Some(*org),
+                backup: Some(backup),
+                mode,
+                target: None,
+                opts: opts(None, None),
+            },
+            &backup,
+        )
     }
 
     #[test]

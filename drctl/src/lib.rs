@@ -2,14 +2,17 @@
 //!
 //! `drctl <subcommand>`; every setting is a flag and a `DR_*` env var. Layout:
 //!
-//! - [`cli`]: the clap structs (`token`, `backup`, `restore`, `verify`, `drill`, `events`,
-//!   `audit verify|list`).
+//! - [`cli`]: the clap structs (`token`, `backup`, `restore`, `restore discard`, `verify`,
+//!   `drill`, `events`, `audit verify|list`).
 //! - [`token`]: minting actor tokens (HS256) with `DR_AUTH_JWT_SECRET`.
 //! - [`command`]: building a `CommandEnvelope`, validating it with the wire contract's own
 //!   validation, publishing it with confirms, and following its events to a terminal one.
 //! - [`events`]: tailing `dr.events`.
 //! - [`audit`]: hash-chain verification and listing of `pf_audit_events`.
-//! - [`output`]: the JSON line printed per event.
+//! - [`output`]: the JSON line printed per event (one shape: `events`, command waits and
+//!   `audit list` alike).
+//! - [`notice`]: stderr notices: the broker and vhost, a queue nobody consumes, backups
+//!   that completed with a warning.
 //! - [`error`]: [`Error`], [`Outcome`] and the exit codes.
 //!
 //! `main.rs` only parses the command line ([`drfleet_infra::config::parse_cli`]), runs
@@ -23,13 +26,14 @@ pub mod cli;
 pub mod command;
 pub mod error;
 pub mod events;
+pub mod notice;
 pub mod output;
 pub mod token;
 
 pub use cli::Cli;
 pub use error::{EXIT_CONFIG, EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, Error, Outcome};
 
-use cli::{AuditCmd, Cmd};
+use cli::{AuditCmd, Cmd, RestoreAction, RestoreArgs};
 
 /// Run one parsed command line.
 pub async fn run(cli: Cli) -> Result<Outcome, Error> {
@@ -40,11 +44,25 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
             Ok(Outcome::Success)
         }
         Cmd::Backup(a) => command::run(&a.org, command::backup_body(a), &a.opts).await,
-        Cmd::Restore(a) => command::run(&a.org, command::restore_body(a), &a.opts).await,
+        Cmd::Restore(RestoreArgs {
+            action: Some(RestoreAction::Discard(d)),
+            ..
+        }) => command::run(&d.org, command::discard_body(d), &d.opts).await,
+        Cmd::Restore(a) => {
+            // clap requires both whenever no subcommand is given.
+            let (Some(org), Some(backup)) = (a.org, a.backup) else {
+                return Err(drfleet_infra::config::ConfigError::new(
+                    "--org/--backup",
+                    "are required",
+                )
+                .into());
+            };
+            command::run(&org, command::restore_body(a, &backup), &a.opts).await
+        }
         Cmd::Verify(a) => command::run(&a.org, command::verify_body(a), &a.opts).await,
         Cmd::Drill(a) => command::run(&a.org, command::drill_body(a), &a.opts).await,
         Cmd::Events(a) => events::tail(a).await,
-        Cmd::Audit(AuditCmd::Verify { db, org }) => audit::verify(db, *org).await,
+        Cmd::Audit(AuditCmd::Verify { db, org, output }) => audit::verify(db, *org, *output).await,
         Cmd::Audit(AuditCmd::List {
             db,
             org,

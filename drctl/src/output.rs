@@ -2,29 +2,57 @@
 
 use std::io::Write;
 
-use chrono::SecondsFormat;
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use drfleet_protocol::events::{event_json, event_type, from_timestamp};
 use drfleet_protocol::v1::EventEnvelope;
 
+/// An event as drctl prints it, from the wire (`drctl events`, command waits) or from the
+/// audit log (`drctl audit list`): one shape wherever it comes from.
+pub struct EventFields<'a> {
+    pub event_type: Option<&'a str>,
+    pub event_id: &'a str,
+    /// Empty when the organization could not be read.
+    pub organization_id: &'a str,
+    pub occurred_at: Option<DateTime<Utc>>,
+    pub causation_id: &'a str,
+    pub correlation_id: &'a str,
+    pub event: Option<Value>,
+}
+
+/// RFC 3339 in UTC, at microsecond precision (what the audit log stores), trailing zero
+/// digits left out.
+pub fn instant(t: DateTime<Utc>) -> Value {
+    DateTime::from_timestamp_micros(t.timestamp_micros())
+        .map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
+        .unwrap_or(Value::Null)
+}
+
 /// `{"event_type", "event_id", "organization_id", "occurred_at", "causation_id",
 /// "correlation_id", "event"}`; `event` holds the event's fields as the audit log stores them.
-pub fn event_line(env: &EventEnvelope) -> Value {
-    let occurred_at = env
-        .occurred_at
-        .as_ref()
-        .and_then(from_timestamp)
-        .map(|t| Value::String(t.to_rfc3339_opts(SecondsFormat::AutoSi, true)))
-        .unwrap_or(Value::Null);
+pub fn event_object(f: EventFields<'_>) -> Value {
     json!({
-        "event_type": env.event.as_ref().map(event_type),
-        "event_id": env.event_id,
-        "organization_id": env.organization_id,
-        "occurred_at": occurred_at,
-        "causation_id": env.causation_id,
-        "correlation_id": env.correlation_id,
-        "event": env.event.as_ref().map(event_json),
+        "event_type": f.event_type,
+        "event_id": f.event_id,
+        "organization_id": f.organization_id,
+        "occurred_at": f.occurred_at.map(instant).unwrap_or(Value::Null),
+        "causation_id": f.causation_id,
+        "correlation_id": f.correlation_id,
+        "event": f.event,
+    })
+}
+
+/// [`event_object`] of an envelope off the wire.
+pub fn event_line(env: &EventEnvelope) -> Value {
+    event_object(EventFields {
+        event_type: env.event.as_ref().map(event_type),
+        event_id: &env.event_id,
+        organization_id: &env.organization_id,
+        occurred_at: env.occurred_at.as_ref().and_then(from_timestamp),
+        causation_id: &env.causation_id,
+        correlation_id: &env.correlation_id,
+        event: env.event.as_ref().map(event_json),
     })
 }
 

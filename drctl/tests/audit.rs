@@ -66,6 +66,28 @@ async fn audit_verify_passes_then_names_the_tampered_position() {
         stdout.starts_with(&format!("broken: chain {org} at position 2: ")),
         "{stdout}"
     );
+    // --output json: one object a script can parse.
+    let (code, stdout, _) = run(&db, &["audit", "verify", "--output", "json"]);
+    assert_eq!(code, Some(1));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["chain_org"], org.to_string());
+    assert_eq!(v["chain_seq"], 2);
+    assert!(v["problem"].as_str().is_some_and(|p| !p.is_empty()), "{v}");
+    let (code, stdout, _) = run(
+        &db,
+        &[
+            "audit",
+            "verify",
+            "--output",
+            "json",
+            "--org",
+            &other.to_string(),
+        ],
+    );
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v, serde_json::json!({"ok": true, "events_verified": 1}));
     // The untouched chain still verifies on its own.
     let (code, _, _) = run(&db, &["audit", "verify", "--org", &other.to_string()]);
     assert_eq!(code, Some(0));
@@ -102,14 +124,15 @@ async fn audit_list_prints_an_organizations_events_in_chain_order() {
         .collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     for (i, (line, rec)) in lines.iter().zip(&records).enumerate() {
-        assert_eq!(line["chain_seq"], i as i64 + 1);
-        assert!(line["seq"].is_i64());
+        assert_eq!(line["audit"]["chain_seq"], i as i64 + 1);
+        assert!(line["audit"]["seq"].is_i64());
+        assert!(line["audit"]["recorded_at"].is_string());
         assert_eq!(line["event_id"], rec.event_id.to_string());
         assert_eq!(line["event_type"], "backup_started");
         assert_eq!(line["organization_id"], org.to_string());
         assert_eq!(line["causation_id"], rec.causation_id);
         assert_eq!(line["correlation_id"], rec.correlation_id);
-        assert_eq!(line["payload"], rec.payload);
+        assert_eq!(line["event"], rec.payload);
         let at = DateTime::parse_from_rfc3339(line["occurred_at"].as_str().unwrap()).unwrap();
         assert_eq!(at, rec.occurred_at);
     }
@@ -135,7 +158,7 @@ async fn audit_list_prints_an_organizations_events_in_chain_order() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 1);
-    assert_eq!(lines[0]["chain_seq"], 2);
+    assert_eq!(lines[0]["audit"]["chain_seq"], 2);
 }
 
 #[tokio::test]

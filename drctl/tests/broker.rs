@@ -52,6 +52,22 @@ fn check_command(
     cmd
 }
 
+/// The stderr lines of `drctl events` up to the one saying it listens (that one returned).
+/// Takes the child's stderr.
+async fn listening(child: &mut tokio::process::Child) -> String {
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
+            .await
+            .expect("drctl listens")
+            .unwrap()
+            .expect("drctl says it listens before its stderr ends");
+        if line.contains("listening") {
+            return line;
+        }
+    }
+}
+
 #[tokio::test]
 async fn backup_no_wait_publishes_a_valid_command_to_dr_backup() {
     let vhost = TestVhost::new();
@@ -305,15 +321,8 @@ async fn events_limit_prints_a_published_event() {
         .spawn()
         .unwrap();
     // Wait until drctl's queue is bound.
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
-        .await
-        .expect("drctl listens")
-        .unwrap();
-    assert!(
-        ready.as_deref().is_some_and(|l| l.contains("listening")),
-        "{ready:?}"
-    );
+    let ready = listening(&mut child).await;
+    assert!(ready.contains(&format!("*.{org}")), "{ready}");
 
     // Another organization's event is filtered out by the binding.
     let started = |org| {
@@ -359,17 +368,8 @@ async fn events_tail_stops_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-    let ready = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
-        .await
-        .expect("drctl listens")
-        .unwrap();
-    assert!(
-        ready
-            .as_deref()
-            .is_some_and(|l| l.contains("backup_failed.*")),
-        "{ready:?}"
-    );
+    let ready = listening(&mut child).await;
+    assert!(ready.contains("backup_failed.*"), "{ready}");
     let pid = child.id().unwrap();
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -381,4 +381,208 @@ async fn events_tail_stops_on_sigterm() {
         .expect("drctl exits")
         .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn drctl_names_broker_and_vhost_and_warns_when_no_worker_consumes_the_queue() {
+    let vhost = TestVhost::new();
+    let org = OrganizationId::new();
+    let run = |args: Vec<String>| {
+        let mut c = drctl_async();
+        c.args(args)
+            .env("DR_AMQP_URL", &vhost.amqp_url)
+            .env("DR_AUTH_JWT_SECRET", JWT_SECRET);
+        c
+    };
+    let out = run(vec![
+        "drill".into(),
+        "--org".into(),
+        org.to_string(),
+        "--no-wait".into(),
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "drctl: broker 127.0.0.1:5672, vhost {}",
+            vhost.vhost
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no worker consumes dr.drill; the command waits in the queue"),
+        "{stderr}"
+    );
+    // No credentials, even the default ones.
+    assert!(!stderr.contains("guest"), "{stderr}");
+    // It did wait in the queue.
+    let (conn, _p) = vhost.publisher().await;
+    let d = next_message(&conn, CommandKind::Drill.queue(), 10).await;
+    check_command(&d, CommandKind::Drill, &org);
+
+    // With a consumer on dr.backup there is no warning.
+    let ch = conn.create_channel().await.unwrap();
+    let _consumer = ch
+        .basic_consume(
+            CommandKind::Backup.queue().into(),
+            "a-worker".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let out = run(vec![
+        "backup".into(),
+        "--org".into(),
+        org.to_string(),
+        "--no-wait".into(),
+    ])
+    .output()
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("drctl: broker 127.0.0.1:5672"), "{stderr}");
+    assert!(!stderr.contains("no worker consumes"), "{stderr}");
+
+    // `drctl events` names them too.
+    let mut child = run(vec!["events".into()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(20), stderr.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first,
+        format!("drctl: broker 127.0.0.1:5672, vhost {}", vhost.vhost)
+    );
+    let _ = child.kill().await;
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn restore_discard_publishes_a_staging_discard_to_dr_restore() {
+    let vhost = TestVhost::new();
+    let org = OrganizationId::new();
+    let job = drfleet_protocol::RestoreJobId::new();
+    let out = drctl_async()
+        .args([
+            "restore",
+            "discard",
+            "--org",
+            &org.to_string(),
+            "--job",
+            &job.to_string(),
+            "--no-wait",
+        ])
+        .env("DR_AMQP_URL", &vhost.amqp_url)
+        .env("DR_AUTH_JWT_SECRET", JWT_SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["routing_key"], format!("restore.{org}"));
+    let (conn, _p) = vhost.publisher().await;
+    let d = next_message(&conn, CommandKind::Restore.queue(), 10).await;
+    let cmd = check_command(&d, CommandKind::Restore, &org);
+    assert!(
+        matches!(&cmd.body, CommandBody::StagingDiscard(s) if s.restore_job_id == job),
+        "{:?}",
+        cmd.body
+    );
+    assert_eq!(
+        verifier().verify(&cmd.actor_token).unwrap().perms,
+        ["pf.backup.restore"]
+    );
+    let _ = conn.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn events_and_audit_list_print_one_event_in_the_same_shape() {
+    let vhost = TestVhost::new();
+    let db = TestDb::new().await;
+    let org = OrganizationId::new();
+    let (conn, p) = vhost.publisher().await;
+    let mut child = drctl_async()
+        .args(["events", "--org", &org.to_string(), "--limit", "1"])
+        .env("DR_AMQP_URL", &vhost.amqp_url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    listening(&mut child).await;
+    // Nanoseconds on the wire; the audit log keeps microseconds.
+    let mut ev = envelope(
+        Some(org),
+        "corr-shape",
+        Some(CommandId::new()),
+        Event::BackupCompleted(v1::BackupCompleted {
+            backup_record_id: BackupRecordId::new().to_string(),
+            tier: "full".into(),
+            byte_size: 1234,
+            checksum_sha256: "ab".repeat(32),
+            row_count: 0,
+            table_count: 2,
+            snapshot_at: Some(drfleet_protocol::events::timestamp(chrono::Utc::now())),
+            empty: true,
+            previous_row_count: 0,
+            warning_code: "EMPTY_BACKUP".into(),
+        }),
+    );
+    if let Some(t) = ev.occurred_at.as_mut() {
+        t.nanos = 123_456_789;
+    }
+    publish_event(&p, &ev).await;
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("drctl exits")
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let from_events: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+
+    // What the audit sink stores for this envelope.
+    let rec = drfleet_workers::audit::AuditRecord::from_envelope(&ev).unwrap();
+    drfleet_workers::audit::store_batch(&db.pool, &[rec])
+        .await
+        .unwrap();
+    let out = drctl_async()
+        .args(["audit", "list", "--org", &org.to_string()])
+        .env("DR_DATABASE_URL", &db.url)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let mut from_audit: serde_json::Value =
+        serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    let audit = from_audit
+        .as_object_mut()
+        .unwrap()
+        .remove("audit")
+        .expect("chain position under `audit`");
+    assert_eq!(audit["chain_seq"], 1);
+    assert_eq!(from_events, from_audit);
+    assert_eq!(from_events["event"]["empty"], true);
+    assert!(
+        from_events["occurred_at"]
+            .as_str()
+            .unwrap()
+            .ends_with(".123456Z"),
+        "{from_events}"
+    );
+    let _ = conn.close(200, "done".into()).await;
 }

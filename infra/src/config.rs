@@ -154,14 +154,34 @@ pub fn postgres_url(setting: &'static str, url: &str) -> Result<Secret<String>, 
     Ok(Secret::new(url.to_string()))
 }
 
-/// A 32-byte key given as base64.
+/// A 32-byte key given as base64. The error says what was expected and, for base64 of the
+/// wrong length, how many bytes it held; never the value.
 pub fn key32(setting: &'static str, b64: &str) -> Result<Secret<[u8; 32]>, ConfigError> {
+    const EXPECTED: &str = "must be base64 of 32 bytes (e.g. `head -c32 /dev/urandom | base64`)";
+    let b64 = b64.trim();
     let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|_| ConfigError::new(setting, "must be base64"))?;
-    let arr: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| ConfigError::new(setting, "must decode to exactly 32 bytes"))?;
+        .decode(b64)
+        .map_err(|_| {
+            let hint = if !b64.is_empty() && b64.bytes().all(|b| b.is_ascii_hexdigit()) {
+                "; got hex, not base64"
+            } else {
+                "; got text that is not base64"
+            };
+            ConfigError::new(setting, format!("{EXPECTED}{hint}"))
+        })?;
+    let n = bytes.len();
+    let arr: [u8; 32] = bytes.try_into().map_err(|_| {
+        // 64 hex digits happen to be valid base64 too (of 48 bytes).
+        let hex = if b64.len() == 64 && b64.bytes().all(|b| b.is_ascii_hexdigit()) {
+            ", which looks like hex; give base64"
+        } else {
+            ""
+        };
+        ConfigError::new(
+            setting,
+            format!("must be base64 of 32 bytes (got {n} bytes{hex})"),
+        )
+    })?;
     Ok(Secret::new(arr))
 }
 
@@ -282,10 +302,17 @@ mod tests {
         let e = key32("DR_MASTER_KEY", "c2VjcmV0LW1hcmtlcg==").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "invalid DR_MASTER_KEY: must decode to exactly 32 bytes"
+            "invalid DR_MASTER_KEY: must be base64 of 32 bytes (got 13 bytes)"
         );
         let e = key32("DR_MASTER_KEY", "not base64 SECRETMARKER").unwrap_err();
         assert!(!e.to_string().contains("SECRETMARKER"));
+        assert!(e.to_string().contains("must be base64 of 32 bytes"), "{e}");
+        let hex = "ab".repeat(32);
+        let e = key32("DR_MASTER_KEY", &hex).unwrap_err().to_string();
+        assert!(e.contains("got 48 bytes") && e.contains("hex"), "{e}");
+        assert!(!e.contains(&hex));
+        let e = key32("DR_MASTER_KEY", "abc").unwrap_err().to_string();
+        assert!(e.contains("got hex, not base64"), "{e}");
         let ok = key32(
             "DR_MASTER_KEY",
             &base64::engine::general_purpose::STANDARD.encode([7u8; 32]),

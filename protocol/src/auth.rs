@@ -17,6 +17,8 @@ pub fn required_permissions(body: &CommandBody) -> &'static [&'static str] {
             &[PERM_BACKUP_RESTORE, PERM_BACKUP_PROMOTE]
         }
         CommandBody::Restore(_) => &[PERM_BACKUP_RESTORE],
+        // Dropping one's own kept staging copy is part of restoring.
+        CommandBody::StagingDiscard(_) => &[PERM_BACKUP_RESTORE],
         CommandBody::Drill(_) => &[PERM_DRILL_RUN],
         CommandBody::Verify(_) => &[PERM_BACKUP_VERIFY],
     }

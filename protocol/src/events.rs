@@ -31,11 +31,13 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::DrDrillCompleted(_) => "dr_drill_completed",
         Event::VerifyCompleted(_) => "verify_completed",
         Event::CommandRejected(_) => "command_rejected",
+        Event::StagingExpired(_) => "staging_expired",
+        Event::StagingDiscarded(_) => "staging_discarded",
     }
 }
 
 /// Every event type name, in field order.
-pub const EVENT_TYPES: [&str; 9] = [
+pub const EVENT_TYPES: [&str; 11] = [
     "backup_started",
     "backup_completed",
     "backup_failed",
@@ -45,6 +47,8 @@ pub const EVENT_TYPES: [&str; 9] = [
     "dr_drill_completed",
     "verify_completed",
     "command_rejected",
+    "staging_expired",
+    "staging_discarded",
 ];
 
 /// A fresh envelope around `event`.
@@ -108,7 +112,9 @@ pub fn event_json(event: &Event) -> serde_json::Value {
         Event::BackupCompleted(e) => json!({
             "backup_record_id": e.backup_record_id, "tier": e.tier, "byte_size": e.byte_size,
             "checksum_sha256": e.checksum_sha256, "row_count": e.row_count,
-            "table_count": e.table_count, "snapshot_at": ts_json(&e.snapshot_at)}),
+            "table_count": e.table_count, "snapshot_at": ts_json(&e.snapshot_at),
+            "empty": e.empty, "previous_row_count": e.previous_row_count,
+            "warning_code": e.warning_code}),
         Event::BackupFailed(e) => json!({"backup_record_id": e.backup_record_id, "tier": e.tier,
             "error_code": e.error_code, "message": e.message}),
         Event::RestoreInitiated(e) => json!({"restore_job_id": e.restore_job_id,
@@ -131,5 +137,11 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             json!({"command_id": e.command_id, "reason_code": e.reason_code,
             "message": e.message})
         }
+        Event::StagingExpired(e) => json!({"restore_job_id": e.restore_job_id,
+            "backup_record_id": e.backup_record_id, "staging_schema": e.staging_schema,
+            "expired_at": ts_json(&e.expired_at), "dropped_at": ts_json(&e.dropped_at)}),
+        Event::StagingDiscarded(e) => json!({"restore_job_id": e.restore_job_id,
+            "backup_record_id": e.backup_record_id, "staging_schema": e.staging_schema,
+            "discarded_at": ts_json(&e.discarded_at), "operator": e.operator}),
     }
 }

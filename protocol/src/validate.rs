@@ -9,7 +9,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use prost::Message;
 
-use crate::ids::{BackupRecordId, CommandId, OrganizationId};
+use crate::ids::{BackupRecordId, CommandId, OrganizationId, RestoreJobId};
 use crate::topology::CommandKind;
 use crate::v1::{self, command_envelope::Command};
 
@@ -120,6 +120,12 @@ pub struct VerifySpec {
     pub backup_record_id: BackupRecordId,
 }
 
+/// Drop a kept STAGING schema now (a `restore`-kind command: routed to `dr.restore`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StagingDiscardSpec {
+    pub restore_job_id: RestoreJobId,
+}
+
 /// The command proper; stored as JSON on its job.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -128,6 +134,7 @@ pub enum CommandBody {
     Restore(RestoreSpec),
     Drill(DrillSpec),
     Verify(VerifySpec),
+    StagingDiscard(StagingDiscardSpec),
 }
 
 impl CommandBody {
@@ -137,6 +144,7 @@ impl CommandBody {
             Self::Restore(_) => CommandKind::Restore,
             Self::Drill(_) => CommandKind::Drill,
             Self::Verify(_) => CommandKind::Verify,
+            Self::StagingDiscard(_) => CommandKind::Restore,
         }
     }
 }
@@ -240,7 +248,7 @@ pub fn validate_envelope(
     let Some(command) = env.command else {
         return Err(with_ctx(invalid(
             "command",
-            "is not set (one of backup, restore, drill, verify)",
+            "is not set (one of backup, restore, drill, verify, staging_discard)",
         )));
     };
     let body = match command {
@@ -320,6 +328,11 @@ pub fn validate_envelope(
                 .parse()
                 .map_err(|_| with_ctx(invalid("verify.backup_record_id", "is not a UUID")))?,
         }),
+        Command::StagingDiscard(d) => CommandBody::StagingDiscard(StagingDiscardSpec {
+            restore_job_id: d.restore_job_id.parse().map_err(|_| {
+                with_ctx(invalid("staging_discard.restore_job_id", "is not a UUID"))
+            })?,
+        }),
     };
     if let Some(expected) = expected
         && body.kind() != expected
@@ -366,6 +379,9 @@ impl ValidCommand {
             }),
             CommandBody::Verify(v) => Command::Verify(v1::VerifyCommand {
                 backup_record_id: v.backup_record_id.to_string(),
+            }),
+            CommandBody::StagingDiscard(d) => Command::StagingDiscard(v1::StagingDiscardCommand {
+                restore_job_id: d.restore_job_id.to_string(),
             }),
         };
         v1::CommandEnvelope {

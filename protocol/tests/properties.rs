@@ -57,6 +57,9 @@ fn valid_command() -> impl Strategy<Value = Command> {
             })
         }),
         uuid().prop_map(|backup_record_id| Command::Verify(v1::VerifyCommand { backup_record_id })),
+        uuid().prop_map(
+            |restore_job_id| Command::StagingDiscard(v1::StagingDiscardCommand { restore_job_id })
+        ),
     ]
 }
 
@@ -89,6 +92,7 @@ fn kind_of(c: &Command) -> CommandKind {
         Command::Restore(_) => CommandKind::Restore,
         Command::Drill(_) => CommandKind::Drill,
         Command::Verify(_) => CommandKind::Verify,
+        Command::StagingDiscard(_) => CommandKind::Restore,
     }
 }
 
@@ -132,6 +136,9 @@ fn arbitrary_envelope() -> impl Strategy<Value = v1::CommandEnvelope> {
         marked().prop_map(|backup_record_id| Some(Command::Verify(v1::VerifyCommand {
             backup_record_id
         }))),
+        marked().prop_map(|restore_job_id| Some(Command::StagingDiscard(
+            v1::StagingDiscardCommand { restore_job_id }
+        ))),
     ];
     (
         marked(),

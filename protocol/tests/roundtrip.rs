@@ -11,7 +11,7 @@ use drfleet_protocol::topology::{CommandKind, UNKNOWN_ORG};
 use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{
     self, BackupSpec, CommandBody, DrillSpec, ReasonCode, Rejection, RestoreMode, RestoreSpec,
-    VerifySpec,
+    StagingDiscardSpec, VerifySpec,
 };
 use drfleet_protocol::{BackupRecordId, CommandId, OrganizationId};
 use prost::Message;
@@ -115,6 +115,13 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
                 backup_record_id: record(),
             }),
         ),
+        (
+            "staging discard",
+            envelope(staging_discard(RESTORE_JOB_ID)),
+            CommandBody::StagingDiscard(StagingDiscardSpec {
+                restore_job_id: RESTORE_JOB_ID.parse().unwrap(),
+            }),
+        ),
     ]
 }
 
@@ -173,7 +180,12 @@ fn every_command_kind_round_trips() {
 fn command_body_json_is_tagged_by_kind_and_round_trips() {
     for (name, _, body) in command_cases() {
         let json = serde_json::to_value(&body).unwrap();
-        assert_eq!(json["kind"], body.kind().as_str(), "{name}: {json}");
+        // The tag names the body; a staging discard is a `restore`-kind command.
+        let tag = match body {
+            CommandBody::StagingDiscard(_) => "staging_discard",
+            _ => body.kind().as_str(),
+        };
+        assert_eq!(json["kind"], tag, "{name}: {json}");
         let back: CommandBody = serde_json::from_value(json).unwrap();
         assert_eq!(back, body, "{name}");
     }
@@ -271,6 +283,9 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 row_count: u64::MAX,
                 table_count: 17,
                 snapshot_at: ts(1_760_000_000),
+                empty: false,
+                previous_row_count: u64::MAX,
+                warning_code: "ROW_COUNT_DROP".into(),
             }),
         ),
         (
@@ -354,6 +369,26 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 message: "missing permission pf.backup.create".into(),
             }),
         ),
+        (
+            "staging_expired",
+            Event::StagingExpired(v1::StagingExpired {
+                restore_job_id: RESTORE_JOB_ID.into(),
+                backup_record_id: RECORD_ID.into(),
+                staging_schema: "dr_restore_8f600000000000bb".into(),
+                expired_at: ts(1_760_000_010),
+                dropped_at: ts(1_760_000_011),
+            }),
+        ),
+        (
+            "staging_discarded",
+            Event::StagingDiscarded(v1::StagingDiscarded {
+                restore_job_id: RESTORE_JOB_ID.into(),
+                backup_record_id: RECORD_ID.into(),
+                staging_schema: "dr_restore_8f600000000000bb".into(),
+                discarded_at: ts(1_760_000_012),
+                operator: "user-1".into(),
+            }),
+        ),
     ]
 }
 
@@ -368,7 +403,9 @@ fn _exhaustive(e: &Event) {
         | Event::RestoreFailed(_)
         | Event::DrDrillCompleted(_)
         | Event::VerifyCompleted(_)
-        | Event::CommandRejected(_) => {}
+        | Event::CommandRejected(_)
+        | Event::StagingExpired(_)
+        | Event::StagingDiscarded(_) => {}
     }
 }
 
@@ -386,7 +423,7 @@ fn event_envelope(org: &str, event: Event) -> v1::EventEnvelope {
 #[test]
 fn every_event_variant_round_trips() {
     let samples = sample_events();
-    assert_eq!(samples.len(), 9);
+    assert_eq!(samples.len(), 11);
     for (name, event) in samples {
         let env = event_envelope(ORG_ID, event);
         let bytes = encode(&env);

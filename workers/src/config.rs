@@ -124,6 +124,11 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_RESTORE_SEGMENT_MIB", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub restore_segment_mib: u32,
 
+    /// How long a completed STAGING restore keeps its schema unless promoted or discarded:
+    /// a duration such as 90s, 15m, 24h or 7d. The restore role's sweep drops expired ones.
+    #[arg(long, env = "DR_STAGING_TTL", default_value = "24h")]
+    pub staging_ttl: String,
+
     /// Seconds a job lease lasts without a heartbeat before another worker may take the job.
     #[arg(long, env = "DR_JOB_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub job_lease_secs: u64,
@@ -172,6 +177,8 @@ pub struct WorkerConfig {
     pub job_stall: Duration,
     /// Bytes of COPY text per restore loading transaction (DR_RESTORE_SEGMENT_MIB).
     pub restore_segment_bytes: usize,
+    /// Lifetime of a kept STAGING schema (DR_STAGING_TTL).
+    pub staging_ttl: Duration,
     pub shutdown_grace: Duration,
     pub worker_id: String,
     /// Poll interval of job runners and the outbox relay when no notification arrives.
@@ -281,9 +288,66 @@ impl WorkerConfig {
             job_lease: Duration::from_secs(cli.job_lease_secs),
             job_stall: Duration::from_secs(cli.job_stall_secs),
             restore_segment_bytes: (cli.restore_segment_mib as usize) << 20,
+            staging_ttl: human_duration("DR_STAGING_TTL", &cli.staging_ttl)?,
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs),
             worker_id,
             poll_interval: Duration::from_secs(1),
         })
+    }
+}
+
+/// Longest accepted DR_STAGING_TTL: a year.
+const MAX_HUMAN_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A positive whole number with a unit: `90s`, `15m`, `24h`, `7d`.
+pub fn human_duration(setting: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    let bad = || ConfigError::new(setting, "must be a duration such as 90s, 15m, 24h or 7d");
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| bad())?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    let d = Duration::from_secs(n.checked_mul(unit_secs).ok_or_else(bad)?);
+    if d.is_zero() || d > MAX_HUMAN_DURATION {
+        return Err(ConfigError::new(
+            setting,
+            "must be between 1s and 366d, e.g. 90s, 15m, 24h or 7d",
+        ));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        let d = |s| human_duration("DR_STAGING_TTL", s);
+        assert_eq!(d("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(d("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(d("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(d("7d").unwrap(), Duration::from_secs(7 * 86_400));
+        for bad in [
+            "",
+            "24",
+            "h",
+            "1.5h",
+            "-1h",
+            "0s",
+            "10w",
+            "24 h",
+            "400d",
+            "99999999999999999999d",
+        ] {
+            let e = d(bad).unwrap_err();
+            assert_eq!(e.setting, "DR_STAGING_TTL", "{bad}");
+        }
     }
 }

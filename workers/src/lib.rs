@@ -149,6 +149,14 @@ pub async fn run_with_handlers(
     }
     runners.close();
 
+    // The restore role also drops STAGING schemas past DR_STAGING_TTL.
+    let sweeper = if config.roles.contains(&Role::Restore) {
+        let s = roles::staging_ttl::Sweeper::new(&config, pool.clone())?;
+        Some(tokio::spawn(s.run(shutdown.clone())))
+    } else {
+        None
+    };
+
     // Consumers.
     let mut consumers = Vec::new();
     if !kinds.is_empty() {
@@ -222,6 +230,9 @@ pub async fn run_with_handlers(
         tracing::warn!("shutdown grace over: handing back in-flight jobs");
         abandon.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), runners.wait()).await;
+    }
+    if let Some(s) = sweeper {
+        let _ = s.await;
     }
     relay_stop.cancel();
     let _ = relay_task.await;

@@ -42,6 +42,7 @@ fn event(org: &OrganizationId, i: u64) -> v1::EventEnvelope {
             row_count: i * 10,
             table_count: 3,
             snapshot_at: Some(drfleet_protocol::events::timestamp(chrono::Utc::now())),
+            ..Default::default()
         }),
     )
 }

@@ -138,6 +138,7 @@ fn help_lists_every_setting_without_secret_values() {
         "DR_HTTP_ADDR",
         "DR_LOG_FORMAT",
         "DR_ROLE",
+        "DR_STAGING_TTL",
     ] {
         assert!(help.contains(s), "--help documents {s}");
     }
@@ -212,4 +213,29 @@ async fn worker_process_becomes_ready_and_exits_0_on_sigterm() {
     }
     assert!(!stderr.contains(JWT_SECRET) && !stderr.contains(&master_key_b64()));
     env.cleanup().await;
+}
+
+#[test]
+fn staging_ttl_and_master_key_errors_say_what_was_expected() {
+    let env = base_env();
+    for bad in ["24", "1.5h", "0s", "tomorrow"] {
+        let e = expect_config_error(&with(&env, "DR_STAGING_TTL", bad), &["--role", "restore"]);
+        assert!(e.contains("DR_STAGING_TTL") && e.contains("24h"), "{e}");
+    }
+    // Base64 of 16 bytes: says how many it got, never the value.
+    let short = "MDEyMzQ1Njc4OWFiY2RlZg==";
+    let e = expect_config_error(&with(&env, "DR_MASTER_KEY", short), &["--role", "backup"]);
+    assert!(
+        e.contains("DR_MASTER_KEY must be base64 of 32 bytes (got 16 bytes)")
+            || e.contains("DR_MASTER_KEY: must be base64 of 32 bytes (got 16 bytes)"),
+        "{e}"
+    );
+    assert!(!e.contains(short), "{e}");
+    // A hex key (64 digits) is named as such.
+    let hex = "ab".repeat(32);
+    let e = expect_config_error(&with(&env, "DR_MASTER_KEY", &hex), &["--role", "backup"]);
+    assert!(
+        e.contains("got 48 bytes") && e.contains("hex") && !e.contains(&hex),
+        "{e}"
+    );
 }

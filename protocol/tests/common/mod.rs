@@ -9,6 +9,7 @@ use prost_types::Timestamp;
 pub const COMMAND_ID: &str = "0190f1a2-3b4c-7d5e-8f60-718293a4b5c6";
 pub const ORG_ID: &str = "0190f1a2-3b4c-7d5e-8f60-000000000001";
 pub const RECORD_ID: &str = "0190f1a2-3b4c-7d5e-8f60-0000000000aa";
+pub const RESTORE_JOB_ID: &str = "0190f1a2-3b4c-7d5e-8f60-0000000000bb";
 pub const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1LTEifQ.SECRET-TOKEN-SIG-5d2c";
 pub const CORRELATION: &str = "corr-42";
 
@@ -62,12 +63,19 @@ pub fn verify(record: &str) -> Command {
     })
 }
 
+pub fn staging_discard(job: &str) -> Command {
+    Command::StagingDiscard(v1::StagingDiscardCommand {
+        restore_job_id: job.into(),
+    })
+}
+
 pub fn kind_of(command: &Command) -> CommandKind {
     match command {
         Command::Backup(_) => CommandKind::Backup,
         Command::Restore(_) => CommandKind::Restore,
         Command::Drill(_) => CommandKind::Drill,
         Command::Verify(_) => CommandKind::Verify,
+        Command::StagingDiscard(_) => CommandKind::Restore,
     }
 }
 

@@ -29,7 +29,7 @@ use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidComman
 use drfleet_storage::keys;
 
 use super::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
-use super::{RoleCtx, source_error};
+use super::{RoleCtx, shrink, source_error};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
 use crate::outbox;
 
@@ -391,6 +391,15 @@ impl JobHandler for BackupHandler {
             .bind(started.elapsed().as_millis() as i64)
             .execute(&mut *tx)
             .await?;
+            let shrink = shrink::assess(
+                &mut tx,
+                org,
+                job.id.as_uuid(),
+                &b.tier,
+                &b.policy_id,
+                m.row_count,
+            )
+            .await?;
             let ev = job.event(Event::BackupCompleted(v1::BackupCompleted {
                 backup_record_id: job.id.to_string(),
                 tier: b.tier.clone(),
@@ -399,6 +408,9 @@ impl JobHandler for BackupHandler {
                 row_count: m.row_count,
                 table_count: m.tables.len() as u32,
                 snapshot_at: Some(timestamp(snapshot_at)),
+                empty: shrink.empty,
+                previous_row_count: shrink.previous_row_count.unwrap_or(0),
+                warning_code: shrink.warning_code.unwrap_or_default().to_string(),
             }));
             outbox::enqueue(&mut tx, &ev).await?;
             ctx.finish_in(&mut tx).await?;
@@ -411,6 +423,15 @@ impl JobHandler for BackupHandler {
                 ms = started.elapsed().as_millis() as u64,
                 "backup completed"
             );
+            if let Some(code) = shrink.warning_code {
+                tracing::warn!(
+                    backup_record_id = %job.id,
+                    code,
+                    rows = m.row_count,
+                    previous_rows = shrink.previous_row_count,
+                    "backup completed with a warning"
+                );
+            }
             Ok(())
         })
     }

@@ -7,7 +7,9 @@ pub mod backup;
 pub mod catalog;
 pub mod restore;
 pub mod rowset;
+pub mod shrink;
 pub mod staging;
+pub mod staging_ttl;
 pub mod verify;
 
 use std::sync::Arc;
@@ -65,6 +67,8 @@ pub struct RoleCtx {
     pub tenant_schema: String,
     /// See [`crate::config::WorkerConfig::restore_segment_bytes`].
     pub restore_segment_bytes: usize,
+    /// See [`crate::config::WorkerConfig::staging_ttl`].
+    pub staging_ttl: std::time::Duration,
 }
 
 impl RoleCtx {
@@ -108,6 +112,7 @@ impl RoleCtx {
             tenant_column: config.tenant_column.clone(),
             tenant_schema: config.tenant_schema.clone(),
             restore_segment_bytes: config.restore_segment_bytes,
+            staging_ttl: config.staging_ttl,
         })
     }
 }

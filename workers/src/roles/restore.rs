@@ -323,6 +323,9 @@ impl JobHandler for RestoreHandler {
         cmd: &'a ValidCommand,
         _actor: &'a Actor,
     ) -> BoxFuture<'a, Result<Admission, AdmitError>> {
+        if let CommandBody::StagingDiscard(_) = &cmd.body {
+            return super::staging_ttl::admit_discard(tx, cmd);
+        }
         Box::pin(async move {
             let CommandBody::Restore(r) = &cmd.body else {
                 return Err(AdmitError::Reject(Rejection::new(
@@ -361,6 +364,9 @@ impl JobHandler for RestoreHandler {
     }
 
     fn run<'a>(&'a self, ctx: &'a JobCtx) -> BoxFuture<'a, Result<(), JobError>> {
+        if let CommandBody::StagingDiscard(_) = &ctx.job.spec {
+            return super::staging_ttl::run_discard(&self.ctx.source, ctx);
+        }
         Box::pin(async move {
             let job = &ctx.job;
             let r = spec(job)?;
@@ -433,6 +439,7 @@ impl JobHandler for RestoreHandler {
             .bind((r.mode == RestoreMode::Promote).then_some(lock_ms as i64))
             .execute(&mut *tx)
             .await?;
+            super::staging_ttl::stamp_expiry(&mut tx, job.id, self.ctx.staging_ttl).await?;
             let ev = job.event(Event::RestoreCompleted(v1::RestoreCompleted {
                 restore_job_id: job.id.to_string(),
                 backup_record_id: r.backup_record_id.to_string(),
@@ -458,6 +465,9 @@ impl JobHandler for RestoreHandler {
         job: &'a Job,
         err: &'a JobError,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        if let CommandBody::StagingDiscard(_) = &job.spec {
+            return super::staging_ttl::discard_failed(tx, job, err);
+        }
         Box::pin(async move {
             let (record, mode) = match spec(job) {
                 Ok(r) => (r.backup_record_id.to_string(), r.mode.as_str()),

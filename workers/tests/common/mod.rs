@@ -229,6 +229,7 @@ pub async fn publish_command(p: &ConfirmPublisher, env: &v1::CommandEnvelope) {
         Some(v1::command_envelope::Command::Restore(_)) => CommandKind::Restore,
         Some(v1::command_envelope::Command::Drill(_)) => CommandKind::Drill,
         Some(v1::command_envelope::Command::Verify(_)) => CommandKind::Verify,
+        Some(v1::command_envelope::Command::StagingDiscard(_)) => CommandKind::Restore,
         None => CommandKind::Backup,
     };
     publish_raw(
