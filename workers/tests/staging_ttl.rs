@@ -4,24 +4,10 @@
 
 mod common;
 
-use tokio_util::sync::CancellationToken;
-
+use common::restore::start_with;
 use common::*;
 use drfleet_protocol::OrganizationId;
 use drfleet_protocol::v1::{self, event_envelope::Event};
-
-fn start_with(
-    env: &TestEnv,
-    overrides: &[(&str, String)],
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let cfg = env.config_with("backup,restore", overrides);
-    let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    (
-        shutdown,
-        tokio::spawn(async move { drfleet_workers::run(cfg, s).await.expect("worker runs") }),
-    )
-}
 
 async fn schema_exists(env: &TestEnv, schema: &str) -> bool {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")

@@ -84,25 +84,7 @@ impl RoleCtx {
                 .map(|(id, k)| MasterKey::new(id.clone(), *k.expose()))
                 .collect(),
         );
-        let opts: PgConnectOptions = config
-            .source_database_url
-            .expose()
-            .parse()
-            .map_err(|_| RunError::Role("DR_SOURCE_DATABASE_URL is invalid".into()))?;
-        // Lazy: the source database is checked when a job needs it, and its outage fails
-        // (and retries) jobs rather than the process.
-        let source = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(std::time::Duration::from_secs(10))
-            .connect_lazy_with(
-                opts.application_name("drfleet-worker-source")
-                    // Whole-table statements (staging checks, promotion) take seconds to
-                    // minutes by design; only warn when one runs unusually long.
-                    .log_slow_statements(
-                        log::LevelFilter::Warn,
-                        std::time::Duration::from_secs(600),
-                    ),
-            );
+        let source = source_pool(config, "drfleet-worker-source", 8)?;
         let store = ArtifactStore::open(&config.object_store)
             .map_err(|e| RunError::Role(format!("artifact store: {e}")))?;
         Ok(Self {
@@ -115,6 +97,29 @@ impl RoleCtx {
             staging_ttl: config.staging_ttl,
         })
     }
+}
+
+/// A lazy pool on the tenant database (DR_SOURCE_DATABASE_URL): its outage fails (and
+/// retries) the jobs that need it rather than the process.
+pub(crate) fn source_pool(
+    config: &WorkerConfig,
+    application_name: &str,
+    max_connections: u32,
+) -> Result<sqlx::PgPool, RunError> {
+    let opts: PgConnectOptions = config
+        .source_database_url
+        .expose()
+        .parse()
+        .map_err(|_| RunError::Role("DR_SOURCE_DATABASE_URL is invalid".into()))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(std::time::Duration::from_secs(10))
+        .connect_lazy_with(
+            opts.application_name(application_name)
+                // Whole-table statements (staging checks, promotion) take seconds to
+                // minutes by design; only warn when one runs unusually long.
+                .log_slow_statements(log::LevelFilter::Warn, std::time::Duration::from_secs(600)),
+        ))
 }
 
 /// The command handlers for the configured roles.

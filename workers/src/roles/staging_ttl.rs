@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
@@ -240,15 +239,7 @@ pub struct Sweeper {
 impl Sweeper {
     /// `pool` is the metadata database; the tenant database is opened lazily from `config`.
     pub fn new(config: &WorkerConfig, pool: PgPool) -> Result<Self, RunError> {
-        let opts: PgConnectOptions = config
-            .source_database_url
-            .expose()
-            .parse()
-            .map_err(|_| RunError::Role("DR_SOURCE_DATABASE_URL is invalid".into()))?;
-        let source = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(opts.application_name("drfleet-worker-staging-sweep"));
+        let source = super::source_pool(config, "drfleet-worker-staging-sweep", 1)?;
         Ok(Self {
             pool,
             source,
