@@ -240,17 +240,18 @@ pub fn describe(table: &str, reach: &Reach) -> String {
         Reach::TenantColumn { column } => format!("tenant column {column}"),
         Reach::Root { column } => format!("tenant root ({column})"),
         Reach::Path { hops, column } => {
-            let mut s = String::from(table);
+            let mut s = String::from("path ");
+            let mut child = table;
             for h in hops {
                 s.push_str(&format!(
-                    "({}) → {}({})",
+                    "{child}({}) → {}({}); ",
                     h.columns.join(", "),
                     h.parent,
                     h.parent_columns.join(", ")
                 ));
+                child = &h.parent;
             }
-            let last = hops.last().map(|h| h.parent.as_str()).unwrap_or(table);
-            format!("path {s}; {last}.{column}")
+            format!("{s}{child}.{column}")
         }
     }
 }
