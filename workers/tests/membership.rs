@@ -23,14 +23,19 @@ const MEMBERS: [&str; 7] = [
     "org_settings",
 ];
 
-/// organizations (root) ← invoices (tenant column) ← invoice_lines ← line_notes (nullable
+/// organizations (root; `ext.badges`, outside the tenant schema, references its slug) ← invoices (tenant column) ← invoice_lines ← line_notes (nullable
 /// key); projects has a composite key with the tenant column, project_files references it
 /// by a composite key without having the tenant column; org_settings references the root
 /// only; plans and countries are global, tag_a ⇄ tag_b is a cycle leading nowhere (global).
 async fn seed(env: &TestEnv, orgs: &[(&OrganizationId, i64)]) {
     sqlx::raw_sql(
         r#"
-        CREATE TABLE organizations (id uuid PRIMARY KEY, name text NOT NULL);
+        CREATE TABLE organizations (id uuid PRIMARY KEY, name text NOT NULL, slug text NOT NULL UNIQUE);
+        CREATE SCHEMA ext;
+        CREATE TABLE ext.badges (
+            id serial PRIMARY KEY,
+            org_slug text NOT NULL REFERENCES public.organizations(slug) ON UPDATE CASCADE
+        );
         CREATE TABLE plans (code text PRIMARY KEY, price int NOT NULL);
         CREATE TABLE countries (code text PRIMARY KEY, name text NOT NULL);
         CREATE TABLE invoices (
@@ -82,7 +87,8 @@ async fn seed(env: &TestEnv, orgs: &[(&OrganizationId, i64)]) {
     .unwrap();
     for (org, b) in orgs {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO organizations VALUES ('{org}', 'org {b}');
+            "INSERT INTO organizations VALUES ('{org}', 'org {b}', 'org-{b}');
+             INSERT INTO ext.badges (org_slug) VALUES ('org-{b}');
              INSERT INTO invoices SELECT {b} + g, '{org}', CASE WHEN g % 2 = 0 THEN 'gold' END, g * 1.5 FROM generate_series(1, 30) g;
              INSERT INTO invoice_lines SELECT {b} * 10 + g, {b} + 1 + g % 30, g, 'line ' || g FROM generate_series(1, 200) g;
              INSERT INTO line_notes (line_id, body) SELECT {b} * 10 + g, 'note ' || g FROM generate_series(1, 200, 3) g;
@@ -306,22 +312,21 @@ async fn tables_reached_by_keys_and_the_root_row_are_backed_up_staged_and_promot
         "other tenants, global rows of member tables and global tables are untouched"
     );
 
-    // The tenant deleted whole, root row and all (everything cascades from it).
-    sqlx::query("DELETE FROM organizations WHERE id = $1")
-        .bind(org.as_uuid())
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    // The tenant deleted whole, root row and all (everything cascades from it; its badge
+    // outside the tenant schema goes first).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM ext.badges WHERE org_slug = 'org-0'; DELETE FROM organizations WHERE id = '{org}';"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
     assert!(
         tenant_rows(&env, &org, "public", false)
             .await
             .iter()
             .all(|d| d.ends_with(":0"))
     );
-    assert_eq!(
-        fingerprint_except(&env.pool, &tenant_conditions(&org)).await,
-        outside
-    );
+    let outside = fingerprint_except(&env.pool, &tenant_conditions(&org)).await;
     promote(&tap, &p, &org, &record).await;
     assert_eq!(
         tenant_rows(&env, &org, "public", false).await,
@@ -425,6 +430,68 @@ async fn a_named_tier_takes_the_path_of_its_tables_and_a_table_of_nobody_is_refu
             "projects"
         ]
     );
+
+    shutdown.cancel();
+    worker.await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_root_row_is_updated_not_deleted_and_rows_outside_still_referencing_its_old_values_refuse_the_promotion()
+ {
+    let env = TestEnv::new().await;
+    let (org, other) = (OrganizationId::new(), OrganizationId::new());
+    seed(&env, &[(&org, 0), (&other, 100_000)]).await;
+    let (shutdown, worker) = start_with(&env, &[("DR_TENANT_ROOT", ROOT.into())]);
+    let tap = EventTap::new(&env).await;
+    let (_c, p) = env.publisher().await;
+    let record = backup(&env, &tap, &p, &org).await;
+
+    // The slug moves (its badge follows by ON UPDATE CASCADE) and a new badge uses it: the
+    // backup's slug would leave both dangling.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE organizations SET slug = 'moved' WHERE id = '{org}';
+         INSERT INTO ext.badges (org_slug) VALUES ('moved');"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let everything = fingerprint_except(&env.pool, &[]).await;
+    let cmd = restore_command(
+        &org,
+        &record,
+        v1::RestoreMode::Promote,
+        &token(&org, &["pf.backup.restore", "pf.backup.promote"]),
+    );
+    let events = run_command(&tap, &p, &cmd).await;
+    let Some(Event::RestoreFailed(failed)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(failed.error_code, "PROMOTE_WOULD_ORPHAN", "{failed:?}");
+    assert!(
+        failed
+            .message
+            .contains("badges(org_slug) → organizations: 2 rows"),
+        "{}",
+        failed.message
+    );
+    assert_eq!(fingerprint_except(&env.pool, &[]).await, everything);
+
+    // Back to the old slug: the promotion updates the root row in place.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM ext.badges WHERE org_slug = 'moved' AND id > 2;
+         UPDATE organizations SET slug = 'org-0', name = 'renamed' WHERE id = '{org}';"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    promote(&tap, &p, &org, &record).await;
+    let name: String = sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1")
+        .bind(org.as_uuid())
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(name, "org 0");
 
     shutdown.cancel();
     worker.await.unwrap();

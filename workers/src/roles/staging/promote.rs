@@ -312,7 +312,6 @@ pub async fn promote(
         .iter()
         .rev()
         .map(|t| (t, membership::reach_of(t, &ctx.tenant_column)))
-        .filter(|(_, r)| !matches!(r, Reach::Root { .. }))
         .collect();
     deletions.sort_by_key(|(_, r)| match r {
         Reach::Path { hops, .. } => std::cmp::Reverse(hops.len()),
@@ -322,14 +321,23 @@ pub async fn promote(
     for (t, reach) in deletions {
         let name = quote_ident(&t.name);
         let mine = membership::predicate(&reach, &live, "t", "$1");
+        let root = match &reach {
+            Reach::Root { column } => Some(column),
+            _ => None,
+        };
         let mut cols: Vec<&String> = incoming
             .iter()
-            .filter(|k| k.parent_name == t.name)
+            // The root's key column never changes (it is the upsert's conflict target).
+            .filter(|k| {
+                k.parent_name == t.name && root.is_none_or(|c| k.parent_cols != [c.clone()])
+            })
             .flat_map(|k| &k.parent_cols)
             .collect();
         cols.sort();
         cols.dedup();
-        let sql = if cols.is_empty() {
+        let sql = if root.is_some() && cols.is_empty() {
+            continue;
+        } else if cols.is_empty() {
             format!("DELETE FROM {live}.{name} t WHERE {mine}")
         } else {
             let tmp = format!("dr_gone_{}", gone.len());
@@ -340,11 +348,17 @@ pub async fn promote(
             )))
             .execute(&mut *tx)
             .await)?;
-            gone.push((t.name.clone(), tmp.clone()));
-            format!(
-                "WITH d AS (DELETE FROM {live}.{name} t WHERE {mine} RETURNING {list}) \
-                 INSERT INTO pg_temp.{tmp} SELECT {list} FROM d"
-            )
+            let kept: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+            gone.push((t.name.clone(), tmp.clone(), kept));
+            if root.is_some() {
+                // Not deleted but updated: its old keys, for the orphan check all the same.
+                format!("INSERT INTO pg_temp.{tmp} SELECT {list} FROM {live}.{name} t WHERE {mine}")
+            } else {
+                format!(
+                    "WITH d AS (DELETE FROM {live}.{name} t WHERE {mine} RETURNING {list}) \
+                     INSERT INTO pg_temp.{tmp} SELECT {list} FROM d"
+                )
+            }
         };
         src(sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(org)
@@ -385,7 +399,10 @@ pub async fn promote(
     // (a) Rows outside the backup still referencing a key the backup does not bring back.
     let mut orphans = Vec::new();
     for k in &incoming {
-        let Some((_, tmp)) = gone.iter().find(|(t, _)| *t == k.parent_name) else {
+        // (The root keeps only the keys that can change: not its key column.)
+        let Some((_, tmp, _)) = gone.iter().find(|(t, _, kept)| {
+            *t == k.parent_name && k.parent_cols.iter().all(|c| kept.contains(c))
+        }) else {
             continue;
         };
         let child: Vec<String> = k
