@@ -100,7 +100,8 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_AUTH_JWT_PUBLIC_KEY", hide_env_values = true)]
     pub auth_jwt_public_key: Option<String>,
 
-    /// Tenant column present in every tenant table.
+    /// Tenant column. Tables without it belong to a tenant through their foreign keys
+    /// (see docs/architecture.md, "Tenant membership").
     #[arg(long, env = "DR_TENANT_COLUMN", default_value = "organization_id")]
     pub tenant_column: String,
 
