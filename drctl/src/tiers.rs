@@ -45,29 +45,29 @@ pub async fn show(a: &TiersShowArgs) -> Result<Outcome, Error> {
         (None, None) => ("DR_SOURCE_DATABASE_URL", ""),
     };
     let source = postgres_url(source_setting, source)?;
-    // A named tier's tables come from the metadata database; `full` is every member.
-    let names: Option<Vec<String>> = if a.name == "full" {
-        None
-    } else {
-        let meta = postgres_url("DR_DATABASE_URL", a.database_url.as_deref().unwrap_or(""))?;
-        let mut conn = sqlx::PgConnection::connect(meta.expose()).await?;
-        let tier: Option<(bool, Vec<String>)> = sqlx::query_as(
-            "SELECT all_tables, tables FROM pf_backup_tiers WHERE name = $1 \
-               AND (organization_id = $2 OR organization_id IS NULL) \
-             ORDER BY organization_id NULLS LAST LIMIT 1",
-        )
-        .bind(&a.name)
-        .bind(a.org.map(|o| o.as_uuid()))
-        .fetch_optional(&mut conn)
-        .await?;
-        let _ = conn.close().await;
-        match tier {
-            None => {
-                eprintln!("drctl: tier {} not found", a.name);
-                return Ok(Outcome::Failed);
+    // The tier comes from the metadata database; without one, `full` is every member.
+    let (all_tables, entries): (bool, Vec<String>) = match (&a.database_url, a.name.as_str()) {
+        (None, "full") => (true, Vec::new()),
+        (meta, _) => {
+            let meta = postgres_url("DR_DATABASE_URL", meta.as_deref().unwrap_or(""))?;
+            let mut conn = sqlx::PgConnection::connect(meta.expose()).await?;
+            let tier: Option<(bool, Vec<String>)> = sqlx::query_as(
+                "SELECT all_tables, tables FROM pf_backup_tiers WHERE name = $1 \
+                   AND (organization_id = $2 OR organization_id IS NULL) \
+                 ORDER BY organization_id NULLS LAST LIMIT 1",
+            )
+            .bind(&a.name)
+            .bind(a.org.map(|o| o.as_uuid()))
+            .fetch_optional(&mut conn)
+            .await?;
+            let _ = conn.close().await;
+            match tier {
+                Some(t) => t,
+                None => {
+                    eprintln!("drctl: tier {} not found", a.name);
+                    return Ok(Outcome::Failed);
+                }
             }
-            Some((true, _)) => None,
-            Some((false, tables)) => Some(tables),
         }
     };
     let layout = Layout {
@@ -77,8 +77,15 @@ pub async fn show(a: &TiersShowArgs) -> Result<Outcome, Error> {
     };
     let mut conn = sqlx::PgConnection::connect(source.expose()).await?;
     let result = async {
-        let tables = resolve_tables(&mut conn, &layout, names.as_deref()).await?;
-        let (all, resolved) = membership::membership(&mut conn, &layout).await?;
+        let tables = resolve_tables(&mut conn, &layout, all_tables, &entries).await?;
+        let pins: Vec<(&str, &str)> = entries
+            .iter()
+            .filter_map(|e| match membership::tier_entry(e) {
+                (t, Some(c)) => Some((t, c)),
+                _ => None,
+            })
+            .collect();
+        let (all, resolved) = membership::membership(&mut conn, &layout, &pins).await?;
         Ok::<_, drfleet_workers::handler::JobError>((tables, all, resolved))
     }
     .await;

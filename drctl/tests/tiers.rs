@@ -47,8 +47,12 @@ async fn tiers_show_lists_every_table_and_its_path() {
          CREATE TABLE invoice_lines (id bigint PRIMARY KEY, invoice_id bigint REFERENCES invoices(id));
          CREATE TABLE line_notes (id bigint PRIMARY KEY, line_id bigint REFERENCES invoice_lines(id));
          CREATE TABLE org_settings (org uuid PRIMARY KEY REFERENCES organizations(id));
-         INSERT INTO pf_backup_tiers (id, organization_id, name, tables)
-           VALUES (gen_random_uuid(), NULL, 'notes', '{line_notes}');",
+         CREATE TABLE line_refs (id bigint PRIMARY KEY, line_id bigint REFERENCES invoice_lines(id),
+                                 invoice_id bigint REFERENCES invoices(id));
+         INSERT INTO pf_backup_tiers (id, organization_id, name, tables) VALUES
+           (gen_random_uuid(), NULL, 'notes', '{line_notes}'),
+           (gen_random_uuid(), NULL, 'pinned', '{line_refs via line_refs_line_id_fkey}'),
+           (gen_random_uuid(), NULL, 'badpin', '{line_refs via invoices_plan_fkey}');",
     )
     .execute(&db.pool)
     .await
@@ -67,6 +71,7 @@ async fn tiers_show_lists_every_table_and_its_path() {
             "org_settings path org_settings(org) → organizations(id); organizations.id",
             "invoice_lines path invoice_lines(invoice_id) → invoices(id); invoices.organization_id",
             "line_notes path line_notes(line_id) → invoice_lines(id); invoice_lines(invoice_id) → invoices(id); invoices.organization_id",
+            "line_refs path line_refs(invoice_id) → invoices(id); invoices.organization_id",
             "plans global",
         ]
     );
@@ -89,6 +94,19 @@ async fn tiers_show_lists_every_table_and_its_path() {
         .map(|l| l["table"].as_str().unwrap())
         .collect();
     assert_eq!(tables, ["invoices", "invoice_lines", "line_notes"]);
+
+    // A tier may pin a longer path; a pin that is no key to a member is refused.
+    let (code, lines, stderr) = run(&db, &["tiers", "show", "pinned"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let pinned: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["table"] == "line_refs").collect();
+    assert_eq!(
+        pinned[0]["how"],
+        "path line_refs(line_id) → invoice_lines(id); invoice_lines(invoice_id) → invoices(id); invoices.organization_id"
+    );
+    let (code, _, stderr) = run(&db, &["tiers", "show", "badpin"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("TIER_PATH_INVALID"), "{stderr}");
 
     let (code, lines, stderr) = run(&db, &["tiers", "show", "nope"]);
     assert_eq!((code, lines.len()), (Some(1), 0));

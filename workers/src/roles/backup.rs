@@ -364,9 +364,9 @@ impl JobHandler for BackupHandler {
                     .fetch_one(&mut *src)
                     .await
                     .map_err(|e| source_error(&e))?;
-                let names = (!tier.all_tables).then_some(tier.tables.as_slice());
                 let layout = self.ctx.layout();
-                let tables = resolve_tables(&mut src, &layout, names).await?;
+                let tables =
+                    resolve_tables(&mut src, &layout, tier.all_tables, &tier.tables).await?;
                 // No root row: the organization does not exist (or no longer does) at the
                 // snapshot. Visible in the manifest (`extra.tenant_root_row_missing`) and
                 // the log; this is where the backup's `empty` flag is to be set.

@@ -59,37 +59,44 @@ pub fn quote_ident(s: &str) -> String {
 
 /// Tables of a tier, in foreign-key order (referenced tables first; the tenant root, if any,
 /// first of all), each with how its rows are the tenant's ([`membership`]).
-/// `tables` = None means every member table of the tenant schema (the `full` tier); a named
-/// table reached by a path brings the tables of its path along, since its rows are scoped by
-/// theirs.
+/// `all_tables` means every member table of the tenant schema (the `full` tier); otherwise
+/// `entries` name the tables, and a table reached by a path brings the tables of its path
+/// along, since its rows are scoped by theirs. An entry `table via constraint` pins the first
+/// key of the table's path (in an `all_tables` tier entries only pin).
 pub async fn resolve_tables(
     conn: &mut PgConnection,
     layout: &Layout<'_>,
-    tables: Option<&[String]>,
+    all_tables: bool,
+    entries: &[String],
 ) -> Result<Vec<TableInfo>, JobError> {
-    let (found, resolved) = membership::membership(conn, layout).await?;
+    let parsed: Vec<(&str, Option<&str>)> =
+        entries.iter().map(|e| membership::tier_entry(e)).collect();
+    let pins: Vec<(&str, &str)> = parsed
+        .iter()
+        .filter_map(|(t, c)| c.map(|c| (*t, c)))
+        .collect();
+    let (found, resolved) = membership::membership(conn, layout, &pins).await?;
     let oid_of = |name: &str| found.iter().find(|t| t.name == name).map(|t| t.oid);
     let mut selected: BTreeSet<u32> = BTreeSet::new();
-    match tables {
-        None => selected.extend(resolved.members.keys().copied()),
-        Some(names) => {
-            for name in names {
-                let Some(oid) = oid_of(name) else {
-                    return Err(JobError::permanent(
-                        "TIER_TABLE_MISSING",
-                        "a table named by the tier does not exist",
-                    ));
-                };
-                let Some(reach) = resolved.members.get(&oid) else {
-                    return Err(JobError::permanent(
-                        "TIER_TABLE_NOT_TENANT_SCOPED",
-                        "a table named by the tier lacks the tenant column and reaches no tenant table by foreign keys",
-                    ));
-                };
-                selected.insert(oid);
-                if let Reach::Path { hops, .. } = reach {
-                    selected.extend(hops.iter().filter_map(|h| oid_of(&h.parent)));
-                }
+    if all_tables {
+        selected.extend(resolved.members.keys().copied());
+    } else {
+        for (name, _) in parsed {
+            let Some(oid) = oid_of(name) else {
+                return Err(JobError::permanent(
+                    "TIER_TABLE_MISSING",
+                    "a table named by the tier does not exist",
+                ));
+            };
+            let Some(reach) = resolved.members.get(&oid) else {
+                return Err(JobError::permanent(
+                    "TIER_TABLE_NOT_TENANT_SCOPED",
+                    "a table named by the tier lacks the tenant column and reaches no tenant table by foreign keys",
+                ));
+            };
+            selected.insert(oid);
+            if let Reach::Path { hops, .. } = reach {
+                selected.extend(hops.iter().filter_map(|h| oid_of(&h.parent)));
             }
         }
     }

@@ -14,7 +14,7 @@
 //! Rules (docs/architecture.md "Tenant membership"):
 //! - **Shortest path** (fewest keys); ties are broken by the name of the first constraint,
 //!   then by the parent's own choice, so the choice is deterministic and stable as long as
-//!   the keys are.
+//!   the keys are. A tier may pin a table's first key (`table via constraint`).
 //! - **Nulls**: a row with a NULL in a key column of its path matches no parent, so it is not
 //!   the tenant's — it is global (never exported, never deleted by a promotion), like a row
 //!   whose foreign key is NULL is not checked by PostgreSQL (`MATCH SIMPLE`).
@@ -120,6 +120,20 @@ pub fn resolve(
     tenant_column: &str,
     root: Option<(u32, &str)>,
 ) -> Resolved {
+    resolve_pinned(tables, keys, tenant_column, root, &BTreeMap::new())
+}
+
+/// [`resolve`], with the first key of some tables' paths pinned by a tier (table oid →
+/// constraint name): such a table is reached through that key only, whatever its length;
+/// the tables reached through it follow. A pin whose key leads to no member leaves the
+/// table global (the caller refuses that, see [`check_pins`]).
+pub fn resolve_pinned(
+    tables: &[CatTable],
+    keys: &[CatKey],
+    tenant_column: &str,
+    root: Option<(u32, &str)>,
+    pins: &BTreeMap<u32, String>,
+) -> Resolved {
     let name: BTreeMap<u32, &str> = tables.iter().map(|t| (t.oid, t.name.as_str())).collect();
     let mut members: BTreeMap<u32, Reach> = BTreeMap::new();
     for t in tables {
@@ -148,7 +162,9 @@ pub fn resolve(
                 && name
                     .get(&k.child)
                     .is_some_and(|n| !METADATA_TABLES.contains(n));
-            if !unassigned || k.child == k.parent || !level.contains(&k.parent) {
+            let pinned_elsewhere = pins.get(&k.child).is_some_and(|c| *c != k.constraint);
+            if !unassigned || pinned_elsewhere || k.child == k.parent || !level.contains(&k.parent)
+            {
                 continue;
             }
             let best = next.entry(k.child).or_insert(k);
@@ -182,6 +198,36 @@ pub fn resolve(
         .map(|t| t.oid)
         .collect();
     Resolved { members, global }
+}
+
+/// Every pin took effect: the pinned table is reached by a path whose first key is the pinned
+/// one (not a table with the tenant column, the root, or a key to no member).
+pub fn check_pins(resolved: &Resolved, pins: &BTreeMap<u32, String>) -> Result<(), JobError> {
+    for (oid, constraint) in pins {
+        let ok = matches!(
+            resolved.members.get(oid),
+            Some(Reach::Path { hops, .. }) if hops.first().is_some_and(|h| h.constraint == *constraint)
+        );
+        if !ok {
+            return Err(JobError::permanent(
+                "TIER_PATH_INVALID",
+                format!(
+                    "the tier pins {constraint}, which is no foreign key from a table without the \
+                     tenant column to a member table"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A tier's entry: `table`, or `table via constraint` to pin the first key of the table's
+/// path.
+pub fn tier_entry(entry: &str) -> (&str, Option<&str>) {
+    match entry.split_once(" via ") {
+        Some((t, c)) => (t.trim(), Some(c.trim())),
+        None => (entry.trim(), None),
+    }
 }
 
 /// The SQL condition that selects the tenant's rows of a table aliased `alias`, for the
@@ -346,16 +392,35 @@ pub async fn find_root(
 }
 
 /// Membership of the tenant schema as the catalog has it now.
+/// `pins`: (table, constraint) pairs of a tier (see [`resolve_pinned`]).
 pub async fn membership(
     conn: &mut PgConnection,
     layout: &Layout<'_>,
+    pins: &[(&str, &str)],
 ) -> Result<(Vec<CatTable>, Resolved), JobError> {
     let (tables, keys) = read_catalog(conn, layout)
         .await
         .map_err(|e| super::source_error(&e))?;
     let root = find_root(conn, layout, &tables).await?;
     let col = layout.root.map(|r| r.column.as_str()).unwrap_or_default();
-    let resolved = resolve(&tables, &keys, layout.tenant_column, root.map(|o| (o, col)));
+    let mut pinned = BTreeMap::new();
+    for (table, constraint) in pins {
+        let Some(t) = tables.iter().find(|t| t.name == *table) else {
+            return Err(JobError::permanent(
+                "TIER_TABLE_MISSING",
+                "a table named by the tier does not exist",
+            ));
+        };
+        pinned.insert(t.oid, constraint.to_string());
+    }
+    let resolved = resolve_pinned(
+        &tables,
+        &keys,
+        layout.tenant_column,
+        root.map(|o| (o, col)),
+        &pinned,
+    );
+    check_pins(&resolved, &pinned)?;
     Ok((tables, resolved))
 }
 

@@ -291,3 +291,46 @@ proptest! {
         prop_assert_eq!(resolve(&t2, &k2, "organization_id", None).members, r.members);
     }
 }
+
+#[test]
+fn a_tier_may_pin_a_longer_path_and_a_pin_that_leads_nowhere_is_refused() {
+    // y → x directly ("zz") and through w ("aa" → "ab"); z hangs off y.
+    let tables = vec![
+        table(1, "x", true),
+        table(2, "y", false),
+        table(3, "w", false),
+        table(4, "z", false),
+        table(5, "g", false),
+    ];
+    let keys = vec![
+        key("zz", 2, &["x_id"], 1, &["id"]),
+        key("aa", 2, &["w_id"], 3, &["id"]),
+        key("ab", 3, &["x_id"], 1, &["id"]),
+        key("z_y", 4, &["y_id"], 2, &["id"]),
+        key("y_g", 2, &["g_id"], 5, &["id"]),
+    ];
+    let pins = BTreeMap::from([(2, "aa".to_string())]);
+    let r = resolve_pinned(&tables, &keys, "organization_id", None, &pins);
+    assert_eq!(path_of(&r, 2), ["aa", "ab"]);
+    assert_eq!(
+        path_of(&r, 4),
+        ["z_y", "aa", "ab"],
+        "descendants follow the pin"
+    );
+    assert!(check_pins(&r, &pins).is_ok());
+    // A key to a global table, a key that does not exist, a table with the tenant column.
+    for pins in [
+        BTreeMap::from([(2, "y_g".to_string())]),
+        BTreeMap::from([(2, "nope".to_string())]),
+        BTreeMap::from([(1, "zz".to_string())]),
+    ] {
+        let r = resolve_pinned(&tables, &keys, "organization_id", None, &pins);
+        assert_eq!(
+            check_pins(&r, &pins).unwrap_err().code,
+            "TIER_PATH_INVALID",
+            "{pins:?}"
+        );
+    }
+    assert_eq!(tier_entry("y via aa"), ("y", Some("aa")));
+    assert_eq!(tier_entry("y"), ("y", None));
+}
