@@ -335,9 +335,10 @@ pub async fn promote(
             .collect();
         cols.sort();
         cols.dedup();
-        let sql = if root.is_some() && cols.is_empty() {
-            continue;
-        } else if cols.is_empty() {
+        if root.is_some() && cols.is_empty() {
+            continue; // nothing of the root's row can change that rows outside reference
+        }
+        let sql = if cols.is_empty() {
             format!("DELETE FROM {live}.{name} t WHERE {mine}")
         } else {
             let tmp = format!("dr_gone_{}", gone.len());
