@@ -81,7 +81,9 @@ mod testutil;
 pub use error::ArtifactError;
 pub use hashing::{HashingReader, HashingWriter};
 pub use keys::{Keyring, MasterKey};
-pub use manifest::{ArtifactBinding, ColumnDef, Manifest, TableHeader, TableManifest};
+pub use manifest::{
+    ArtifactBinding, ColumnDef, Manifest, ReachHop, TableHeader, TableManifest, TableReach,
+};
 pub use reader::{
     ArtifactReader, ManifestCheck, ReadSummary, verify_against_manifest,
     verify_against_manifest_threaded, verify_sealed,

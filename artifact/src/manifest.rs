@@ -71,6 +71,33 @@ pub struct TableManifest {
     pub sha256: String,
     pub schema_fingerprint: String,
     pub columns: Vec<ColumnDef>,
+    /// How the table's rows belong to the tenant (set by the backup; absent in manifests
+    /// written before tenant membership by foreign keys, whose tables all had the tenant
+    /// column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<TableReach>,
+}
+
+/// How a backed-up table's rows belong to the tenant.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum TableReach {
+    /// `column` holds the tenant id.
+    TenantColumn { column: String },
+    /// The tenant root table: `column` (its key) is the tenant id.
+    Root { column: String },
+    /// Along foreign keys, child to parent, to a table whose `column` holds the tenant id.
+    Path { hops: Vec<ReachHop>, column: String },
+}
+
+/// One foreign key of a [`TableReach::Path`]: `columns` of the table before it reference
+/// `parent_columns` of `parent`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReachHop {
+    pub constraint: String,
+    pub columns: Vec<String>,
+    pub parent: String,
+    pub parent_columns: Vec<String>,
 }
 
 /// Written next to the artifact as its own object and stored with the

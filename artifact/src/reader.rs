@@ -578,6 +578,7 @@ impl<R: Read> ArtifactReader<R> {
                         row_count: rows,
                         sha256: hex::encode(actual),
                         columns: header.columns,
+                        reach: None,
                     });
                     return Ok(None);
                 }

@@ -191,6 +191,7 @@ impl<W: Write> ArtifactWriter<W> {
             row_count: rows,
             sha256: hex::encode(sha),
             columns: table.columns,
+            reach: None,
         };
         self.total_rows += rows;
         self.tables.push(entry.clone());

@@ -42,6 +42,41 @@ pub enum Cmd {
     /// The audit log (pf_audit_events).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Backup tiers: which tables they cover and how each belongs to a tenant.
+    #[command(subcommand)]
+    Tiers(TiersCmd),
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum TiersCmd {
+    /// Every table of a tier and how it is reached (tenant column, tenant root, or the key
+    /// path), one JSON line each, then the tenant schema's global tables.
+    Show(TiersShowArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct TiersShowArgs {
+    /// Tier name; `full` is every member table of the tenant schema.
+    #[arg(default_value = "full")]
+    pub name: String,
+    /// Organization whose own tier of that name shadows the global one.
+    #[arg(long)]
+    pub org: Option<OrganizationId>,
+    /// Tenant data database (its catalog is read); default DR_DATABASE_URL.
+    #[arg(long, env = "DR_SOURCE_DATABASE_URL", hide_env_values = true)]
+    pub source_database_url: Option<String>,
+    /// Metadata database (named tiers).
+    #[arg(long, env = "DR_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Tenant column, as the workers' DR_TENANT_COLUMN.
+    #[arg(long, env = "DR_TENANT_COLUMN", default_value = "organization_id")]
+    pub tenant_column: String,
+    /// Schema of the tenant tables, as the workers' DR_TENANT_SCHEMA.
+    #[arg(long, env = "DR_TENANT_SCHEMA", default_value = "public")]
+    pub tenant_schema: String,
+    /// Tenant root table, schema.table(column), as the workers' DR_TENANT_ROOT.
+    #[arg(long, env = "DR_TENANT_ROOT")]
+    pub tenant_root: Option<String>,
 }
 
 /// HS256 secret shared with the workers.

@@ -3,12 +3,13 @@
 //! `drctl <subcommand>`; every setting is a flag and a `DR_*` env var. Layout:
 //!
 //! - [`cli`]: the clap structs (`token`, `backup`, `restore`, `restore discard`, `verify`,
-//!   `drill`, `events`, `audit verify|list`).
+//!   `drill`, `events`, `audit verify|list`, `tiers show`).
 //! - [`token`]: minting actor tokens (HS256) with `DR_AUTH_JWT_SECRET`.
 //! - [`command`]: building a `CommandEnvelope`, validating it with the wire contract's own
 //!   validation, publishing it with confirms, and following its events to a terminal one.
 //! - [`events`]: tailing `dr.events`.
 //! - [`audit`]: hash-chain verification and listing of `pf_audit_events`.
+//! - [`tiers`]: `tiers show`, the tables of a tier and how each belongs to a tenant.
 //! - [`output`]: the JSON line printed per event (one shape: `events`, command waits and
 //!   `audit list` alike).
 //! - [`notice`]: stderr notices: the broker and vhost, a queue nobody consumes, backups
@@ -28,12 +29,13 @@ pub mod error;
 pub mod events;
 pub mod notice;
 pub mod output;
+pub mod tiers;
 pub mod token;
 
 pub use cli::Cli;
 pub use error::{EXIT_CONFIG, EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, Error, Outcome};
 
-use cli::{AuditCmd, Cmd, RestoreAction, RestoreArgs};
+use cli::{AuditCmd, Cmd, RestoreAction, RestoreArgs, TiersCmd};
 
 /// Run one parsed command line.
 pub async fn run(cli: Cli) -> Result<Outcome, Error> {
@@ -69,5 +71,6 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
             since,
             limit,
         }) => audit::list(db, *org, *since, *limit).await,
+        Cmd::Tiers(TiersCmd::Show(a)) => tiers::show(a).await,
     }
 }

@@ -100,13 +100,20 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_AUTH_JWT_PUBLIC_KEY", hide_env_values = true)]
     pub auth_jwt_public_key: Option<String>,
 
-    /// Tenant column present in every tenant table.
+    /// Tenant column. Tables without it belong to a tenant through their foreign keys
+    /// (see docs/architecture.md, "Tenant membership").
     #[arg(long, env = "DR_TENANT_COLUMN", default_value = "organization_id")]
     pub tenant_column: String,
 
     /// Schema holding the tenant tables.
     #[arg(long, env = "DR_TENANT_SCHEMA", default_value = "public")]
     pub tenant_schema: String,
+
+    /// The table whose primary key is the tenant id, as schema.table(column), e.g.
+    /// public.organizations(id); a table of DR_TENANT_SCHEMA. Its row is backed up and
+    /// restored with the tenant's rows.
+    #[arg(long, env = "DR_TENANT_ROOT")]
+    pub tenant_root: Option<String>,
 
     /// Health, readiness and metrics listener.
     #[arg(long, env = "DR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -169,6 +176,8 @@ pub struct WorkerConfig {
     pub token_verifier: Option<TokenVerifier>,
     pub tenant_column: String,
     pub tenant_schema: String,
+    /// DR_TENANT_ROOT.
+    pub tenant_root: Option<crate::roles::membership::TenantRoot>,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
     pub job_concurrency: usize,
@@ -272,6 +281,8 @@ impl WorkerConfig {
                 )
             }
         };
+        let tenant_schema = cfg::sql_ident("DR_TENANT_SCHEMA", &cli.tenant_schema)?;
+        let tenant_root = tenant_root(cli.tenant_root.as_deref(), &tenant_schema)?;
         Ok(Self {
             roles,
             amqp_url: cfg::amqp_url("DR_AMQP_URL", &cli.broker.amqp_url)?,
@@ -281,7 +292,8 @@ impl WorkerConfig {
             master_keys,
             token_verifier,
             tenant_column: cfg::sql_ident("DR_TENANT_COLUMN", &cli.tenant_column)?,
-            tenant_schema: cfg::sql_ident("DR_TENANT_SCHEMA", &cli.tenant_schema)?,
+            tenant_schema,
+            tenant_root,
             http_addr: cfg::socket_addr("DR_HTTP_ADDR", &cli.http_addr)?,
             log_format: cli.log.format()?,
             job_concurrency: cli.job_concurrency as usize,
@@ -294,6 +306,25 @@ impl WorkerConfig {
             poll_interval: Duration::from_secs(1),
         })
     }
+}
+
+/// DR_TENANT_ROOT, validated: `schema.table(column)` of the tenant schema.
+pub fn tenant_root(
+    value: Option<&str>,
+    tenant_schema: &str,
+) -> Result<Option<crate::roles::membership::TenantRoot>, ConfigError> {
+    let Some(v) = value.filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let root = crate::roles::membership::TenantRoot::parse(v)
+        .map_err(|e| ConfigError::new("DR_TENANT_ROOT", e))?;
+    if root.schema != tenant_schema {
+        return Err(ConfigError::new(
+            "DR_TENANT_ROOT",
+            "must be a table of DR_TENANT_SCHEMA",
+        ));
+    }
+    Ok(Some(root))
 }
 
 /// Longest accepted DR_STAGING_TTL: a year.

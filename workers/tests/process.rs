@@ -104,6 +104,19 @@ fn bad_configuration_exits_2_with_one_line_naming_the_setting() {
     let e = expect_config_error(&with(&env, "DR_HTTP_ADDR", "nowhere"), &["--role", "audit"]);
     assert!(e.contains("DR_HTTP_ADDR"), "{e}");
     let e = expect_config_error(
+        &with(&env, "DR_TENANT_ROOT", "organizations(id)"),
+        &["--role", "backup"],
+    );
+    assert!(e.contains("DR_TENANT_ROOT"), "{e}");
+    let e = expect_config_error(
+        &with(&env, "DR_TENANT_ROOT", "crm.organizations(id)"),
+        &["--role", "backup"],
+    );
+    assert!(
+        e.contains("DR_TENANT_ROOT") && e.contains("DR_TENANT_SCHEMA"),
+        "{e}"
+    );
+    let e = expect_config_error(
         &with(&env, "DR_JOB_LEASE_SECS", "zero"),
         &["--role", "audit"],
     );
@@ -135,6 +148,7 @@ fn help_lists_every_setting_without_secret_values() {
         "DR_AUTH_JWT_PUBLIC_KEY",
         "DR_TENANT_COLUMN",
         "DR_TENANT_SCHEMA",
+        "DR_TENANT_ROOT",
         "DR_HTTP_ADDR",
         "DR_LOG_FORMAT",
         "DR_ROLE",

@@ -29,6 +29,7 @@ use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidComman
 use drfleet_storage::keys;
 
 use super::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
+use super::membership;
 use super::{RoleCtx, shrink, source_error};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
 use crate::outbox;
@@ -130,6 +131,7 @@ impl BackupHandler {
         job: &Job,
         tables: &[TableInfo],
         snapshot_at: DateTime<Utc>,
+        root_row_missing: bool,
         progress: &Progress,
     ) -> Result<Exported, JobError> {
         let org = job.organization_id.as_uuid();
@@ -175,7 +177,6 @@ impl BackupHandler {
             }
             Ok::<_, JobError>(())
         };
-        let tenant = quote_ident(&self.ctx.tenant_column);
         let schema = quote_ident(&self.ctx.tenant_schema);
         let producing = async move {
             for t in tables {
@@ -185,11 +186,13 @@ impl BackupHandler {
                     .map_err(|_| stopped())?;
                 let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
                 // The organization id is a validated UUID; it is the only value in the statement.
+                // A table reached by keys joins along its path, in the same snapshot.
+                let org_lit = format!("'{}'", org.hyphenated());
                 let sql = format!(
-                    "COPY (SELECT {} FROM {schema}.{} WHERE {tenant} = '{}') TO STDOUT",
+                    "COPY (SELECT {} FROM {schema}.{} t WHERE {}) TO STDOUT",
                     cols.join(", "),
                     quote_ident(&t.name),
-                    org.hyphenated()
+                    membership::predicate(&t.reach, &schema, "t", &org_lit)
                 );
                 let mut stream = src.copy_out_raw(&sql).await?;
                 // sqlx yields one item per row: coalesce before crossing threads.
@@ -222,6 +225,15 @@ impl BackupHandler {
             (Ok(_), Ok(mut manifest)) => match upload.finish().await {
                 Ok(_) => {
                     manifest.snapshot_at = Some(snapshot_at);
+                    // How each table was reached, for the restore's checks and promotion.
+                    for (m, t) in manifest.tables.iter_mut().zip(tables) {
+                        m.reach = Some(t.reach.clone());
+                    }
+                    if root_row_missing {
+                        manifest
+                            .extra
+                            .insert("tenant_root_row_missing".into(), true.into());
+                    }
                     self.ctx
                         .store
                         .put_create(&mkey, manifest.to_json().into())
@@ -352,22 +364,36 @@ impl JobHandler for BackupHandler {
                     .fetch_one(&mut *src)
                     .await
                     .map_err(|e| source_error(&e))?;
-                let names = (!tier.all_tables).then_some(tier.tables.as_slice());
-                let tables = resolve_tables(
-                    &mut src,
-                    &self.ctx.tenant_schema,
-                    &self.ctx.tenant_column,
-                    names,
-                )
-                .await?;
+                let layout = self.ctx.layout();
+                let tables =
+                    resolve_tables(&mut src, &layout, tier.all_tables, &tier.tables).await?;
+                // No root row: the organization does not exist (or no longer does) at the
+                // snapshot. Visible in the manifest (`extra.tenant_root_row_missing`), the
+                // log, and the backup's `empty` flag: nothing of a tenant is protected.
+                let root_row_missing =
+                    membership::root_row_exists(&mut src, &layout, org).await? == Some(false);
+                if root_row_missing {
+                    tracing::warn!(
+                        code = "TENANT_ROOT_ROW_MISSING",
+                        backup_record_id = %job.id,
+                        "the organization has no row in the tenant root table"
+                    );
+                }
                 let exported = self
-                    .export(&mut src, job, &tables, snapshot_at, &ctx.progress)
+                    .export(
+                        &mut src,
+                        job,
+                        &tables,
+                        snapshot_at,
+                        root_row_missing,
+                        &ctx.progress,
+                    )
                     .await?;
-                Ok::<_, JobError>((exported, snapshot_at))
+                Ok::<_, JobError>((exported, snapshot_at, root_row_missing))
             }
             .await;
             let _ = sqlx::query("ROLLBACK").execute(&mut *src).await;
-            let (exported, snapshot_at) = result?;
+            let (exported, snapshot_at, root_row_missing) = result?;
             let m = &exported.manifest;
 
             let mut tx = ctx.pool.begin().await?;
@@ -398,6 +424,7 @@ impl JobHandler for BackupHandler {
                 &b.tier,
                 &b.policy_id,
                 m.row_count,
+                root_row_missing,
             )
             .await?;
             let ev = job.event(Event::BackupCompleted(v1::BackupCompleted {

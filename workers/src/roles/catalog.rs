@@ -7,6 +7,7 @@ use sqlx::PgConnection;
 
 use drfleet_artifact::{ColumnDef, TableHeader};
 
+use super::membership::{self, Layout, Reach};
 use crate::handler::JobError;
 
 /// drfleet's own tables. They carry `organization_id` too and, with the default
@@ -32,6 +33,8 @@ pub struct TableInfo {
     pub name: String,
     /// Copyable columns (generated columns are left out: PostgreSQL computes them).
     pub columns: Vec<ColumnDef>,
+    /// How its rows are the tenant's.
+    pub reach: Reach,
 }
 
 impl TableInfo {
@@ -54,48 +57,46 @@ pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Tables of a tier, in foreign-key order (referenced tables first).
-/// `tables` = None means every base table of `schema` that has `tenant_column`.
+/// Tables of a tier, in foreign-key order (referenced tables first; the tenant root, if any,
+/// first of all), each with how its rows are the tenant's ([`membership`]).
+/// `all_tables` means every member table of the tenant schema (the `full` tier); otherwise
+/// `entries` name the tables, and a table reached by a path brings the tables of its path
+/// along, since its rows are scoped by theirs. An entry `table via constraint` pins the first
+/// key of the table's path (in an `all_tables` tier entries only pin).
 pub async fn resolve_tables(
     conn: &mut PgConnection,
-    schema: &str,
-    tenant_column: &str,
-    tables: Option<&[String]>,
+    layout: &Layout<'_>,
+    all_tables: bool,
+    entries: &[String],
 ) -> Result<Vec<TableInfo>, JobError> {
-    let found: Vec<(sqlx::postgres::types::Oid, String, bool)> = sqlx::query_as(
-        "SELECT c.oid, c.relname::text, EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid \
-             AND a.attname = $2 AND a.attnum > 0 AND NOT a.attisdropped) \
-         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition \
-         ORDER BY c.relname",
-    )
-    .bind(schema)
-    .bind(tenant_column)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut selected: Vec<(u32, String)> = Vec::new();
-    match tables {
-        None => selected.extend(
-            found
-                .iter()
-                .filter(|t| t.2 && !METADATA_TABLES.contains(&t.1.as_str()))
-                .map(|t| (t.0.0, t.1.clone())),
-        ),
-        Some(names) => {
-            for name in names {
-                let Some(t) = found.iter().find(|t| &t.1 == name) else {
-                    return Err(JobError::permanent(
-                        "TIER_TABLE_MISSING",
-                        "a table named by the tier does not exist",
-                    ));
-                };
-                if !t.2 {
-                    return Err(JobError::permanent(
-                        "TIER_TABLE_NOT_TENANT_SCOPED",
-                        "a table named by the tier lacks the tenant column",
-                    ));
-                }
-                selected.push((t.0.0, t.1.clone()));
+    let parsed: Vec<(&str, Option<&str>)> =
+        entries.iter().map(|e| membership::tier_entry(e)).collect();
+    let pins: Vec<(&str, &str)> = parsed
+        .iter()
+        .filter_map(|(t, c)| c.map(|c| (*t, c)))
+        .collect();
+    let (found, resolved) = membership::membership(conn, layout, &pins).await?;
+    let oid_of = |name: &str| found.iter().find(|t| t.name == name).map(|t| t.oid);
+    let mut selected: BTreeSet<u32> = BTreeSet::new();
+    if all_tables {
+        selected.extend(resolved.members.keys().copied());
+    } else {
+        for (name, _) in parsed {
+            let Some(oid) = oid_of(name) else {
+                return Err(JobError::permanent(
+                    "TIER_TABLE_MISSING",
+                    "a table named by the tier does not exist",
+                ));
+            };
+            let Some(reach) = resolved.members.get(&oid) else {
+                return Err(JobError::permanent(
+                    "TIER_TABLE_NOT_TENANT_SCOPED",
+                    "a table named by the tier lacks the tenant column and reaches no tenant table by foreign keys",
+                ));
+            };
+            selected.insert(oid);
+            if let Reach::Path { hops, .. } = reach {
+                selected.extend(hops.iter().filter_map(|h| oid_of(&h.parent)));
             }
         }
     }
@@ -105,6 +106,11 @@ pub async fn resolve_tables(
             "the tier covers no table",
         ));
     }
+    let selected: Vec<(u32, String)> = found
+        .iter()
+        .filter(|t| selected.contains(&t.oid))
+        .map(|t| (t.oid, t.name.clone()))
+        .collect();
     let oids: Vec<sqlx::postgres::types::Oid> = selected
         .iter()
         .map(|t| sqlx::postgres::types::Oid(t.0))
@@ -116,10 +122,18 @@ pub async fn resolve_tables(
     .bind(&oids)
     .fetch_all(&mut *conn)
     .await?;
-    let order = fk_order(
+    let mut order = fk_order(
         &selected,
         &edges.iter().map(|(a, b)| (a.0, b.0)).collect::<Vec<_>>(),
     );
+    // The root first: every other table's rows hang off its row.
+    if let Some(i) = order
+        .iter()
+        .position(|t| matches!(resolved.members.get(&t.0), Some(Reach::Root { .. })))
+    {
+        let root = order.remove(i);
+        order.insert(0, root);
+    }
     let mut out = Vec::with_capacity(order.len());
     for (oid, name) in order {
         let cols: Vec<(String, String, bool)> = sqlx::query_as(
@@ -138,7 +152,13 @@ pub async fn resolve_tables(
                 nullable,
             })
             .collect();
-        out.push(TableInfo { oid, name, columns });
+        let reach = resolved.members[&oid].clone();
+        out.push(TableInfo {
+            oid,
+            name,
+            columns,
+            reach,
+        });
     }
     Ok(out)
 }

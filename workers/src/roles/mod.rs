@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod membership;
 pub mod restore;
 pub mod rowset;
 pub mod shrink;
@@ -65,6 +66,8 @@ pub struct RoleCtx {
     pub keyring: Arc<Keyring>,
     pub tenant_column: String,
     pub tenant_schema: String,
+    /// DR_TENANT_ROOT.
+    pub tenant_root: Option<membership::TenantRoot>,
     /// See [`crate::config::WorkerConfig::restore_segment_bytes`].
     pub restore_segment_bytes: usize,
     /// See [`crate::config::WorkerConfig::staging_ttl`].
@@ -72,6 +75,15 @@ pub struct RoleCtx {
 }
 
 impl RoleCtx {
+    /// The tenant schema's layout, for [`membership`].
+    pub fn layout(&self) -> membership::Layout<'_> {
+        membership::Layout {
+            schema: &self.tenant_schema,
+            tenant_column: &self.tenant_column,
+            root: self.tenant_root.as_ref(),
+        }
+    }
+
     pub fn from_config(config: &WorkerConfig) -> Result<Self, RunError> {
         let keys = config
             .master_keys
@@ -93,6 +105,7 @@ impl RoleCtx {
             keyring: Arc::new(keyring),
             tenant_column: config.tenant_column.clone(),
             tenant_schema: config.tenant_schema.clone(),
+            tenant_root: config.tenant_root.clone(),
             restore_segment_bytes: config.restore_segment_bytes,
             staging_ttl: config.staging_ttl,
         })

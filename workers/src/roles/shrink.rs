@@ -47,9 +47,15 @@ pub struct Shrinkage {
 }
 
 impl Shrinkage {
-    /// Classify a backup of `rows` rows against the previous one.
-    pub fn classify(rows: u64, previous: Option<u64>, threshold: DropThreshold) -> Self {
-        let empty = rows == 0;
+    /// Classify a backup of `rows` rows against the previous one. Without its row in the
+    /// tenant root table (DR_TENANT_ROOT) the organization does not exist: empty too.
+    pub fn classify(
+        rows: u64,
+        previous: Option<u64>,
+        threshold: DropThreshold,
+        root_row_missing: bool,
+    ) -> Self {
+        let empty = rows == 0 || root_row_missing;
         let dropped = previous.is_some_and(|p| threshold.is_sharp_drop(p, rows));
         let warning_code = if dropped {
             Some(ROW_COUNT_DROP)
@@ -109,10 +115,11 @@ pub async fn assess(
     tier: &str,
     policy_id: &str,
     rows: u64,
+    root_row_missing: bool,
 ) -> Result<Shrinkage, sqlx::Error> {
     let previous = previous_row_count(tx, org, record, tier, policy_id).await?;
     let threshold = threshold_for(tx, org, policy_id).await?;
-    let s = Shrinkage::classify(rows, previous, threshold);
+    let s = Shrinkage::classify(rows, previous, threshold, root_row_missing);
     sqlx::query(
         "UPDATE pf_backup_records SET empty = $3, previous_row_count = $4, warning_code = $5 \
          WHERE id = $1 AND organization_id = $2",
@@ -148,18 +155,22 @@ mod tests {
     #[test]
     fn classification() {
         let t = DropThreshold::DEFAULT;
-        let s = Shrinkage::classify(0, None, t);
+        let s = Shrinkage::classify(0, None, t, false);
         assert!(s.empty);
         assert_eq!(s.warning_code, Some(EMPTY_BACKUP));
-        let s = Shrinkage::classify(0, Some(5_000), t);
+        let s = Shrinkage::classify(0, Some(5_000), t, false);
         assert!(s.empty);
         assert_eq!(s.warning_code, Some(ROW_COUNT_DROP));
         assert_eq!(s.previous_row_count, Some(5_000));
-        let s = Shrinkage::classify(1_000, Some(10_000), t);
+        let s = Shrinkage::classify(1_000, Some(10_000), t, false);
         assert!(!s.empty);
         assert_eq!(s.warning_code, Some(ROW_COUNT_DROP));
-        let s = Shrinkage::classify(9_000, Some(10_000), t);
+        let s = Shrinkage::classify(9_000, Some(10_000), t, false);
         assert_eq!(s.warning_code, None);
-        assert_eq!(Shrinkage::classify(5, None, t).warning_code, None);
+        assert_eq!(Shrinkage::classify(5, None, t, false).warning_code, None);
+        // Rows under an organization id the root table does not know: still empty.
+        let s = Shrinkage::classify(5, None, t, true);
+        assert!(s.empty);
+        assert_eq!(s.warning_code, Some(EMPTY_BACKUP));
     }
 }

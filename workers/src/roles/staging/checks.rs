@@ -18,6 +18,7 @@ use crate::faults::{self, point};
 use crate::handler::JobError;
 use crate::roles::RoleCtx;
 use crate::roles::catalog::{PIN_RENDERING, quote_ident};
+use crate::roles::membership::Reach;
 use crate::roles::rowset::{RowDigest, RowSet};
 
 /// Read-back slices of a large staging table, each on its own connection.
@@ -68,11 +69,14 @@ pub(super) async fn count_dangling(
 /// organization too. A table's last segment is read in block ranges over several connections
 /// at once, since the checks wait for it; earlier ones on one connection, since the load
 /// goes on beside them.
+// Spawned as a task, so it takes its arguments owned.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn read_back_rows(
     stage: Stage,
     qualified: String,
     table: String,
     columns: Vec<String>,
+    tenant: Option<String>,
     seed: u64,
     last: bool,
     permits: Arc<tokio::sync::Semaphore>,
@@ -84,10 +88,11 @@ pub(super) async fn read_back_rows(
     let ctx = &stage.ctx;
     let org = stage.org.to_string();
     faults::hit(&org, point::READ_BACK).await?;
-    let tenant_at = columns
-        .iter()
-        .position(|c| *c == ctx.tenant_column)
-        .unwrap_or(usize::MAX); // no tenant column: every row counts as foreign
+    // `tenant`: the column holding the tenant id (a path table has none: its rows are scoped
+    // by their keys, see `path_scope`).
+    let tenant_at = tenant.map(|t| {
+        columns.iter().position(|c| *c == t).unwrap_or(usize::MAX) // the column is missing: every row counts as foreign
+    });
     let blocks: i64 = src(sqlx::query_scalar(
         "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::bigint",
     )
@@ -123,7 +128,10 @@ pub(super) async fn read_back_rows(
             let mut conn = src(stage.ctx.source.acquire().await)?;
             let mut tx = src(conn.begin().await)?;
             src(sqlx::raw_sql(PIN_RENDERING).execute(&mut *tx).await)?;
-            let mut digest = RowDigest::new(seed).with_tenant(tenant_at, &org);
+            let mut digest = RowDigest::new(seed);
+            if let Some(at) = tenant_at {
+                digest = digest.with_tenant(at, &org);
+            }
             let mut rows = src(tx.copy_out_raw(&sql).await)?;
             while let Some(chunk) = rows.next().await {
                 digest.update(&src(chunk)?);
@@ -317,19 +325,57 @@ pub(super) async fn integrity_checks(
         },
         async {
             let d = dangling_references(stage, fks, early).await;
+            let off_path = path_scope(stage, manifest).await;
             tracing::debug!(
                 ms = started.elapsed().as_millis() as u64,
                 "staging foreign keys checked"
             );
-            d
+            Ok::<_, JobError>((d?, off_path?))
         }
     );
-    let (counts, hashes, foreign_rows, rows) = digests?;
+    let (counts, hashes, mut foreign_rows, rows) = digests?;
+    let (dangling, off_path) = dangling?;
+    foreign_rows.extend(off_path);
     let checks = vec![
         Check::new("row_counts", counts),
         Check::new("content_hashes", hashes),
         Check::new("tenant_scoped", foreign_rows),
-        Check::new("foreign_keys_closed", dangling?),
+        Check::new("foreign_keys_closed", dangling),
     ];
     Ok((checks, rows))
+}
+
+/// The scope of tables reached by a path (they have no tenant column to check row by row):
+/// every staged row must have its parent along the first key of its path in staging — whose
+/// rows are scoped in turn — so none with a NULL key or a parent outside the backup is
+/// promoted. (`foreign_keys_closed` skips NULL keys, as PostgreSQL does.)
+async fn path_scope(stage: &Stage, manifest: &Manifest) -> Result<Vec<String>, JobError> {
+    let sq = quote_ident(&stage.schema);
+    let mut problems = Vec::new();
+    for t in &manifest.tables {
+        let Some(Reach::Path { hops, .. }) = &t.reach else {
+            continue;
+        };
+        let Some(h) = hops.first() else { continue };
+        let on: Vec<String> = h
+            .columns
+            .iter()
+            .zip(&h.parent_columns)
+            .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
+            .collect();
+        let sql = format!(
+            "SELECT count(*) FROM {sq}.{} c WHERE NOT EXISTS (SELECT 1 FROM {sq}.{} p WHERE {})",
+            quote_ident(&t.name),
+            quote_ident(&h.parent),
+            on.join(" AND ")
+        );
+        let n: i64 = src(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_one(&stage.ctx.source)
+            .await)?;
+        stage.progress.tick();
+        if n > 0 {
+            problems.push(format!("{}: {n} rows off its path", t.name));
+        }
+    }
+    Ok(problems)
 }

@@ -16,6 +16,7 @@
 //! store pump stops, and the helper tasks of the segments already loaded are aborted with
 //! their handles. No error leaves anything waiting.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use sqlx::{Connection, PgConnection};
@@ -29,6 +30,7 @@ use super::{ForeignKey, Stage, object_reader, parts_schema};
 use crate::faults::{self, point};
 use crate::handler::JobError;
 use crate::roles::catalog::{PIN_RENDERING, quote_ident};
+use crate::roles::membership;
 use crate::roles::rowset::{RowDigest, RowSet};
 use crate::roles::source_error;
 
@@ -89,6 +91,18 @@ pub(super) async fn load(
     seed: u64,
     fks: &[ForeignKey],
 ) -> Result<Vec<Loaded>, JobError> {
+    // The column each table's rows must carry the tenant id in (none for a path table).
+    let scope: HashMap<String, Option<String>> = manifest
+        .tables
+        .iter()
+        .map(|t| {
+            let reach = membership::reach_of(t, &stage.ctx.tenant_column);
+            (
+                t.name.clone(),
+                membership::scope_column(&reach).map(Into::into),
+            )
+        })
+        .collect();
     let (reader, pump) = object_reader(&stage.ctx, object_key, &stage.progress).await?;
     let keyring = stage.ctx.keyring.clone();
     let manifest = manifest.clone();
@@ -156,7 +170,7 @@ pub(super) async fn load(
     });
     let decode = AbortOnDropHandle::new(decode);
     // `rx` moves into the loader: whatever way the loader ends, the channel closes with it.
-    let (pumped, loaded) = tokio::join!(pump, load_tables(stage, conn, rx, seed, fks));
+    let (pumped, loaded) = tokio::join!(pump, load_tables(stage, conn, rx, seed, fks, &scope));
     let decoded = decode
         .await
         .map_err(|_| JobError::permanent("ARTIFACT_READER_PANIC", "artifact reader failed"))?;
@@ -174,6 +188,7 @@ async fn load_tables(
     mut rx: mpsc::Receiver<Piece>,
     seed: u64,
     fks: &[ForeignKey],
+    scope: &HashMap<String, Option<String>>,
 ) -> Result<Vec<Loaded>, JobError> {
     let ctx = &stage.ctx;
     let org = stage.org.to_string();
@@ -280,6 +295,7 @@ async fn load_tables(
                 target.clone(),
                 name.clone(),
                 cols.clone(),
+                scope.get(&name).cloned().flatten(),
                 seed,
                 outcome.is_some(),
                 permits.clone(),

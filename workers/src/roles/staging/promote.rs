@@ -6,6 +6,9 @@
 //!   neither user triggers nor the foreign keys' own triggers fire: no trigger effects, no
 //!   cascaded deletes or updates, and no per-row key lookups while the live tables are
 //!   locked. Foreign-key cycles and self-references promote like any other key.
+//! - The tenant's rows are those of its membership ([`membership`]): the tenant column, or
+//!   the key path recorded in the manifest (deleted along that path, before its parents);
+//!   the tenant root's row is upserted, never deleted, so a deleted tenant comes back whole.
 //! - Integrity is kept by set-based checks instead of per-row triggers: the staging checks
 //!   (keys closed within the backup), and, inside the swap before it commits,
 //!   (a) rows outside the backup that referenced a row the backup does not contain
@@ -25,12 +28,13 @@ use std::time::Instant;
 
 use sqlx::{Connection, PgConnection};
 
-use drfleet_artifact::Manifest;
+use drfleet_artifact::{Manifest, TableManifest};
 
 use super::{Check, Stage, drop_sql, src};
 use crate::faults::{self, point};
 use crate::handler::JobError;
 use crate::roles::catalog::{PIN_RENDERING, quote_ident};
+use crate::roles::membership::{self, Reach};
 use crate::roles::source_error;
 
 /// How a promotion went.
@@ -230,7 +234,6 @@ pub async fn promote(
     let org = stage.org;
     let live = quote_ident(&ctx.tenant_schema);
     let sq = quote_ident(&stage.schema);
-    let tenant = quote_ident(&ctx.tenant_column);
     let mut tx = src(conn.begin().await)?;
     sqlx::query("SET LOCAL session_replication_role = replica")
         .execute(&mut *tx)
@@ -300,19 +303,43 @@ pub async fn promote(
 
     // Delete the tenant's rows, referencing tables first (the manifest lists referenced ones
     // first), so that a table whose membership is decided through its parents still finds
-    // them; where rows outside may reference the deleted rows, keep their keys.
+    // them: tables reached by a path go first, longest path first (a path's tables have
+    // shorter ones, so this holds through cycles too). The tenant root's row is never
+    // deleted (it is upserted below). Where rows outside may reference the deleted rows,
+    // keep their keys.
+    let mut deletions: Vec<(&TableManifest, Reach)> = manifest
+        .tables
+        .iter()
+        .rev()
+        .map(|t| (t, membership::reach_of(t, &ctx.tenant_column)))
+        .collect();
+    deletions.sort_by_key(|(_, r)| match r {
+        Reach::Path { hops, .. } => std::cmp::Reverse(hops.len()),
+        _ => std::cmp::Reverse(0),
+    });
     let mut gone = Vec::new();
-    for t in manifest.tables.iter().rev() {
+    for (t, reach) in deletions {
         let name = quote_ident(&t.name);
+        let mine = membership::predicate(&reach, &live, "t", "$1");
+        let root = match &reach {
+            Reach::Root { column } => Some(column),
+            _ => None,
+        };
         let mut cols: Vec<&String> = incoming
             .iter()
-            .filter(|k| k.parent_name == t.name)
+            // The root's key column never changes (it is the upsert's conflict target).
+            .filter(|k| {
+                k.parent_name == t.name && root.is_none_or(|c| k.parent_cols != [c.clone()])
+            })
             .flat_map(|k| &k.parent_cols)
             .collect();
         cols.sort();
         cols.dedup();
+        if root.is_some() && cols.is_empty() {
+            continue; // nothing of the root's row can change that rows outside reference
+        }
         let sql = if cols.is_empty() {
-            format!("DELETE FROM {live}.{name} WHERE {tenant} = $1")
+            format!("DELETE FROM {live}.{name} t WHERE {mine}")
         } else {
             let tmp = format!("dr_gone_{}", gone.len());
             let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
@@ -322,11 +349,17 @@ pub async fn promote(
             )))
             .execute(&mut *tx)
             .await)?;
-            gone.push((t.name.clone(), tmp.clone()));
-            format!(
-                "WITH d AS (DELETE FROM {live}.{name} WHERE {tenant} = $1 RETURNING {list}) \
-                 INSERT INTO pg_temp.{tmp} SELECT {list} FROM d"
-            )
+            let kept: Vec<String> = cols.iter().map(|c| c.to_string()).collect();
+            gone.push((t.name.clone(), tmp.clone(), kept));
+            if root.is_some() {
+                // Not deleted but updated: its old keys, for the orphan check all the same.
+                format!("INSERT INTO pg_temp.{tmp} SELECT {list} FROM {live}.{name} t WHERE {mine}")
+            } else {
+                format!(
+                    "WITH d AS (DELETE FROM {live}.{name} t WHERE {mine} RETURNING {list}) \
+                     INSERT INTO pg_temp.{tmp} SELECT {list} FROM d"
+                )
+            }
         };
         src(sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(org)
@@ -337,10 +370,27 @@ pub async fn promote(
     faults::hit(&org.to_string(), point::SWAP).await?;
     for t in &manifest.tables {
         let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-        let cols = cols.join(", ");
         let name = quote_ident(&t.name);
+        // The root's row was kept: inserted if missing (a deleted tenant), updated otherwise.
+        let upsert = match membership::reach_of(t, &ctx.tenant_column) {
+            Reach::Root { column } => {
+                let key = quote_ident(&column);
+                let set: Vec<String> = cols
+                    .iter()
+                    .filter(|c| **c != key)
+                    .map(|c| format!("{c} = EXCLUDED.{c}"))
+                    .collect();
+                if set.is_empty() {
+                    format!(" ON CONFLICT ({key}) DO NOTHING")
+                } else {
+                    format!(" ON CONFLICT ({key}) DO UPDATE SET {}", set.join(", "))
+                }
+            }
+            _ => String::new(),
+        };
+        let cols = cols.join(", ");
         src(sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {live}.{name} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {sq}.{name}"
+            "INSERT INTO {live}.{name} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {sq}.{name}{upsert}"
         )))
         .execute(&mut *tx)
         .await)?;
@@ -350,7 +400,10 @@ pub async fn promote(
     // (a) Rows outside the backup still referencing a key the backup does not bring back.
     let mut orphans = Vec::new();
     for k in &incoming {
-        let Some((_, tmp)) = gone.iter().find(|(t, _)| *t == k.parent_name) else {
+        // (The root keeps only the keys that can change: not its key column.)
+        let Some((_, tmp, _)) = gone.iter().find(|(t, _, kept)| {
+            *t == k.parent_name && k.parent_cols.iter().all(|c| kept.contains(c))
+        }) else {
             continue;
         };
         let child: Vec<String> = k
