@@ -126,6 +126,12 @@ impl Broker {
             let publisher = ConfirmPublisher::new(&conn).await?;
             let mut consumers = Vec::new();
             for spec in &self.consumers {
+                // Refused commands are dead-lettered by the intake itself (a redacted copy,
+                // confirmed before the original is acked), on a confirm channel of its own.
+                let dead_letters = match spec {
+                    ConsumerSpec::Commands { .. } => Some(ConfirmPublisher::new(&conn).await?),
+                    ConsumerSpec::Audit { .. } => None,
+                };
                 let ch = conn.create_channel().await?;
                 ch.basic_qos(spec.prefetch(), BasicQosOptions::default())
                     .await?;
@@ -138,7 +144,7 @@ impl Broker {
                         FieldTable::default(),
                     )
                     .await?;
-                consumers.push(consumer);
+                consumers.push((consumer, dead_letters));
             }
             Ok::<_, AmqpError>((publisher, consumers))
         };
@@ -156,11 +162,12 @@ impl Broker {
         // Consumers stop taking deliveries on `stop` but finish the one in hand.
         let stop = shutdown.child_token();
         let mut tasks = JoinSet::new();
-        for (spec, consumer) in self.consumers.iter().zip(consumers) {
+        for (spec, (consumer, dead_letters)) in self.consumers.iter().zip(consumers) {
             match spec {
                 ConsumerSpec::Commands { intake, .. } => {
                     tasks.spawn(command_loop(
                         consumer,
+                        dead_letters.expect("a command consumer has a dead-letter channel"),
                         intake.clone(),
                         stop.clone(),
                         shutdown.clone(),
@@ -232,6 +239,7 @@ fn lost(established: bool, e: &AmqpError) -> SessionEnd {
 
 async fn command_loop(
     mut consumer: Consumer,
+    dead_letters: ConfirmPublisher,
     intake: Arc<Intake>,
     stop: CancellationToken,
     shutdown: CancellationToken,
@@ -249,7 +257,7 @@ async fn command_loop(
             }
             None => return,
         };
-        if let Err(e) = intake.handle(delivery, &shutdown).await {
+        if let Err(e) = intake.handle(delivery, &dead_letters, &shutdown).await {
             tracing::warn!(queue = intake.kind.queue(), error = %e, "could not settle a delivery; it will be redelivered");
             return;
         }

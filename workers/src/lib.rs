@@ -19,6 +19,7 @@
 pub mod audit;
 pub mod broker;
 pub mod config;
+pub mod deadletter;
 pub mod handler;
 pub mod http;
 pub mod intake;
