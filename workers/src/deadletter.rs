@@ -70,11 +70,12 @@ fn copy_properties(delivery: &Delivery, queue: &str, reason: &str) -> BasicPrope
     let mut props = BasicProperties::default()
         .with_delivery_mode(2)
         .with_headers(headers);
+    // Caller-chosen text: a token pasted there is cut like anywhere else.
     if let Some(v) = p.message_id() {
-        props = props.with_message_id(v.clone());
+        props = props.with_message_id(scrub_text(v.as_str()).into());
     }
     if let Some(v) = p.kind() {
-        props = props.with_type(v.clone());
+        props = props.with_type(scrub_text(v.as_str()).into());
     }
     if let Some(v) = p.content_type() {
         props = props.with_content_type(v.clone());

@@ -151,14 +151,15 @@ impl Intake {
         // A message that failed this many deliveries (it crashed workers, or kept failing) is
         // not tried again: looking at it might crash this worker too.
         if delivery_count(delivery) >= DELIVERY_LIMIT_SELF {
+            // The message id is the sender's text: logged only when it is a command id.
+            let message_id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .and_then(|m| m.as_str().parse::<drfleet_protocol::CommandId>().ok());
             tracing::warn!(
                 queue = self.kind.queue(),
-                message_id = delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .map(|m| m.as_str())
-                    .unwrap_or(""),
+                message_id = message_id.map(|m| m.to_string()).unwrap_or_default(),
                 "command reached the delivery limit; dead-lettering it"
             );
             return Disposition::DeadLetter(deadletter::REASON_DELIVERY_LIMIT);

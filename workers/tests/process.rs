@@ -273,7 +273,7 @@ impl Running {
         }
     }
 
-    /// The address of the "http listening" line.
+    /// The address logged (`http_addr` of the "starting" line).
     async fn http_addr(&mut self) -> String {
         let start = Instant::now();
         loop {
