@@ -6,12 +6,17 @@
 //! - [`broker`]: the RabbitMQ session (topology, confirm channel, consumers, reconnect).
 //! - [`intake`]: a command delivery → validated, authenticated, deduplicated → a durable job
 //!   (or a `command_rejected` event and dead-lettering) → ack.
+//! - [`deadletter`]: the redacted copy of a refused command published to `dr.dead-letter`.
 //! - [`jobs`]: job runners claiming `pf_jobs` rows under a lease with heartbeat.
 //! - [`handler`]: the [`handler::JobHandler`] trait each role implements.
 //! - [`outbox`]: events written transactionally, relayed with publisher confirms.
 //! - [`audit`]: the audit sink and hash-chain verification.
 //! - [`http`]: `/health`, `/ready`, `/metrics`.
 //! - [`roles`]: the role implementations.
+//!
+//! Start-up ([`run`]): bind the http listener, connect and migrate the metadata database,
+//! check the broker; permanent failures return [`RunError`] (exit 2), transient ones are
+//! retried until they pass or the token is cancelled (then `Ok`).
 //!
 //! Shutdown ([`run`]'s token): stop consuming and claiming, let in-flight jobs finish for the
 //! grace period, hand back the rest, drain the outbox, close the connection, return.
