@@ -15,7 +15,8 @@
 # - publishing needs write on the exchange; consuming needs read on the queue.
 # Hence a role's read set is its own queue plus the exchanges its bindings name. (The
 # dead-letter exchange and queue share the name `dr.dead-letter`, so readers of the exchange
-# can read that queue too — dead-lettered commands carry no more than the command itself.)
+# can read that queue too — it holds redacted copies: no token signature. Workers publish
+# those copies to the exchange, covered by BIND_WRITE.)
 set -euo pipefail
 VHOST=/
 PREFIX=drfleet

@@ -36,6 +36,81 @@ impl Retry for AmqpError {
     }
 }
 
+/// Why the broker could not be reached at start. Display names host, port, vhost and user,
+/// never the password.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct BrokerUnavailable {
+    pub reason: String,
+    /// Retrying cannot help: credentials refused, vhost missing or not permitted, connection
+    /// refused, unknown host.
+    pub permanent: bool,
+}
+
+/// Connect once and close again: a start-up check that names what is wrong.
+pub async fn probe(url: &str) -> Result<(), BrokerUnavailable> {
+    let uri: lapin::uri::AMQPUri = url.parse().map_err(|_| BrokerUnavailable {
+        reason: "the AMQP URL is invalid".into(),
+        permanent: true,
+    })?;
+    let at = format!("{}:{}", uri.authority.host, uri.authority.port);
+    let user = &uri.authority.userinfo.username;
+    let vhost = &uri.vhost;
+    // Until the broker answered once, its failures are reported by the caller, not by lapin.
+    crate::telemetry::mute_lapin(true);
+    let conn = match tokio::time::timeout(Duration::from_secs(10), connect(url, "drfleet-probe"))
+        .await
+    {
+        Err(_) => {
+            return Err(BrokerUnavailable {
+                reason: format!("no answer from {at} within 10 s"),
+                permanent: false,
+            });
+        }
+        Ok(Ok(c)) => c,
+        Ok(Err(AmqpError::Broker(e))) => {
+            use lapin::ErrorKind as K;
+            let (permanent, reason) = match e.kind() {
+                K::IOError(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    (true, format!("connection refused by {at}"))
+                }
+                K::IOError(io)
+                    if io.to_string().contains("Name or service not known")
+                        || io.to_string().contains("No address associated") =>
+                {
+                    (true, format!("host {} not found", uri.authority.host))
+                }
+                K::ProtocolError(amqp) if amqp.get_id() == 403 => (
+                    true,
+                    format!("authentication failed for user \"{user}\" on {at}"),
+                ),
+                K::ProtocolError(amqp) if amqp.get_id() == 530 => (
+                    true,
+                    format!(
+                        "vhost \"{vhost}\" does not exist on {at} or user \"{user}\" may not use it"
+                    ),
+                ),
+                K::ProtocolError(amqp) => (
+                    false,
+                    format!("{at} closed the connection: {}", amqp.get_id()),
+                ),
+                K::IOError(io) => (false, format!("cannot reach {at}: {}", io.kind())),
+                _ => (false, format!("cannot connect to {at}")),
+            };
+            return Err(BrokerUnavailable { reason, permanent });
+        }
+        Ok(Err(_)) => {
+            return Err(BrokerUnavailable {
+                reason: format!("cannot connect to {at}"),
+                permanent: false,
+            });
+        }
+    };
+    let _ = conn.close(200, "start-up check".into()).await;
+    crate::telemetry::mute_lapin(false);
+    Ok(())
+}
+
 /// Open a connection named `name` (shown in the management UI).
 pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
     let props = ConnectionProperties::default().with_connection_name(name.into());

@@ -35,6 +35,20 @@ impl ReasonCode {
             Self::Conflict => "CONFLICT",
         }
     }
+
+    pub const ALL: [ReasonCode; 6] = [
+        Self::Malformed,
+        Self::Unauthenticated,
+        Self::Forbidden,
+        Self::InvalidArgument,
+        Self::NotFound,
+        Self::Conflict,
+    ];
+
+    /// The code of [`Self::as_str`]'s text (e.g. as stored in `pf_commands.reason_code`).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
 }
 
 impl fmt::Display for ReasonCode {
@@ -216,6 +230,10 @@ pub fn validate_envelope(
     // Read what identifies the command first, so that a later rejection can name it.
     let command_id = env.command_id.parse::<CommandId>().ok();
     let organization_id = env.organization_id.parse::<OrganizationId>().ok();
+    // The nil UUID is nobody's organization (the audit log uses it for "unknown"); it must
+    // not route a rejection event either.
+    let nil_org = organization_id.is_some_and(|o| o.0.is_nil());
+    let organization_id = organization_id.filter(|o| !o.0.is_nil());
     let correlation_id = if is_printable_id(&env.correlation_id) {
         env.correlation_id.clone()
     } else {
@@ -229,6 +247,12 @@ pub fn validate_envelope(
     };
 
     let command_id = command_id.ok_or_else(|| with_ctx(invalid("command_id", "is not a UUID")))?;
+    if nil_org {
+        return Err(with_ctx(invalid(
+            "organization_id",
+            "must not be the nil UUID",
+        )));
+    }
     let organization_id =
         organization_id.ok_or_else(|| with_ctx(invalid("organization_id", "is not a UUID")))?;
     if !is_printable_id(&env.correlation_id) {
@@ -356,7 +380,48 @@ pub fn validate_envelope(
     })
 }
 
+/// Refuse a command whose routing key is not `<kind>.<organization_id>` of its envelope, so
+/// that bindings and broker permissions keyed on the routing key mean what they say.
+pub fn check_routing_key(routing_key: &str, cmd: &ValidCommand) -> Result<(), Rejection> {
+    // Compared as a UUID, not as text: the envelope may spell the id in upper case.
+    let matches = routing_key.split_once('.').is_some_and(|(kind, org)| {
+        kind == cmd.body.kind().as_str()
+            && org.parse::<OrganizationId>().ok() == Some(cmd.organization_id)
+    });
+    if matches {
+        return Ok(());
+    }
+    let mut r = invalid(
+        "routing key",
+        "does not match the command's kind and organization_id",
+    );
+    r.command_id = Some(cmd.command_id);
+    r.organization_id = Some(cmd.organization_id);
+    r.correlation_id = cmd.correlation_id.clone();
+    Err(r)
+}
+
 impl ValidCommand {
+    /// What a command asks for, independent of who sent it and when: kind, organization and
+    /// the body, encoded canonically (prost encodes a given message deterministically). Not
+    /// the token, `issued_at` or the correlation id. Two deliveries with one command_id are
+    /// the same command exactly when these bytes are equal.
+    pub fn content_bytes(&self) -> Vec<u8> {
+        let mut body = self.to_envelope();
+        body.command_id.clear();
+        body.organization_id.clear();
+        body.issued_at = None;
+        body.actor_token.clear();
+        body.correlation_id.clear();
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(b"dr.v1.command-content\0");
+        out.extend_from_slice(self.body.kind().as_str().as_bytes());
+        out.push(0);
+        out.extend_from_slice(self.organization_id.0.as_bytes());
+        out.extend_from_slice(&body.encode_to_vec());
+        out
+    }
+
     /// Back to the wire form (used by publishers and tests).
     pub fn to_envelope(&self) -> v1::CommandEnvelope {
         let command = match &self.body {

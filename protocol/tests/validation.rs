@@ -575,3 +575,72 @@ fn reason_codes_match_the_proto_comment() {
         (None, None, "")
     );
 }
+
+#[test]
+fn the_nil_uuid_is_not_an_organization() {
+    let env = with(envelope(backup("full")), |e| {
+        e.organization_id = "00000000-0000-0000-0000-000000000000".into()
+    });
+    let r = assert_rejected(
+        decode(&env),
+        ReasonCode::InvalidArgument,
+        "organization_id",
+        &[],
+    );
+    assert_eq!(r.command_id, Some(cmd_id()));
+    // Not echoed as an organization: the rejection event routes to `.unknown`.
+    assert_eq!(r.organization_id, None);
+}
+
+#[test]
+fn routing_key_must_name_the_envelope_kind_and_organization() {
+    let cmd = decode(&envelope(backup("full"))).unwrap();
+    validate::check_routing_key(&format!("backup.{ORG_ID}"), &cmd).unwrap();
+    // The envelope spells ids in either case; the routing key is compared as a UUID.
+    validate::check_routing_key(&format!("backup.{}", ORG_ID.to_uppercase()), &cmd).unwrap();
+    let other = OrganizationId::new();
+    for key in [
+        format!("backup.{other}"),
+        format!("verify.{ORG_ID}"),
+        format!("backup.{ORG_ID}.x"),
+        "backup".to_string(),
+        "dr.backup".to_string(),
+        String::new(),
+    ] {
+        let r = assert_rejected(
+            validate::check_routing_key(&key, &cmd).map(|_| cmd.clone()),
+            ReasonCode::InvalidArgument,
+            "routing key",
+            &[],
+        );
+        assert_ids_filled(&r);
+    }
+}
+
+#[test]
+fn content_bytes_ignore_token_time_and_correlation_but_not_the_body() {
+    let a = decode(&envelope(backup("full"))).unwrap();
+    let b = decode(&with(envelope(backup("full")), |e| {
+        e.actor_token = "another.token.value".into();
+        e.issued_at = Some(Timestamp {
+            seconds: 1_770_000_000,
+            nanos: 0,
+        });
+        e.correlation_id = "corr-other".into();
+    }))
+    .unwrap();
+    assert_eq!(a.content_bytes(), b.content_bytes());
+    let tier = decode(&envelope(backup("nightly"))).unwrap();
+    assert_ne!(a.content_bytes(), tier.content_bytes());
+    let org = decode(&with(envelope(backup("full")), |e| {
+        e.organization_id = OrganizationId::new().to_string()
+    }))
+    .unwrap();
+    assert_ne!(a.content_bytes(), org.content_bytes());
+    let kind = decode(&envelope(verify(RECORD_ID))).unwrap();
+    assert_ne!(a.content_bytes(), kind.content_bytes());
+    assert!(
+        !String::from_utf8_lossy(&a.content_bytes()).contains("SECRET-TOKEN-SIG"),
+        "no token in the content"
+    );
+}

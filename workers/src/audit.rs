@@ -312,7 +312,7 @@ pub async fn verify_chains(
 }
 
 /// Consume `dr.audit` in batches until `stop`.
-pub async fn consume_loop(mut consumer: Consumer, sink: Arc<AuditSink>, stop: CancellationToken) {
+pub async fn consume_loop(consumer: &mut Consumer, sink: Arc<AuditSink>, stop: CancellationToken) {
     loop {
         let first = tokio::select! {
             _ = stop.cancelled() => return,

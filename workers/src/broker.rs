@@ -126,6 +126,12 @@ impl Broker {
             let publisher = ConfirmPublisher::new(&conn).await?;
             let mut consumers = Vec::new();
             for spec in &self.consumers {
+                // Refused commands are dead-lettered by the intake itself (a redacted copy,
+                // confirmed before the original is acked), on a confirm channel of its own.
+                let dead_letters = match spec {
+                    ConsumerSpec::Commands { .. } => Some(ConfirmPublisher::new(&conn).await?),
+                    ConsumerSpec::Audit { .. } => None,
+                };
                 let ch = conn.create_channel().await?;
                 ch.basic_qos(spec.prefetch(), BasicQosOptions::default())
                     .await?;
@@ -138,7 +144,7 @@ impl Broker {
                         FieldTable::default(),
                     )
                     .await?;
-                consumers.push(consumer);
+                consumers.push((consumer, ch, dead_letters));
             }
             Ok::<_, AmqpError>((publisher, consumers))
         };
@@ -156,22 +162,29 @@ impl Broker {
         // Consumers stop taking deliveries on `stop` but finish the one in hand.
         let stop = shutdown.child_token();
         let mut tasks = JoinSet::new();
-        for (spec, consumer) in self.consumers.iter().zip(consumers) {
+        // Channels this session opened, closed explicitly at a clean shutdown (see below).
+        let mut channels = Vec::new();
+        for (spec, (mut consumer, ch, dead_letters)) in self.consumers.iter().zip(consumers) {
+            channels.push(ch);
+            // Each task hands its consumer back when it ends, so it is dropped only after
+            // its channel is closed.
             match spec {
                 ConsumerSpec::Commands { intake, .. } => {
-                    tasks.spawn(command_loop(
-                        consumer,
-                        intake.clone(),
-                        stop.clone(),
-                        shutdown.clone(),
-                    ));
+                    let dead_letters =
+                        dead_letters.expect("a command consumer has a dead-letter channel");
+                    channels.push(dead_letters.channel().clone());
+                    let (intake, stop, shutdown) = (intake.clone(), stop.clone(), shutdown.clone());
+                    tasks.spawn(async move {
+                        command_loop(&mut consumer, dead_letters, intake, stop, shutdown).await;
+                        consumer
+                    });
                 }
                 ConsumerSpec::Audit { sink, .. } => {
-                    tasks.spawn(crate::audit::consume_loop(
-                        consumer,
-                        sink.clone(),
-                        stop.clone(),
-                    ));
+                    let (sink, stop) = (sink.clone(), stop.clone());
+                    tasks.spawn(async move {
+                        crate::audit::consume_loop(&mut consumer, sink, stop).await;
+                        consumer
+                    });
                 }
             }
         }
@@ -197,15 +210,35 @@ impl Broker {
         };
         stop.cancel();
         // Deliveries in hand are short (a transaction); wait for them, bounded.
+        let mut ended = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
-            while tasks.join_next().await.is_some() {}
+            while let Some(done) = tasks.join_next().await {
+                ended.extend(done.ok());
+            }
         })
         .await;
         tasks.abort_all();
         if result.is_ok() {
+            // Close in order: every channel explicitly (awaiting close-ok), then the
+            // connection. Dropping a consumer or the last handle of a channel makes lapin
+            // close that channel in the background; racing the connection's close, that
+            // failed with `invalid channel state: Closing`, logged at ERROR.
+            for ch in &channels {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), ch.close(200, "shutdown".into()))
+                        .await;
+            }
+            drop(ended);
             // Keep publishing possible until the relay's last drain is done.
             close.cancelled().await;
-            self.publisher.send_replace(None);
+            let publisher = self.publisher.send_replace(None);
+            if let Some(p) = publisher {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    p.channel().close(200, "shutdown".into()),
+                )
+                .await;
+            }
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), conn.close(200, "shutdown".into()))
                     .await;
@@ -231,7 +264,8 @@ fn lost(established: bool, e: &AmqpError) -> SessionEnd {
 }
 
 async fn command_loop(
-    mut consumer: Consumer,
+    consumer: &mut Consumer,
+    dead_letters: ConfirmPublisher,
     intake: Arc<Intake>,
     stop: CancellationToken,
     shutdown: CancellationToken,
@@ -249,7 +283,7 @@ async fn command_loop(
             }
             None => return,
         };
-        if let Err(e) = intake.handle(delivery, &shutdown).await {
+        if let Err(e) = intake.handle(delivery, &dead_letters, &shutdown).await {
             tracing::warn!(queue = intake.kind.queue(), error = %e, "could not settle a delivery; it will be redelivered");
             return;
         }

@@ -37,6 +37,11 @@ impl Role {
         }
     }
 
+    /// Whether this build implements the role (`all` means every available one).
+    pub fn available(self) -> bool {
+        !matches!(self, Role::Drill)
+    }
+
     /// Roles that consume commands (and so verify tokens and need the master key).
     pub fn command_kind(self) -> Option<drfleet_protocol::topology::CommandKind> {
         use drfleet_protocol::topology::CommandKind as K;
@@ -54,7 +59,8 @@ impl Role {
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "drfleet-worker", version, about)]
 pub struct WorkerCli {
-    /// Role(s) to run: backup, restore, drill, verify, audit, or all (development).
+    /// Role(s) to run: backup, restore, drill, verify, audit, or all (development: every role
+    /// this build has).
     /// Repeat the flag, or comma-separate in DR_ROLE.
     #[arg(long = "role", env = "DR_ROLE", value_delimiter = ',', required = true)]
     pub roles: Vec<String>,
@@ -115,8 +121,9 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_TENANT_ROOT")]
     pub tenant_root: Option<String>,
 
-    /// Health, readiness and metrics listener.
-    #[arg(long, env = "DR_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    /// Health, readiness and metrics listener. The default port 0 picks a free port (logged
+    /// at start), so processes on one host never clash; set a fixed one for probes.
+    #[arg(long, env = "DR_HTTP_ADDR", default_value = "127.0.0.1:0")]
     pub http_addr: String,
 
     #[command(flatten)]
@@ -200,15 +207,26 @@ impl WorkerConfig {
         let mut roles = Vec::new();
         for r in &cli.roles {
             match r.trim() {
-                "all" => roles.extend(Role::ALL),
-                s => roles.push(Role::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(
-                    || {
-                        ConfigError::new(
+                "all" => roles.extend(Role::ALL.into_iter().filter(|r| r.available())),
+                s => {
+                    let role =
+                        Role::ALL
+                            .into_iter()
+                            .find(|x| x.as_str() == s)
+                            .ok_or_else(|| {
+                                ConfigError::new(
+                                    "DR_ROLE",
+                                    "roles are backup, restore, drill, verify, audit or all",
+                                )
+                            })?;
+                    if !role.available() {
+                        return Err(ConfigError::new(
                             "DR_ROLE",
-                            "roles are backup, restore, drill, verify, audit or all",
-                        )
-                    },
-                )?),
+                            format!("role {} is not available in this build", role.as_str()),
+                        ));
+                    }
+                    roles.push(role);
+                }
             }
         }
         roles.sort();

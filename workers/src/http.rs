@@ -1,7 +1,10 @@
 //! `GET /health` (liveness), `GET /ready` (broker and database reachable), `GET /metrics`.
+//!
+//! The listener is bound first thing at start (so an address clash fails at once), before the
+//! database is connected; until then `/ready` answers 503 `database: starting`.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -16,11 +19,11 @@ use crate::metrics::Metrics;
 
 #[derive(Clone)]
 struct AppState {
-    pool: PgPool,
+    pool: Arc<OnceLock<PgPool>>,
     metrics: Arc<Metrics>,
 }
 
-pub fn router(pool: PgPool, metrics: Arc<Metrics>) -> Router {
+pub fn router(pool: Arc<OnceLock<PgPool>>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
@@ -32,21 +35,30 @@ pub fn router(pool: PgPool, metrics: Arc<Metrics>) -> Router {
 }
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
-    let db = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&s.pool),
-    )
-    .await
-    .map(|r| r.is_ok())
-    .unwrap_or(false);
+    let db = match s.pool.get() {
+        None => None,
+        Some(pool) => Some(
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                sqlx::query("SELECT 1").execute(pool),
+            )
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false),
+        ),
+    };
     let broker = s.metrics.broker_connected.load(Ordering::Relaxed);
     let body = format!(
         "database: {}\nbroker: {}\n",
-        if db { "ok" } else { "down" },
+        match db {
+            None => "starting",
+            Some(true) => "ok",
+            Some(false) => "down",
+        },
         if broker { "ok" } else { "down" }
     );
     (
-        if db && broker {
+        if db == Some(true) && broker {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -58,7 +70,7 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
 /// Serve until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
-    pool: PgPool,
+    pool: Arc<OnceLock<PgPool>>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {

@@ -6,6 +6,7 @@
 //! - [`broker`]: the RabbitMQ session (topology, confirm channel, consumers, reconnect).
 //! - [`intake`]: a command delivery → validated, authenticated, deduplicated → a durable job
 //!   (or a `command_rejected` event and dead-lettering) → ack.
+//! - [`deadletter`]: the redacted copy of a refused command published to `dr.dead-letter`.
 //! - [`jobs`]: job runners claiming `pf_jobs` rows under a lease with heartbeat.
 //! - [`handler`]: the [`handler::JobHandler`] trait each role implements.
 //! - [`faults`]: named fault points for tests (feature `fault-injection`, off in builds).
@@ -14,12 +15,17 @@
 //! - [`http`]: `/health`, `/ready`, `/metrics`.
 //! - [`roles`]: the role implementations.
 //!
+//! Start-up ([`run`]): bind the http listener, connect and migrate the metadata database,
+//! check the broker; permanent failures return [`RunError`] (exit 2), transient ones are
+//! retried until they pass or the token is cancelled (then `Ok`).
+//!
 //! Shutdown ([`run`]'s token): stop consuming and claiming, let in-flight jobs finish for the
 //! grace period, hand back the rest, drain the outbox, close the connection, return.
 
 pub mod audit;
 pub mod broker;
 pub mod config;
+pub mod deadletter;
 pub mod faults;
 pub mod handler;
 pub mod http;
@@ -33,7 +39,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
@@ -49,13 +55,21 @@ use crate::handler::Handlers;
 use crate::intake::Intake;
 use crate::metrics::Metrics;
 
-/// Why the process could not run. Display carries no secrets.
+/// Why the process could not start. Every variant is permanent (transient trouble at start
+/// is retried inside [`run`]); `drfleet-worker` prints its Display as one line and exits 2.
+/// Display carries no secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("metadata database: {0}")]
+    #[error("metadata database (DR_DATABASE_URL): {0}")]
     Database(#[from] db::DbError),
-    #[error("cannot listen on the http address: {0}")]
-    Http(std::io::Error),
+    #[error("broker (DR_AMQP_URL): {0}")]
+    Broker(drfleet_infra::amqp::BrokerUnavailable),
+    #[error("cannot listen on DR_HTTP_ADDR {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("role setup: {0}")]
     Role(String),
 }
@@ -63,10 +77,93 @@ pub enum RunError {
 /// Attempts a job gets before it fails for good (worker crashes count).
 pub const MAX_JOB_ATTEMPTS: i32 = 3;
 
-/// Run the roles of `config` until `shutdown` is cancelled.
+/// Run the roles of `config` until `shutdown` is cancelled. Returns `Ok` on shutdown, also
+/// when it comes during start-up retries.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let handlers = roles::handlers_for(&config).await?;
     run_with_handlers(config, handlers, shutdown).await
+}
+
+/// Retry `attempt` until it succeeds (`Some`), fails for good (`Err`), or `shutdown` comes
+/// (`None`). Each transient failure is logged with its reason.
+async fn at_start<T, E, F, Fut>(
+    service: &'static str,
+    shutdown: &CancellationToken,
+    permanent: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> Result<Option<T>, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        let res = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            r = attempt() => r,
+        };
+        match res {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) if permanent(&e) => return Err(e),
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(
+                    service,
+                    reason = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "unavailable at start-up; retrying"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(None),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Connect and migrate the metadata database, then check the broker; `None` if shutdown
+/// came first.
+async fn start_dependencies(
+    config: &WorkerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Option<PgPool>, RunError> {
+    let pool = at_start(
+        "metadata database",
+        shutdown,
+        db::DbError::is_permanent,
+        || async {
+            let pool = db::connect(&config.database_url, "drfleet-worker", 16).await?;
+            db::migrate(&pool).await?;
+            Ok::<_, db::DbError>(pool)
+        },
+    )
+    .await?;
+    let Some(pool) = pool else {
+        return Ok(None);
+    };
+    // Later broker trouble is retried for ever by the session; at start, a wrong URL,
+    // credentials or vhost is named and ends the process.
+    let checked = at_start(
+        "broker",
+        shutdown,
+        |e: &drfleet_infra::amqp::BrokerUnavailable| e.permanent,
+        || drfleet_infra::amqp::probe(&config.amqp_url),
+    )
+    .await;
+    match checked {
+        Ok(Some(())) => Ok(Some(pool)),
+        other => {
+            pool.close().await;
+            other.map(|_| None).map_err(RunError::Broker)
+        }
+    }
 }
 
 /// Like [`run`], with the command handlers given (tests plug theirs in here). Commands are
@@ -76,34 +173,38 @@ pub async fn run_with_handlers(
     handlers: Handlers,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let pool = (|| db::connect(&config.database_url, "drfleet-worker", 16))
-        .retry(
-            ExponentialBuilder::default()
-                .with_max_times(8)
-                .with_max_delay(Duration::from_secs(5)),
-        )
-        .when(|e| matches!(e, db::DbError::Connect { .. }))
-        .notify(|_, d| {
-            tracing::warn!(
-                retry_in_ms = d.as_millis() as u64,
-                "metadata database unreachable; retrying"
-            )
-        })
-        .await?;
-    db::migrate(&pool).await?;
-    tracing::info!(roles = ?config.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), worker_id = %config.worker_id, "migrations applied; starting");
-
-    let metrics = Arc::new(Metrics::default());
+    // Bound before anything slow, so that an address clash fails at once.
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
-        .map_err(RunError::Http)?;
+        .map_err(|source| RunError::Http {
+            addr: config.http_addr,
+            source,
+        })?;
+    // Logged with "starting" below: a permanent start-up error must stay the only line.
+    let http_addr = listener.local_addr().unwrap_or(config.http_addr);
+    let metrics = Arc::new(Metrics::default());
+    let ready_pool = Arc::new(std::sync::OnceLock::new());
     let http_stop = CancellationToken::new();
     let http_task = tokio::spawn(http::serve(
         listener,
-        pool.clone(),
+        ready_pool.clone(),
         metrics.clone(),
         http_stop.clone(),
     ));
+
+    let pool = match start_dependencies(&config, &shutdown).await {
+        Ok(Some(pool)) => pool,
+        other => {
+            http_stop.cancel();
+            let _ = http_task.await;
+            if other.is_ok() {
+                tracing::info!("stopped during start-up");
+            }
+            return other.map(|_| ());
+        }
+    };
+    let _ = ready_pool.set(pool.clone());
+    tracing::info!(roles = ?config.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), worker_id = %config.worker_id, %http_addr, "migrations applied; starting (/health, /ready, /metrics on http_addr)");
 
     let kinds = handlers.kinds();
     let job_wakes: HashMap<CommandKind, Arc<Notify>> = kinds

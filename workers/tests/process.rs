@@ -220,6 +220,10 @@ async fn worker_process_becomes_ready_and_exits_0_on_sigterm() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert_eq!(status.code(), Some(0), "clean exit; logs: {stderr}");
+    assert!(
+        error_lines(&stderr).is_empty(),
+        "no ERROR line on a clean shutdown: {stderr}"
+    );
     for line in stderr.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|_| panic!("json log line: {line}"));
@@ -252,4 +256,319 @@ fn staging_ttl_and_master_key_errors_say_what_was_expected() {
         e.contains("got 48 bytes") && e.contains("hex") && !e.contains(&hex),
         "{e}"
     );
+}
+
+fn sigterm(child: &std::process::Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+/// Lines of a JSON log at ERROR level.
+fn error_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .map(|v| v["level"] == "ERROR")
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// A worker started with JSON logs whose stderr is read line by line on a thread; returns
+/// the http address it logged, once it did.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn spawn(envs: &[(String, String)], args: &[&str]) -> Self {
+        let mut child = worker(envs, args)
+            .env("DR_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for l in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Self {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// The address logged (`http_addr` of the "starting" line).
+    async fn http_addr(&mut self) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(addr) = self.lines.lock().unwrap().iter().find_map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                v["fields"]["http_addr"].as_str().map(str::to_string)
+            }) {
+                return addr;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "http address logged"
+            );
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "worker still running: {:?}",
+                self.lines.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn ready(&mut self) -> String {
+        let addr = self.http_addr().await;
+        let start = Instant::now();
+        while !matches!(http_get(&addr, "/ready"), Some((200, _))) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "ready within 30 s"
+            );
+            assert!(
+                self.child.try_wait().unwrap().is_none(),
+                "worker still running: {:?}",
+                self.lines.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        addr
+    }
+
+    /// SIGTERM, wait; (exit code, log lines).
+    fn stop(mut self) -> (Option<i32>, Vec<String>) {
+        sigterm(&self.child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "exits within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        self.reader.take().unwrap().join().unwrap();
+        let lines = self.lines.lock().unwrap().clone();
+        (status.code(), lines)
+    }
+}
+
+fn assert_clean(code: Option<i32>, lines: &[String]) {
+    assert_eq!(code, Some(0), "clean exit; logs: {lines:#?}");
+    let text = lines.join("\n");
+    assert!(
+        error_lines(&text).is_empty(),
+        "no ERROR line on a clean shutdown: {:#?}",
+        error_lines(&text)
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("\"stopped\"")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn startup_with_a_missing_database_exits_2_at_once_naming_it() {
+    let name = format!(
+        "drtest_missing_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let env = with(
+        &base_env(),
+        "DR_DATABASE_URL",
+        &format!("postgres://postgres@127.0.0.1:5432/{name}"),
+    );
+    let start = Instant::now();
+    let e = expect_config_error(
+        &with(&env, "DR_HTTP_ADDR", "127.0.0.1:0"),
+        &["--role", "audit"],
+    );
+    assert!(start.elapsed() < Duration::from_secs(5), "fails fast");
+    assert!(
+        e.contains(&format!("database \"{name}\" does not exist")),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("createdb -h 127.0.0.1 -p 5432 -U postgres {name}")),
+        "{e}"
+    );
+}
+
+#[test]
+fn startup_with_refused_connection_or_unknown_user_exits_2_naming_the_cause() {
+    // Nothing listens on port 1.
+    let env = with(
+        &base_env(),
+        "DR_DATABASE_URL",
+        "postgres://postgres:PWMARKER@127.0.0.1:1/drfleet",
+    );
+    let e = expect_config_error(&env, &["--role", "audit"]);
+    assert!(e.contains("connection refused by 127.0.0.1:1"), "{e}");
+    assert!(!e.contains("PWMARKER"), "{e}");
+    let env = with(
+        &base_env(),
+        "DR_DATABASE_URL",
+        "postgres://no_such_role_x@127.0.0.1:5432/postgres",
+    );
+    let e = expect_config_error(&env, &["--role", "audit"]);
+    assert!(
+        e.contains("authentication failed for user \"no_such_role_x\""),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn startup_with_wrong_broker_credentials_or_vhost_exits_2_naming_the_cause() {
+    let env = TestEnv::new().await;
+    let base = env.worker_env("127.0.0.1:0");
+    let e = expect_config_error(
+        &with(
+            &base,
+            "DR_AMQP_URL",
+            &env.amqp_url.replace("guest:guest", "guest:PWMARKER"),
+        ),
+        &["--role", "audit"],
+    );
+    assert!(
+        e.contains("DR_AMQP_URL") && e.contains("authentication failed for user \"guest\""),
+        "{e}"
+    );
+    assert!(!e.contains("PWMARKER"), "{e}");
+    let e = expect_config_error(
+        &with(&base, "DR_AMQP_URL", &format!("{}-missing", env.amqp_url)),
+        &["--role", "audit"],
+    );
+    assert!(
+        e.contains(&format!("vhost \"{}-missing\"", env.vhost)),
+        "{e}"
+    );
+    let e = expect_config_error(
+        &with(&base, "DR_AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+        &["--role", "audit"],
+    );
+    assert!(e.contains("connection refused by 127.0.0.1:1"), "{e}");
+    env.cleanup().await;
+}
+
+#[test]
+fn sigterm_during_startup_retries_exits_promptly_with_0() {
+    // A "database" that accepts connections and hangs up at once: transient, retried.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            drop(s);
+        }
+    });
+    let env = with(
+        &base_env(),
+        "DR_DATABASE_URL",
+        &format!("postgres://postgres@127.0.0.1:{port}/drfleet"),
+    );
+    let mut run = Running::spawn(&env, &["--role", "audit"]);
+    let start = Instant::now();
+    // Wait for two warnings that say why.
+    loop {
+        let warnings: Vec<String> = run
+            .lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| {
+                l.contains("unavailable at start-up; retrying") && l.contains("metadata database")
+            })
+            .cloned()
+            .collect();
+        if warnings.len() >= 2 {
+            for w in &warnings {
+                let v: serde_json::Value = serde_json::from_str(w).unwrap();
+                assert_eq!(v["level"], "WARN");
+                let reason = v["fields"]["reason"].as_str().unwrap_or_default();
+                assert!(reason.contains(&format!("127.0.0.1:{port}")), "{w}");
+            }
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "retries logged");
+        assert!(run.child.try_wait().unwrap().is_none(), "still retrying");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let t = Instant::now();
+    let (code, lines) = run.stop();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "stopped within 2 s: {:?}",
+        t.elapsed()
+    );
+    assert_eq!(code, Some(0), "{lines:#?}");
+    assert!(error_lines(&lines.join("\n")).is_empty(), "{lines:#?}");
+}
+
+#[test]
+fn an_unavailable_role_is_a_configuration_error() {
+    let e = expect_config_error(&base_env(), &["--role", "drill"]);
+    assert!(e.contains("DR_ROLE") && e.contains("drill"), "{e}");
+    let e = expect_config_error(&base_env(), &["--role", "backup,drill"]);
+    assert!(e.contains("drill"), "{e}");
+}
+
+#[tokio::test]
+async fn role_all_starts_every_available_role_and_stops_cleanly() {
+    let env = TestEnv::new().await;
+    let mut run = Running::spawn(
+        &without(&env.worker_env("127.0.0.1:0"), "DR_HTTP_ADDR"),
+        &["--role", "all"],
+    );
+    run.ready().await;
+    let consumers = rabbit_json(&["list_consumers", "-p", &env.vhost, "queue_name"]);
+    let queues: std::collections::BTreeSet<String> = consumers
+        .iter()
+        .filter_map(|c| c["queue_name"].as_str().map(str::to_string))
+        .collect();
+    for q in ["dr.backup", "dr.restore", "dr.verify", "dr.audit"] {
+        assert!(queues.contains(q), "consumes {q}: {queues:?}");
+    }
+    let (code, lines) = run.stop();
+    assert_clean(code, &lines);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_workers_with_the_readme_settings_run_side_by_side() {
+    let env = TestEnv::new().await;
+    // README: the same environment for both, DR_HTTP_ADDR unset.
+    let shared = without(&env.worker_env("unused"), "DR_HTTP_ADDR");
+    let mut backup = Running::spawn(&shared, &["--role", "backup"]);
+    let mut audit = Running::spawn(&shared, &["--role", "audit"]);
+    let a = backup.ready().await;
+    let b = audit.ready().await;
+    assert_ne!(a, b);
+    // A fixed address already taken fails at once, naming it.
+    let clash = with(&shared, "DR_HTTP_ADDR", &a);
+    let start = Instant::now();
+    let e = expect_config_error(&clash, &["--role", "audit"]);
+    assert!(e.contains("DR_HTTP_ADDR") && e.contains(&a), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    let (code, lines) = backup.stop();
+    assert_clean(code, &lines);
+    let (code, lines) = audit.stop();
+    assert_clean(code, &lines);
+    env.cleanup().await;
 }

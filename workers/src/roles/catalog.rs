@@ -12,7 +12,7 @@ use crate::handler::JobError;
 
 /// drfleet's own tables. They carry `organization_id` too and, with the default
 /// DR_SOURCE_DATABASE_URL, live in the same database, so the `full` tier must skip them.
-pub const METADATA_TABLES: [&str; 11] = [
+pub const METADATA_TABLES: [&str; 12] = [
     "pf_backup_tiers",
     "pf_backup_policies",
     "pf_backup_records",
@@ -21,6 +21,7 @@ pub const METADATA_TABLES: [&str; 11] = [
     "pf_audit_events",
     "pf_audit_heads",
     "pf_commands",
+    "pf_rejected_messages",
     "pf_jobs",
     "pf_outbox",
     "_sqlx_migrations",
