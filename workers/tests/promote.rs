@@ -132,6 +132,31 @@ async fn promote(
     run_command(tap, p, &cmd).await
 }
 
+/// A PROMOTE that must be refused with `code` and change nothing at all (every row of the
+/// database compared before and after) and leave no staging schema; returns its event.
+async fn refused(
+    env: &TestEnv,
+    tap: &EventTap,
+    p: &drfleet_infra::amqp::ConfirmPublisher,
+    org: &OrganizationId,
+    record: &str,
+    code: &str,
+) -> v1::RestoreFailed {
+    let everything = fingerprint_outside(&env.pool, org, &[]).await;
+    let events = promote(tap, p, org, record).await;
+    let Some(Event::RestoreFailed(failed)) = &events.last().unwrap().env.event else {
+        panic!("{events:?}")
+    };
+    assert_eq!(failed.error_code, code, "{failed:?}");
+    assert_eq!(
+        fingerprint_outside(&env.pool, org, &[]).await,
+        everything,
+        "a refused promotion changes nothing at all"
+    );
+    assert!(staging_schemas(&env.pool).await.is_empty());
+    failed.clone()
+}
+
 #[tokio::test]
 async fn promotion_changes_only_the_backups_rows_without_triggers_or_cascades_and_promotes_cycles()
 {
@@ -235,13 +260,7 @@ async fn a_promotion_that_would_orphan_rows_outside_the_backup_is_refused_with_n
     .execute(&env.pool)
     .await
     .unwrap();
-    let everything = fingerprint_outside(&env.pool, &org, &[]).await;
-
-    let events = promote(&tap, &p, &org, &record).await;
-    let Some(Event::RestoreFailed(failed)) = &events.last().unwrap().env.event else {
-        panic!("{events:?}")
-    };
-    assert_eq!(failed.error_code, "PROMOTE_WOULD_ORPHAN", "{failed:?}");
+    let failed = refused(&env, &tap, &p, &org, &record, "PROMOTE_WOULD_ORPHAN").await;
     assert!(
         failed
             .message
@@ -249,12 +268,6 @@ async fn a_promotion_that_would_orphan_rows_outside_the_backup_is_refused_with_n
         "the message names the referencing table and its count: {}",
         failed.message
     );
-    assert_eq!(
-        fingerprint_outside(&env.pool, &org, &[]).await,
-        everything,
-        "a refused promotion changes nothing at all"
-    );
-    assert!(staging_schemas(&env.pool).await.is_empty());
     assert_eq!(
         failed_checks(&env.pool, &failed.restore_job_id).await,
         ["promoted"],
@@ -294,17 +307,11 @@ async fn a_promotion_is_refused_when_triggers_would_fire_anyway_or_referenced_ro
         .execute(&env.pool)
         .await
         .unwrap();
-    let everything = fingerprint_outside(&env.pool, &org, &[]).await;
-    let events = promote(&tap, &p, &org, &record).await;
-    let Some(Event::RestoreFailed(failed)) = &events.last().unwrap().env.event else {
-        panic!("{events:?}")
-    };
-    assert_eq!(failed.error_code, "PROMOTE_TRIGGERS_WOULD_FIRE");
+    let failed = refused(&env, &tap, &p, &org, &record, "PROMOTE_TRIGGERS_WOULD_FIRE").await;
     assert!(
         failed.message.contains("contacts.contacts_log"),
         "{failed:?}"
     );
-    assert_eq!(fingerprint_outside(&env.pool, &org, &[]).await, everything);
     sqlx::raw_sql("ALTER TABLE contacts ENABLE TRIGGER contacts_log")
         .execute(&env.pool)
         .await
@@ -315,18 +322,19 @@ async fn a_promotion_is_refused_when_triggers_would_fire_anyway_or_referenced_ro
         .execute(&env.pool)
         .await
         .unwrap();
-    let everything = fingerprint_outside(&env.pool, &org, &[]).await;
-    let events = promote(&tap, &p, &org, &record).await;
-    let Some(Event::RestoreFailed(failed)) = &events.last().unwrap().env.event else {
-        panic!("{events:?}")
-    };
-    assert_eq!(failed.error_code, "PROMOTE_MISSING_REFERENCED_ROWS");
+    let failed = refused(
+        &env,
+        &tap,
+        &p,
+        &org,
+        &record,
+        "PROMOTE_MISSING_REFERENCED_ROWS",
+    )
+    .await;
     assert!(
         failed.message.contains("accounts(plan) → plans: 20 rows"),
         "{failed:?}"
     );
-    assert_eq!(fingerprint_outside(&env.pool, &org, &[]).await, everything);
-    assert!(staging_schemas(&env.pool).await.is_empty());
 
     // Put the plan back: the promotion goes through.
     sqlx::raw_sql("INSERT INTO plans VALUES ('gold')")
@@ -475,16 +483,8 @@ async fn without_the_replication_role_privilege_promote_fails_at_once_and_is_nev
         .execute(&env.pool)
         .await
         .unwrap();
-    let everything = fingerprint_outside(&env.pool, &org, &[]).await;
-
-    let events = promote(&tap, &p, &org, &record).await;
-    let Some(Event::RestoreFailed(failed)) = &events.last().unwrap().env.event else {
-        panic!("{events:?}")
-    };
-    assert_eq!(failed.error_code, "PROMOTE_PRIVILEGE_MISSING", "{failed:?}");
+    let failed = refused(&env, &tap, &p, &org, &record, "PROMOTE_PRIVILEGE_MISSING").await;
     assert!(failed.message.contains("session_replication_role"));
-    assert_eq!(fingerprint_outside(&env.pool, &org, &[]).await, everything);
-    assert!(staging_schemas(&env.pool).await.is_empty());
     assert_eq!(
         failed_checks(&env.pool, &failed.restore_job_id).await,
         ["promote_privilege"]

@@ -140,36 +140,15 @@ pub async fn fingerprint_outside(
     org: &OrganizationId,
     tenant_tables: &[&str],
 ) -> std::collections::BTreeMap<String, String> {
-    let tables: Vec<(String, String)> = sqlx::query_as(
-        "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'drfleet_restore') \
-           AND n.nspname NOT LIKE 'dr\\_restore\\_%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-           AND c.relname NOT LIKE 'pf\\_%' AND c.relname <> '_sqlx_migrations' ORDER BY 1, 2",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let mut out = std::collections::BTreeMap::new();
-    for (schema, table) in tables {
-        let filter = if schema == "public" && tenant_tables.contains(&table.as_str()) {
-            format!("WHERE t.organization_id IS DISTINCT FROM '{org}'")
-        } else {
-            String::new()
-        };
-        let sql = format!(
-            "SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), 'empty') || ':' || count(*) \
-             FROM \"{schema}\".\"{table}\" t {filter}"
-        );
-        let digest: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        out.insert(format!("{schema}.{table}"), digest);
-    }
-    out
+    let excluded: Vec<(&str, String)> = tenant_tables
+        .iter()
+        .map(|t| (*t, format!("t.organization_id = '{org}'")))
+        .collect();
+    fingerprint_except(pool, &excluded).await
 }
 
-/// Like [`fingerprint_outside`], but the rows left out are chosen per table by a condition on
+/// Every row of every table except drfleet's own, one digest per table, leaving out the
+/// rows chosen per table (of the tenant schema `public`) by a condition on
 /// the row `t` (`("invoice_lines", "t.invoice_id IN (…)")`), for tables whose tenant rows are
 /// found through their keys rather than a tenant column. Tables not listed are taken whole.
 pub async fn fingerprint_except(
