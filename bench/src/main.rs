@@ -623,6 +623,40 @@ async fn send(
     Ok(env.command_id)
 }
 
+/// Publish a backup of `org`'s `full` tier and wait for its record to complete; returns the
+/// record id.
+async fn backup_full(
+    publisher: &ConfirmPublisher,
+    conn: &mut PgConnection,
+    org: &OrganizationId,
+) -> anyhow::Result<uuid::Uuid> {
+    let backup = send(
+        publisher,
+        CommandKind::Backup,
+        org,
+        &["pf.backup.create"],
+        v1::command_envelope::Command::Backup(v1::BackupCommand {
+            tier: "full".into(),
+            policy_id: String::new(),
+            reason: "bench".into(),
+        }),
+    )
+    .await?;
+    wait_for(
+        conn,
+        "SELECT status FROM pf_backup_records WHERE command_id = $1::uuid",
+        &backup,
+        "completed",
+    )
+    .await?;
+    Ok(
+        sqlx::query_scalar("SELECT id FROM pf_backup_records WHERE command_id = $1::uuid")
+            .bind(&backup)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
 /// Poll `sql` (one text column, bound to the command id) until it returns `done`.
 async fn wait_for(
     conn: &mut PgConnection,
@@ -698,28 +732,10 @@ async fn restore_bench(
     declare_topology(&amqp.create_channel().await?).await?;
     let publisher = ConfirmPublisher::new(&amqp).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let backup = send(
-        &publisher,
-        CommandKind::Backup,
-        &org,
-        &["pf.backup.create"],
-        v1::command_envelope::Command::Backup(v1::BackupCommand {
-            tier: "full".into(),
-            policy_id: String::new(),
-            reason: "bench".into(),
-        }),
-    )
-    .await?;
-    wait_for(
-        &mut conn,
-        "SELECT status FROM pf_backup_records WHERE command_id = $1::uuid",
-        &backup,
-        "completed",
-    )
-    .await?;
-    let (record, object_key): (uuid::Uuid, String) =
-        sqlx::query_as("SELECT id, object_key FROM pf_backup_records WHERE command_id = $1::uuid")
-            .bind(&backup)
+    let record = backup_full(&publisher, &mut conn, &org).await?;
+    let object_key: String =
+        sqlx::query_scalar("SELECT object_key FROM pf_backup_records WHERE id = $1")
+            .bind(record)
             .fetch_one(&mut conn)
             .await?;
     let object = std::path::Path::new(objects).join(&object_key);

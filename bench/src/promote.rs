@@ -18,7 +18,7 @@ use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology};
 use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::{OrganizationId, v1};
 
-use super::{median, send, spawn_worker_env, wait_for};
+use super::{backup_full, median, send, spawn_worker_env, wait_for};
 
 /// Promoted tables, referenced ones first.
 const TABLES: [&str; 4] = ["campaigns", "ads", "clicks", "impressions"];
@@ -259,30 +259,7 @@ pub(crate) async fn promote_bench(
         declare_topology(&amqp.create_channel().await?).await?;
         let publisher = ConfirmPublisher::new(&amqp).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let backup = send(
-            &publisher,
-            CommandKind::Backup,
-            &target,
-            &["pf.backup.create"],
-            v1::command_envelope::Command::Backup(v1::BackupCommand {
-                tier: "full".into(),
-                policy_id: String::new(),
-                reason: "bench".into(),
-            }),
-        )
-        .await?;
-        wait_for(
-            &mut conn,
-            "SELECT status FROM pf_backup_records WHERE command_id = $1::uuid",
-            &backup,
-            "completed",
-        )
-        .await?;
-        let record: uuid::Uuid =
-            sqlx::query_scalar("SELECT id FROM pf_backup_records WHERE command_id = $1::uuid")
-                .bind(&backup)
-                .fetch_one(&mut conn)
-                .await?;
+        let record = backup_full(&publisher, &mut conn, &target).await?;
 
         let (mut floors, mut locks, mut maxes, mut p99s) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
