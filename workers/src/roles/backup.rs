@@ -28,7 +28,7 @@ use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand};
 use drfleet_storage::keys;
 
-use super::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
+use super::catalog::{PIN_RENDERING, TableInfo, check_key_types, quote_ident, resolve_tables};
 use super::membership;
 use super::{RoleCtx, shrink, source_error};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
@@ -367,6 +367,7 @@ impl JobHandler for BackupHandler {
                 let layout = self.ctx.layout();
                 let tables =
                     resolve_tables(&mut src, &layout, tier.all_tables, &tier.tables).await?;
+                check_key_types(&tables)?;
                 // No root row: the organization does not exist (or no longer does) at the
                 // snapshot. Visible in the manifest (`extra.tenant_root_row_missing`), the
                 // log, and the backup's `empty` flag: nothing of a tenant is protected.
