@@ -130,38 +130,21 @@ fn tenant_conditions(org: &OrganizationId) -> Vec<(&'static str, String)> {
 async fn tenant_rows(env: &TestEnv, org: &OrganizationId, schema: &str, all: bool) -> Vec<String> {
     let mut v = Vec::new();
     for (table, cond) in tenant_conditions(org) {
-        let filter = if all {
-            String::new()
-        } else {
-            format!("WHERE {cond}")
-        };
-        let sql = format!(
-            "SELECT '{table}:' || coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), 'empty') || ':' || count(*) \
-             FROM \"{schema}\".{table} t {filter}"
-        );
-        v.push(
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .fetch_one(&env.pool)
-                .await
-                .unwrap(),
-        );
+        let filter = if all { "" } else { cond.as_str() };
+        let digest = rows_digest(&env.pool, schema, table, filter).await;
+        v.push(format!("{table}:{digest}"));
     }
     v
 }
 
-async fn promote(
+/// A PROMOTE that must complete.
+async fn promoted(
     tap: &EventTap,
     p: &drfleet_infra::amqp::ConfirmPublisher,
     org: &OrganizationId,
     record: &str,
 ) {
-    let cmd = restore_command(
-        org,
-        record,
-        v1::RestoreMode::Promote,
-        &token(org, &["pf.backup.restore", "pf.backup.promote"]),
-    );
-    let events = run_command(tap, p, &cmd).await;
+    let events = promote(tap, p, org, record).await;
     assert!(
         matches!(
             events.last().unwrap().env.event,
@@ -300,7 +283,7 @@ async fn tables_reached_by_keys_and_the_root_row_are_backed_up_staged_and_promot
     let outside = fingerprint_except(&env.pool, &tenant_conditions(&org)).await;
     assert!(outside.contains_key("public.countries") && outside.contains_key("public.tag_a"));
 
-    promote(&tap, &p, &org, &record).await;
+    promoted(&tap, &p, &org, &record).await;
     assert_eq!(
         tenant_rows(&env, &org, "public", false).await,
         backed_up,
@@ -327,7 +310,7 @@ async fn tables_reached_by_keys_and_the_root_row_are_backed_up_staged_and_promot
             .all(|d| d.ends_with(":0"))
     );
     let outside = fingerprint_except(&env.pool, &tenant_conditions(&org)).await;
-    promote(&tap, &p, &org, &record).await;
+    promoted(&tap, &p, &org, &record).await;
     assert_eq!(
         tenant_rows(&env, &org, "public", false).await,
         backed_up,
@@ -494,7 +477,7 @@ async fn the_root_row_is_updated_not_deleted_and_rows_outside_still_referencing_
     .execute(&env.pool)
     .await
     .unwrap();
-    promote(&tap, &p, &org, &record).await;
+    promoted(&tap, &p, &org, &record).await;
     let name: String = sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1")
         .bind(org.as_uuid())
         .fetch_one(&env.pool)

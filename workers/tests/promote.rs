@@ -102,34 +102,17 @@ async fn seed(env: &TestEnv, orgs: &[(&OrganizationId, i64)]) {
 async fn tenant_rows(env: &TestEnv, org: &OrganizationId) -> Vec<String> {
     let mut v = Vec::new();
     for t in TENANT_TABLES {
-        let sql = format!(
-            "SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), 'empty') || ':' || count(*) \
-             FROM public.{t} t WHERE organization_id = $1"
-        );
         v.push(
-            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-                .bind(org.as_uuid())
-                .fetch_one(&env.pool)
-                .await
-                .unwrap(),
+            rows_digest(
+                &env.pool,
+                "public",
+                t,
+                &format!("t.organization_id = '{org}'"),
+            )
+            .await,
         );
     }
     v
-}
-
-async fn promote(
-    tap: &EventTap,
-    p: &drfleet_infra::amqp::ConfirmPublisher,
-    org: &OrganizationId,
-    record: &str,
-) -> Vec<Received> {
-    let cmd = restore_command(
-        org,
-        record,
-        v1::RestoreMode::Promote,
-        &token(org, &["pf.backup.restore", "pf.backup.promote"]),
-    );
-    run_command(tap, p, &cmd).await
 }
 
 /// A PROMOTE that must be refused with `code` and change nothing at all (every row of the

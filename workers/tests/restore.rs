@@ -24,14 +24,7 @@ async fn table_state(
     table: &str,
     org: &OrganizationId,
 ) -> String {
-    let sql = format!(
-        "SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), 'empty') || ':' || count(*) FROM \"{schema}\".\"{table}\" t WHERE organization_id = $1"
-    );
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .bind(org.as_uuid())
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    rows_digest(pool, schema, table, &format!("t.organization_id = '{org}'")).await
 }
 
 async fn tenant_state(pool: &sqlx::PgPool, schema: &str, org: &OrganizationId) -> Vec<String> {

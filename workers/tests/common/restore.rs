@@ -170,18 +170,45 @@ pub async fn fingerprint_except(
             .iter()
             .find(|(t, _)| schema == "public" && *t == table)
         {
-            Some((_, cond)) => format!("WHERE ({cond}) IS NOT TRUE"),
+            Some((_, cond)) => format!("({cond}) IS NOT TRUE"),
             None => String::new(),
         };
-        let sql = format!(
-            "SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), 'empty') || ':' || count(*) \
-             FROM \"{schema}\".\"{table}\" t {filter}"
-        );
-        let digest: String = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(pool)
-            .await
-            .unwrap();
+        let digest = rows_digest(pool, &schema, &table, &filter).await;
         out.insert(format!("{schema}.{table}"), digest);
     }
     out
+}
+
+/// Order-independent content and count of the rows of `schema.table` for which `filter` (a
+/// condition on the row `t`; empty: every row) holds, as `md5:count`.
+pub async fn rows_digest(pool: &sqlx::PgPool, schema: &str, table: &str, filter: &str) -> String {
+    let filter = if filter.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {filter}")
+    };
+    let sql = format!(
+        "SELECT coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), 'empty') || ':' || count(*) \
+         FROM \"{schema}\".\"{table}\" t {filter}"
+    );
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A PROMOTE of `record` by an actor allowed to promote; returns this command's events.
+pub async fn promote(
+    tap: &EventTap,
+    p: &drfleet_infra::amqp::ConfirmPublisher,
+    org: &OrganizationId,
+    record: &str,
+) -> Vec<Received> {
+    let cmd = restore_command(
+        org,
+        record,
+        v1::RestoreMode::Promote,
+        &token(org, &["pf.backup.restore", "pf.backup.promote"]),
+    );
+    run_command(tap, p, &cmd).await
 }
