@@ -250,6 +250,7 @@ async fn main() -> anyhow::Result<()> {
             tier: "full".into(),
             policy_id: String::new(),
             reason: "bench".into(),
+            scheduled_for: None,
         })),
     };
     let t = Instant::now();
@@ -639,6 +640,7 @@ async fn backup_full(
             tier: "full".into(),
             policy_id: String::new(),
             reason: "bench".into(),
+            scheduled_for: None,
         }),
     )
     .await?;

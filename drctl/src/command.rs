@@ -43,6 +43,7 @@ pub fn backup_body(a: &BackupArgs) -> Command {
         tier: a.tier.clone(),
         policy_id: a.policy_id.clone(),
         reason: a.reason.clone(),
+        scheduled_for: None,
     })
 }
 

@@ -33,11 +33,15 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::CommandRejected(_) => "command_rejected",
         Event::StagingExpired(_) => "staging_expired",
         Event::StagingDiscarded(_) => "staging_discarded",
+        Event::PolicyUpdated(_) => "policy_updated",
+        Event::PolicyDeleted(_) => "policy_deleted",
+        Event::AlertRaised(_) => "alert_raised",
+        Event::AlertResolved(_) => "alert_resolved",
     }
 }
 
 /// Every event type name, in field order.
-pub const EVENT_TYPES: [&str; 11] = [
+pub const EVENT_TYPES: [&str; 15] = [
     "backup_started",
     "backup_completed",
     "backup_failed",
@@ -49,6 +53,10 @@ pub const EVENT_TYPES: [&str; 11] = [
     "command_rejected",
     "staging_expired",
     "staging_discarded",
+    "policy_updated",
+    "policy_deleted",
+    "alert_raised",
+    "alert_resolved",
 ];
 
 /// A fresh envelope around `event`.
@@ -143,5 +151,30 @@ pub fn event_json(event: &Event) -> serde_json::Value {
         Event::StagingDiscarded(e) => json!({"restore_job_id": e.restore_job_id,
             "backup_record_id": e.backup_record_id, "staging_schema": e.staging_schema,
             "discarded_at": ts_json(&e.discarded_at), "operator": e.operator}),
+        Event::PolicyUpdated(e) => json!({"policy_id": e.policy_id, "name": e.name,
+            "spec": e.spec.as_ref().map(policy_spec_json), "operator": e.operator,
+            "created": e.created, "next_due_at": ts_json(&e.next_due_at)}),
+        Event::PolicyDeleted(e) => json!({"policy_id": e.policy_id, "name": e.name,
+            "operator": e.operator}),
+        Event::AlertRaised(e) => json!({"alert_id": e.alert_id, "kind": e.kind,
+            "severity": e.severity, "policy_id": e.policy_id,
+            "backup_record_id": e.backup_record_id, "code": e.code,
+            "raised_at": ts_json(&e.raised_at)}),
+        Event::AlertResolved(e) => json!({"alert_id": e.alert_id, "kind": e.kind,
+            "policy_id": e.policy_id, "resolved_at": ts_json(&e.resolved_at)}),
     }
+}
+
+/// A policy spec as JSON (proto field names; zero numbers stay 0 = not set).
+pub fn policy_spec_json(s: &crate::v1::PolicySpec) -> serde_json::Value {
+    let r = s.retention.clone().unwrap_or_default();
+    serde_json::json!({
+        "tier": s.tier, "schedule": s.schedule, "timezone": s.timezone,
+        "rpo_seconds": s.rpo_seconds, "rto_seconds": s.rto_seconds,
+        "retention": {"keep_last": r.keep_last, "keep_daily": r.keep_daily,
+            "keep_weekly": r.keep_weekly, "keep_monthly": r.keep_monthly,
+            "keep_yearly": r.keep_yearly, "keep_within_seconds": r.keep_within_seconds},
+        "verify_cycle_seconds": s.verify_cycle_seconds, "drill_schedule": s.drill_schedule,
+        "disabled": s.disabled,
+    })
 }

@@ -10,10 +10,13 @@
 //!   [`validate::Rejection`] carrying a reason code and a sanitized message.
 //! - [`events`]: building event envelopes and naming their types.
 //! - [`auth`]: the permission keys commands require.
+//! - [`policy`]: schedules and slots (cron in a time zone), human durations, ids of
+//!   scheduled commands.
 
 pub mod auth;
 pub mod events;
 pub mod ids;
+pub mod policy;
 pub mod topology;
 pub mod validate;
 

@@ -26,25 +26,45 @@ pub const EVENT_MESSAGE_TYPE: &str = "dr.v1.EventEnvelope";
 /// Stands in for the organization in an event routing key when none could be read.
 pub const UNKNOWN_ORG: &str = "unknown";
 
-/// The four command kinds, one queue each.
+/// The command kinds, one queue each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CommandKind {
     Backup,
     Restore,
     Drill,
     Verify,
+    Policy,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 4] = [Self::Backup, Self::Restore, Self::Drill, Self::Verify];
+    pub const ALL: [CommandKind; 5] = [
+        Self::Backup,
+        Self::Restore,
+        Self::Drill,
+        Self::Verify,
+        Self::Policy,
+    ];
 
-    /// `backup`, `restore`, `drill` or `verify`: the routing-key prefix.
+    /// The kind (and so the queue and routing-key prefix) of a command body.
+    pub fn of(command: &crate::v1::command_envelope::Command) -> Self {
+        use crate::v1::command_envelope::Command;
+        match command {
+            Command::Backup(_) => Self::Backup,
+            Command::Restore(_) | Command::StagingDiscard(_) => Self::Restore,
+            Command::Drill(_) => Self::Drill,
+            Command::Verify(_) => Self::Verify,
+            Command::Policy(_) => Self::Policy,
+        }
+    }
+
+    /// `backup`, `restore`, `drill`, `verify` or `policy`: the routing-key prefix.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Backup => "backup",
             Self::Restore => "restore",
             Self::Drill => "drill",
             Self::Verify => "verify",
+            Self::Policy => "policy",
         }
     }
 
@@ -59,6 +79,7 @@ impl CommandKind {
             Self::Restore => "dr.restore",
             Self::Drill => "dr.drill",
             Self::Verify => "dr.verify",
+            Self::Policy => "dr.policy",
         }
     }
 

@@ -89,6 +89,9 @@ pub struct BackupSpec {
     pub tier: String,
     pub policy_id: String,
     pub reason: String,
+    /// The policy slot this backup is for (scheduled backups only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
 }
 
 /// Restore mode, with UNSPECIFIED ruled out.
@@ -275,89 +278,100 @@ pub fn validate_envelope(
             "is not set (one of backup, restore, drill, verify, staging_discard)",
         )));
     };
-    let body = match command {
-        Command::Backup(b) => {
-            if !is_valid_name(&b.tier) {
-                return Err(with_ctx(invalid(
-                    "backup.tier",
-                    "must match [a-z0-9_-]{1,63}",
-                )));
-            }
-            if b.policy_id.len() > 128 || b.reason.len() > 1024 {
-                return Err(with_ctx(invalid(
-                    "backup",
-                    "policy_id or reason is too long",
-                )));
-            }
-            CommandBody::Backup(BackupSpec {
-                tier: b.tier,
-                policy_id: b.policy_id,
-                reason: b.reason,
-            })
-        }
-        Command::Restore(r) => {
-            let backup_record_id = r
-                .backup_record_id
-                .parse()
-                .map_err(|_| with_ctx(invalid("restore.backup_record_id", "is not a UUID")))?;
-            let mode = match v1::RestoreMode::try_from(r.mode) {
-                Ok(v1::RestoreMode::Staging) => RestoreMode::Staging,
-                Ok(v1::RestoreMode::Promote) => RestoreMode::Promote,
-                _ => {
+    let body =
+        match command {
+            Command::Backup(b) => {
+                if !is_valid_name(&b.tier) {
                     return Err(with_ctx(invalid(
-                        "restore.mode",
-                        "must be STAGING or PROMOTE",
+                        "backup.tier",
+                        "must match [a-z0-9_-]{1,63}",
                     )));
                 }
-            };
-            let target = if r.target.is_empty() {
-                None
-            } else if is_valid_name(&r.target) {
-                Some(r.target)
-            } else {
-                return Err(with_ctx(invalid(
-                    "restore.target",
-                    "must be empty or a configured target name",
-                )));
-            };
-            CommandBody::Restore(RestoreSpec {
-                backup_record_id,
-                mode,
-                target,
-            })
-        }
-        Command::Drill(d) => {
-            let backup_record_id =
-                if d.backup_record_id.is_empty() {
+                if b.policy_id.len() > 128 || b.reason.len() > 1024 {
+                    return Err(with_ctx(invalid(
+                        "backup",
+                        "policy_id or reason is too long",
+                    )));
+                }
+                let scheduled_for = match &b.scheduled_for {
+                    None => None,
+                    Some(t) => Some(crate::events::from_timestamp(t).ok_or_else(|| {
+                        with_ctx(invalid("backup.scheduled_for", "is out of range"))
+                    })?),
+                };
+                CommandBody::Backup(BackupSpec {
+                    tier: b.tier,
+                    policy_id: b.policy_id,
+                    reason: b.reason,
+                    scheduled_for,
+                })
+            }
+            Command::Restore(r) => {
+                let backup_record_id = r
+                    .backup_record_id
+                    .parse()
+                    .map_err(|_| with_ctx(invalid("restore.backup_record_id", "is not a UUID")))?;
+                let mode = match v1::RestoreMode::try_from(r.mode) {
+                    Ok(v1::RestoreMode::Staging) => RestoreMode::Staging,
+                    Ok(v1::RestoreMode::Promote) => RestoreMode::Promote,
+                    _ => {
+                        return Err(with_ctx(invalid(
+                            "restore.mode",
+                            "must be STAGING or PROMOTE",
+                        )));
+                    }
+                };
+                let target = if r.target.is_empty() {
+                    None
+                } else if is_valid_name(&r.target) {
+                    Some(r.target)
+                } else {
+                    return Err(with_ctx(invalid(
+                        "restore.target",
+                        "must be empty or a configured target name",
+                    )));
+                };
+                CommandBody::Restore(RestoreSpec {
+                    backup_record_id,
+                    mode,
+                    target,
+                })
+            }
+            Command::Drill(d) => {
+                let backup_record_id = if d.backup_record_id.is_empty() {
                     None
                 } else {
                     Some(d.backup_record_id.parse().map_err(|_| {
                         with_ctx(invalid("drill.backup_record_id", "is not a UUID"))
                     })?)
                 };
-            if !d.tier.is_empty() && !is_valid_name(&d.tier) {
-                return Err(with_ctx(invalid(
-                    "drill.tier",
-                    "must match [a-z0-9_-]{1,63}",
-                )));
+                if !d.tier.is_empty() && !is_valid_name(&d.tier) {
+                    return Err(with_ctx(invalid(
+                        "drill.tier",
+                        "must match [a-z0-9_-]{1,63}",
+                    )));
+                }
+                CommandBody::Drill(DrillSpec {
+                    backup_record_id,
+                    tier: d.tier,
+                })
             }
-            CommandBody::Drill(DrillSpec {
-                backup_record_id,
-                tier: d.tier,
-            })
-        }
-        Command::Verify(v) => CommandBody::Verify(VerifySpec {
-            backup_record_id: v
-                .backup_record_id
-                .parse()
-                .map_err(|_| with_ctx(invalid("verify.backup_record_id", "is not a UUID")))?,
-        }),
-        Command::StagingDiscard(d) => CommandBody::StagingDiscard(StagingDiscardSpec {
-            restore_job_id: d.restore_job_id.parse().map_err(|_| {
-                with_ctx(invalid("staging_discard.restore_job_id", "is not a UUID"))
-            })?,
-        }),
-    };
+            Command::Verify(v) => CommandBody::Verify(VerifySpec {
+                backup_record_id: v
+                    .backup_record_id
+                    .parse()
+                    .map_err(|_| with_ctx(invalid("verify.backup_record_id", "is not a UUID")))?,
+            }),
+            Command::StagingDiscard(d) => CommandBody::StagingDiscard(StagingDiscardSpec {
+                restore_job_id: d.restore_job_id.parse().map_err(|_| {
+                    with_ctx(invalid("staging_discard.restore_job_id", "is not a UUID"))
+                })?,
+            }),
+            // Served by the policy role (issue #10); until then refused like any unknown body.
+            Command::Policy(_) => {
+                return Err(with_ctx(invalid("command", "policy is not served yet")));
+            }
+        };
     if let Some(expected) = expected
         && body.kind() != expected
     {
@@ -429,6 +443,7 @@ impl ValidCommand {
                 tier: b.tier.clone(),
                 policy_id: b.policy_id.clone(),
                 reason: b.reason.clone(),
+                scheduled_for: b.scheduled_for.map(crate::events::timestamp),
             }),
             CommandBody::Restore(r) => Command::Restore(v1::RestoreCommand {
                 backup_record_id: r.backup_record_id.to_string(),

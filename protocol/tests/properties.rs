@@ -36,6 +36,7 @@ fn valid_command() -> impl Strategy<Value = Command> {
                 tier,
                 policy_id,
                 reason,
+                scheduled_for: None,
             })
         }),
         (
@@ -87,13 +88,7 @@ fn valid_envelope() -> impl Strategy<Value = v1::CommandEnvelope> {
 }
 
 fn kind_of(c: &Command) -> CommandKind {
-    match c {
-        Command::Backup(_) => CommandKind::Backup,
-        Command::Restore(_) => CommandKind::Restore,
-        Command::Drill(_) => CommandKind::Drill,
-        Command::Verify(_) => CommandKind::Verify,
-        Command::StagingDiscard(_) => CommandKind::Restore,
-    }
+    CommandKind::of(c)
 }
 
 /// Text that cannot appear in any static rejection message.
@@ -117,7 +112,8 @@ fn arbitrary_envelope() -> impl Strategy<Value = v1::CommandEnvelope> {
             v1::BackupCommand {
                 tier,
                 policy_id,
-                reason
+                reason,
+                scheduled_for: None,
             }
         ))),
         (marked(), any::<i32>(), marked()).prop_map(|(backup_record_id, mode, target)| Some(
@@ -330,6 +326,7 @@ fn required_permissions_per_command() {
                 tier: "full".into(),
                 policy_id: String::new(),
                 reason: String::new(),
+                scheduled_for: None,
             }),
             &[PERM_BACKUP_CREATE],
         ),

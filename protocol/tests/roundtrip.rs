@@ -34,6 +34,7 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
                 tier: "full".into(),
                 policy_id: "nightly".into(),
                 reason: "scheduled".into(),
+                scheduled_for: None,
             }),
         ),
         (
@@ -46,6 +47,7 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
                 tier: "billing_v2-x".into(),
                 policy_id: String::new(),
                 reason: String::new(),
+                scheduled_for: None,
             }),
         ),
         (
@@ -389,6 +391,56 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 operator: "user-1".into(),
             }),
         ),
+        (
+            "policy_updated",
+            Event::PolicyUpdated(v1::PolicyUpdated {
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                name: "every-6h".into(),
+                spec: Some(v1::PolicySpec {
+                    tier: "full".into(),
+                    schedule: "0 */6 * * *".into(),
+                    timezone: "Europe/Berlin".into(),
+                    rpo_seconds: 21_600,
+                    retention: Some(v1::RetentionRules {
+                        keep_daily: 30,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                operator: "user-1".into(),
+                created: true,
+                next_due_at: ts(1_760_000_013),
+            }),
+        ),
+        (
+            "policy_deleted",
+            Event::PolicyDeleted(v1::PolicyDeleted {
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                name: "every-6h".into(),
+                operator: "user-1".into(),
+            }),
+        ),
+        (
+            "alert_raised",
+            Event::AlertRaised(v1::AlertRaised {
+                alert_id: "0190f1a2-3b4c-7d5e-8f60-0000000000ab".into(),
+                kind: "RPO_BREACHED".into(),
+                severity: "critical".into(),
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                backup_record_id: String::new(),
+                code: String::new(),
+                raised_at: ts(1_760_000_014),
+            }),
+        ),
+        (
+            "alert_resolved",
+            Event::AlertResolved(v1::AlertResolved {
+                alert_id: "0190f1a2-3b4c-7d5e-8f60-0000000000ab".into(),
+                kind: "RPO_BREACHED".into(),
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                resolved_at: ts(1_760_000_015),
+            }),
+        ),
     ]
 }
 
@@ -405,7 +457,11 @@ fn _exhaustive(e: &Event) {
         | Event::VerifyCompleted(_)
         | Event::CommandRejected(_)
         | Event::StagingExpired(_)
-        | Event::StagingDiscarded(_) => {}
+        | Event::StagingDiscarded(_)
+        | Event::PolicyUpdated(_)
+        | Event::PolicyDeleted(_)
+        | Event::AlertRaised(_)
+        | Event::AlertResolved(_) => {}
     }
 }
 
@@ -423,7 +479,7 @@ fn event_envelope(org: &str, event: Event) -> v1::EventEnvelope {
 #[test]
 fn every_event_variant_round_trips() {
     let samples = sample_events();
-    assert_eq!(samples.len(), 11);
+    assert_eq!(samples.len(), 15);
     for (name, event) in samples {
         let env = event_envelope(ORG_ID, event);
         let bytes = encode(&env);

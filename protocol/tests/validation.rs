@@ -293,6 +293,7 @@ fn backup_policy_and_reason_are_bounded() {
         tier: "full".into(),
         policy_id: "p".repeat(128),
         reason: "r".repeat(1024),
+        scheduled_for: None,
     });
     assert!(decode(&envelope(ok)).is_ok());
     let long_policy = format!("{MARKER}{}", "p".repeat(128));
@@ -302,6 +303,7 @@ fn backup_policy_and_reason_are_bounded() {
             tier: "full".into(),
             policy_id: policy.into(),
             reason: reason.into(),
+            scheduled_for: None,
         });
         let r = assert_rejected(
             decode(&envelope(c)),

@@ -116,6 +116,19 @@ pub fn redact_body(data: &[u8]) -> Vec<u8> {
                 Some(Command::StagingDiscard(d)) => {
                     d.restore_job_id = scrub_text(&d.restore_job_id)
                 }
+                Some(Command::Policy(p)) => {
+                    p.name = scrub_text(&p.name);
+                    if let Some(spec) = &mut p.spec {
+                        for s in [
+                            &mut spec.tier,
+                            &mut spec.schedule,
+                            &mut spec.timezone,
+                            &mut spec.drill_schedule,
+                        ] {
+                            *s = scrub_text(s);
+                        }
+                    }
+                }
                 None => {}
             }
             // Fields this version does not know are dropped by decoding: they could hold
@@ -194,6 +207,7 @@ mod tests {
                 tier: "full".into(),
                 policy_id: "nightly".into(),
                 reason: reason.into(),
+                scheduled_for: None,
             })),
         }
     }

@@ -10,7 +10,8 @@
 //! - [`jobs`]: job runners claiming `pf_jobs` rows under a lease with heartbeat.
 //! - [`handler`]: the [`handler::JobHandler`] trait each role implements.
 //! - [`faults`]: named fault points for tests (feature `fault-injection`, off in builds).
-//! - [`outbox`]: events written transactionally, relayed with publisher confirms.
+//! - [`outbox`] (from `drfleet-runtime`): events written transactionally, relayed with
+//!   publisher confirms.
 //! - [`audit`]: the audit sink and hash-chain verification.
 //! - [`http`]: `/health`, `/ready`, `/metrics`.
 //! - [`roles`]: the role implementations.
@@ -32,8 +33,10 @@ pub mod http;
 pub mod intake;
 pub mod jobs;
 pub mod metrics;
-pub mod outbox;
 pub mod roles;
+
+/// The transactional outbox lives in the shared runtime; re-exported for the roles.
+pub use drfleet_runtime::outbox;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -309,12 +312,17 @@ pub async fn run_with_handlers(
     let broker_task = tokio::spawn(broker.run(shutdown.clone(), broker_close.clone()));
 
     let relay_stop = CancellationToken::new();
+    let published = metrics.clone();
     let relay_task = tokio::spawn(outbox::run_relay(
         pool.clone(),
         pub_rx,
         outbox_wake.clone(),
         trouble,
-        metrics.clone(),
+        move |n| {
+            published
+                .events_published
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        },
         config.poll_interval,
         relay_stop.clone(),
     ));

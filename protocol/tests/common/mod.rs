@@ -39,6 +39,7 @@ pub fn backup(tier: &str) -> Command {
         tier: tier.into(),
         policy_id: "nightly".into(),
         reason: "scheduled".into(),
+        scheduled_for: None,
     })
 }
 
@@ -70,13 +71,7 @@ pub fn staging_discard(job: &str) -> Command {
 }
 
 pub fn kind_of(command: &Command) -> CommandKind {
-    match command {
-        Command::Backup(_) => CommandKind::Backup,
-        Command::Restore(_) => CommandKind::Restore,
-        Command::Drill(_) => CommandKind::Drill,
-        Command::Verify(_) => CommandKind::Verify,
-        Command::StagingDiscard(_) => CommandKind::Restore,
-    }
+    CommandKind::of(command)
 }
 
 pub fn encode<M: Message>(m: &M) -> Vec<u8> {

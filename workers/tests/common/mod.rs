@@ -201,6 +201,7 @@ pub fn backup_command(org: &OrganizationId, tier: &str, token: &str) -> v1::Comm
             tier: tier.into(),
             policy_id: String::new(),
             reason: "test".into(),
+            scheduled_for: None,
         })),
     }
 }
@@ -224,14 +225,10 @@ pub async fn publish_raw(
 }
 
 pub async fn publish_command(p: &ConfirmPublisher, env: &v1::CommandEnvelope) {
-    let kind = match env.command {
-        Some(v1::command_envelope::Command::Backup(_)) => CommandKind::Backup,
-        Some(v1::command_envelope::Command::Restore(_)) => CommandKind::Restore,
-        Some(v1::command_envelope::Command::Drill(_)) => CommandKind::Drill,
-        Some(v1::command_envelope::Command::Verify(_)) => CommandKind::Verify,
-        Some(v1::command_envelope::Command::StagingDiscard(_)) => CommandKind::Restore,
-        None => CommandKind::Backup,
-    };
+    let kind = env
+        .command
+        .as_ref()
+        .map_or(CommandKind::Backup, CommandKind::of);
     publish_raw(
         p,
         kind,

@@ -1,5 +1,6 @@
 //! Transactional outbox: events are inserted in the transaction of the state change they
-//! report and relayed to `dr.events` with publisher confirms.
+//! report and relayed to `dr.events` with publisher confirms. The scheduler's commands travel
+//! the same way (to `dr.commands`), so a slot is recorded and its command queued atomically.
 //!
 //! One relay is active across the fleet at a time (a transaction-scoped advisory lock), so
 //! events leave in commit order. A crash between publish and delete republishes a batch:
@@ -15,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use drfleet_infra::amqp::{ConfirmPublisher, message_properties, wait_confirm};
 use drfleet_protocol::events::routing_key;
-use drfleet_protocol::topology::{EVENT_MESSAGE_TYPE, EVENTS_EXCHANGE};
-use drfleet_protocol::v1::EventEnvelope;
-
-use crate::metrics::Metrics;
+use drfleet_protocol::topology::{
+    COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, EVENT_MESSAGE_TYPE, EVENTS_EXCHANGE,
+};
+use drfleet_protocol::v1::{CommandEnvelope, EventEnvelope};
 
 /// Advisory lock key of the relay ("drfleet" outbox).
 const RELAY_LOCK: i64 = 0x6472_666c_6f62;
@@ -30,16 +31,66 @@ pub async fn enqueue(tx: &mut PgConnection, event: &EventEnvelope) -> Result<(),
         .event_id
         .parse()
         .map_err(|_| sqlx::Error::Protocol("event_id is not a UUID".into()))?;
-    sqlx::query("INSERT INTO pf_outbox (event_id, routing_key, body) VALUES ($1, $2, $3)")
-        .bind(event_id)
-        .bind(routing_key(event))
-        .bind(event.encode_to_vec())
-        .execute(&mut *tx)
-        .await?;
+    insert(
+        tx,
+        event_id,
+        EVENTS_EXCHANGE,
+        EVENT_MESSAGE_TYPE,
+        &routing_key(event),
+        event.encode_to_vec(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Queue `command` for publishing to `dr.commands` with `routing_key` (`<kind>.<org>`);
+/// commits (or not) with `tx`. Returns false if a command with this id is already queued
+/// (a command id is published once).
+pub async fn enqueue_command(
+    tx: &mut PgConnection,
+    command: &CommandEnvelope,
+    routing_key: &str,
+) -> Result<bool, sqlx::Error> {
+    let command_id: uuid::Uuid = command
+        .command_id
+        .parse()
+        .map_err(|_| sqlx::Error::Protocol("command_id is not a UUID".into()))?;
+    insert(
+        tx,
+        command_id,
+        COMMANDS_EXCHANGE,
+        COMMAND_MESSAGE_TYPE,
+        routing_key,
+        command.encode_to_vec(),
+    )
+    .await
+}
+
+async fn insert(
+    tx: &mut PgConnection,
+    message_id: uuid::Uuid,
+    exchange: &str,
+    message_type: &str,
+    routing_key: &str,
+    body: Vec<u8>,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO pf_outbox (event_id, exchange, message_type, routing_key, body) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(message_id)
+    .bind(exchange)
+    .bind(message_type)
+    .bind(routing_key)
+    .bind(body)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
     sqlx::query("SELECT pg_notify('dr_outbox', '')")
         .execute(&mut *tx)
         .await?;
-    Ok(())
+    Ok(inserted)
 }
 
 pub enum RelayOutcome {
@@ -62,8 +113,9 @@ pub async fn relay_once(
     if !leader {
         return Ok(RelayOutcome::NotLeader);
     }
-    let rows: Vec<(i64, String, Vec<u8>, uuid::Uuid)> = sqlx::query_as(
-        "SELECT seq, routing_key, body, event_id FROM pf_outbox ORDER BY seq LIMIT $1",
+    let rows: Vec<(i64, String, Vec<u8>, uuid::Uuid, String, String)> = sqlx::query_as(
+        "SELECT seq, routing_key, body, event_id, exchange, message_type FROM pf_outbox \
+         ORDER BY seq LIMIT $1",
     )
     .bind(BATCH)
     .fetch_all(&mut *tx)
@@ -73,9 +125,9 @@ pub async fn relay_once(
     }
     // Pipeline: publish the whole batch, then wait for every confirm.
     let mut pending = Vec::with_capacity(rows.len());
-    for (_, key, body, event_id) in &rows {
-        let props = message_properties(EVENT_MESSAGE_TYPE, &event_id.to_string(), None);
-        pending.push(publisher.publish(EVENTS_EXCHANGE, key, body, props).await?);
+    for (_, key, body, message_id, exchange, message_type) in &rows {
+        let props = message_properties(message_type, &message_id.to_string(), None);
+        pending.push(publisher.publish(exchange, key, body, props).await?);
     }
     for p in pending {
         wait_confirm(p).await?;
@@ -97,13 +149,13 @@ pub enum RelayError {
     Publish(#[from] drfleet_infra::amqp::AmqpError),
 }
 
-/// Relay until shutdown; then one last bounded drain.
+/// Relay until shutdown; then one last bounded drain. `published` counts what left.
 pub async fn run_relay(
     pool: PgPool,
     mut publisher: watch::Receiver<Option<ConfirmPublisher>>,
     wake: Arc<Notify>,
     broker_trouble: Arc<Notify>,
-    metrics: Arc<Metrics>,
+    published: impl Fn(u64) + Send + 'static,
     poll: Duration,
     shutdown: CancellationToken,
 ) {
@@ -113,9 +165,7 @@ pub async fn run_relay(
         if let Some(p) = current {
             match relay_once(&pool, &p).await {
                 Ok(RelayOutcome::Published(n)) => {
-                    metrics
-                        .events_published
-                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    published(n as u64);
                     published_any = true;
                 }
                 Ok(_) => {}
