@@ -66,6 +66,47 @@ pub async fn enqueue_command(
     .await
 }
 
+/// Queue many commands at once (`(command, routing key)`), in one statement; commits with
+/// `tx`. Commands whose id is already queued are skipped. Returns how many were queued.
+pub async fn enqueue_commands(
+    tx: &mut PgConnection,
+    commands: &[(CommandEnvelope, String)],
+) -> Result<u64, sqlx::Error> {
+    if commands.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(commands.len());
+    let mut keys = Vec::with_capacity(commands.len());
+    let mut bodies = Vec::with_capacity(commands.len());
+    for (c, key) in commands {
+        ids.push(
+            c.command_id
+                .parse::<uuid::Uuid>()
+                .map_err(|_| sqlx::Error::Protocol("command_id is not a UUID".into()))?,
+        );
+        keys.push(key.clone());
+        bodies.push(c.encode_to_vec());
+    }
+    let n = sqlx::query(
+        "INSERT INTO pf_outbox (event_id, exchange, message_type, routing_key, body) \
+         SELECT id, $4, $5, key, body FROM UNNEST($1::uuid[], $2::text[], $3::bytea[]) \
+           AS c(id, key, body) \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&bodies)
+    .bind(COMMANDS_EXCHANGE)
+    .bind(COMMAND_MESSAGE_TYPE)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("SELECT pg_notify('dr_outbox', '')")
+        .execute(&mut *tx)
+        .await?;
+    Ok(n)
+}
+
 async fn insert(
     tx: &mut PgConnection,
     message_id: uuid::Uuid,

@@ -151,17 +151,17 @@ fn durations() {
 fn scheduled_ids_are_deterministic() {
     let p = uuid::Uuid::now_v7();
     let t = utc("2026-12-02T06:00:00Z");
-    assert_eq!(
-        scheduled_command_id(p, SlotKind::Backup, t),
-        scheduled_command_id(p, SlotKind::Backup, t)
+    let b = uuid::Uuid::now_v7();
+    let id = |k, t, s| scheduled_command_id(p, k, t, s);
+    assert_eq!(id(SlotKind::Backup, t, None), id(SlotKind::Backup, t, None));
+    assert_ne!(id(SlotKind::Backup, t, None), id(SlotKind::Verify, t, None));
+    assert_ne!(
+        id(SlotKind::Backup, t, None),
+        id(SlotKind::Backup, t + Duration::seconds(1), None)
     );
     assert_ne!(
-        scheduled_command_id(p, SlotKind::Backup, t),
-        scheduled_command_id(p, SlotKind::Verify, t)
-    );
-    assert_ne!(
-        scheduled_command_id(p, SlotKind::Backup, t),
-        scheduled_command_id(p, SlotKind::Backup, t + Duration::seconds(1))
+        id(SlotKind::Verify, t, Some(b)),
+        id(SlotKind::Verify, t, None)
     );
 }
 
@@ -179,7 +179,11 @@ fn schedules() -> impl Strategy<Value = (&'static str, &'static str)> {
 
 fn instants() -> impl Strategy<Value = DateTime<Utc>> {
     // 2020..2032: covers leap years and many DST changes.
-    (1_577_836_800i64..1_956_528_000i64).prop_map(|s| Utc.timestamp_opt(s, 0).unwrap())
+    (
+        1_577_836_800i64..1_956_528_000i64,
+        prop_oneof![Just(0u32), 0u32..1_000_000_000],
+    )
+        .prop_map(|(s, n)| Utc.timestamp_opt(s, n).unwrap())
 }
 
 proptest! {
@@ -190,6 +194,7 @@ proptest! {
         let s = sched(expr, tz);
         let n = s.next_after(t).unwrap();
         prop_assert!(n > t);
+        prop_assert_eq!(n.timestamp_subsec_nanos(), 0, "a slot is a whole second");
         // The latest slot at or before n is n itself, and there is none in (t, n).
         prop_assert_eq!(s.latest_at_or_before(n), Some(n));
         if let Some(p) = s.latest_at_or_before(n - Duration::seconds(1)) {

@@ -1,0 +1,118 @@
+//! The commands a scheduler publishes: ordinary envelopes with a token it mints for itself
+//! (`sub` = `drfleet-scheduler`, the policy's organization, only the permission the command
+//! needs, a lifetime of minutes) and an id derived from (policy, slot), so a republished slot
+//! is deduplicated by the workers.
+
+use chrono::{DateTime, Utc};
+
+use drfleet_infra::auth::mint_hs256;
+use drfleet_infra::config::Secret;
+use drfleet_protocol::OrganizationId;
+use drfleet_protocol::auth::{PERM_BACKUP_CREATE, PERM_BACKUP_VERIFY};
+use drfleet_protocol::events::timestamp;
+use drfleet_protocol::policy::{SlotKind, scheduled_command_id};
+use drfleet_protocol::v1::{self, command_envelope::Command};
+
+/// The token subject of every scheduled command (what the audit log shows as operator).
+pub const SCHEDULER_SUB: &str = "drfleet-scheduler";
+
+/// Mints the scheduler's tokens.
+#[derive(Clone)]
+pub struct Minter {
+    pub secret: Secret<String>,
+    pub ttl_secs: u64,
+}
+
+impl Minter {
+    fn token(&self, org: &OrganizationId, perm: &str) -> String {
+        mint_hs256(
+            self.secret.expose(),
+            SCHEDULER_SUB,
+            org,
+            &[perm.to_string()],
+            self.ttl_secs,
+        )
+    }
+}
+
+/// Who a scheduled command is for.
+pub struct Target<'a> {
+    pub policy_id: uuid::Uuid,
+    pub organization_id: OrganizationId,
+    /// The organization as on the wire (`pf_backup_policies.tenant_key`).
+    pub tenant_key: &'a str,
+}
+
+fn envelope(
+    minter: &Minter,
+    t: &Target<'_>,
+    kind: SlotKind,
+    slot: DateTime<Utc>,
+    subject: Option<uuid::Uuid>,
+    perm: &str,
+    command: Command,
+) -> (v1::CommandEnvelope, String) {
+    let id = scheduled_command_id(t.policy_id, kind, slot, subject);
+    let env = v1::CommandEnvelope {
+        command_id: id.to_string(),
+        organization_id: t.tenant_key.to_string(),
+        issued_at: Some(timestamp(Utc::now())),
+        actor_token: minter.token(&t.organization_id, perm),
+        // Ties every event of every slot of a policy together.
+        correlation_id: format!("policy:{}", t.policy_id),
+        command: Some(command),
+    };
+    let key = format!("{}.{}", kind.as_str(), t.tenant_key);
+    (env, key)
+}
+
+/// The backup command of one slot.
+pub fn backup(
+    minter: &Minter,
+    t: &Target<'_>,
+    tier: &str,
+    slot: DateTime<Utc>,
+    missed: bool,
+) -> (v1::CommandEnvelope, String) {
+    let reason = if missed {
+        "scheduled (catch-up for missed slots)"
+    } else {
+        "scheduled"
+    };
+    let body = Command::Backup(v1::BackupCommand {
+        tier: tier.to_string(),
+        policy_id: t.policy_id.to_string(),
+        reason: reason.into(),
+        scheduled_for: Some(timestamp(slot)),
+    });
+    envelope(
+        minter,
+        t,
+        SlotKind::Backup,
+        slot,
+        None,
+        PERM_BACKUP_CREATE,
+        body,
+    )
+}
+
+/// The verify command of one rotation slot of one backup.
+pub fn verify(
+    minter: &Minter,
+    t: &Target<'_>,
+    backup_record_id: uuid::Uuid,
+    slot: DateTime<Utc>,
+) -> (v1::CommandEnvelope, String) {
+    let body = Command::Verify(v1::VerifyCommand {
+        backup_record_id: backup_record_id.to_string(),
+    });
+    envelope(
+        minter,
+        t,
+        SlotKind::Verify,
+        slot,
+        Some(backup_record_id),
+        PERM_BACKUP_VERIFY,
+        body,
+    )
+}
