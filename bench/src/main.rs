@@ -21,6 +21,7 @@ use drfleet_protocol::topology::{COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, Comman
 use drfleet_protocol::{OrganizationId, v1};
 
 mod promote;
+mod scheduler;
 
 #[derive(Parser)]
 #[command(name = "drfleet-bench")]
@@ -87,6 +88,25 @@ enum Cli {
         #[arg(long, default_value = "/tmp/drfleet-bench-objects")]
         objects: String,
     },
+    /// Scheduler: one due scan over many policies (claim, record slots, queue commands) and
+    /// the outbox relay's publishing rate with confirms.
+    Scheduler {
+        #[arg(long, default_value_t = 100_000)]
+        policies: u64,
+        /// Policies due at the scan.
+        #[arg(long, default_value_t = 10_000)]
+        due: u64,
+        #[arg(long, default_value_t = 1_000)]
+        orgs: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(
+            long,
+            env = "DR_BENCH_PG_ADMIN_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        pg_admin_url: String,
+    },
     /// Audit sink: events/s persisted end to end (published with confirms → rows committed).
     Audit {
         #[arg(long, default_value_t = 50_000)]
@@ -129,6 +149,22 @@ async fn main() -> anyhow::Result<()> {
             return restore_bench(size_mb, &pg_admin_url, &objects, runs.max(1), s3_endpoint).await;
         }
         Cli::Artifact { size_mb } => return artifact_bench(size_mb),
+        Cli::Scheduler {
+            policies,
+            due,
+            orgs,
+            runs,
+            pg_admin_url,
+        } => {
+            return scheduler::scheduler_bench(
+                policies,
+                due.min(policies),
+                orgs.max(1),
+                runs.max(1),
+                &pg_admin_url,
+            )
+            .await;
+        }
         Cli::Promote {
             tenants,
             ads,

@@ -3,6 +3,10 @@
 //! needs, a lifetime of minutes) and an id derived from (policy, slot), so a republished slot
 //! is deduplicated by the workers.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Utc};
 
 use drfleet_infra::auth::mint_hs256;
@@ -16,22 +20,46 @@ use drfleet_protocol::v1::{self, command_envelope::Command};
 /// The token subject of every scheduled command (what the audit log shows as operator).
 pub const SCHEDULER_SUB: &str = "drfleet-scheduler";
 
-/// Mints the scheduler's tokens.
-#[derive(Clone)]
+/// A token and when it was minted.
+type Minted = (String, Instant);
+
+/// Mints the scheduler's tokens. A token is reused for the same organization and permission
+/// during the first half of its lifetime (10,000 due policies must not mean 10,000 HMACs).
 pub struct Minter {
-    pub secret: Secret<String>,
-    pub ttl_secs: u64,
+    secret: Secret<String>,
+    ttl_secs: u64,
+    cache: Mutex<HashMap<(OrganizationId, &'static str), Minted>>,
 }
 
 impl Minter {
-    fn token(&self, org: &OrganizationId, perm: &str) -> String {
-        mint_hs256(
+    pub fn new(secret: Secret<String>, ttl_secs: u64) -> Self {
+        Self {
+            secret,
+            ttl_secs,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn token(&self, org: &OrganizationId, perm: &'static str) -> String {
+        let reuse = Duration::from_secs(self.ttl_secs / 2);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, at)) = cache.get(&(*org, perm))
+            && at.elapsed() < reuse
+        {
+            return t.clone();
+        }
+        if cache.len() > 100_000 {
+            cache.retain(|_, (_, at)| at.elapsed() < reuse);
+        }
+        let t = mint_hs256(
             self.secret.expose(),
             SCHEDULER_SUB,
             org,
             &[perm.to_string()],
             self.ttl_secs,
-        )
+        );
+        cache.insert((*org, perm), (t.clone(), Instant::now()));
+        t
     }
 }
 
@@ -49,7 +77,7 @@ fn envelope(
     kind: SlotKind,
     slot: DateTime<Utc>,
     subject: Option<uuid::Uuid>,
-    perm: &str,
+    perm: &'static str,
     command: Command,
 ) -> (v1::CommandEnvelope, String) {
     let id = scheduled_command_id(t.policy_id, kind, slot, subject);

@@ -39,6 +39,12 @@ type Candidate = (
     DateTime<Utc>,
 );
 
+type Moves = (
+    Vec<uuid::Uuid>,
+    Vec<Option<DateTime<Utc>>>,
+    Vec<DateTime<Utc>>,
+);
+
 /// Scheduled backups still queued or running (their slot not settled).
 pub async fn in_flight(tx: &mut PgConnection, kind: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
@@ -75,35 +81,46 @@ pub async fn publish_due(
         return Ok(report);
     }
     // Fair across organizations (round robin: each organization's oldest slot first), oldest
-    // first within a round; rows another transaction holds (a policy being changed) wait.
-    let mut rows: Vec<Candidate> = sqlx::query_as(
-        "WITH pick AS ( \
-           SELECT id, rn, next_due_at FROM ( \
-             SELECT id, next_due_at, row_number() OVER \
-               (PARTITION BY organization_id ORDER BY next_due_at, id) AS rn \
-             FROM pf_backup_policies WHERE enabled AND next_due_at <= $1) d \
-           ORDER BY rn, next_due_at, id LIMIT $2) \
-         SELECT p.id, p.organization_id, p.tenant_key, p.tier, p.schedule, p.timezone, \
-                p.next_due_at \
-           FROM pf_backup_policies p JOIN pick USING (id) \
-          WHERE p.enabled AND p.next_due_at <= $1 \
-          ORDER BY pick.rn, pick.next_due_at, p.id \
-            FOR UPDATE OF p SKIP LOCKED",
+    // first within a round. Picked first, locked second (by primary key: a join here gets
+    // planned as a nested loop whenever the due column's statistics are stale); rows another
+    // transaction holds (a policy being changed) wait for the next tick.
+    let picked: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM ( \
+           SELECT id, next_due_at, row_number() OVER \
+             (PARTITION BY organization_id ORDER BY next_due_at, id) AS rn \
+           FROM pf_backup_policies WHERE enabled AND next_due_at <= $1) d \
+         ORDER BY rn, next_due_at, id LIMIT $2",
     )
     .bind(now)
     .bind(free)
     .fetch_all(&mut *tx)
     .await?;
+    let mut rows: Vec<Candidate> = sqlx::query_as(
+        "SELECT id, organization_id, tenant_key, tier, schedule, timezone, next_due_at \
+           FROM pf_backup_policies \
+          WHERE id = ANY($1) AND enabled AND next_due_at <= $2 \
+            FOR UPDATE SKIP LOCKED",
+    )
+    .bind(&picked)
+    .bind(now)
+    .fetch_all(&mut *tx)
+    .await?;
+    let order: std::collections::HashMap<uuid::Uuid, usize> =
+        picked.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+    rows.sort_by_key(|r| order.get(&r.0).copied().unwrap_or(usize::MAX));
 
     let mut commands = Vec::with_capacity(rows.len());
     let mut slot_rows = SlotRows::default();
-    let mut moved: (
-        Vec<uuid::Uuid>,
-        Vec<Option<DateTime<Utc>>>,
-        Vec<DateTime<Utc>>,
-    ) = Default::default();
+    // Per claimed policy: id, next slot (None: stop), slot fired.
+    let mut moved: Moves = Default::default();
+    // Most policies share a handful of schedules: parse each once per pass.
+    let mut parsed: std::collections::HashMap<(String, String), Option<Schedule>> =
+        Default::default();
     for (id, org, tenant_key, tier, schedule, tz, next_due) in rows.drain(..) {
-        let Ok(sched) = Schedule::parse("schedule", &schedule, &tz) else {
+        let sched = parsed
+            .entry((schedule, tz))
+            .or_insert_with_key(|(s, tz)| Schedule::parse("schedule", s, tz).ok());
+        let Some(sched) = sched.as_ref() else {
             // Validated when set; a schedule this build cannot read must not fire forever.
             tracing::warn!(policy_id = %id, "policy schedule unreadable; not scheduling it");
             moved.0.push(id);

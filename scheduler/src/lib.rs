@@ -124,10 +124,7 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
 
     let decider = Decider {
         pool: pool.clone(),
-        minter: Minter {
-            secret: config.jwt_secret.clone(),
-            ttl_secs: config.token_ttl.as_secs(),
-        },
+        minter: Minter::new(config.jwt_secret.clone(), config.token_ttl.as_secs()),
         max_in_flight: config.max_in_flight,
         lost_after: config.settle_after,
     };

@@ -48,9 +48,8 @@ pub async fn rotate(
     max_in_flight: u32,
     now: DateTime<Utc>,
 ) -> Result<VerifyReport, sqlx::Error> {
-    let mut report = VerifyReport::default();
     // Backups no longer retained, or whose policy no longer rotates, leave the rotation.
-    report.dropped = sqlx::query(
+    let dropped = sqlx::query(
         "DELETE FROM pf_verify_rotation v \
           WHERE NOT EXISTS (SELECT 1 FROM pf_backup_records r \
                              WHERE r.id = v.backup_record_id AND r.status = 'completed') \
@@ -60,7 +59,7 @@ pub async fn rotate(
     .execute(&mut *tx)
     .await?
     .rows_affected();
-    report.registered = sqlx::query(
+    let registered = sqlx::query(
         "INSERT INTO pf_verify_rotation (backup_record_id, policy_id, due_at) \
          SELECT c.id, c.policy_id, \
                 CASE WHEN c.rank = 0 THEN $1 \
@@ -80,6 +79,11 @@ pub async fn rotate(
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    let mut report = VerifyReport {
+        registered,
+        dropped,
+        published: 0,
+    };
 
     let free = i64::from(max_in_flight) - in_flight(tx, "verify").await?;
     if free <= 0 {
