@@ -1,6 +1,6 @@
 //! `drctl token`, and minting for commands sent without `--token`.
 
-use drfleet_infra::auth::{MIN_HMAC_SECRET, mint_hs256};
+use drfleet_infra::auth::{MIN_HMAC_SECRET, TokenMinter};
 use drfleet_infra::config::ConfigError;
 use drfleet_protocol::OrganizationId;
 
@@ -48,10 +48,12 @@ pub fn mint(
     perms: &[String],
     ttl_secs: u64,
 ) -> Result<String, ConfigError> {
-    let secret = require_secret(secret)?;
+    let minter = TokenMinter::from_secret(require_secret(secret)?)?;
     check_sub(sub)?;
     perms.iter().try_for_each(|p| check_perm(p))?;
-    Ok(mint_hs256(secret, sub, org, perms, ttl_secs))
+    minter
+        .mint(sub, org, perms, ttl_secs)
+        .map_err(|e| ConfigError::new("DR_AUTH_JWT_SECRET", e.to_string()))
 }
 
 /// `drctl token`: the token, for stdout.
