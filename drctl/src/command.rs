@@ -95,12 +95,7 @@ pub fn prepare(
     let draft = validate_envelope(env.clone(), None).map_err(Error::InvalidCommand)?;
     env.actor_token = match opts.token.as_deref() {
         Some(t) if !t.is_empty() => t.to_string(),
-        _ if opts
-            .secret
-            .auth_jwt_secret
-            .as_deref()
-            .is_some_and(|s| !s.is_empty()) =>
-        {
+        _ if token::can_mint(&opts.secret) => {
             let perms: Vec<String> = required_permissions(&draft.body)
                 .iter()
                 .map(|p| p.to_string())
@@ -111,7 +106,7 @@ pub fn prepare(
         _ => {
             return Err(ConfigError::new(
                 "DR_ACTOR_TOKEN",
-                "is required (or DR_AUTH_JWT_SECRET to mint one)",
+                "is required (or DR_AUTH_JWT_SECRET or DR_AUTH_JWT_PRIVATE_KEY to mint one)",
             )
             .into());
         }
@@ -316,6 +311,7 @@ mod tests {
             token: token.map(Into::into),
             secret: SecretArgs {
                 auth_jwt_secret: secret.map(Into::into),
+                ..Default::default()
             },
             sub: "ops".into(),
             correlation_id: None,
