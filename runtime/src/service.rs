@@ -130,3 +130,81 @@ impl Service {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A task of `stage` that logs when its token fires, then (for work) lingers.
+    fn record(svc: &Service, stage: Stage, log: &Arc<Mutex<Vec<Stage>>>, linger: Duration) {
+        let (token, log) = (svc.token(stage), log.clone());
+        svc.spawn(stage, async move {
+            token.cancelled().await;
+            log.lock().unwrap().push(stage);
+            tokio::time::sleep(linger).await;
+        });
+    }
+
+    #[tokio::test]
+    async fn stages_stop_in_order_and_work_finishes_within_the_grace() {
+        let svc = Service::new();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for s in [
+            Stage::Http,
+            Stage::Listen,
+            Stage::Broker,
+            Stage::Relay,
+            Stage::Intake,
+        ] {
+            record(&svc, s, &log, Duration::from_millis(20));
+        }
+        // Work in flight that stops claiming with the intake and finishes on its own.
+        let (intake, finished) = (svc.token(Stage::Intake), Arc::new(Mutex::new(false)));
+        let (abandon, done) = (svc.token(Stage::Work), finished.clone());
+        svc.spawn(Stage::Work, async move {
+            intake.cancelled().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            *done.lock().unwrap() = !abandon.is_cancelled();
+        });
+        svc.shutdown(Duration::from_secs(5)).await;
+        assert!(
+            *finished.lock().unwrap(),
+            "work was abandoned within its grace"
+        );
+        assert_eq!(
+            *log.lock().unwrap(),
+            [
+                Stage::Intake,
+                Stage::Relay,
+                Stage::Broker,
+                Stage::Listen,
+                Stage::Http
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn work_past_the_grace_is_abandoned_before_the_relay_stops() {
+        let svc = Service::new();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        record(&svc, Stage::Work, &log, Duration::ZERO);
+        record(&svc, Stage::Relay, &log, Duration::ZERO);
+        let t = tokio::time::Instant::now();
+        svc.shutdown(Duration::from_millis(100)).await;
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        assert_eq!(*log.lock().unwrap(), [Stage::Work, Stage::Relay]);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_service_stops_every_stage() {
+        let svc = Service::new();
+        let tokens: Vec<_> = [Stage::Intake, Stage::Work, Stage::Relay, Stage::Http]
+            .into_iter()
+            .map(|s| svc.token(s))
+            .collect();
+        drop(svc);
+        assert!(tokens.iter().all(CancellationToken::is_cancelled));
+    }
+}
