@@ -204,11 +204,12 @@ impl TokenMinter {
         self.alg
     }
 
-    /// A token for `sub` acting on `org` with `perms`, valid for `ttl_secs` from now.
+    /// A token for `sub` acting on `org` (its `org` claim: the organization as on the wire)
+    /// with `perms`, valid for `ttl_secs` from now.
     pub fn mint(
         &self,
         sub: &str,
-        org: &OrganizationId,
+        org: impl std::fmt::Display,
         perms: &[String],
         ttl_secs: u64,
     ) -> Result<String, MintError> {

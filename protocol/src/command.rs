@@ -2,16 +2,19 @@
 //! bench and the tests all come here), and its routing key.
 
 use crate::events::timestamp;
-use crate::ids::{CommandId, OrganizationId};
+use crate::ids::CommandId;
+#[cfg(doc)]
+use crate::ids::OrganizationId;
 use crate::topology::CommandKind;
 use crate::v1::CommandEnvelope;
 use crate::v1::command_envelope::Command;
 
-/// An envelope for `body` in `org`, issued now. `correlation_id` defaults to a fresh UUID,
+/// An envelope for `body` in `org` (as it goes on the wire: an [`OrganizationId`] or a tenant
+/// key's text), issued now. `correlation_id` defaults to a fresh UUID,
 /// `command_id` to a fresh UUIDv7 (the scheduler passes one derived from its slot).
 /// `token` may be empty when it is minted after validation (drctl) and set then.
 pub fn envelope(
-    org: &OrganizationId,
+    org: impl std::fmt::Display,
     body: Command,
     token: &str,
     correlation_id: Option<&str>,
@@ -40,6 +43,7 @@ pub fn routing_key(env: &CommandEnvelope) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::OrganizationId;
     use crate::v1;
 
     fn backup() -> Command {
@@ -87,5 +91,8 @@ mod tests {
         let mut none = env.clone();
         none.command = None;
         assert_eq!(routing_key(&none), None);
+        let text = envelope("tenant-42", backup(), "t", None, None);
+        assert_eq!(text.organization_id, "tenant-42");
+        assert_eq!(routing_key(&text).unwrap(), "backup.tenant-42");
     }
 }
