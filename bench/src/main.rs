@@ -237,7 +237,7 @@ async fn main() -> anyhow::Result<()> {
     let publisher = ConfirmPublisher::new(&conn_amqp).await?;
     tokio::time::sleep(Duration::from_secs(2)).await; // worker connected and migrated
     let env = drfleet_protocol::command::envelope(
-        &org,
+        org,
         v1::command_envelope::Command::Backup(v1::BackupCommand {
             tier: "full".into(),
             policy_id: String::new(),

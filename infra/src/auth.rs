@@ -370,7 +370,7 @@ dqz7sHy2SnlVeNU3qXeQAEVBXfXOXs/g07Rib6CfORHix8at/V/nAtxEmQ==
         let es = TokenMinter::from_private_pem(ES_PRIVATE, "DR_AUTH_JWT_PRIVATE_KEY").unwrap();
         assert_eq!(es.algorithm(), Algorithm::ES256);
         let t = es
-            .mint("drfleet-scheduler", &org, &["pf.backup.create".into()], 120)
+            .mint("drfleet-scheduler", org, &["pf.backup.create".into()], 120)
             .unwrap();
         let a = TokenVerifier::new(None, Some(ES_PUBLIC))
             .unwrap()
@@ -385,7 +385,7 @@ dqz7sHy2SnlVeNU3qXeQAEVBXfXOXs/g07Rib6CfORHix8at/V/nAtxEmQ==
             )
         );
         let hs = TokenMinter::from_secret(SECRET).unwrap();
-        let t = hs.mint("alice", &org, &[], 60).unwrap();
+        let t = hs.mint("alice", org, &[], 60).unwrap();
         assert_eq!(verifier().verify(&t).unwrap().sub, "alice");
         assert!(!format!("{hs:?}").contains(SECRET));
 

@@ -56,8 +56,8 @@ mod tests {
     #[test]
     fn fresh_ids_unless_given() {
         let org = OrganizationId::new();
-        let a = envelope(&org, backup(), "t", None, None);
-        let b = envelope(&org, backup(), "t", None, None);
+        let a = envelope(org, backup(), "t", None, None);
+        let b = envelope(org, backup(), "t", None, None);
         assert_ne!(a.command_id, b.command_id);
         assert_ne!(a.correlation_id, b.correlation_id);
         let id: CommandId = a.command_id.parse().unwrap();
@@ -67,7 +67,7 @@ mod tests {
         assert!(a.issued_at.is_some());
 
         let given = CommandId::from(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, b"slot"));
-        let c = envelope(&org, backup(), "", Some("corr-1"), Some(given));
+        let c = envelope(org, backup(), "", Some("corr-1"), Some(given));
         assert_eq!(c.command_id, given.to_string());
         assert_eq!(c.correlation_id, "corr-1");
     }
@@ -75,13 +75,13 @@ mod tests {
     #[test]
     fn routing_key_is_kind_dot_org() {
         let org = OrganizationId::new();
-        let env = envelope(&org, backup(), "t", None, None);
+        let env = envelope(org, backup(), "t", None, None);
         assert_eq!(
             routing_key(&env).unwrap(),
             CommandKind::Backup.routing_key(&org)
         );
         let discard = envelope(
-            &org,
+            org,
             Command::StagingDiscard(v1::StagingDiscardCommand::default()),
             "t",
             None,
