@@ -43,24 +43,26 @@ pub async fn enqueue(tx: &mut PgConnection, event: &EventEnvelope) -> Result<(),
     Ok(())
 }
 
-/// Queue `command` for publishing to `dr.commands` with `routing_key` (`<kind>.<org>`);
-/// commits (or not) with `tx`. Returns false if a command with this id is already queued
-/// (a command id is published once).
+/// Queue `command` for publishing to `dr.commands` with its routing key (`<kind>.<org>`,
+/// [`drfleet_protocol::command::routing_key`], as `publish_command` routes it); commits (or
+/// not) with `tx`. Returns false if a command with this id is already queued (a command id
+/// is published once).
 pub async fn enqueue_command(
     tx: &mut PgConnection,
     command: &CommandEnvelope,
-    routing_key: &str,
 ) -> Result<bool, sqlx::Error> {
     let command_id: uuid::Uuid = command
         .command_id
         .parse()
         .map_err(|_| sqlx::Error::Protocol("command_id is not a UUID".into()))?;
+    let routing_key = drfleet_protocol::command::routing_key(command)
+        .ok_or_else(|| sqlx::Error::Protocol("command has no body".into()))?;
     insert(
         tx,
         command_id,
         COMMANDS_EXCHANGE,
         COMMAND_MESSAGE_TYPE,
-        routing_key,
+        &routing_key,
         command.encode_to_vec(),
     )
     .await

@@ -223,17 +223,10 @@ async fn a_publish_only_process_relays_queued_commands_and_stops_in_order() {
     // One command through the outbox, one on the session's confirm channel.
     let org = OrganizationId::new();
     let queued = backup(&org);
-    let key = drfleet_protocol::command::routing_key(&queued).unwrap();
     let mut tx = pool.begin().await.unwrap();
+    assert!(outbox::enqueue_command(&mut tx, &queued).await.unwrap());
     assert!(
-        outbox::enqueue_command(&mut tx, &queued, &key)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !outbox::enqueue_command(&mut tx, &queued, &key)
-            .await
-            .unwrap(),
+        !outbox::enqueue_command(&mut tx, &queued).await.unwrap(),
         "a command id is queued once"
     );
     tx.commit().await.unwrap();
