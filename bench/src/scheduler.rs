@@ -12,7 +12,6 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology};
-use drfleet_infra::config::Secret;
 use drfleet_scheduler::commands::Minter;
 use drfleet_scheduler::due;
 
@@ -69,7 +68,7 @@ pub async fn scheduler_bench(
     let ch = conn.create_channel().await?;
     declare_topology(&ch).await?;
     let publisher = ConfirmPublisher::new(&conn).await?;
-    let minter = Minter::new(Secret::new(JWT.to_string()), 1200);
+    let minter = Minter::new(drfleet_infra::auth::TokenMinter::from_secret(JWT)?, 1200);
 
     let (mut scans, mut rates) = (Vec::new(), Vec::new());
     println!(

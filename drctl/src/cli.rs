@@ -79,12 +79,16 @@ pub struct TiersShowArgs {
     pub tenant_root: Option<String>,
 }
 
-/// HS256 secret shared with the workers.
+/// The key tokens are minted with: the HS256 secret shared with the workers, or a private
+/// key whose public half the workers hold (DR_AUTH_JWT_PUBLIC_KEY).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SecretArgs {
     /// HS256 secret for actor tokens (at least 32 bytes).
     #[arg(long, env = "DR_AUTH_JWT_SECRET", hide_env_values = true)]
     pub auth_jwt_secret: Option<String>,
+    /// PEM private key (RSA or EC P-256) to mint RS256/ES256 tokens with; wins over the secret.
+    #[arg(long, env = "DR_AUTH_JWT_PRIVATE_KEY", hide_env_values = true)]
+    pub auth_jwt_private_key: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -13,18 +13,16 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use prost::Message;
 
-use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, message_properties};
+use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, publish_command};
 use drfleet_infra::config::{ConfigError, amqp_url};
 use drfleet_protocol::auth::required_permissions;
-use drfleet_protocol::events::{event_type, timestamp};
-use drfleet_protocol::topology::{
-    COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CommandKind, EVENTS_EXCHANGE, UNKNOWN_ORG,
-};
+use drfleet_protocol::events::event_type;
+use drfleet_protocol::topology::{COMMANDS_EXCHANGE, CommandKind, EVENTS_EXCHANGE, UNKNOWN_ORG};
 use drfleet_protocol::v1::command_envelope::Command;
 use drfleet_protocol::v1::event_envelope::Event;
 use drfleet_protocol::v1::{self, CommandEnvelope, EventEnvelope};
 use drfleet_protocol::validate::{ValidCommand, validate_envelope};
-use drfleet_protocol::{BackupRecordId, CommandId, OrganizationId};
+use drfleet_protocol::{BackupRecordId, OrganizationId};
 
 use crate::cli::{
     BackupArgs, CommandOpts, DiscardArgs, DrillArgs, ModeArg, RestoreArgs, VerifyArgs,
@@ -85,16 +83,7 @@ pub fn new_envelope(
     correlation_id: Option<&str>,
     command: Command,
 ) -> CommandEnvelope {
-    CommandEnvelope {
-        command_id: CommandId::new().to_string(),
-        organization_id: org.to_string(),
-        issued_at: Some(timestamp(chrono::Utc::now())),
-        actor_token: String::new(),
-        correlation_id: correlation_id
-            .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        command: Some(command),
-    }
+    drfleet_protocol::command::envelope(org, command, "", correlation_id, None)
 }
 
 /// Validate the envelope, attach the actor token (given, or minted with exactly the
@@ -106,12 +95,7 @@ pub fn prepare(
     let draft = validate_envelope(env.clone(), None).map_err(Error::InvalidCommand)?;
     env.actor_token = match opts.token.as_deref() {
         Some(t) if !t.is_empty() => t.to_string(),
-        _ if opts
-            .secret
-            .auth_jwt_secret
-            .as_deref()
-            .is_some_and(|s| !s.is_empty()) =>
-        {
+        _ if token::can_mint(&opts.secret) => {
             let perms: Vec<String> = required_permissions(&draft.body)
                 .iter()
                 .map(|p| p.to_string())
@@ -122,7 +106,7 @@ pub fn prepare(
         _ => {
             return Err(ConfigError::new(
                 "DR_ACTOR_TOKEN",
-                "is required (or DR_AUTH_JWT_SECRET to mint one)",
+                "is required (or DR_AUTH_JWT_SECRET or DR_AUTH_JWT_PRIVATE_KEY to mint one)",
             )
             .into());
         }
@@ -237,14 +221,7 @@ pub async fn run(
     };
     let publisher = ConfirmPublisher::new(&conn).await?;
     let command_id = cmd.command_id.to_string();
-    publisher
-        .publish_confirmed(
-            COMMANDS_EXCHANGE,
-            &routing_key,
-            &env.encode_to_vec(),
-            message_properties(COMMAND_MESSAGE_TYPE, &command_id, None),
-        )
-        .await?;
+    publish_command(&publisher, &env).await?;
     eprintln!(
         "drctl: published {} command {command_id} (correlation {}) to {COMMANDS_EXCHANGE} with key {routing_key}",
         kind.as_str(),
@@ -317,6 +294,7 @@ pub async fn wait(
 mod tests {
     use super::*;
     use drfleet_infra::config::BrokerArgs;
+    use drfleet_protocol::CommandId;
     use drfleet_protocol::auth::{PERM_BACKUP_PROMOTE, PERM_BACKUP_RESTORE};
     use drfleet_protocol::events::envelope;
     use drfleet_protocol::validate::CommandBody;
@@ -333,6 +311,7 @@ mod tests {
             token: token.map(Into::into),
             secret: SecretArgs {
                 auth_jwt_secret: secret.map(Into::into),
+                ..Default::default()
             },
             sub: "ops".into(),
             correlation_id: None,

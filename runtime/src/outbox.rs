@@ -43,34 +43,36 @@ pub async fn enqueue(tx: &mut PgConnection, event: &EventEnvelope) -> Result<(),
     Ok(())
 }
 
-/// Queue `command` for publishing to `dr.commands` with `routing_key` (`<kind>.<org>`);
-/// commits (or not) with `tx`. Returns false if a command with this id is already queued
-/// (a command id is published once).
+/// Queue `command` for publishing to `dr.commands` with its routing key (`<kind>.<org>`,
+/// [`drfleet_protocol::command::routing_key`], as `publish_command` routes it); commits (or
+/// not) with `tx`. Returns false if a command with this id is already queued (a command id
+/// is published once).
 pub async fn enqueue_command(
     tx: &mut PgConnection,
     command: &CommandEnvelope,
-    routing_key: &str,
 ) -> Result<bool, sqlx::Error> {
     let command_id: uuid::Uuid = command
         .command_id
         .parse()
         .map_err(|_| sqlx::Error::Protocol("command_id is not a UUID".into()))?;
+    let routing_key = drfleet_protocol::command::routing_key(command)
+        .ok_or_else(|| sqlx::Error::Protocol("command has no body".into()))?;
     insert(
         tx,
         command_id,
         COMMANDS_EXCHANGE,
         COMMAND_MESSAGE_TYPE,
-        routing_key,
+        &routing_key,
         command.encode_to_vec(),
     )
     .await
 }
 
-/// Queue many commands at once (`(command, routing key)`), in one statement; commits with
-/// `tx`. Commands whose id is already queued are skipped. Returns how many were queued.
+/// Queue many commands at once, routed like [`enqueue_command`], in one statement; commits
+/// with `tx`. Commands whose id is already queued are skipped. Returns how many were queued.
 pub async fn enqueue_commands(
     tx: &mut PgConnection,
-    commands: &[(CommandEnvelope, String)],
+    commands: &[CommandEnvelope],
 ) -> Result<u64, sqlx::Error> {
     if commands.is_empty() {
         return Ok(0);
@@ -78,13 +80,16 @@ pub async fn enqueue_commands(
     let mut ids = Vec::with_capacity(commands.len());
     let mut keys = Vec::with_capacity(commands.len());
     let mut bodies = Vec::with_capacity(commands.len());
-    for (c, key) in commands {
+    for c in commands {
         ids.push(
             c.command_id
                 .parse::<uuid::Uuid>()
                 .map_err(|_| sqlx::Error::Protocol("command_id is not a UUID".into()))?,
         );
-        keys.push(key.clone());
+        keys.push(
+            drfleet_protocol::command::routing_key(c)
+                .ok_or_else(|| sqlx::Error::Protocol("command has no body".into()))?,
+        );
         bodies.push(c.encode_to_vec());
     }
     let n = sqlx::query(

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 
-use drfleet_infra::auth::mint_hs256;
-use drfleet_infra::config::Secret;
+use drfleet_infra::auth::{MintError, TokenMinter};
 use drfleet_protocol::OrganizationId;
 use drfleet_protocol::auth::{PERM_BACKUP_CREATE, PERM_BACKUP_VERIFY};
+use drfleet_protocol::command;
 use drfleet_protocol::events::timestamp;
 use drfleet_protocol::policy::{SlotKind, scheduled_command_id};
 use drfleet_protocol::v1::{self, command_envelope::Command};
@@ -26,40 +26,42 @@ type Minted = (String, Instant);
 /// Mints the scheduler's tokens. A token is reused for the same organization and permission
 /// during the first half of its lifetime (10,000 due policies must not mean 10,000 HMACs).
 pub struct Minter {
-    secret: Secret<String>,
+    minter: TokenMinter,
     ttl_secs: u64,
     cache: Mutex<HashMap<(OrganizationId, &'static str), Minted>>,
 }
 
 impl Minter {
-    pub fn new(secret: Secret<String>, ttl_secs: u64) -> Self {
+    pub fn new(minter: TokenMinter, ttl_secs: u64) -> Self {
         Self {
-            secret,
+            minter,
             ttl_secs,
             cache: Mutex::new(HashMap::new()),
         }
     }
 
-    fn token(&self, org: &OrganizationId, perm: &'static str) -> String {
+    /// `org_key`: the organization as on the wire (the token's `org` claim).
+    fn token(
+        &self,
+        org: &OrganizationId,
+        org_key: &str,
+        perm: &'static str,
+    ) -> Result<String, MintError> {
         let reuse = Duration::from_secs(self.ttl_secs / 2);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((t, at)) = cache.get(&(*org, perm))
             && at.elapsed() < reuse
         {
-            return t.clone();
+            return Ok(t.clone());
         }
         if cache.len() > 100_000 {
             cache.retain(|_, (_, at)| at.elapsed() < reuse);
         }
-        let t = mint_hs256(
-            self.secret.expose(),
-            SCHEDULER_SUB,
-            org,
-            &[perm.to_string()],
-            self.ttl_secs,
-        );
+        let t = self
+            .minter
+            .mint(SCHEDULER_SUB, org_key, &[perm.to_string()], self.ttl_secs)?;
         cache.insert((*org, perm), (t.clone(), Instant::now()));
-        t
+        Ok(t)
     }
 }
 
@@ -78,20 +80,17 @@ fn envelope(
     slot: DateTime<Utc>,
     subject: Option<uuid::Uuid>,
     perm: &'static str,
-    command: Command,
-) -> (v1::CommandEnvelope, String) {
-    let id = scheduled_command_id(t.policy_id, kind, slot, subject);
-    let env = v1::CommandEnvelope {
-        command_id: id.to_string(),
-        organization_id: t.tenant_key.to_string(),
-        issued_at: Some(timestamp(Utc::now())),
-        actor_token: minter.token(&t.organization_id, perm),
+    body: Command,
+) -> Result<v1::CommandEnvelope, MintError> {
+    let token = minter.token(&t.organization_id, t.tenant_key, perm)?;
+    Ok(command::envelope(
+        t.tenant_key,
+        body,
+        &token,
         // Ties every event of every slot of a policy together.
-        correlation_id: format!("policy:{}", t.policy_id),
-        command: Some(command),
-    };
-    let key = format!("{}.{}", kind.as_str(), t.tenant_key);
-    (env, key)
+        Some(&format!("policy:{}", t.policy_id)),
+        Some(scheduled_command_id(t.policy_id, kind, slot, subject)),
+    ))
 }
 
 /// The backup command of one slot.
@@ -101,7 +100,7 @@ pub fn backup(
     tier: &str,
     slot: DateTime<Utc>,
     missed: bool,
-) -> (v1::CommandEnvelope, String) {
+) -> Result<v1::CommandEnvelope, MintError> {
     let reason = if missed {
         "scheduled (catch-up for missed slots)"
     } else {
@@ -130,7 +129,7 @@ pub fn verify(
     t: &Target<'_>,
     backup_record_id: uuid::Uuid,
     slot: DateTime<Utc>,
-) -> (v1::CommandEnvelope, String) {
+) -> Result<v1::CommandEnvelope, MintError> {
     let body = Command::Verify(v1::VerifyCommand {
         backup_record_id: backup_record_id.to_string(),
     });

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use drfleet_infra::auth::MIN_HMAC_SECRET;
+use drfleet_infra::auth::TokenMinter;
 use drfleet_infra::config::{
     BrokerArgs, ConfigError, LogArgs, LogFormat, Secret, amqp_url, postgres_url, socket_addr,
 };
@@ -23,6 +23,11 @@ pub struct SchedulerCli {
     /// mints its own short-lived tokens with it.
     #[arg(long, env = "DR_AUTH_JWT_SECRET", hide_env_values = true)]
     pub auth_jwt_secret: Option<String>,
+
+    /// Instead of the secret: a PEM private key (RSA or EC P-256) matching the workers'
+    /// DR_AUTH_JWT_PUBLIC_KEY; tokens are then RS256/ES256.
+    #[arg(long, env = "DR_AUTH_JWT_PRIVATE_KEY", hide_env_values = true)]
+    pub auth_jwt_private_key: Option<String>,
 
     /// Seconds between two evaluations of what is due.
     #[arg(long, env = "DR_SCHEDULER_TICK_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -48,7 +53,7 @@ pub struct SchedulerCli {
 pub struct SchedulerConfig {
     pub amqp_url: String,
     pub database_url: Secret<String>,
-    pub jwt_secret: Secret<String>,
+    pub minter: TokenMinter,
     pub tick: Duration,
     pub max_in_flight: u32,
     pub http_addr: SocketAddr,
@@ -68,20 +73,25 @@ impl SchedulerConfig {
             None | Some("") => return Err(ConfigError::new("DR_DATABASE_URL", "is required")),
             Some(u) => postgres_url("DR_DATABASE_URL", u)?,
         };
-        let jwt_secret = match cli.auth_jwt_secret {
-            None => return Err(ConfigError::new("DR_AUTH_JWT_SECRET", "is required")),
-            Some(s) if s.len() < MIN_HMAC_SECRET => {
+        let minter = match (
+            cli.auth_jwt_private_key.as_deref(),
+            cli.auth_jwt_secret.as_deref(),
+        ) {
+            (Some(pem), _) if !pem.is_empty() => {
+                TokenMinter::from_private_pem(pem, "DR_AUTH_JWT_PRIVATE_KEY")?
+            }
+            (_, Some(secret)) if !secret.is_empty() => TokenMinter::from_secret(secret)?,
+            _ => {
                 return Err(ConfigError::new(
                     "DR_AUTH_JWT_SECRET",
-                    "must be at least 32 bytes",
+                    "is required (or DR_AUTH_JWT_PRIVATE_KEY)",
                 ));
             }
-            Some(s) => Secret::new(s),
         };
         Ok(Self {
             amqp_url: amqp_url("DR_AMQP_URL", &cli.broker.amqp_url)?,
             database_url,
-            jwt_secret,
+            minter,
             tick: Duration::from_secs(cli.tick_secs),
             max_in_flight: cli.max_in_flight,
             http_addr: socket_addr("DR_HTTP_ADDR", &cli.http_addr)?,

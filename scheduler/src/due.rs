@@ -14,6 +14,7 @@ use drfleet_protocol::policy::Schedule;
 use drfleet_runtime::outbox;
 
 use crate::commands::{self, Minter, Target};
+use crate::tick::TickError;
 
 /// What one pass published.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +63,7 @@ pub async fn publish_due(
     minter: &Minter,
     max_in_flight: u32,
     now: DateTime<Utc>,
-) -> Result<DueReport, sqlx::Error> {
+) -> Result<DueReport, TickError> {
     let busy = in_flight(tx, "backup").await?;
     let due_total: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pf_backup_policies WHERE enabled AND next_due_at <= $1",
@@ -136,9 +137,9 @@ pub async fn publish_due(
             organization_id: OrganizationId(org),
             tenant_key: &tenant_key,
         };
-        let (env, key) = commands::backup(minter, &target, &tier, due.slot, due.missed);
+        let env = commands::backup(minter, &target, &tier, due.slot, due.missed)?;
         slot_rows.push(&env, id, org, due.slot, None);
-        commands.push((env, key));
+        commands.push(env);
         moved.0.push(id);
         moved.1.push(due.next);
         moved.2.push(due.slot);
@@ -149,7 +150,7 @@ pub async fn publish_due(
     let fresh = slot_rows.insert(tx, "backup").await?;
     // A slot already recorded (cannot happen while next_due_at moves past it, but the unique
     // key is what guarantees it) is not published again.
-    commands.retain(|(env, _)| fresh.contains(&env.command_id));
+    commands.retain(|env| fresh.contains(&env.command_id));
     report.published = outbox::enqueue_commands(tx, &commands).await?;
     sqlx::query(
         "UPDATE pf_backup_policies p SET next_due_at = m.next, last_slot_at = m.slot \

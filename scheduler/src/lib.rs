@@ -14,29 +14,33 @@
 //! - [`verify`]: rotating verification of retained backups.
 //! - [`watch`]: alerts (`RPO_BREACHED`, `BACKUP_FAILING`, `VERIFY_FAILED`), one per episode.
 //! - [`commands`]: the scheduled command envelopes and the scheduler's own tokens.
-//! - [`session`], [`http`], [`metrics`]: the broker publisher, `/health` `/ready` `/metrics`.
+//! - [`metrics`]: the `drfleet_scheduler_*` counters.
 //!
-//! Commands and events leave through the shared outbox relay (`drfleet-runtime`).
+//! The process is built on `drfleet-runtime` like the workers: start-up retries, a
+//! publish-only broker session, the outbox relay (commands and events leave through it, woken
+//! by `dr_outbox` notifications), `/health` `/ready` `/metrics`, and one shutdown tree.
 
 pub mod commands;
 pub mod config;
 pub mod due;
-pub mod http;
 pub mod metrics;
-pub mod session;
 pub mod tick;
 pub mod verify;
 pub mod watch;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use tokio::sync::{Notify, watch as tokio_watch};
 use tokio_util::sync::CancellationToken;
 
-use drfleet_infra::db;
+use drfleet_runtime::broker::Broker;
+use drfleet_runtime::notify::{listen_notifications, wake};
+use drfleet_runtime::service::{Service, Stage};
+use drfleet_runtime::start::{Dependencies, StartError, start_dependencies};
+use drfleet_runtime::{http, outbox};
 
 use crate::commands::Minter;
 use crate::config::SchedulerConfig;
@@ -46,10 +50,8 @@ use crate::tick::{Decider, TickOutcome};
 /// Why the scheduler could not start (exit 2). Display carries no secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("metadata database (DR_DATABASE_URL): {0}")]
-    Database(#[from] db::DbError),
-    #[error("broker (DR_AMQP_URL): {0}")]
-    Broker(drfleet_infra::amqp::BrokerUnavailable),
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error("cannot listen on DR_HTTP_ADDR {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
@@ -58,8 +60,12 @@ pub enum RunError {
     },
 }
 
-/// Run until `shutdown`; then stop deciding, drain the outbox (bounded) and return.
+/// How long shutdown waits for a tick in progress.
+const TICK_GRACE: Duration = Duration::from_secs(30);
+
+/// Run until `shutdown`; then finish the tick in hand, drain the outbox (bounded), return.
 pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    // Bound before anything slow, so that an address clash fails at once.
     let listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| RunError::Http {
@@ -68,102 +74,128 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
         })?;
     let http_addr = listener.local_addr().unwrap_or(config.http_addr);
     let metrics = Arc::new(Metrics::default());
-    let ready_pool = Arc::new(std::sync::OnceLock::new());
-    let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(http::serve(
-        listener,
-        ready_pool.clone(),
-        metrics.clone(),
-        http_stop.clone(),
-    ));
-    let stop_http = || async {
-        http_stop.cancel();
-        let _ = http_task.await;
-    };
+    let ready_pool = Arc::new(OnceLock::new());
+    let mut svc = Service::new();
+    svc.spawn(
+        Stage::Http,
+        http::serve(
+            listener,
+            ready_pool.clone(),
+            metrics.clone(),
+            svc.token(Stage::Http),
+        ),
+    );
 
-    let pool = match start(&config, &shutdown).await {
+    let deps = Dependencies {
+        database_url: &config.database_url,
+        amqp_url: &config.amqp_url,
+        app: "drfleet-scheduler",
+        pool_size: 8,
+    };
+    let pool = match start_dependencies(&deps, &shutdown).await {
         Ok(Some(pool)) => pool,
-        Ok(None) => {
-            stop_http().await;
-            tracing::info!("stopped during start-up");
-            return Ok(());
-        }
-        Err(e) => {
-            stop_http().await;
-            return Err(e);
+        other => {
+            svc.shutdown(Duration::ZERO).await;
+            if other.is_ok() {
+                tracing::info!("stopped during start-up");
+            }
+            return other.map(|_| ()).map_err(RunError::from);
         }
     };
     let _ = ready_pool.set(pool.clone());
+    svc.close_pool_last(pool.clone());
     tracing::info!(scheduler_id = %config.scheduler_id, %http_addr, tick_secs = config.tick.as_secs(), max_in_flight = config.max_in_flight, "starting (/health, /ready, /metrics on http_addr)");
 
+    let outbox_wake = Arc::new(Notify::new());
+    svc.spawn(
+        Stage::Listen,
+        listen_notifications(
+            pool.clone(),
+            HashMap::from([("dr_outbox", wake(outbox_wake.clone()))]),
+            svc.token(Stage::Listen),
+        ),
+    );
     let (pub_tx, pub_rx) = tokio_watch::channel(None);
     let trouble = Arc::new(Notify::new());
-    let outbox_wake = Arc::new(Notify::new());
-    let session_close = CancellationToken::new();
-    let session_task = tokio::spawn(session::run(
-        config.amqp_url.clone(),
-        format!("drfleet-scheduler-{}", config.scheduler_id),
-        pub_tx,
-        trouble.clone(),
-        metrics.clone(),
-        session_close.clone(),
-    ));
-    let relay_stop = CancellationToken::new();
+    let broker = Arc::new(Broker {
+        url: config.amqp_url.clone(),
+        name: format!("drfleet-scheduler-{}", config.scheduler_id),
+        consumers: Vec::new(),
+        publisher: pub_tx,
+        trouble: trouble.clone(),
+        metrics: metrics.clone(),
+    });
+    svc.spawn(
+        Stage::Broker,
+        broker.run(svc.token(Stage::Intake), svc.token(Stage::Broker)),
+    );
     let relayed = metrics.clone();
-    let relay_task = tokio::spawn(drfleet_runtime::outbox::run_relay(
-        pool.clone(),
-        pub_rx,
-        outbox_wake.clone(),
-        trouble,
-        move |n| {
-            relayed.messages_relayed.fetch_add(n, Relaxed);
-        },
-        Duration::from_millis(500),
-        relay_stop.clone(),
-    ));
+    svc.spawn(
+        Stage::Relay,
+        outbox::run_relay(
+            pool.clone(),
+            pub_rx,
+            outbox_wake.clone(),
+            trouble,
+            move |n| {
+                relayed.messages_relayed.fetch_add(n, Relaxed);
+            },
+            Duration::from_millis(500),
+            svc.token(Stage::Relay),
+        ),
+    );
 
     let decider = Decider {
         pool: pool.clone(),
-        minter: Minter::new(config.jwt_secret.clone(), config.token_ttl.as_secs()),
+        minter: Minter::new(config.minter.clone(), config.token_ttl.as_secs()),
         max_in_flight: config.max_in_flight,
         lost_after: config.settle_after,
     };
-    decide_loop(&decider, &metrics, &outbox_wake, config.tick, &shutdown).await;
+    // Deciding is intake: it stops first; a tick in progress finishes (its transaction commits
+    // or rolls back as a whole).
+    svc.spawn(
+        Stage::Intake,
+        decide_loop(
+            decider,
+            metrics,
+            outbox_wake,
+            config.tick,
+            svc.token(Stage::Intake),
+        ),
+    );
 
-    tracing::info!("shutting down: draining the outbox");
-    relay_stop.cancel();
-    let _ = relay_task.await;
-    session_close.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(15), session_task).await;
-    stop_http().await;
-    pool.close().await;
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: finishing the tick in hand, draining the outbox");
+    svc.shutdown(TICK_GRACE).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Tick until `shutdown`. A failed tick is logged and retried at the next one (its
-/// transaction rolled back: nothing half-decided).
+/// Tick until `stop`. A failed tick is logged and retried at the next one (its transaction
+/// rolled back: nothing half-decided).
 async fn decide_loop(
-    decider: &Decider,
-    metrics: &Metrics,
-    outbox_wake: &Notify,
+    decider: Decider,
+    metrics: Arc<Metrics>,
+    outbox_wake: Arc<Notify>,
     tick: Duration,
-    shutdown: &CancellationToken,
+    stop: CancellationToken,
 ) {
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = interval.tick() => {}
         }
         let started = Instant::now();
         match decider.tick().await {
             Ok(TickOutcome::Done(r)) => {
                 metrics.record(&r, started.elapsed());
-                if r.backups.published + r.verifies.published + r.alerts.raised + r.alerts.resolved
-                    > 0
-                {
+                let queued = r.backups.published
+                    + r.verifies.published
+                    + r.alerts.raised
+                    + r.alerts.resolved;
+                if queued > 0 {
                     outbox_wake.notify_one();
                     tracing::info!(
                         backups = r.backups.published,
@@ -183,53 +215,5 @@ async fn decide_loop(
                 tracing::warn!(error = %e, "tick failed; retrying at the next one");
             }
         }
-    }
-}
-
-/// Connect and migrate the database, check the broker; retried while transient, `None` if
-/// shutdown came first.
-async fn start(
-    config: &SchedulerConfig,
-    shutdown: &CancellationToken,
-) -> Result<Option<PgPool>, RunError> {
-    let mut delay = Duration::from_millis(200);
-    let pool = loop {
-        let attempt = async {
-            let pool = db::connect(&config.database_url, "drfleet-scheduler", 8).await?;
-            db::migrate(&pool).await?;
-            Ok::<_, db::DbError>(pool)
-        };
-        match attempt.await {
-            Ok(p) => break p,
-            Err(e) if e.is_permanent() => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(service = "metadata database", reason = %e, "unavailable at start-up; retrying")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    };
-    loop {
-        match drfleet_infra::amqp::probe(&config.amqp_url).await {
-            Ok(()) => return Ok(Some(pool)),
-            Err(e) if e.permanent => {
-                pool.close().await;
-                return Err(RunError::Broker(e));
-            }
-            Err(e) => {
-                tracing::warn!(service = "broker", reason = %e, "unavailable at start-up; retrying")
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => {
-                pool.close().await;
-                return Ok(None);
-            }
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }

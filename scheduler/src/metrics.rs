@@ -3,6 +3,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
+use drfleet_runtime::metrics::ProcessMetrics;
+
 use crate::tick::TickReport;
 
 #[derive(Default)]
@@ -21,6 +23,7 @@ pub struct Metrics {
     pub alerts_open: AtomicU64,
     pub last_tick_ms: AtomicU64,
     pub broker_connected: AtomicBool,
+    pub broker_reconnects: AtomicU64,
 }
 
 impl Metrics {
@@ -126,6 +129,26 @@ impl Metrics {
             "# HELP drfleet_broker_connected Whether the broker session is up.\n# TYPE drfleet_broker_connected gauge\ndrfleet_broker_connected {}",
             u8::from(self.broker_connected.load(Relaxed))
         );
+        let _ = writeln!(
+            out,
+            "# HELP drfleet_broker_reconnects_total Broker sessions started after a lost one.\n# TYPE drfleet_broker_reconnects_total counter\ndrfleet_broker_reconnects_total {}",
+            self.broker_reconnects.load(Relaxed)
+        );
         out
+    }
+}
+
+impl ProcessMetrics for Metrics {
+    fn set_broker_connected(&self, up: bool) {
+        self.broker_connected.store(up, Relaxed);
+    }
+    fn broker_connected(&self) -> bool {
+        self.broker_connected.load(Relaxed)
+    }
+    fn broker_reconnected(&self) {
+        self.broker_reconnects.fetch_add(1, Relaxed);
+    }
+    fn render(&self) -> String {
+        Metrics::render(self)
     }
 }

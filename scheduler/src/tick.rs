@@ -11,6 +11,15 @@ use crate::due::{self, DueReport};
 use crate::verify::{self, VerifyReport};
 use crate::watch::{self, WatchReport};
 
+/// Why a tick failed; its transaction rolled back and the next tick tries again.
+#[derive(Debug, thiserror::Error)]
+pub enum TickError {
+    #[error("metadata database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Mint(#[from] drfleet_infra::auth::MintError),
+}
+
 /// Advisory lock key of the decision ("drschd").
 const DECIDE_LOCK: i64 = 0x6472_7363_6864;
 
@@ -38,7 +47,7 @@ pub struct Decider {
 
 impl Decider {
     #[tracing::instrument(skip_all, err)]
-    pub async fn tick(&self) -> Result<TickOutcome, sqlx::Error> {
+    pub async fn tick(&self) -> Result<TickOutcome, TickError> {
         let mut tx = self.pool.begin().await?;
         let ours: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(DECIDE_LOCK)

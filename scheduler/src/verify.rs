@@ -18,6 +18,7 @@ use drfleet_runtime::outbox;
 
 use crate::commands::{self, Minter, Target};
 use crate::due::{SlotRows, in_flight};
+use crate::tick::TickError;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -47,7 +48,7 @@ pub async fn rotate(
     minter: &Minter,
     max_in_flight: u32,
     now: DateTime<Utc>,
-) -> Result<VerifyReport, sqlx::Error> {
+) -> Result<VerifyReport, TickError> {
     // Backups no longer retained, or whose policy no longer rotates, leave the rotation.
     let dropped = sqlx::query(
         "DELETE FROM pf_verify_rotation v \
@@ -112,15 +113,15 @@ pub async fn rotate(
             organization_id: OrganizationId(org),
             tenant_key: &tenant_key,
         };
-        let (env, key) = commands::verify(minter, &target, backup, due_at);
+        let env = commands::verify(minter, &target, backup, due_at)?;
         slots.push(&env, policy_id, org, due_at, Some(backup));
-        commands.push((env, key));
+        commands.push(env);
         let cycle = Duration::from_secs(cycle.max(1) as u64);
         ids.push(backup);
         next.push(now + (cycle - margin(cycle)));
     }
     let fresh = slots.insert(tx, "verify").await?;
-    commands.retain(|(env, _)| fresh.contains(&env.command_id));
+    commands.retain(|env| fresh.contains(&env.command_id));
     report.published = outbox::enqueue_commands(tx, &commands).await?;
     sqlx::query(
         "UPDATE pf_verify_rotation v SET due_at = m.next, last_scheduled_at = $3 \
