@@ -6,6 +6,8 @@
 //!   Those files are normative; clients in other languages compile them with a stock `protoc`.
 //! - [`topology`]: exchange, queue and routing-key names, message properties.
 //! - [`ids`]: UUID newtypes so an organization id is never passed where a record id is meant.
+//! - [`tenant`]: tenant keys (uuid, bigint/integer or text) on the wire, their organization ids
+//!   and routing-key segments.
 //! - [`validate`]: turns raw command bytes into a [`validate::ValidCommand`] or a
 //!   [`validate::Rejection`] carrying a reason code and a sanitized message.
 //! - [`events`]: building event envelopes and naming their types.
@@ -17,6 +19,7 @@ pub mod auth;
 pub mod events;
 pub mod ids;
 pub mod policy;
+pub mod tenant;
 pub mod topology;
 pub mod validate;
 
