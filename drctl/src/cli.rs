@@ -7,7 +7,8 @@ use clap::builder::PossibleValuesParser;
 
 use drfleet_infra::config::BrokerArgs;
 use drfleet_protocol::events::EVENT_TYPES;
-use drfleet_protocol::{BackupRecordId, OrganizationId, RestoreJobId};
+use drfleet_protocol::tenant::TenantKey;
+use drfleet_protocol::{BackupRecordId, RestoreJobId};
 
 /// Longest token lifetime `drctl token` mints: 30 days.
 pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
@@ -61,7 +62,7 @@ pub struct TiersShowArgs {
     pub name: String,
     /// Organization whose own tier of that name shadows the global one.
     #[arg(long)]
-    pub org: Option<OrganizationId>,
+    pub org: Option<TenantKey>,
     /// Tenant data database (its catalog is read); default DR_DATABASE_URL.
     #[arg(long, env = "DR_SOURCE_DATABASE_URL", hide_env_values = true)]
     pub source_database_url: Option<String>,
@@ -91,7 +92,7 @@ pub struct SecretArgs {
 pub struct TokenArgs {
     /// Organization (tenant) the token acts in: its id, a UUID.
     #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    pub org: TenantKey,
     /// Permission key to grant (repeat, or comma-separate), e.g. pf.backup.* or pf.dr-drill.run.
     #[arg(long = "perm", required = true, value_delimiter = ',')]
     pub perms: Vec<String>,
@@ -134,7 +135,7 @@ pub struct CommandOpts {
 pub struct BackupArgs {
     /// Organization (tenant) to back up: its id, a UUID.
     #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    pub org: TenantKey,
     /// Tier (named table set).
     #[arg(long, default_value = "full")]
     pub tier: String,
@@ -163,7 +164,7 @@ pub struct RestoreArgs {
     pub action: Option<RestoreAction>,
     /// Organization (tenant) id, a UUID.
     #[arg(long, value_name = "UUID", required = true)]
-    pub org: Option<OrganizationId>,
+    pub org: Option<TenantKey>,
     /// Backup record to restore.
     #[arg(long, value_name = "UUID", required = true)]
     pub backup: Option<BackupRecordId>,
@@ -187,7 +188,7 @@ pub enum RestoreAction {
 pub struct DiscardArgs {
     /// Organization (tenant) id, a UUID.
     #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    pub org: TenantKey,
     /// The STAGING restore's job id (restore_job_id of its restore_completed event).
     #[arg(long, value_name = "UUID")]
     pub job: RestoreJobId,
@@ -199,7 +200,7 @@ pub struct DiscardArgs {
 pub struct VerifyArgs {
     /// Organization (tenant) id, a UUID.
     #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    pub org: TenantKey,
     /// Backup record to verify.
     #[arg(long)]
     pub backup: BackupRecordId,
@@ -211,7 +212,7 @@ pub struct VerifyArgs {
 pub struct DrillArgs {
     /// Organization (tenant) id, a UUID.
     #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    pub org: TenantKey,
     /// Backup record to drill with; default the organization's newest completed backup.
     #[arg(long)]
     pub backup: Option<BackupRecordId>,
@@ -228,7 +229,7 @@ pub struct EventsArgs {
     pub broker: BrokerArgs,
     /// Only this organization's events (its id, a UUID).
     #[arg(long, value_name = "UUID")]
-    pub org: Option<OrganizationId>,
+    pub org: Option<TenantKey>,
     /// Only events of this type.
     #[arg(long = "type", value_parser = PossibleValuesParser::new(EVENT_TYPES))]
     pub event_type: Option<String>,
@@ -253,7 +254,7 @@ pub enum AuditCmd {
         db: DbArgs,
         /// Only this organization's chain (its id, a UUID).
         #[arg(long, value_name = "UUID")]
-        org: Option<OrganizationId>,
+        org: Option<TenantKey>,
         /// `text` (one line) or `json` (one JSON object).
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
@@ -264,7 +265,7 @@ pub enum AuditCmd {
         db: DbArgs,
         /// Organization (tenant) id, a UUID.
         #[arg(long, value_name = "UUID")]
-        org: OrganizationId,
+        org: TenantKey,
         /// Only events that occurred at or after this instant (RFC 3339).
         #[arg(long, value_parser = parse_rfc3339)]
         since: Option<DateTime<Utc>>,
@@ -299,7 +300,7 @@ mod tests {
 
     #[test]
     fn parses_commands() {
-        let org = OrganizationId::new();
+        let org = TenantKey::from(drfleet_protocol::OrganizationId::new());
         let cli = Cli::try_parse_from([
             "drctl",
             "restore",
@@ -316,7 +317,7 @@ mod tests {
         .unwrap();
         match cli.command {
             Cmd::Restore(r) => {
-                assert_eq!(r.org, Some(org));
+                assert_eq!(r.org, Some(org.clone()));
                 assert!(r.action.is_none());
                 assert_eq!(r.mode, ModeArg::Promote);
                 assert!(r.opts.no_wait);
@@ -325,7 +326,19 @@ mod tests {
             }
             other => panic!("parsed {other:?}"),
         }
-        assert!(Cli::try_parse_from(["drctl", "backup", "--org", "not-a-uuid"]).is_err());
+        // Any tenant key's text parses (its type is the worker's check); control characters
+        // and the nil UUID do not.
+        assert!(Cli::try_parse_from(["drctl", "backup", "--org", "42"]).is_ok());
+        assert!(Cli::try_parse_from(["drctl", "backup", "--org", "a\nb"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "drctl",
+                "backup",
+                "--org",
+                "00000000-0000-0000-0000-000000000000"
+            ])
+            .is_err()
+        );
         let job = RestoreJobId::new();
         let cli = Cli::try_parse_from([
             "drctl",
@@ -342,7 +355,7 @@ mod tests {
                 action: Some(RestoreAction::Discard(d)),
                 ..
             }) => {
-                assert_eq!((d.org, d.job), (org, job));
+                assert_eq!((d.org, d.job), (org.clone(), job));
             }
             other => panic!("parsed {other:?}"),
         }

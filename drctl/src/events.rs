@@ -3,7 +3,7 @@
 use futures::StreamExt;
 use prost::Message;
 
-use drfleet_protocol::OrganizationId;
+use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::events::event_type;
 use drfleet_protocol::v1::EventEnvelope;
 
@@ -13,8 +13,8 @@ use crate::error::{Error, Outcome};
 use crate::output::{event_line, print_line};
 
 /// Binding keys for the filters: routing keys are `<event_type>.<organization_id>`.
-pub fn bindings(org: Option<&OrganizationId>, ty: Option<&str>) -> String {
-    match (ty, org) {
+pub fn bindings(org: Option<&TenantKey>, ty: Option<&str>) -> String {
+    match (ty, org.map(|o| o.routing_segment())) {
         (Some(t), Some(o)) => format!("{t}.{o}"),
         (None, Some(o)) => format!("*.{o}"),
         (Some(t), None) => format!("{t}.*"),
@@ -24,8 +24,8 @@ pub fn bindings(org: Option<&OrganizationId>, ty: Option<&str>) -> String {
 
 /// Whether an event passes the filters (the bindings already select; this double-checks
 /// against the envelope itself).
-pub fn matches(ev: &EventEnvelope, org: Option<&OrganizationId>, ty: Option<&str>) -> bool {
-    org.is_none_or(|o| ev.organization_id == o.to_string())
+pub fn matches(ev: &EventEnvelope, org: Option<&TenantKey>, ty: Option<&str>) -> bool {
+    org.is_none_or(|o| TenantKey::parse(&ev.organization_id).is_ok_and(|k| k == *o))
         && ty.is_none_or(|t| ev.event.as_ref().map(event_type) == Some(t))
 }
 
@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn binding_keys() {
-        let o = OrganizationId::new();
+        let o = TenantKey::from(drfleet_protocol::OrganizationId::new());
         assert_eq!(bindings(None, None), "#");
         assert_eq!(bindings(Some(&o), None), format!("*.{o}"));
         assert_eq!(bindings(None, Some("backup_failed")), "backup_failed.*");

@@ -1,8 +1,8 @@
 //! `drctl token`, and minting for commands sent without `--token`.
 
-use drfleet_infra::auth::{MIN_HMAC_SECRET, mint_hs256};
+use drfleet_infra::auth::{MIN_HMAC_SECRET, mint_hs256_for_key};
 use drfleet_infra::config::ConfigError;
-use drfleet_protocol::OrganizationId;
+use drfleet_protocol::tenant::TenantKey;
 
 use crate::cli::{SecretArgs, TokenArgs};
 
@@ -44,14 +44,14 @@ fn check_perm(p: &str) -> Result<(), ConfigError> {
 pub fn mint(
     secret: &SecretArgs,
     sub: &str,
-    org: &OrganizationId,
+    org: &TenantKey,
     perms: &[String],
     ttl_secs: u64,
 ) -> Result<String, ConfigError> {
     let secret = require_secret(secret)?;
     check_sub(sub)?;
     perms.iter().try_for_each(|p| check_perm(p))?;
-    Ok(mint_hs256(secret, sub, org, perms, ttl_secs))
+    Ok(mint_hs256_for_key(secret, sub, org.as_str(), perms, ttl_secs))
 }
 
 /// `drctl token`: the token, for stdout.
@@ -79,13 +79,13 @@ mod tests {
             mint(
                 &ok,
                 "alice",
-                &OrganizationId::new(),
+                &TenantKey::from(drfleet_protocol::OrganizationId::new()),
                 &["pf.backup.*".into()],
                 60
             )
             .is_ok()
         );
-        assert!(mint(&ok, "", &OrganizationId::new(), &[], 60).is_err());
-        assert!(mint(&ok, "a", &OrganizationId::new(), &["has space".into()], 60).is_err());
+        assert!(mint(&ok, "", &TenantKey::from(drfleet_protocol::OrganizationId::new()), &[], 60).is_err());
+        assert!(mint(&ok, "a", &TenantKey::from(drfleet_protocol::OrganizationId::new()), &["has space".into()], 60).is_err());
     }
 }
