@@ -17,6 +17,8 @@ use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, message_p
 use drfleet_infra::config::{ConfigError, amqp_url};
 use drfleet_protocol::auth::required_permissions;
 use drfleet_protocol::events::{event_type, timestamp};
+use drfleet_protocol::tenant::TenantKey;
+use drfleet_protocol::topology::command_routing_key;
 use drfleet_protocol::topology::{
     COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CommandKind, EVENTS_EXCHANGE, UNKNOWN_ORG,
 };
@@ -24,8 +26,6 @@ use drfleet_protocol::v1::command_envelope::Command;
 use drfleet_protocol::v1::event_envelope::Event;
 use drfleet_protocol::v1::{self, CommandEnvelope, EventEnvelope};
 use drfleet_protocol::validate::{ValidCommand, validate_envelope};
-use drfleet_protocol::tenant::TenantKey;
-use drfleet_protocol::topology::command_routing_key;
 use drfleet_protocol::{BackupRecordId, CommandId};
 
 use crate::cli::{
@@ -221,11 +221,7 @@ pub async fn open(amqp: &str) -> Result<(Connection, Channel), Error> {
 }
 
 /// Build, validate, publish and (unless `--no-wait`) follow one command.
-pub async fn run(
-    org: &TenantKey,
-    body: Command,
-    opts: &CommandOpts,
-) -> Result<Outcome, Error> {
+pub async fn run(org: &TenantKey, body: Command, opts: &CommandOpts) -> Result<Outcome, Error> {
     let env = new_envelope(org, opts.correlation_id.as_deref(), body);
     let (env, cmd) = prepare(opts, env)?;
     let kind = cmd.body.kind();

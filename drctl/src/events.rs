@@ -3,8 +3,8 @@
 use futures::StreamExt;
 use prost::Message;
 
-use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::events::event_type;
+use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::v1::EventEnvelope;
 
 use crate::cli::EventsArgs;

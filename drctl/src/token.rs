@@ -51,7 +51,13 @@ pub fn mint(
     let secret = require_secret(secret)?;
     check_sub(sub)?;
     perms.iter().try_for_each(|p| check_perm(p))?;
-    Ok(mint_hs256_for_key(secret, sub, org.as_str(), perms, ttl_secs))
+    Ok(mint_hs256_for_key(
+        secret,
+        sub,
+        org.as_str(),
+        perms,
+        ttl_secs,
+    ))
 }
 
 /// `drctl token`: the token, for stdout.
@@ -85,7 +91,25 @@ mod tests {
             )
             .is_ok()
         );
-        assert!(mint(&ok, "", &TenantKey::from(drfleet_protocol::OrganizationId::new()), &[], 60).is_err());
-        assert!(mint(&ok, "a", &TenantKey::from(drfleet_protocol::OrganizationId::new()), &["has space".into()], 60).is_err());
+        assert!(
+            mint(
+                &ok,
+                "",
+                &TenantKey::from(drfleet_protocol::OrganizationId::new()),
+                &[],
+                60
+            )
+            .is_err()
+        );
+        assert!(
+            mint(
+                &ok,
+                "a",
+                &TenantKey::from(drfleet_protocol::OrganizationId::new()),
+                &["has space".into()],
+                60
+            )
+            .is_err()
+        );
     }
 }

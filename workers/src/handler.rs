@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use drfleet_infra::Retry;
 use drfleet_infra::auth::Actor;
+use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::validate::{CommandBody, Rejection, ValidCommand};
-use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::{CommandId, JobId, OrganizationId};
 
 /// A job as claimed from `pf_jobs`.

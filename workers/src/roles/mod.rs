@@ -145,7 +145,9 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
     let commands = config.roles.iter().any(|r| r.command_kind().is_some());
     let ctx = if commands {
         let ctx = Arc::new(RoleCtx::from_config(config)?);
-        ctx.check_key_type_at_start().await.map_err(RunError::Role)?;
+        ctx.check_key_type_at_start()
+            .await
+            .map_err(RunError::Role)?;
         Some(ctx)
     } else {
         None

@@ -217,8 +217,16 @@ mod tests {
         );
         let e = key_type_of(&cols(&[("ads", "bigint"), ("campaigns", "text")])).unwrap_err();
         assert_eq!(e.code, "TENANT_KEY_TYPE_MISMATCH");
-        assert!(e.message.contains("ads.company_id is bigint"), "{}", e.message);
-        assert!(e.message.contains("campaigns.company_id is text"), "{}", e.message);
+        assert!(
+            e.message.contains("ads.company_id is bigint"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("campaigns.company_id is text"),
+            "{}",
+            e.message
+        );
         let e = key_type_of(&cols(&[("ads", "bigint"), ("campaigns", "integer")])).unwrap_err();
         assert_eq!(e.code, "TENANT_KEY_TYPE_MISMATCH");
         let e = key_type_of(&cols(&[("ads", "numeric(10,0)")])).unwrap_err();
