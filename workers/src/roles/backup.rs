@@ -123,6 +123,14 @@ impl std::io::Write for ChannelSink {
     }
 }
 
+/// How the export selects the tenant's rows.
+struct TenantSelect {
+    /// The tenant key as an SQL literal of the key type (`TenantKey::sql_literal`).
+    org_lit: String,
+    /// The tenant has no row in the root table at the snapshot.
+    root_row_missing: bool,
+}
+
 impl BackupHandler {
     /// Export `tables` inside the snapshot held by `src` into one artifact.
     async fn export(
@@ -131,8 +139,7 @@ impl BackupHandler {
         job: &Job,
         tables: &[TableInfo],
         snapshot_at: DateTime<Utc>,
-        root_row_missing: bool,
-        org_lit: &str,
+        tenant: &TenantSelect,
         progress: &Progress,
     ) -> Result<Exported, JobError> {
         let org = job.organization_id.as_uuid();
@@ -193,7 +200,7 @@ impl BackupHandler {
                     "COPY (SELECT {} FROM {schema}.{} t WHERE {}) TO STDOUT",
                     cols.join(", "),
                     quote_ident(&t.name),
-                    membership::predicate(&t.reach, &schema, "t", org_lit)
+                    membership::predicate(&t.reach, &schema, "t", &tenant.org_lit)
                 );
                 let mut stream = src.copy_out_raw(&sql).await?;
                 // sqlx yields one item per row: coalesce before crossing threads.
@@ -230,7 +237,7 @@ impl BackupHandler {
                     for (m, t) in manifest.tables.iter_mut().zip(tables) {
                         m.reach = Some(t.reach.clone());
                     }
-                    if root_row_missing {
+                    if tenant.root_row_missing {
                         manifest
                             .extra
                             .insert("tenant_root_row_missing".into(), true.into());
@@ -395,8 +402,10 @@ impl JobHandler for BackupHandler {
                         job,
                         &tables,
                         snapshot_at,
-                        root_row_missing,
-                        &org_lit,
+                        &TenantSelect {
+                            org_lit,
+                            root_row_missing,
+                        },
                         &ctx.progress,
                     )
                     .await?;
