@@ -377,6 +377,24 @@ async fn key_columns_that_disagree_stop_the_worker_at_start_naming_them() {
         "{err}"
     );
     assert!(!err.contains("countries"), "{err}");
+
+    // The binary: one line on stderr, exit code 2.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_drfleet-worker"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.worker_env(&free_addr()))
+        .env("DR_TENANT_COLUMN", "company_id")
+        .args(["--role", "backup"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("TENANT_KEY_TYPE_MISMATCH") && lines[0].contains("ads.company_id is text"),
+        "{stderr}"
+    );
     env.cleanup().await;
 }
 
