@@ -113,5 +113,27 @@ mod tests {
             bindings(Some(&o), Some("backup_failed")),
             format!("backup_failed.{o}")
         );
+        // Integer keys as they are; a key a routing key cannot carry, by its hashed segment.
+        let n = TenantKey::parse("42").unwrap();
+        assert_eq!(bindings(Some(&n), None), "*.42");
+        let t = TenantKey::parse("acme corp.eu").unwrap();
+        let b = bindings(Some(&t), Some("backup_failed"));
+        assert_eq!(b, format!("backup_failed.{}", t.routing_segment()));
+        assert!(b.starts_with("backup_failed.k-") && !b.contains(' '));
+    }
+
+    #[test]
+    fn events_match_by_canonical_key() {
+        let ev = |org: &str| EventEnvelope {
+            organization_id: org.into(),
+            ..Default::default()
+        };
+        let u = drfleet_protocol::OrganizationId::new().to_string();
+        let k = TenantKey::parse(&u).unwrap();
+        assert!(matches(&ev(&u.to_uppercase()), Some(&k), None));
+        let t = TenantKey::parse("acme corp.eu").unwrap();
+        assert!(matches(&ev("acme corp.eu"), Some(&t), None));
+        assert!(!matches(&ev("acme corp.EU"), Some(&t), None));
+        assert!(!matches(&ev(""), Some(&t), None));
     }
 }

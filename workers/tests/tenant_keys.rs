@@ -392,7 +392,8 @@ async fn key_columns_that_disagree_stop_the_worker_at_start_naming_them() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(
-        lines[0].contains("TENANT_KEY_TYPE_MISMATCH") && lines[0].contains("ads.company_id is text"),
+        lines[0].contains("TENANT_KEY_TYPE_MISMATCH")
+            && lines[0].contains("ads.company_id is text"),
         "{stderr}"
     );
     env.cleanup().await;
