@@ -678,6 +678,30 @@ fn routing_key_must_name_the_envelope_kind_and_organization() {
 }
 
 #[test]
+fn routing_keys_carry_integer_and_text_keys_by_their_segment() {
+    let int = decode(&with(envelope(backup("full")), |e| {
+        e.organization_id = "42".into()
+    }))
+    .unwrap();
+    validate::check_routing_key("backup.42", &int).unwrap();
+    for wrong in ["backup.042", "backup.43", "backup.k-42"] {
+        assert!(validate::check_routing_key(wrong, &int).is_err(), "{wrong}");
+    }
+    // The v5 organization id of a non-UUID key is no stand-in for the key.
+    assert!(validate::check_routing_key(&format!("backup.{}", int.organization_id), &int).is_err());
+
+    let text = decode(&with(envelope(backup("full")), |e| {
+        e.organization_id = "acme corp.eu".into()
+    }))
+    .unwrap();
+    let segment = drfleet_protocol::tenant::routing_segment("acme corp.eu");
+    validate::check_routing_key(&format!("backup.{segment}"), &text).unwrap();
+    // The raw key would split the routing key at its dot.
+    assert!(validate::check_routing_key("backup.acme corp.eu", &text).is_err());
+    assert_eq!(text.to_envelope().organization_id, "acme corp.eu");
+}
+
+#[test]
 fn content_bytes_ignore_token_time_and_correlation_but_not_the_body() {
     let a = decode(&envelope(backup("full"))).unwrap();
     let b = decode(&with(envelope(backup("full")), |e| {

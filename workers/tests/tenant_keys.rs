@@ -430,3 +430,34 @@ async fn key_columns_that_disagree_later_fail_the_backup_naming_them() {
     task.await.unwrap();
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn unauthenticated_commands_echo_only_plain_keys() {
+    let env = TestEnv::new().await;
+    create_schema(&env, "text").await;
+    let (shutdown, task) = start_with(&env, &settings());
+    let tap = EventTap::new(&env).await;
+    let (_c, p) = env.publisher().await;
+    // A forged token: refused before authentication. A key outside [A-Za-z0-9_-]{1,64} is
+    // not repeated (the rejection routes to `unknown`); a plain one is.
+    for (key, echoed) in [("acme corp.eu", false), ("globex", true)] {
+        let mut cmd = backup_cmd(key);
+        cmd.actor_token = key_token(key, &["pf.backup.create"]).replace('.', "x");
+        let events = run(&tap, &p, &cmd).await;
+        let rejected = last(&events);
+        let Some(Event::CommandRejected(rej)) = &rejected.env.event else {
+            panic!("{events:?}")
+        };
+        assert_eq!(rej.reason_code, "UNAUTHENTICATED", "{rej:?}");
+        if echoed {
+            assert_eq!(rejected.env.organization_id, key);
+            assert_eq!(rejected.routing_key, format!("command_rejected.{key}"));
+        } else {
+            assert_eq!(rejected.env.organization_id, "");
+            assert_eq!(rejected.routing_key, "command_rejected.unknown");
+        }
+    }
+    shutdown.cancel();
+    task.await.unwrap();
+    env.cleanup().await;
+}
