@@ -2,7 +2,7 @@
 
 use drfleet_infra::auth::{MIN_HMAC_SECRET, TokenMinter};
 use drfleet_infra::config::ConfigError;
-use drfleet_protocol::OrganizationId;
+use drfleet_protocol::tenant::TenantKey;
 
 use crate::cli::{SecretArgs, TokenArgs};
 
@@ -60,21 +60,23 @@ fn check_perm(p: &str) -> Result<(), ConfigError> {
 pub fn mint(
     secret: &SecretArgs,
     sub: &str,
-    org: &OrganizationId,
+    org: &TenantKey,
     perms: &[String],
     ttl_secs: u64,
 ) -> Result<String, ConfigError> {
     let minter = minter(secret)?;
     check_sub(sub)?;
     perms.iter().try_for_each(|p| check_perm(p))?;
-    minter.mint(sub, org, perms, ttl_secs).map_err(|e| {
-        let setting = if secret.auth_jwt_private_key.is_some() {
-            "DR_AUTH_JWT_PRIVATE_KEY"
-        } else {
-            "DR_AUTH_JWT_SECRET"
-        };
-        ConfigError::new(setting, e.to_string())
-    })
+    minter
+        .mint(sub, org.as_str(), perms, ttl_secs)
+        .map_err(|e| {
+            let setting = if secret.auth_jwt_private_key.is_some() {
+                "DR_AUTH_JWT_PRIVATE_KEY"
+            } else {
+                "DR_AUTH_JWT_SECRET"
+            };
+            ConfigError::new(setting, e.to_string())
+        })
 }
 
 /// `drctl token`: the token, for stdout.
@@ -104,14 +106,32 @@ mod tests {
             mint(
                 &ok,
                 "alice",
-                &OrganizationId::new(),
+                &TenantKey::from(drfleet_protocol::OrganizationId::new()),
                 &["pf.backup.*".into()],
                 60
             )
             .is_ok()
         );
-        assert!(mint(&ok, "", &OrganizationId::new(), &[], 60).is_err());
-        assert!(mint(&ok, "a", &OrganizationId::new(), &["has space".into()], 60).is_err());
+        assert!(
+            mint(
+                &ok,
+                "",
+                &TenantKey::from(drfleet_protocol::OrganizationId::new()),
+                &[],
+                60
+            )
+            .is_err()
+        );
+        assert!(
+            mint(
+                &ok,
+                "a",
+                &TenantKey::from(drfleet_protocol::OrganizationId::new()),
+                &["has space".into()],
+                60
+            )
+            .is_err()
+        );
     }
 
     // A throwaway P-256 keypair for this test only.
@@ -129,13 +149,14 @@ dqz7sHy2SnlVeNU3qXeQAEVBXfXOXs/g07Rib6CfORHix8at/V/nAtxEmQ==
 
     #[test]
     fn a_private_key_mints_es256_tokens_the_workers_verify_with_the_public_key() {
-        let org = OrganizationId::new();
+        let org = drfleet_protocol::OrganizationId::new();
+        let key = TenantKey::from(org);
         let args = SecretArgs {
             auth_jwt_private_key: Some(ES_PRIVATE.into()),
             ..Default::default()
         };
         assert!(can_mint(&args) && !can_mint(&SecretArgs::default()));
-        let t = mint(&args, "alice", &org, &["pf.backup.create".into()], 60).unwrap();
+        let t = mint(&args, "alice", &key, &["pf.backup.create".into()], 60).unwrap();
         let verifier = drfleet_infra::auth::TokenVerifier::new(None, Some(ES_PUBLIC)).unwrap();
         let actor = verifier.verify(&t).unwrap();
         assert_eq!((actor.sub.as_str(), actor.org), ("alice", org));
@@ -143,7 +164,7 @@ dqz7sHy2SnlVeNU3qXeQAEVBXfXOXs/g07Rib6CfORHix8at/V/nAtxEmQ==
             auth_jwt_private_key: Some("not a key".into()),
             ..Default::default()
         };
-        let e = mint(&bad, "alice", &org, &[], 60).unwrap_err();
+        let e = mint(&bad, "alice", &key, &[], 60).unwrap_err();
         assert_eq!(e.setting, "DR_AUTH_JWT_PRIVATE_KEY");
         assert!(!e.to_string().contains("not a key"));
     }

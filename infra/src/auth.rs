@@ -1,4 +1,6 @@
 //! Actor tokens: JWTs with claims `sub`, `org`, `perms`, `exp` (required) and `iat`.
+//! `org` is the tenant key's text (a UUID for the platform's tokens; see
+//! `drfleet_protocol::tenant`), compared with a command's by canonical form.
 //!
 //! Verification accepts HS256 with `DR_AUTH_JWT_SECRET` and, when `DR_AUTH_JWT_PUBLIC_KEY` is
 //! set, RS256 or ES256. `alg: none` and every other algorithm are refused. Errors carry a
@@ -121,10 +123,9 @@ impl TokenVerifier {
             })
         })?;
         let c = data.claims;
-        let org = c
-            .org
-            .parse()
-            .map_err(|_| AuthError::Unauthenticated("org claim is not a UUID"))?;
+        let org = drfleet_protocol::tenant::TenantKey::parse(&c.org)
+            .map_err(|_| AuthError::Unauthenticated("org claim is not a tenant key"))?
+            .organization_id();
         if c.sub.is_empty() || c.sub.len() > 256 {
             return Err(AuthError::Unauthenticated("sub claim invalid"));
         }
@@ -233,13 +234,24 @@ pub fn mint_hs256(
     perms: &[String],
     ttl_secs: u64,
 ) -> String {
+    mint_hs256_for_key(secret, sub, &org.to_string(), perms, ttl_secs)
+}
+
+/// [`mint_hs256`] for a tenant key of any type (`org` claim = the key's text).
+pub fn mint_hs256_for_key(
+    secret: &str,
+    sub: &str,
+    key: &str,
+    perms: &[String],
+    ttl_secs: u64,
+) -> String {
     // A short secret is still signed (tests use one to prove workers refuse it).
     let minter = TokenMinter {
         key: EncodingKey::from_secret(secret.as_bytes()),
         alg: Algorithm::HS256,
     };
     minter
-        .mint(sub, org, perms, ttl_secs)
+        .mint(sub, key, perms, ttl_secs)
         .expect("HS256 encoding of plain claims cannot fail")
 }
 

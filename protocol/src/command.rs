@@ -32,12 +32,17 @@ pub fn envelope(
     }
 }
 
-/// `<kind>.<organization_id>`, the routing key on `dr.commands`; `None` without a body.
-/// The organization is taken as written, so a test can route a command of a malformed
+/// `<kind>.<segment>`, the routing key on `dr.commands`; `None` without a body. The segment
+/// is the organization as written when a routing key can carry it, else its hash
+/// ([`crate::tenant::routing_segment`]), so a test can still route a command of a malformed
 /// organization where a worker will refuse it.
 pub fn routing_key(env: &CommandEnvelope) -> Option<String> {
     let kind = CommandKind::of(env.command.as_ref()?);
-    Some(format!("{}.{}", kind.as_str(), env.organization_id))
+    Some(format!(
+        "{}.{}",
+        kind.as_str(),
+        crate::tenant::routing_segment(&env.organization_id)
+    ))
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! - [`topology`]: exchange, queue and routing-key names, message properties.
 //! - [`command`]: building a command envelope and its routing key (the only place).
 //! - [`ids`]: UUID newtypes so an organization id is never passed where a record id is meant.
+//! - [`tenant`]: tenant keys (uuid, bigint/integer or text) on the wire, their organization ids
+//!   and routing-key segments.
 //! - [`validate`]: turns raw command bytes into a [`validate::ValidCommand`] or a
 //!   [`validate::Rejection`] carrying a reason code and a sanitized message.
 //! - [`events`]: building event envelopes and naming their types.
@@ -19,6 +21,7 @@ pub mod command;
 pub mod events;
 pub mod ids;
 pub mod policy;
+pub mod tenant;
 pub mod topology;
 pub mod validate;
 

@@ -12,7 +12,7 @@ use crate::handler::JobError;
 
 /// drfleet's own tables. They carry `organization_id` too and, with the default
 /// DR_SOURCE_DATABASE_URL, live in the same database, so the `full` tier must skip them.
-pub const METADATA_TABLES: [&str; 12] = [
+pub const METADATA_TABLES: [&str; 14] = [
     "pf_backup_tiers",
     "pf_backup_policies",
     "pf_backup_records",
@@ -24,6 +24,8 @@ pub const METADATA_TABLES: [&str; 12] = [
     "pf_rejected_messages",
     "pf_jobs",
     "pf_outbox",
+    "pf_schedule_slots",
+    "pf_alerts",
     "_sqlx_migrations",
 ];
 
@@ -52,32 +54,6 @@ impl TableInfo {
 pub const PIN_RENDERING: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, MDY'; \
      SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; \
      SET LOCAL synchronize_seqscans = off";
-
-/// Tenant keys are UUIDs in this build (the wire contract's `organization_id`): a tenant
-/// column or tenant-root key of another type fails with a code naming each table and type,
-/// rather than with the database's `22P02` on the first comparison.
-pub fn check_key_types(tables: &[TableInfo]) -> Result<(), JobError> {
-    let wrong: Vec<String> = tables
-        .iter()
-        .filter_map(|t| {
-            let (Reach::TenantColumn { column } | Reach::Root { column }) = &t.reach else {
-                return None;
-            };
-            let c = t.columns.iter().find(|c| &c.name == column)?;
-            (c.data_type != "uuid").then(|| format!("{}.{} is {}", t.name, c.name, c.data_type))
-        })
-        .collect();
-    if wrong.is_empty() {
-        return Ok(());
-    }
-    Err(JobError::permanent(
-        "TENANT_KEY_TYPE_UNSUPPORTED",
-        format!(
-            "tenant keys must be uuid in this build: {}",
-            wrong.join(", ")
-        ),
-    ))
-}
 
 /// `"name"` with embedded quotes doubled.
 pub fn quote_ident(s: &str) -> String {

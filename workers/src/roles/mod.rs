@@ -11,6 +11,7 @@ pub mod rowset;
 pub mod shrink;
 pub mod staging;
 pub mod staging_ttl;
+pub mod tenant_key;
 pub mod verify;
 
 use std::sync::Arc;
@@ -72,6 +73,8 @@ pub struct RoleCtx {
     pub restore_segment_bytes: usize,
     /// See [`crate::config::WorkerConfig::staging_ttl`].
     pub staging_ttl: std::time::Duration,
+    /// The tenant key's type as last read from the catalog ([`tenant_key`]).
+    pub key_type: tenant_key::KeyTypeCache,
 }
 
 impl RoleCtx {
@@ -108,6 +111,7 @@ impl RoleCtx {
             tenant_root: config.tenant_root.clone(),
             restore_segment_bytes: config.restore_segment_bytes,
             staging_ttl: config.staging_ttl,
+            key_type: Default::default(),
         })
     }
 }
@@ -140,7 +144,11 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
     let mut handlers = Handlers::default();
     let commands = config.roles.iter().any(|r| r.command_kind().is_some());
     let ctx = if commands {
-        Some(Arc::new(RoleCtx::from_config(config)?))
+        let ctx = Arc::new(RoleCtx::from_config(config)?);
+        ctx.check_key_type_at_start()
+            .await
+            .map_err(RunError::Role)?;
+        Some(ctx)
     } else {
         None
     };
