@@ -77,6 +77,8 @@ CREATE TABLE pf_alerts (
     policy_id        uuid NOT NULL,
     backup_record_id uuid,
     code             text NOT NULL DEFAULT '',
+    -- The organization as on the wire (events carry it).
+    tenant_key       text NOT NULL,
     raised_at        timestamptz NOT NULL DEFAULT now(),
     resolved_at      timestamptz
 );

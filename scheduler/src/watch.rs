@@ -10,8 +10,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use drfleet_protocol::OrganizationId;
-use drfleet_protocol::events::{envelope, timestamp};
+use drfleet_protocol::events::{envelope_for, timestamp};
+use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_runtime::outbox;
 
@@ -49,7 +49,7 @@ impl Kind {
     fn condition(self) -> &'static str {
         match self {
             Kind::RpoBreached => {
-                "SELECT p.id, p.organization_id, NULL::uuid, ''::text \
+                "SELECT p.id, p.organization_id, p.tenant_key, NULL::uuid, ''::text \
                    FROM pf_backup_policies p \
                    LEFT JOIN LATERAL ( \
                      SELECT max(r.snapshot_at) AS newest FROM pf_backup_records r \
@@ -59,7 +59,7 @@ impl Kind {
                         < $1 - make_interval(secs => p.rpo_seconds)"
             }
             Kind::BackupFailing => {
-                "SELECT p.id, p.organization_id, l.last_id, coalesce(l.last_code, '') \
+                "SELECT p.id, p.organization_id, p.tenant_key, l.last_id, coalesce(l.last_code, '') \
                    FROM pf_backup_policies p \
                    CROSS JOIN LATERAL ( \
                      SELECT count(*) AS n, count(*) FILTER (WHERE t.status = 'failed') AS failed, \
@@ -72,7 +72,7 @@ impl Kind {
                   WHERE p.enabled AND l.n = $1 AND l.failed = $1"
             }
             Kind::VerifyFailed => {
-                "SELECT DISTINCT ON (p.id) p.id, p.organization_id, r.id, \
+                "SELECT DISTINCT ON (p.id) p.id, p.organization_id, p.tenant_key, r.id, \
                         coalesce(r.verify_error_code, '') \
                    FROM pf_backup_policies p \
                    JOIN pf_backup_records r ON r.policy_id = p.id::text \
@@ -90,15 +90,21 @@ pub struct WatchReport {
     pub open: u64,
 }
 
-type Cond = (uuid::Uuid, uuid::Uuid, Option<uuid::Uuid>, String);
+type Cond = (uuid::Uuid, uuid::Uuid, String, Option<uuid::Uuid>, String);
 type AlertRow = (
     uuid::Uuid,
-    uuid::Uuid,
+    String,
     uuid::Uuid,
     Option<uuid::Uuid>,
     String,
     DateTime<Utc>,
 );
+
+/// An event of a tenant whose key is `key` (as stored from the wire).
+fn event_of(key: &str, policy_id: uuid::Uuid, ev: Event) -> drfleet_protocol::v1::EventEnvelope {
+    let key = TenantKey::parse(key).ok();
+    envelope_for(key.as_ref(), &format!("policy:{policy_id}"), None, ev)
+}
 
 /// Evaluate every kind; raise and resolve in `tx`, with their events.
 #[tracing::instrument(skip_all, err)]
@@ -115,41 +121,42 @@ pub async fn watch(tx: &mut PgConnection, now: DateTime<Utc>) -> Result<WatchRep
         let ids: Vec<uuid::Uuid> = holds.iter().map(|c| c.0).collect();
 
         // Clear first: an episode whose condition is gone ends.
-        let resolved: Vec<(uuid::Uuid, uuid::Uuid, uuid::Uuid)> = sqlx::query_as(
+        let resolved: Vec<(uuid::Uuid, String, uuid::Uuid)> = sqlx::query_as(
             "UPDATE pf_alerts SET resolved_at = $3 \
               WHERE kind = $1 AND resolved_at IS NULL AND NOT (policy_id = ANY($2)) \
-             RETURNING id, organization_id, policy_id",
+             RETURNING id, tenant_key, policy_id",
         )
         .bind(kind.as_str())
         .bind(&ids)
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
-        for (alert_id, org, policy_id) in resolved {
+        for (alert_id, key, policy_id) in resolved {
             let ev = Event::AlertResolved(v1::AlertResolved {
                 alert_id: alert_id.to_string(),
                 kind: kind.as_str().into(),
                 policy_id: policy_id.to_string(),
                 resolved_at: Some(timestamp(now)),
             });
-            let corr = format!("policy:{policy_id}");
-            outbox::enqueue(tx, &envelope(Some(OrganizationId(org)), &corr, None, ev)).await?;
+            outbox::enqueue(tx, &event_of(&key, policy_id, ev)).await?;
             report.resolved += 1;
         }
 
         // Raise: one open row per (policy, kind); an existing episode stays as it is.
         let new_ids: Vec<uuid::Uuid> = holds.iter().map(|_| uuid::Uuid::now_v7()).collect();
         let orgs: Vec<uuid::Uuid> = holds.iter().map(|c| c.1).collect();
-        let backups: Vec<Option<uuid::Uuid>> = holds.iter().map(|c| c.2).collect();
-        let codes: Vec<String> = holds.iter().map(|c| c.3.clone()).collect();
+        let keys: Vec<String> = holds.iter().map(|c| c.2.clone()).collect();
+        let backups: Vec<Option<uuid::Uuid>> = holds.iter().map(|c| c.3).collect();
+        let codes: Vec<String> = holds.iter().map(|c| c.4.clone()).collect();
         let raised: Vec<AlertRow> = sqlx::query_as(
             "INSERT INTO pf_alerts \
-               (id, organization_id, kind, severity, policy_id, backup_record_id, code, raised_at) \
-             SELECT a, o, $5, $6, p, b, c, $7 \
-               FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $8::text[]) \
-                 AS x(a, o, p, b, c) \
+               (id, organization_id, tenant_key, kind, severity, policy_id, backup_record_id, \
+                code, raised_at) \
+             SELECT a, o, k, $5, $6, p, b, c, $7 \
+               FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $8::text[], \
+                           $9::text[]) AS x(a, o, p, b, c, k) \
              ON CONFLICT (policy_id, kind) WHERE resolved_at IS NULL DO NOTHING \
-             RETURNING id, organization_id, policy_id, backup_record_id, code, raised_at",
+             RETURNING id, tenant_key, policy_id, backup_record_id, code, raised_at",
         )
         .bind(&new_ids)
         .bind(&orgs)
@@ -159,9 +166,10 @@ pub async fn watch(tx: &mut PgConnection, now: DateTime<Utc>) -> Result<WatchRep
         .bind(kind.severity())
         .bind(now)
         .bind(&codes)
+        .bind(&keys)
         .fetch_all(&mut *tx)
         .await?;
-        for (alert_id, org, policy_id, backup, code, raised_at) in raised {
+        for (alert_id, key, policy_id, backup, code, raised_at) in raised {
             let ev = Event::AlertRaised(v1::AlertRaised {
                 alert_id: alert_id.to_string(),
                 kind: kind.as_str().into(),
@@ -171,8 +179,7 @@ pub async fn watch(tx: &mut PgConnection, now: DateTime<Utc>) -> Result<WatchRep
                 code,
                 raised_at: Some(timestamp(raised_at)),
             });
-            let corr = format!("policy:{policy_id}");
-            outbox::enqueue(tx, &envelope(Some(OrganizationId(org)), &corr, None, ev)).await?;
+            outbox::enqueue(tx, &event_of(&key, policy_id, ev)).await?;
             report.raised += 1;
         }
     }
