@@ -1,0 +1,107 @@
+//! The `drfleet-scheduler` binary: bad settings end it at once with one line and exit 2;
+//! running, it serves /health, /ready and /metrics; SIGTERM ends it with 0.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn run_with(env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_drfleet-scheduler"))
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_settings_exit_2_with_one_line_and_no_secret() {
+    let db = (
+        "DR_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    );
+    let secret = (
+        "DR_AUTH_JWT_SECRET",
+        "SECRET-MARKER-0123456789-abcdefghijklmnop",
+    );
+    for (vars, names) in [
+        (vec![secret], "DR_DATABASE_URL"),
+        (vec![db], "DR_AUTH_JWT_SECRET"),
+        (
+            vec![db, ("DR_AUTH_JWT_SECRET", "SHORT-SECRET-MARKER")],
+            "DR_AUTH_JWT_SECRET",
+        ),
+        (vec![db, secret, ("DR_SCHEDULER_TICK_SECS", "0")], "tick"),
+        (
+            vec![db, secret, ("DR_SCHEDULER_MAX_IN_FLIGHT", "lots")],
+            "max-in-flight",
+        ),
+        (
+            vec![db, secret, ("DR_AUTH_JWT_PRIVATE_KEY", "not a key")],
+            "DR_AUTH_JWT_PRIVATE_KEY",
+        ),
+    ] {
+        let (code, stderr) = run_with(&vars);
+        assert_eq!(code, 2, "{vars:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(names), "{names} named: {stderr}");
+        assert!(!stderr.contains("MARKER"), "no secret echoed: {stderr}");
+    }
+}
+
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    let status = body.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        status,
+        body.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    ))
+}
+
+#[tokio::test]
+async fn serves_health_ready_metrics_and_stops_on_sigterm() {
+    let env = TestEnv::new().await;
+    let addr = free_addr();
+    let mut child = spawn_scheduler(&env, &[("DR_HTTP_ADDR", addr.clone())]);
+    let ready = eventually(30, "/ready answers 200", || async {
+        get(&addr, "/ready").filter(|(s, _)| *s == 200)
+    })
+    .await;
+    assert_eq!(ready.1, "database: ok\nbroker: ok\n");
+    assert_eq!(get(&addr, "/health").unwrap().0, 200);
+    let metrics = eventually(10, "a tick is counted", || async {
+        get(&addr, "/metrics").filter(|(_, b)| !b.contains("drfleet_scheduler_ticks_total 0"))
+    })
+    .await
+    .1;
+    for name in [
+        "drfleet_scheduler_ticks_total",
+        "drfleet_scheduler_backups_in_flight",
+        "drfleet_scheduler_alerts_open",
+        "drfleet_broker_connected 1",
+    ] {
+        assert!(metrics.contains(name), "{name} in {metrics}");
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    env.cleanup().await;
+}
