@@ -14,6 +14,8 @@
 //!   change they report, relayed to the broker with publisher confirms.
 //! - [`notify`]: PostgreSQL LISTEN → in-process wake-ups (`dr_outbox`, `dr_jobs`, …).
 //! - [`http`]: `/health`, `/ready` (database + broker), `/metrics`.
+//! - [`process`]: a process's start in one call (http first, then [`start`]) and the
+//!   signals that end it.
 //! - [`metrics`]: [`metrics::ProcessMetrics`], what each process implements over its own
 //!   counters for the session, `/ready` and `/metrics`.
 pub mod broker;
@@ -21,5 +23,6 @@ pub mod http;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod process;
 pub mod service;
 pub mod start;

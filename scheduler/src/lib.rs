@@ -30,7 +30,7 @@ pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch as tokio_watch};
@@ -38,72 +38,39 @@ use tokio_util::sync::CancellationToken;
 
 use drfleet_runtime::broker::Broker;
 use drfleet_runtime::notify::{listen_notifications, wake};
-use drfleet_runtime::service::{Service, Stage};
-use drfleet_runtime::start::{Dependencies, StartError, start_dependencies};
-use drfleet_runtime::{http, outbox};
+use drfleet_runtime::service::Stage;
+use drfleet_runtime::outbox;
+use drfleet_runtime::process::{self, Started};
+use drfleet_runtime::start::Dependencies;
 
 use crate::commands::Minter;
 use crate::config::SchedulerConfig;
 use crate::metrics::Metrics;
 use crate::tick::{Decider, TickOutcome};
 
-/// Why the scheduler could not start (exit 2). Display carries no secrets.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Start(#[from] StartError),
-    #[error("cannot listen on DR_HTTP_ADDR {addr}: {source}")]
-    Http {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
+/// Why the scheduler could not start (exit 2): one line, no secrets.
+pub type RunError = drfleet_runtime::process::ProcessError;
 
 /// How long shutdown waits for a tick in progress.
 const TICK_GRACE: Duration = Duration::from_secs(30);
 
 /// Run until `shutdown`; then finish the tick in hand, drain the outbox (bounded), return.
 pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
-    // Bound before anything slow, so that an address clash fails at once.
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|source| RunError::Http {
-            addr: config.http_addr,
-            source,
-        })?;
-    let http_addr = listener.local_addr().unwrap_or(config.http_addr);
     let metrics = Arc::new(Metrics::default());
-    let ready_pool = Arc::new(OnceLock::new());
-    let mut svc = Service::new();
-    svc.spawn(
-        Stage::Http,
-        http::serve(
-            listener,
-            ready_pool.clone(),
-            metrics.clone(),
-            svc.token(Stage::Http),
-        ),
-    );
-
     let deps = Dependencies {
         database_url: &config.database_url,
         amqp_url: &config.amqp_url,
         app: "drfleet-scheduler",
         pool_size: 8,
     };
-    let pool = match start_dependencies(&deps, &shutdown).await {
-        Ok(Some(pool)) => pool,
-        other => {
-            svc.shutdown(Duration::ZERO).await;
-            if other.is_ok() {
-                tracing::info!("stopped during start-up");
-            }
-            return other.map(|_| ()).map_err(RunError::from);
-        }
+    let Some(Started {
+        service: svc,
+        pool,
+        http_addr,
+    }) = process::start(config.http_addr, metrics.clone(), &deps, &shutdown).await?
+    else {
+        return Ok(());
     };
-    let _ = ready_pool.set(pool.clone());
-    svc.close_pool_last(pool.clone());
     tracing::info!(scheduler_id = %config.scheduler_id, %http_addr, tick_secs = config.tick.as_secs(), max_in_flight = config.max_in_flight, "starting (/health, /ready, /metrics on http_addr)");
 
     let outbox_wake = Arc::new(Notify::new());

@@ -48,10 +48,10 @@ use tokio_util::sync::CancellationToken;
 
 use drfleet_protocol::topology::CommandKind;
 use drfleet_runtime::broker::{Broker, Consume};
-use drfleet_runtime::http;
 use drfleet_runtime::notify::{OnNotification, listen_notifications, wake};
-use drfleet_runtime::service::{Service, Stage};
-use drfleet_runtime::start::{Dependencies, StartError, start_dependencies};
+use drfleet_runtime::process::{self, ProcessError, Started};
+use drfleet_runtime::service::Stage;
+use drfleet_runtime::start::Dependencies;
 
 use crate::config::{Role, WorkerConfig};
 use crate::handler::Handlers;
@@ -63,15 +63,9 @@ use crate::metrics::Metrics;
 /// Display carries no secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// The metadata database or the broker (names the setting).
+    /// The http listener, the metadata database or the broker (names the setting).
     #[error(transparent)]
-    Start(#[from] StartError),
-    #[error("cannot listen on DR_HTTP_ADDR {addr}: {source}")]
-    Http {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    Start(#[from] ProcessError),
     #[error("role setup: {0}")]
     Role(String),
 }
@@ -93,46 +87,21 @@ pub async fn run_with_handlers(
     handlers: Handlers,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    // Bound before anything slow, so that an address clash fails at once.
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .map_err(|source| RunError::Http {
-            addr: config.http_addr,
-            source,
-        })?;
-    // Logged with "starting" below: a permanent start-up error must stay the only line.
-    let http_addr = listener.local_addr().unwrap_or(config.http_addr);
     let metrics = Arc::new(Metrics::default());
-    let ready_pool = Arc::new(std::sync::OnceLock::new());
-    let mut service = Service::new();
-    service.spawn(
-        Stage::Http,
-        http::serve(
-            listener,
-            ready_pool.clone(),
-            metrics.clone(),
-            service.token(Stage::Http),
-        ),
-    );
-
     let deps = Dependencies {
         database_url: &config.database_url,
         amqp_url: &config.amqp_url,
         app: "drfleet-worker",
         pool_size: 16,
     };
-    let pool = match start_dependencies(&deps, &shutdown).await {
-        Ok(Some(pool)) => pool,
-        other => {
-            service.shutdown(Duration::ZERO).await;
-            if other.is_ok() {
-                tracing::info!("stopped during start-up");
-            }
-            return other.map(|_| ()).map_err(RunError::from);
-        }
+    let Some(Started {
+        service,
+        pool,
+        http_addr,
+    }) = process::start(config.http_addr, metrics.clone(), &deps, &shutdown).await?
+    else {
+        return Ok(());
     };
-    let _ = ready_pool.set(pool.clone());
-    service.close_pool_last(pool.clone());
     tracing::info!(roles = ?config.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), worker_id = %config.worker_id, %http_addr, "migrations applied; starting (/health, /ready, /metrics on http_addr)");
 
     // The restore role also drops STAGING schemas past DR_STAGING_TTL.

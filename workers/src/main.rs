@@ -16,19 +16,7 @@ async fn main() {
     drfleet_infra::telemetry::init(config.log_format);
 
     let shutdown = CancellationToken::new();
-    let trigger = shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        tracing::info!("signal received");
-        trigger.cancel();
-    });
+    drfleet_runtime::process::cancel_on_signals(shutdown.clone());
     if let Err(e) = drfleet_workers::run(config, shutdown).await {
         // Permanent by construction (transient trouble is retried inside `run`).
         eprintln!("{PROGRAM}: start-up error: {e}");
