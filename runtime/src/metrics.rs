@@ -9,6 +9,8 @@ pub trait ProcessMetrics: Send + Sync + 'static {
     fn broker_connected(&self) -> bool;
     /// A new session attempt after a lost one.
     fn broker_reconnected(&self);
+    /// The outbox relay published `n` messages with confirms.
+    fn outbox_relayed(&self, n: u64);
     /// The Prometheus text exposition of the process's counters.
     fn render(&self) -> String;
 }

@@ -7,12 +7,14 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use sqlx::PgPool;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::http;
+use crate::broker::{Broker, Consume};
 use crate::metrics::ProcessMetrics;
 use crate::service::{Service, Stage};
 use crate::start::{Dependencies, StartError, start_dependencies};
+use crate::{http, outbox};
 
 /// Why a process could not start. Every variant is permanent (transient trouble is retried
 /// inside [`start`]); Display is one line without secrets.
@@ -80,6 +82,54 @@ pub async fn start(
             }
             other.map(|_| None).map_err(ProcessError::from)
         }
+    }
+}
+
+/// A process's broker session and outbox relay.
+pub struct Session {
+    pub amqp_url: String,
+    /// Connection name (shown in the management UI).
+    pub name: String,
+    /// What the session consumes (none: publish only).
+    pub consumers: Vec<Arc<dyn Consume>>,
+    pub metrics: Arc<dyn ProcessMetrics>,
+    /// Wakes the relay (LISTEN `dr_outbox`, or a local write).
+    pub outbox_wake: Arc<Notify>,
+    /// How often the relay looks without a wake-up.
+    pub relay_poll: Duration,
+}
+
+impl Session {
+    /// Run the session in [`Stage::Broker`] (consumers stop with [`Stage::Intake`]) and the
+    /// relay in [`Stage::Relay`], publishing on the session's confirm channel.
+    pub fn spawn(self, service: &Service, pool: &PgPool) {
+        let (pub_tx, pub_rx) = watch::channel(None);
+        let trouble = Arc::new(Notify::new());
+        let broker = Arc::new(Broker {
+            url: self.amqp_url,
+            name: self.name,
+            consumers: self.consumers,
+            publisher: pub_tx,
+            trouble: trouble.clone(),
+            metrics: self.metrics.clone(),
+        });
+        service.spawn(
+            Stage::Broker,
+            broker.run(service.token(Stage::Intake), service.token(Stage::Broker)),
+        );
+        let metrics = self.metrics;
+        service.spawn(
+            Stage::Relay,
+            outbox::run_relay(
+                pool.clone(),
+                pub_rx,
+                self.outbox_wake,
+                trouble,
+                move |n| metrics.outbox_relayed(n),
+                self.relay_poll,
+                service.token(Stage::Relay),
+            ),
+        );
     }
 }
 

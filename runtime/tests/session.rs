@@ -88,6 +88,9 @@ impl ProcessMetrics for TestMetrics {
     fn broker_reconnected(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
+    fn outbox_relayed(&self, n: u64) {
+        self.published.fetch_add(n, Ordering::Relaxed);
+    }
     fn render(&self) -> String {
         format!(
             "test_published_total {}\n",

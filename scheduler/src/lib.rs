@@ -29,18 +29,16 @@ pub mod verify;
 pub mod watch;
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch as tokio_watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use drfleet_runtime::broker::Broker;
 use drfleet_runtime::notify::{listen_notifications, wake};
+use drfleet_runtime::process::{self, Session, Started};
 use drfleet_runtime::service::Stage;
-use drfleet_runtime::outbox;
-use drfleet_runtime::process::{self, Started};
 use drfleet_runtime::start::Dependencies;
 
 use crate::commands::Minter;
@@ -82,35 +80,15 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
             svc.token(Stage::Listen),
         ),
     );
-    let (pub_tx, pub_rx) = tokio_watch::channel(None);
-    let trouble = Arc::new(Notify::new());
-    let broker = Arc::new(Broker {
-        url: config.amqp_url.clone(),
+    Session {
+        amqp_url: config.amqp_url.clone(),
         name: format!("drfleet-scheduler-{}", config.scheduler_id),
         consumers: Vec::new(),
-        publisher: pub_tx,
-        trouble: trouble.clone(),
         metrics: metrics.clone(),
-    });
-    svc.spawn(
-        Stage::Broker,
-        broker.run(svc.token(Stage::Intake), svc.token(Stage::Broker)),
-    );
-    let relayed = metrics.clone();
-    svc.spawn(
-        Stage::Relay,
-        outbox::run_relay(
-            pool.clone(),
-            pub_rx,
-            outbox_wake.clone(),
-            trouble,
-            move |n| {
-                relayed.messages_relayed.fetch_add(n, Relaxed);
-            },
-            Duration::from_millis(500),
-            svc.token(Stage::Relay),
-        ),
-    );
+        outbox_wake: outbox_wake.clone(),
+        relay_poll: Duration::from_millis(500),
+    }
+    .spawn(&svc, &pool);
 
     let decider = Decider {
         pool: pool.clone(),

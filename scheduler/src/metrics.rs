@@ -148,6 +148,9 @@ impl ProcessMetrics for Metrics {
     fn broker_reconnected(&self) {
         self.broker_reconnects.fetch_add(1, Relaxed);
     }
+    fn outbox_relayed(&self, n: u64) {
+        self.messages_relayed.fetch_add(n, Relaxed);
+    }
     fn render(&self) -> String {
         Metrics::render(self)
     }

@@ -43,13 +43,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use drfleet_protocol::topology::CommandKind;
-use drfleet_runtime::broker::{Broker, Consume};
+use drfleet_runtime::broker::Consume;
 use drfleet_runtime::notify::{OnNotification, listen_notifications, wake};
-use drfleet_runtime::process::{self, ProcessError, Started};
+use drfleet_runtime::process::{self, ProcessError, Session, Started};
 use drfleet_runtime::service::Stage;
 use drfleet_runtime::start::Dependencies;
 
@@ -206,38 +206,15 @@ pub async fn run_with_handlers(
         }));
     }
 
-    let (pub_tx, pub_rx) = watch::channel(None);
-    let trouble = Arc::new(Notify::new());
-    let broker = Arc::new(Broker {
-        url: config.amqp_url.clone(),
+    Session {
+        amqp_url: config.amqp_url.clone(),
         name: format!("drfleet-worker-{}", config.worker_id),
         consumers,
-        publisher: pub_tx,
-        trouble: trouble.clone(),
         metrics: metrics.clone(),
-    });
-    service.spawn(
-        Stage::Broker,
-        broker.run(service.token(Stage::Intake), service.token(Stage::Broker)),
-    );
-
-    let published = metrics.clone();
-    service.spawn(
-        Stage::Relay,
-        outbox::run_relay(
-            pool.clone(),
-            pub_rx,
-            outbox_wake.clone(),
-            trouble,
-            move |n| {
-                published
-                    .events_published
-                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            },
-            config.poll_interval,
-            service.token(Stage::Relay),
-        ),
-    );
+        outbox_wake: outbox_wake.clone(),
+        relay_poll: config.poll_interval,
+    }
+    .spawn(&service, &pool);
 
     shutdown.cancelled().await;
     tracing::info!(

@@ -61,6 +61,9 @@ impl drfleet_runtime::metrics::ProcessMetrics for Metrics {
     fn broker_reconnected(&self) {
         self.broker_reconnects.fetch_add(1, Ordering::Relaxed);
     }
+    fn outbox_relayed(&self, n: u64) {
+        self.events_published.fetch_add(n, Ordering::Relaxed);
+    }
     fn render(&self) -> String {
         Metrics::render(self)
     }
