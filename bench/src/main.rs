@@ -408,37 +408,9 @@ fn run_ok(c: &mut Command) -> anyhow::Result<()> {
 
 async fn audit_bench(events: u64, orgs: u64, pg_admin_url: &str) -> anyhow::Result<()> {
     use drfleet_protocol::topology::{EVENT_MESSAGE_TYPE, EVENTS_EXCHANGE};
-    let db = "drbench_audit";
-    let mut admin = PgConnection::connect(pg_admin_url).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&mut admin)
-        .await?;
-    let db_url = format!(
-        "{}/{db}",
-        pg_admin_url
-            .rsplit_once('/')
-            .context("admin url has a database")?
-            .0
-    );
+    let db_url = fresh_database(pg_admin_url, "drbench_audit").await?;
     let vhost = "drbench-audit";
-    let _ = Command::new("rabbitmqctl")
-        .args(["delete_vhost", vhost])
-        .output();
-    run_ok(Command::new("rabbitmqctl").args(["add_vhost", vhost]))?;
-    run_ok(Command::new("rabbitmqctl").args([
-        "set_permissions",
-        "-p",
-        vhost,
-        "guest",
-        ".*",
-        ".*",
-        ".*",
-    ]))?;
+    fresh_vhost(vhost)?;
     let amqp = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
     let worker_bin = std::env::current_exe()?.with_file_name("drfleet-worker");
     let mut worker = Command::new(&worker_bin)
@@ -561,6 +533,26 @@ fn spawn_worker_at(
 }
 
 /// Recreate `vhost` (empty, guest may use it).
+/// Drop and create database `db` on the server of `pg_admin_url`; its URL.
+async fn fresh_database(pg_admin_url: &str, db: &str) -> anyhow::Result<String> {
+    let mut admin = PgConnection::connect(pg_admin_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .execute(&mut admin)
+        .await?;
+    Ok(format!(
+        "{}/{db}",
+        pg_admin_url
+            .rsplit_once('/')
+            .context("admin url has a database")?
+            .0
+    ))
+}
+
 fn fresh_vhost(vhost: &str) -> anyhow::Result<()> {
     let _ = Command::new("rabbitmqctl")
         .args(["delete_vhost", vhost])

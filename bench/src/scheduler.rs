@@ -5,9 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use chrono::Utc;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +14,7 @@ use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology};
 use drfleet_scheduler::commands::Minter;
 use drfleet_scheduler::due;
 
-use crate::{JWT, fresh_vhost, median};
+use crate::{JWT, fresh_database, fresh_vhost, median};
 
 pub async fn scheduler_bench(
     policies: u64,
@@ -24,23 +23,7 @@ pub async fn scheduler_bench(
     runs: usize,
     pg_admin_url: &str,
 ) -> anyhow::Result<()> {
-    let db = "drbench_scheduler";
-    let mut admin = PgConnection::connect(pg_admin_url).await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&mut admin)
-        .await?;
-    let db_url = format!(
-        "{}/{db}",
-        pg_admin_url
-            .rsplit_once('/')
-            .context("admin url has a database")?
-            .0
-    );
+    let db_url = fresh_database(pg_admin_url, "drbench_scheduler").await?;
     let pool = PgPool::connect(&db_url).await?;
     drfleet_infra::db::migrate(&pool).await?;
     // Policies of `orgs` organizations; `due_count` of them due now, the rest in an hour.
