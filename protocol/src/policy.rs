@@ -82,10 +82,31 @@ impl Schedule {
     /// The latest slot at or before `t`.
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let t = t.trunc_subsecs(0);
-        self.cron
-            .find_previous_occurrence(&t.with_timezone(&self.tz), true)
-            .ok()
-            .map(|d| d.with_timezone(&Utc))
+        let second = chrono::Duration::seconds(1);
+        // Searching backwards, croner answers the instant before a spring-forward gap where
+        // the forward search fires right after it. The forward search is the definition of a
+        // slot: from croner's answer, take the slots the forward search gives.
+        let mut from = t;
+        for _ in 0..8 {
+            let back = self
+                .cron
+                .find_previous_occurrence(&from.with_timezone(&self.tz), true)
+                .ok()?
+                .with_timezone(&Utc);
+            let mut slot = self.next_after(back - second)?;
+            if slot > t {
+                from = back - second;
+                continue;
+            }
+            for _ in 0..1000 {
+                match self.next_after(slot) {
+                    Some(n) if n <= t => slot = n,
+                    _ => break,
+                }
+            }
+            return Some(slot);
+        }
+        None
     }
 
     /// What is due at `now` for a policy whose next slot is `next_due`: `None` if that slot is

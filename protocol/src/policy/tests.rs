@@ -67,6 +67,14 @@ fn dst_gap_fires_once_after_the_gap() {
     assert_eq!(fired, utc("2026-03-29T01:00:00Z"));
     // The day after, at 02:30 CEST again.
     assert_eq!(s.next_after(fired), Some(utc("2026-03-30T00:30:00Z")));
+    // Searching back finds the same slot (croner's backward search alone answers 00:59:59Z).
+    assert_eq!(s.latest_at_or_before(fired), Some(fired));
+    assert_eq!(
+        s.latest_at_or_before(utc("2026-03-29T00:59:59Z")),
+        Some(utc("2026-03-28T01:30:00Z"))
+    );
+    let d = s.due(fired, fired + Duration::seconds(5)).unwrap();
+    assert_eq!((d.slot, d.missed), (fired, false));
 }
 
 #[test]
@@ -187,7 +195,7 @@ fn instants() -> impl Strategy<Value = DateTime<Utc>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn next_is_strictly_after_and_nothing_fires_between((expr, tz) in schedules(), t in instants()) {
