@@ -10,7 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
@@ -71,6 +71,9 @@ impl Schedule {
 
     /// The first slot strictly after `t`.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // croner carries `t`'s fraction of a second into the slot it finds; slots are whole
+        // seconds (their command ids derive from them), and the truncation keeps "after t".
+        let t = t.trunc_subsecs(0);
         self.cron
             .find_next_occurrence(&t.with_timezone(&self.tz), false)
             .ok()
@@ -79,6 +82,7 @@ impl Schedule {
 
     /// The latest slot at or before `t`.
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let t = t.trunc_subsecs(0);
         self.cron
             .find_previous_occurrence(&t.with_timezone(&self.tz), true)
             .ok()

@@ -217,3 +217,25 @@ proptest! {
         prop_assert_eq!(parse_duration("d", &format_duration(secs)), Ok(secs));
     }
 }
+
+#[test]
+fn slots_are_whole_seconds_whatever_the_instant() {
+    let s = sched("0 */6 * * *", "Europe/Berlin");
+    let t = utc("2026-12-02T08:57:12.792429595Z");
+    assert_eq!(s.next_after(t), Some(utc("2026-12-02T11:00:00Z")));
+    assert_eq!(s.latest_at_or_before(t), Some(utc("2026-12-02T05:00:00Z")));
+    let s = sched("* * * * * *", "");
+    assert_eq!(
+        s.next_after(utc("2026-12-02T06:00:00.5Z")),
+        Some(utc("2026-12-02T06:00:01Z"))
+    );
+    assert_eq!(
+        s.latest_at_or_before(utc("2026-12-02T06:00:00.5Z")),
+        Some(utc("2026-12-02T06:00:00Z"))
+    );
+    let d = s
+        .due(utc("2026-12-02T06:00:00Z"), utc("2026-12-02T06:00:03.25Z"))
+        .unwrap();
+    assert_eq!(d.slot, utc("2026-12-02T06:00:03Z"));
+    assert_eq!(d.next, Some(utc("2026-12-02T06:00:04Z")));
+}

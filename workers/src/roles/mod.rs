@@ -1,4 +1,5 @@
-//! Role implementations, one module per role; the audit role lives in [`crate::audit`].
+//! Role implementations, one module per role (`policy` applies policy changes to
+//! `pf_backup_policies`); the audit role lives in [`crate::audit`].
 //!
 //! [`RoleCtx`] holds what command roles share: the tenant-data pool, the artifact store,
 //! the master keys and the tenant layout settings.
@@ -6,6 +7,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod membership;
+pub mod policy;
 pub mod restore;
 pub mod rowset;
 pub mod shrink;
@@ -138,8 +140,8 @@ pub(crate) fn source_pool(
 /// The command handlers for the configured roles.
 pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
     let mut handlers = Handlers::default();
-    let commands = config.roles.iter().any(|r| r.command_kind().is_some());
-    let ctx = if commands {
+    let artifacts = config.roles.iter().any(|r| r.needs_master_key());
+    let ctx = if artifacts {
         Some(Arc::new(RoleCtx::from_config(config)?))
     } else {
         None
@@ -147,6 +149,7 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
     for role in &config.roles {
         match role {
             Role::Audit => {}
+            Role::Policy => handlers = handlers.with(policy::PolicyHandler),
             Role::Verify => {
                 handlers = handlers.with(verify::VerifyHandler::new(
                     ctx.clone().expect("command role ctx"),
