@@ -1,6 +1,6 @@
 //! # drfleet-workers — one runtime shared by every worker role
 //!
-//! `drfleet-worker --role <backup|restore|drill|verify|audit|all>` runs [`run`]. Layout:
+//! `drfleet-worker --role <backup|restore|drill|verify|policy|audit|all>` runs [`run`]. Layout:
 //!
 //! - [`config`]: flags/env → validated [`config::WorkerConfig`].
 //! - [`broker`]: the RabbitMQ session (topology, confirm channel, consumers, reconnect).
