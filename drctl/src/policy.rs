@@ -22,7 +22,7 @@ use crate::output::{instant, print_line};
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum PolicyCmd {
     /// Create or replace one named policy of an organization; waits for policy_updated.
-    Set(SetArgs),
+    Set(Box<SetArgs>),
     /// Delete one named policy (its backups are kept); waits for policy_deleted.
     Rm(RmArgs),
     /// The policies in the metadata database, with their next slot and newest backup.
@@ -274,7 +274,7 @@ mod tests {
         v.extend(["--tier", "full", "--schedule", "0 */6 * * *"]);
         v.extend(args);
         match Cli::try_parse_from(v)?.command {
-            Cmd::Policy(PolicyCmd::Set(a)) => Ok(a),
+            Cmd::Policy(PolicyCmd::Set(a)) => Ok(*a),
             other => panic!("parsed {other:?}"),
         }
     }

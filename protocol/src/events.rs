@@ -171,7 +171,7 @@ pub fn event_json(event: &Event) -> serde_json::Value {
 
 /// A policy spec as JSON (proto field names; zero numbers stay 0 = not set).
 pub fn policy_spec_json(s: &crate::v1::PolicySpec) -> serde_json::Value {
-    let r = s.retention.clone().unwrap_or_default();
+    let r = s.retention.unwrap_or_default();
     serde_json::json!({
         "tier": s.tier, "schedule": s.schedule, "timezone": s.timezone,
         "rpo_seconds": s.rpo_seconds, "rto_seconds": s.rto_seconds,

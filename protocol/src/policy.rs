@@ -160,7 +160,7 @@ pub const MAX_DURATION_SECS: u64 = 100 * 366 * 86_400;
 /// Seconds in the largest unit that divides them exactly (`86400` → `1d`, `5400` → `90m`).
 pub fn format_duration(secs: u64) -> String {
     for (unit, mult) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs >= mult && secs % mult == 0 {
+        if secs >= mult && secs.is_multiple_of(mult) {
             return format!("{}{unit}", secs / mult);
         }
     }
