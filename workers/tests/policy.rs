@@ -273,6 +273,8 @@ async fn upsert_update_delete_with_events_in_the_audit_log() {
         ))
         .await;
     assert_eq!(u3.policy_id, u.policy_id);
+    // The event says what is stored: an unnamed time zone is UTC.
+    assert_eq!(u3.spec.as_ref().unwrap().timezone, "UTC");
     let r3 = row(&fx.env, &org, "every-6h").await.unwrap();
     assert_eq!(r3.timezone, "UTC");
     assert!(r3.next_due_at.unwrap() <= Utc::now() + chrono::Duration::seconds(6));

@@ -182,10 +182,16 @@ async fn upsert(
     .bind(clear_last_slot)
     .fetch_one(&mut *tx)
     .await?;
+    // The spec as stored (time zone named, crons trimmed), so the audit log says what the
+    // scheduler reads.
+    let mut stored = spec.to_wire();
+    stored.timezone = stored_timezone(spec).to_string();
+    stored.schedule = spec.schedule.trim().to_string();
+    stored.drill_schedule = spec.drill_schedule.trim().to_string();
     let ev = job.event(Event::PolicyUpdated(v1::PolicyUpdated {
         policy_id: id.to_string(),
         name: name.to_string(),
-        spec: Some(spec.to_wire()),
+        spec: Some(stored),
         operator: job.actor.clone(),
         created: current.is_none(),
         next_due_at: next_due_at.map(drfleet_protocol::events::timestamp),
