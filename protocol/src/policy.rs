@@ -69,10 +69,9 @@ impl Schedule {
         self.tz
     }
 
-    /// The first slot strictly after `t`.
+    /// The first slot strictly after `t`. Slots are whole seconds.
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        // croner carries `t`'s fraction of a second into the slot it finds; slots are whole
-        // seconds (their command ids derive from them), and the truncation keeps "after t".
+        // croner keeps the start's fraction of a second; a slot has none.
         let t = t.trunc_subsecs(0);
         self.cron
             .find_next_occurrence(&t.with_timezone(&self.tz), false)
@@ -201,19 +200,25 @@ impl fmt::Display for SlotKind {
 /// Namespace of the UUIDv5 ids of scheduled commands.
 const SCHEDULED_NS: uuid::Uuid = uuid::uuid!("5d7f3a2e-8c1b-5e4a-9f60-2b7c0d9e1a43");
 
-/// The id of the command a scheduler publishes for `(policy, kind, slot)`: the same on every
-/// scheduler and every retry, so workers deduplicate a republished slot.
+/// The id of the command a scheduler publishes for `(policy, kind, slot)` — and the backup
+/// it is about, for verify slots: the same on every scheduler and every retry, so workers
+/// deduplicate a republished slot.
 pub fn scheduled_command_id(
     policy_id: uuid::Uuid,
     kind: SlotKind,
     slot: DateTime<Utc>,
+    subject: Option<uuid::Uuid>,
 ) -> CommandId {
-    let name = format!(
+    let mut name = format!(
         "{}/{}/{}",
         policy_id.hyphenated(),
         kind.as_str(),
         slot.timestamp_micros()
     );
+    if let Some(s) = subject {
+        name.push('/');
+        name.push_str(&s.hyphenated().to_string());
+    }
     CommandId(uuid::Uuid::new_v5(&SCHEDULED_NS, name.as_bytes()))
 }
 
