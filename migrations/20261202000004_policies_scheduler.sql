@@ -35,22 +35,38 @@ ALTER TABLE pf_jobs DROP CONSTRAINT pf_jobs_kind_check;
 ALTER TABLE pf_jobs ADD CONSTRAINT pf_jobs_kind_check
     CHECK (kind IN ('backup', 'restore', 'drill', 'verify', 'policy'));
 
--- One row per published slot: the primary key is what makes a slot fire once, whatever the
--- number of schedulers. command_id = UUIDv5(policy_id, kind, slot_at).
+-- One row per published slot: the unique key is what makes a slot fire once, whatever the
+-- number of schedulers. command_id = UUIDv5(policy_id, kind, slot_at[, backup]).
 CREATE TABLE pf_schedule_slots (
-    policy_id    uuid NOT NULL,
-    kind         text NOT NULL CHECK (kind IN ('backup', 'verify', 'drill')),
-    slot_at      timestamptz NOT NULL,
-    organization_id uuid NOT NULL,
-    command_id   uuid NOT NULL UNIQUE,
+    command_id       uuid PRIMARY KEY,
+    policy_id        uuid NOT NULL,
+    kind             text NOT NULL CHECK (kind IN ('backup', 'verify', 'drill')),
+    slot_at          timestamptz NOT NULL,
+    organization_id  uuid NOT NULL,
     -- For verify slots: the backup verified.
     backup_record_id uuid,
-    published_at timestamptz NOT NULL DEFAULT now(),
-    -- Set when the job the command caused finished (or was rejected): frees in-flight capacity.
-    settled_at   timestamptz,
-    PRIMARY KEY (policy_id, kind, slot_at)
+    published_at     timestamptz NOT NULL DEFAULT now(),
+    -- Set when the job the command caused finished (or the command was refused): frees
+    -- in-flight capacity.
+    settled_at       timestamptz,
+    UNIQUE NULLS NOT DISTINCT (policy_id, kind, slot_at, backup_record_id)
 );
-CREATE INDEX pf_schedule_slots_in_flight ON pf_schedule_slots (kind, published_at) WHERE settled_at IS NULL;
+CREATE INDEX pf_schedule_slots_in_flight ON pf_schedule_slots (kind, published_at)
+    WHERE settled_at IS NULL;
+
+-- Verify rotation: when each retained backup of a policy with a verify cycle is next due.
+-- Kept across restarts, so a restarted scheduler continues the cycle instead of starting over.
+CREATE TABLE pf_verify_rotation (
+    backup_record_id  uuid PRIMARY KEY,
+    policy_id         uuid NOT NULL,
+    due_at            timestamptz NOT NULL,
+    last_scheduled_at timestamptz
+);
+CREATE INDEX pf_verify_rotation_due ON pf_verify_rotation (due_at);
+
+CREATE INDEX pf_backup_records_policy ON pf_backup_records (policy_id, started_at DESC);
+-- The scheduler settles a slot whose command was refused.
+CREATE INDEX pf_rejected_messages_command ON pf_rejected_messages (command_id);
 
 -- Alerts: one row per episode; at most one open episode per (policy, kind).
 CREATE TABLE pf_alerts (

@@ -16,11 +16,14 @@ use futures::StreamExt;
 use prost::Message;
 use sqlx::{Connection, PgConnection};
 
-use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, message_properties};
-use drfleet_protocol::topology::{COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CommandKind};
+use drfleet_infra::amqp::{
+    ConfirmPublisher, connect, declare_topology, message_properties, publish_command,
+};
+
 use drfleet_protocol::{OrganizationId, v1};
 
 mod promote;
+mod scheduler;
 
 #[derive(Parser)]
 #[command(name = "drfleet-bench")]
@@ -87,6 +90,25 @@ enum Cli {
         #[arg(long, default_value = "/tmp/drfleet-bench-objects")]
         objects: String,
     },
+    /// Scheduler: one due scan over many policies (claim, record slots, queue commands) and
+    /// the outbox relay's publishing rate with confirms.
+    Scheduler {
+        #[arg(long, default_value_t = 100_000)]
+        policies: u64,
+        /// Policies due at the scan.
+        #[arg(long, default_value_t = 10_000)]
+        due: u64,
+        #[arg(long, default_value_t = 1_000)]
+        orgs: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(
+            long,
+            env = "DR_BENCH_PG_ADMIN_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        pg_admin_url: String,
+    },
     /// Audit sink: events/s persisted end to end (published with confirms → rows committed).
     Audit {
         #[arg(long, default_value_t = 50_000)]
@@ -129,6 +151,22 @@ async fn main() -> anyhow::Result<()> {
             return restore_bench(size_mb, &pg_admin_url, &objects, runs.max(1), s3_endpoint).await;
         }
         Cli::Artifact { size_mb } => return artifact_bench(size_mb),
+        Cli::Scheduler {
+            policies,
+            due,
+            orgs,
+            runs,
+            pg_admin_url,
+        } => {
+            return scheduler::scheduler_bench(
+                policies,
+                due.min(policies),
+                orgs.max(1),
+                runs.max(1),
+                &pg_admin_url,
+            )
+            .await;
+        }
         Cli::Promote {
             tenants,
             ads,
@@ -234,34 +272,20 @@ async fn main() -> anyhow::Result<()> {
     declare_topology(&conn_amqp.create_channel().await?).await?;
     let publisher = ConfirmPublisher::new(&conn_amqp).await?;
     tokio::time::sleep(Duration::from_secs(2)).await; // worker connected and migrated
-    let env = v1::CommandEnvelope {
-        command_id: uuid::Uuid::now_v7().to_string(),
-        organization_id: org.to_string(),
-        issued_at: Some(drfleet_protocol::events::timestamp(chrono::Utc::now())),
-        actor_token: drfleet_infra::auth::mint_hs256(
-            JWT,
-            "bench",
-            &org,
-            &["pf.backup.create".into()],
-            3600,
-        ),
-        correlation_id: "bench".into(),
-        command: Some(v1::command_envelope::Command::Backup(v1::BackupCommand {
+    let env = drfleet_protocol::command::envelope(
+        org,
+        v1::command_envelope::Command::Backup(v1::BackupCommand {
             tier: "full".into(),
             policy_id: String::new(),
             reason: "bench".into(),
             scheduled_for: None,
-        })),
-    };
+        }),
+        &mint(&org, &["pf.backup.create"])?,
+        Some("bench"),
+        None,
+    );
     let t = Instant::now();
-    publisher
-        .publish_confirmed(
-            COMMANDS_EXCHANGE,
-            &CommandKind::Backup.routing_key(&org),
-            &env.encode_to_vec(),
-            message_properties(COMMAND_MESSAGE_TYPE, &env.command_id, None),
-        )
-        .await?;
+    publish_command(&publisher, &env).await?;
     let mut peak_kib = 0u64;
     let (byte_size, backup_secs) = loop {
         peak_kib = peak_kib.max(vm_hwm_kib(worker.id()).unwrap_or(0));
@@ -592,35 +616,21 @@ fn worker_command(
         })
 }
 
+/// A token from the bench's own JWT secret for `org` with `perms`.
+fn mint(org: &OrganizationId, perms: &[&str]) -> anyhow::Result<String> {
+    let perms: Vec<String> = perms.iter().map(|s| s.to_string()).collect();
+    Ok(drfleet_infra::auth::TokenMinter::from_secret(JWT)?.mint("bench", org, &perms, 3600)?)
+}
+
 async fn send(
     publisher: &ConfirmPublisher,
-    kind: CommandKind,
     org: &OrganizationId,
     perms: &[&str],
     command: v1::command_envelope::Command,
 ) -> anyhow::Result<String> {
-    let env = v1::CommandEnvelope {
-        command_id: uuid::Uuid::now_v7().to_string(),
-        organization_id: org.to_string(),
-        issued_at: Some(drfleet_protocol::events::timestamp(chrono::Utc::now())),
-        actor_token: drfleet_infra::auth::mint_hs256(
-            JWT,
-            "bench",
-            org,
-            &perms.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
-            3600,
-        ),
-        correlation_id: "bench".into(),
-        command: Some(command),
-    };
-    publisher
-        .publish_confirmed(
-            COMMANDS_EXCHANGE,
-            &kind.routing_key(org),
-            &env.encode_to_vec(),
-            message_properties(COMMAND_MESSAGE_TYPE, &env.command_id, None),
-        )
-        .await?;
+    let env =
+        drfleet_protocol::command::envelope(org, command, &mint(org, perms)?, Some("bench"), None);
+    publish_command(publisher, &env).await?;
     Ok(env.command_id)
 }
 
@@ -633,7 +643,6 @@ async fn backup_full(
 ) -> anyhow::Result<uuid::Uuid> {
     let backup = send(
         publisher,
-        CommandKind::Backup,
         org,
         &["pf.backup.create"],
         v1::command_envelope::Command::Backup(v1::BackupCommand {
@@ -754,7 +763,6 @@ async fn restore_bench(
     let read_secs = t.elapsed().as_secs_f64();
     let verify = send(
         &publisher,
-        CommandKind::Verify,
         &org,
         &["pf.backup.verify"],
         v1::command_envelope::Command::Verify(v1::VerifyCommand {
@@ -772,7 +780,6 @@ async fn restore_bench(
         raw_unlogged.push(raw_copy_in(&mut conn, &dump, true).await?);
         let restore = send(
             &publisher,
-            CommandKind::Restore,
             &org,
             &["pf.backup.restore"],
             v1::command_envelope::Command::Restore(v1::RestoreCommand {
@@ -931,7 +938,6 @@ async fn s3_verify(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let verify = send(
         publisher,
-        CommandKind::Verify,
         org,
         &["pf.backup.verify"],
         v1::command_envelope::Command::Verify(v1::VerifyCommand {

@@ -15,7 +15,6 @@ use anyhow::{Context, bail};
 use sqlx::{Connection, PgConnection};
 
 use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology};
-use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::{OrganizationId, v1};
 
 use super::{backup_full, median, send, spawn_worker_env, wait_for};
@@ -275,7 +274,6 @@ pub(crate) async fn promote_bench(
             tokio::time::sleep(Duration::from_millis(200)).await;
             let restore = send(
                 &publisher,
-                CommandKind::Restore,
                 &target,
                 &["pf.backup.restore", "pf.backup.promote"],
                 v1::command_envelope::Command::Restore(v1::RestoreCommand {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use drfleet_infra::config::postgres_url;
-use drfleet_protocol::OrganizationId;
+use drfleet_protocol::tenant::TenantKey;
 
 use crate::cli::{DbArgs, OutputFormat};
 use crate::error::{Error, Outcome};
@@ -17,9 +17,9 @@ use crate::output::{instant, print_line};
 pub struct AlertsArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    /// Only this organization's alerts (its id, a UUID).
-    #[arg(long, value_name = "UUID")]
-    pub org: Option<OrganizationId>,
+    /// Only this organization's alerts (its key).
+    #[arg(long, value_name = "KEY")]
+    pub org: Option<TenantKey>,
     /// `text` (one line per alert) or `json` (one object per line).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -30,7 +30,7 @@ pub struct AlertsArgs {
 fn alert_json(row: &sqlx::postgres::PgRow) -> Result<Value, sqlx::Error> {
     Ok(json!({
         "alert_id": row.try_get::<uuid::Uuid, _>("id")?.to_string(),
-        "organization_id": row.try_get::<uuid::Uuid, _>("organization_id")?.to_string(),
+        "organization_id": row.try_get::<String, _>("org_key")?,
         "kind": row.try_get::<String, _>("kind")?,
         "severity": row.try_get::<String, _>("severity")?,
         "policy_id": row.try_get::<uuid::Uuid, _>("policy_id")?.to_string(),
@@ -75,13 +75,14 @@ pub async fn list(a: &AlertsArgs) -> Result<Outcome, Error> {
 
 async fn print_alerts(pool: &sqlx::PgPool, a: &AlertsArgs) -> Result<(), Error> {
     let mut rows = sqlx::query(
-        "SELECT a.id, a.organization_id, a.kind, a.severity, a.policy_id, p.name AS policy_name, \
+        // The organization as on the wire: the policy's tenant key (the uuid once it is gone).
+        "SELECT a.id, COALESCE(p.tenant_key, a.organization_id::text) AS org_key, a.kind, a.severity, a.policy_id, p.name AS policy_name, \
            a.backup_record_id, a.code, a.raised_at \
          FROM pf_alerts a LEFT JOIN pf_backup_policies p ON p.id = a.policy_id \
          WHERE a.resolved_at IS NULL AND ($1::uuid IS NULL OR a.organization_id = $1) \
          ORDER BY a.raised_at, a.id",
     )
-    .bind(a.org.map(|o| o.as_uuid()))
+    .bind(a.org.as_ref().map(|o| o.organization_id().as_uuid()))
     .fetch(pool);
     while let Some(row) = rows.try_next().await? {
         let v = alert_json(&row)?;

@@ -7,7 +7,8 @@ use clap::builder::PossibleValuesParser;
 
 use drfleet_infra::config::BrokerArgs;
 use drfleet_protocol::events::EVENT_TYPES;
-use drfleet_protocol::{BackupRecordId, OrganizationId, RestoreJobId};
+use drfleet_protocol::tenant::TenantKey;
+use drfleet_protocol::{BackupRecordId, RestoreJobId};
 
 /// Longest token lifetime `drctl token` mints: 30 days.
 pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
@@ -66,7 +67,7 @@ pub struct TiersShowArgs {
     pub name: String,
     /// Organization whose own tier of that name shadows the global one.
     #[arg(long)]
-    pub org: Option<OrganizationId>,
+    pub org: Option<TenantKey>,
     /// Tenant data database (its catalog is read); default DR_DATABASE_URL.
     #[arg(long, env = "DR_SOURCE_DATABASE_URL", hide_env_values = true)]
     pub source_database_url: Option<String>,
@@ -84,19 +85,23 @@ pub struct TiersShowArgs {
     pub tenant_root: Option<String>,
 }
 
-/// HS256 secret shared with the workers.
+/// The key tokens are minted with: the HS256 secret shared with the workers, or a private
+/// key whose public half the workers hold (DR_AUTH_JWT_PUBLIC_KEY).
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct SecretArgs {
     /// HS256 secret for actor tokens (at least 32 bytes).
     #[arg(long, env = "DR_AUTH_JWT_SECRET", hide_env_values = true)]
     pub auth_jwt_secret: Option<String>,
+    /// PEM private key (RSA or EC P-256) to mint RS256/ES256 tokens with; wins over the secret.
+    #[arg(long, env = "DR_AUTH_JWT_PRIVATE_KEY", hide_env_values = true)]
+    pub auth_jwt_private_key: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct TokenArgs {
     /// Organization (tenant) the token acts in: its id, a UUID.
     #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    pub org: TenantKey,
     /// Permission key to grant (repeat, or comma-separate), e.g. pf.backup.* or pf.dr-drill.run.
     #[arg(long = "perm", required = true, value_delimiter = ',')]
     pub perms: Vec<String>,
@@ -139,7 +144,7 @@ pub struct CommandOpts {
 pub struct BackupArgs {
     /// Organization (tenant) to back up: its id, a UUID.
     #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    pub org: TenantKey,
     /// Tier (named table set).
     #[arg(long, default_value = "full")]
     pub tier: String,
@@ -168,7 +173,7 @@ pub struct RestoreArgs {
     pub action: Option<RestoreAction>,
     /// Organization (tenant) id, a UUID.
     #[arg(long, value_name = "UUID", required = true)]
-    pub org: Option<OrganizationId>,
+    pub org: Option<TenantKey>,
     /// Backup record to restore.
     #[arg(long, value_name = "UUID", required = true)]
     pub backup: Option<BackupRecordId>,
@@ -192,7 +197,7 @@ pub enum RestoreAction {
 pub struct DiscardArgs {
     /// Organization (tenant) id, a UUID.
     #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    pub org: TenantKey,
     /// The STAGING restore's job id (restore_job_id of its restore_completed event).
     #[arg(long, value_name = "UUID")]
     pub job: RestoreJobId,
@@ -204,7 +209,7 @@ pub struct DiscardArgs {
 pub struct VerifyArgs {
     /// Organization (tenant) id, a UUID.
     #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    pub org: TenantKey,
     /// Backup record to verify.
     #[arg(long)]
     pub backup: BackupRecordId,
@@ -216,7 +221,7 @@ pub struct VerifyArgs {
 pub struct DrillArgs {
     /// Organization (tenant) id, a UUID.
     #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    pub org: TenantKey,
     /// Backup record to drill with; default the organization's newest completed backup.
     #[arg(long)]
     pub backup: Option<BackupRecordId>,
@@ -233,7 +238,7 @@ pub struct EventsArgs {
     pub broker: BrokerArgs,
     /// Only this organization's events (its id, a UUID).
     #[arg(long, value_name = "UUID")]
-    pub org: Option<OrganizationId>,
+    pub org: Option<TenantKey>,
     /// Only events of this type.
     #[arg(long = "type", value_parser = PossibleValuesParser::new(EVENT_TYPES))]
     pub event_type: Option<String>,
@@ -258,7 +263,7 @@ pub enum AuditCmd {
         db: DbArgs,
         /// Only this organization's chain (its id, a UUID).
         #[arg(long, value_name = "UUID")]
-        org: Option<OrganizationId>,
+        org: Option<TenantKey>,
         /// `text` (one line) or `json` (one JSON object).
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         output: OutputFormat,
@@ -269,7 +274,7 @@ pub enum AuditCmd {
         db: DbArgs,
         /// Organization (tenant) id, a UUID.
         #[arg(long, value_name = "UUID")]
-        org: OrganizationId,
+        org: TenantKey,
         /// Only events that occurred at or after this instant (RFC 3339).
         #[arg(long, value_parser = parse_rfc3339)]
         since: Option<DateTime<Utc>>,
@@ -304,7 +309,7 @@ mod tests {
 
     #[test]
     fn parses_commands() {
-        let org = OrganizationId::new();
+        let org = TenantKey::from(drfleet_protocol::OrganizationId::new());
         let cli = Cli::try_parse_from([
             "drctl",
             "restore",
@@ -321,7 +326,7 @@ mod tests {
         .unwrap();
         match cli.command {
             Cmd::Restore(r) => {
-                assert_eq!(r.org, Some(org));
+                assert_eq!(r.org, Some(org.clone()));
                 assert!(r.action.is_none());
                 assert_eq!(r.mode, ModeArg::Promote);
                 assert!(r.opts.no_wait);
@@ -330,7 +335,19 @@ mod tests {
             }
             other => panic!("parsed {other:?}"),
         }
-        assert!(Cli::try_parse_from(["drctl", "backup", "--org", "not-a-uuid"]).is_err());
+        // Any tenant key's text parses (its type is the worker's check); control characters
+        // and the nil UUID do not.
+        assert!(Cli::try_parse_from(["drctl", "backup", "--org", "42"]).is_ok());
+        assert!(Cli::try_parse_from(["drctl", "backup", "--org", "a\nb"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "drctl",
+                "backup",
+                "--org",
+                "00000000-0000-0000-0000-000000000000"
+            ])
+            .is_err()
+        );
         let job = RestoreJobId::new();
         let cli = Cli::try_parse_from([
             "drctl",
@@ -347,7 +364,7 @@ mod tests {
                 action: Some(RestoreAction::Discard(d)),
                 ..
             }) => {
-                assert_eq!((d.org, d.job), (org, job));
+                assert_eq!((d.org, d.job), (org.clone(), job));
             }
             other => panic!("parsed {other:?}"),
         }

@@ -13,18 +13,18 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use prost::Message;
 
-use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, message_properties};
+use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, publish_command};
 use drfleet_infra::config::{ConfigError, amqp_url};
+use drfleet_protocol::BackupRecordId;
 use drfleet_protocol::auth::required_permissions;
-use drfleet_protocol::events::{event_type, timestamp};
-use drfleet_protocol::topology::{
-    COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CommandKind, EVENTS_EXCHANGE, UNKNOWN_ORG,
-};
+use drfleet_protocol::events::event_type;
+use drfleet_protocol::tenant::TenantKey;
+use drfleet_protocol::topology::command_routing_key;
+use drfleet_protocol::topology::{COMMANDS_EXCHANGE, CommandKind, EVENTS_EXCHANGE, UNKNOWN_ORG};
 use drfleet_protocol::v1::command_envelope::Command;
 use drfleet_protocol::v1::event_envelope::Event;
 use drfleet_protocol::v1::{self, CommandEnvelope, EventEnvelope};
 use drfleet_protocol::validate::{ValidCommand, validate_envelope};
-use drfleet_protocol::{BackupRecordId, CommandId, OrganizationId};
 
 use crate::cli::{
     BackupArgs, CommandOpts, DiscardArgs, DrillArgs, ModeArg, RestoreArgs, VerifyArgs,
@@ -81,20 +81,11 @@ pub fn drill_body(a: &DrillArgs) -> Command {
 
 /// A fresh envelope (UUIDv7 command id; correlation id given or a fresh UUID) without token.
 pub fn new_envelope(
-    org: &OrganizationId,
+    org: &TenantKey,
     correlation_id: Option<&str>,
     command: Command,
 ) -> CommandEnvelope {
-    CommandEnvelope {
-        command_id: CommandId::new().to_string(),
-        organization_id: org.to_string(),
-        issued_at: Some(timestamp(chrono::Utc::now())),
-        actor_token: String::new(),
-        correlation_id: correlation_id
-            .map(str::to_string)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-        command: Some(command),
-    }
+    drfleet_protocol::command::envelope(org, command, "", correlation_id, None)
 }
 
 /// Validate the envelope, attach the actor token (given, or minted with exactly the
@@ -106,23 +97,18 @@ pub fn prepare(
     let draft = validate_envelope(env.clone(), None).map_err(Error::InvalidCommand)?;
     env.actor_token = match opts.token.as_deref() {
         Some(t) if !t.is_empty() => t.to_string(),
-        _ if opts
-            .secret
-            .auth_jwt_secret
-            .as_deref()
-            .is_some_and(|s| !s.is_empty()) =>
-        {
+        _ if token::can_mint(&opts.secret) => {
             let perms: Vec<String> = required_permissions(&draft.body)
                 .iter()
                 .map(|p| p.to_string())
                 .collect();
             let ttl = MIN_MINTED_TTL.max(opts.wait_secs.saturating_add(300));
-            token::mint(&opts.secret, &opts.sub, &draft.organization_id, &perms, ttl)?
+            token::mint(&opts.secret, &opts.sub, &draft.tenant_key, &perms, ttl)?
         }
         _ => {
             return Err(ConfigError::new(
                 "DR_ACTOR_TOKEN",
-                "is required (or DR_AUTH_JWT_SECRET to mint one)",
+                "is required (or DR_AUTH_JWT_SECRET or DR_AUTH_JWT_PRIVATE_KEY to mint one)",
             )
             .into());
         }
@@ -164,10 +150,10 @@ pub fn terminal(kind: CommandKind, event: &Event) -> Option<Outcome> {
     }
 }
 
-/// Binding keys of the wait queue for `org`.
-pub fn wait_bindings(org: &OrganizationId) -> [String; 2] {
+/// Binding keys of the wait queue for `org` (its routing-key segment).
+pub fn wait_bindings(org: &TenantKey) -> [String; 2] {
     [
-        format!("*.{org}"),
+        format!("*.{}", org.routing_segment()),
         format!("command_rejected.{UNKNOWN_ORG}"),
     ]
 }
@@ -221,32 +207,21 @@ pub async fn open(amqp: &str) -> Result<(Connection, Channel), Error> {
 }
 
 /// Build, validate, publish and (unless `--no-wait`) follow one command.
-pub async fn run(
-    org: &OrganizationId,
-    body: Command,
-    opts: &CommandOpts,
-) -> Result<Outcome, Error> {
+pub async fn run(org: &TenantKey, body: Command, opts: &CommandOpts) -> Result<Outcome, Error> {
     let env = new_envelope(org, opts.correlation_id.as_deref(), body);
     let (env, cmd) = prepare(opts, env)?;
     let kind = cmd.body.kind();
-    let routing_key = kind.routing_key(&cmd.organization_id);
+    let routing_key = command_routing_key(kind, &cmd.tenant_key);
 
     let (conn, ch) = open(&opts.broker.amqp_url).await?;
     let consumer = if opts.no_wait {
         None
     } else {
-        Some(event_consumer(&ch, &wait_bindings(&cmd.organization_id), "drctl-wait").await?)
+        Some(event_consumer(&ch, &wait_bindings(&cmd.tenant_key), "drctl-wait").await?)
     };
     let publisher = ConfirmPublisher::new(&conn).await?;
     let command_id = cmd.command_id.to_string();
-    publisher
-        .publish_confirmed(
-            COMMANDS_EXCHANGE,
-            &routing_key,
-            &env.encode_to_vec(),
-            message_properties(COMMAND_MESSAGE_TYPE, &command_id, None),
-        )
-        .await?;
+    publish_command(&publisher, &env).await?;
     eprintln!(
         "drctl: published {} command {command_id} (correlation {}) to {COMMANDS_EXCHANGE} with key {routing_key}",
         kind.as_str(),
@@ -319,6 +294,7 @@ pub async fn wait(
 mod tests {
     use super::*;
     use drfleet_infra::config::BrokerArgs;
+    use drfleet_protocol::CommandId;
     use drfleet_protocol::auth::{PERM_BACKUP_PROMOTE, PERM_BACKUP_RESTORE};
     use drfleet_protocol::events::envelope;
     use drfleet_protocol::validate::CommandBody;
@@ -335,6 +311,7 @@ mod tests {
             token: token.map(Into::into),
             secret: SecretArgs {
                 auth_jwt_secret: secret.map(Into::into),
+                ..Default::default()
             },
             sub: "ops".into(),
             correlation_id: None,
@@ -343,12 +320,12 @@ mod tests {
         }
     }
 
-    fn restore(org: &OrganizationId, mode: ModeArg) -> Command {
+    fn restore(org: &TenantKey, mode: ModeArg) -> Command {
         let backup = BackupRecordId::new();
         restore_body(
             &RestoreArgs {
                 action: None,
-                org: Some(*org),
+                org: Some(org.clone()),
                 backup: Some(backup),
                 mode,
                 target: None,
@@ -360,7 +337,7 @@ mod tests {
 
     #[test]
     fn minted_token_carries_exactly_the_needed_permissions() {
-        let org = OrganizationId::new();
+        let org = TenantKey::from(drfleet_protocol::OrganizationId::new());
         let (env, valid) = prepare(
             &opts(None, Some(SECRET)),
             new_envelope(&org, None, restore(&org, ModeArg::Promote)),
@@ -382,14 +359,14 @@ mod tests {
         )
         .unwrap();
         let actor = verifier.verify(&env.actor_token).unwrap();
-        assert_eq!(actor.org, org);
+        assert_eq!(actor.org, org.organization_id());
         assert_eq!(actor.sub, "ops");
         assert_eq!(actor.perms, [PERM_BACKUP_RESTORE, PERM_BACKUP_PROMOTE]);
     }
 
     #[test]
     fn given_token_is_used_and_missing_token_is_a_config_error() {
-        let org = OrganizationId::new();
+        let org = TenantKey::from(drfleet_protocol::OrganizationId::new());
         let (env, _) = prepare(
             &opts(Some("tok"), Some(SECRET)),
             new_envelope(&org, Some("c-1"), restore(&org, ModeArg::Staging)),
@@ -410,7 +387,7 @@ mod tests {
 
     #[test]
     fn invalid_commands_are_refused_before_sending() {
-        let org = OrganizationId::new();
+        let org = TenantKey::from(drfleet_protocol::OrganizationId::new());
         let bad_tier = Command::Backup(v1::BackupCommand {
             tier: "Bad Tier".into(),
             ..Default::default()
@@ -527,7 +504,7 @@ mod tests {
 
     #[test]
     fn events_are_matched_on_correlation_and_causation() {
-        let org = OrganizationId::new();
+        let org = TenantKey::from(drfleet_protocol::OrganizationId::new());
         let (_, cmd) = prepare(
             &opts(Some("t"), None),
             new_envelope(&org, Some("shared"), restore(&org, ModeArg::Staging)),
@@ -535,7 +512,7 @@ mod tests {
         .unwrap();
         let ev = |corr: &str, cause: Option<CommandId>| {
             envelope(
-                Some(org),
+                Some(org.organization_id()),
                 corr,
                 cause,
                 Event::RestoreFailed(Default::default()),

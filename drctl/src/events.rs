@@ -3,8 +3,8 @@
 use futures::StreamExt;
 use prost::Message;
 
-use drfleet_protocol::OrganizationId;
 use drfleet_protocol::events::event_type;
+use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::v1::EventEnvelope;
 
 use crate::cli::EventsArgs;
@@ -13,8 +13,8 @@ use crate::error::{Error, Outcome};
 use crate::output::{event_line, print_line};
 
 /// Binding keys for the filters: routing keys are `<event_type>.<organization_id>`.
-pub fn bindings(org: Option<&OrganizationId>, ty: Option<&str>) -> String {
-    match (ty, org) {
+pub fn bindings(org: Option<&TenantKey>, ty: Option<&str>) -> String {
+    match (ty, org.map(|o| o.routing_segment())) {
         (Some(t), Some(o)) => format!("{t}.{o}"),
         (None, Some(o)) => format!("*.{o}"),
         (Some(t), None) => format!("{t}.*"),
@@ -24,8 +24,8 @@ pub fn bindings(org: Option<&OrganizationId>, ty: Option<&str>) -> String {
 
 /// Whether an event passes the filters (the bindings already select; this double-checks
 /// against the envelope itself).
-pub fn matches(ev: &EventEnvelope, org: Option<&OrganizationId>, ty: Option<&str>) -> bool {
-    org.is_none_or(|o| ev.organization_id == o.to_string())
+pub fn matches(ev: &EventEnvelope, org: Option<&TenantKey>, ty: Option<&str>) -> bool {
+    org.is_none_or(|o| TenantKey::parse(&ev.organization_id).is_ok_and(|k| k == *o))
         && ty.is_none_or(|t| ev.event.as_ref().map(event_type) == Some(t))
 }
 
@@ -105,7 +105,7 @@ mod tests {
 
     #[test]
     fn binding_keys() {
-        let o = OrganizationId::new();
+        let o = TenantKey::from(drfleet_protocol::OrganizationId::new());
         assert_eq!(bindings(None, None), "#");
         assert_eq!(bindings(Some(&o), None), format!("*.{o}"));
         assert_eq!(bindings(None, Some("backup_failed")), "backup_failed.*");
@@ -113,5 +113,27 @@ mod tests {
             bindings(Some(&o), Some("backup_failed")),
             format!("backup_failed.{o}")
         );
+        // Integer keys as they are; a key a routing key cannot carry, by its hashed segment.
+        let n = TenantKey::parse("42").unwrap();
+        assert_eq!(bindings(Some(&n), None), "*.42");
+        let t = TenantKey::parse("acme corp.eu").unwrap();
+        let b = bindings(Some(&t), Some("backup_failed"));
+        assert_eq!(b, format!("backup_failed.{}", t.routing_segment()));
+        assert!(b.starts_with("backup_failed.k-") && !b.contains(' '));
+    }
+
+    #[test]
+    fn events_match_by_canonical_key() {
+        let ev = |org: &str| EventEnvelope {
+            organization_id: org.into(),
+            ..Default::default()
+        };
+        let u = drfleet_protocol::OrganizationId::new().to_string();
+        let k = TenantKey::parse(&u).unwrap();
+        assert!(matches(&ev(&u.to_uppercase()), Some(&k), None));
+        let t = TenantKey::parse("acme corp.eu").unwrap();
+        assert!(matches(&ev("acme corp.eu"), Some(&t), None));
+        assert!(!matches(&ev("acme corp.EU"), Some(&t), None));
+        assert!(!matches(&ev(""), Some(&t), None));
     }
 }

@@ -57,7 +57,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         }) => command::run(&d.org, command::discard_body(d), &d.opts).await,
         Cmd::Restore(a) => {
             // clap requires both whenever no subcommand is given.
-            let (Some(org), Some(backup)) = (a.org, a.backup) else {
+            let (Some(org), Some(backup)) = (a.org.clone(), a.backup) else {
                 return Err(drfleet_infra::config::ConfigError::new(
                     "--org/--backup",
                     "are required",
@@ -69,13 +69,15 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Cmd::Verify(a) => command::run(&a.org, command::verify_body(a), &a.opts).await,
         Cmd::Drill(a) => command::run(&a.org, command::drill_body(a), &a.opts).await,
         Cmd::Events(a) => events::tail(a).await,
-        Cmd::Audit(AuditCmd::Verify { db, org, output }) => audit::verify(db, *org, *output).await,
+        Cmd::Audit(AuditCmd::Verify { db, org, output }) => {
+            audit::verify(db, org.as_ref().map(|k| k.organization_id()), *output).await
+        }
         Cmd::Audit(AuditCmd::List {
             db,
             org,
             since,
             limit,
-        }) => audit::list(db, *org, *since, *limit).await,
+        }) => audit::list(db, org.organization_id(), *since, *limit).await,
         Cmd::Tiers(TiersCmd::Show(a)) => tiers::show(a).await,
         Cmd::Policy(policy::PolicyCmd::Set(a)) => {
             command::run(&a.org, policy::set_body(a)?, &a.opts).await

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use sqlx::Row;
 
 use drfleet_infra::config::{ConfigError, postgres_url};
-use drfleet_protocol::OrganizationId;
 use drfleet_protocol::policy::{format_duration, parse_duration};
+use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::v1::{self, command_envelope::Command};
 
 use crate::cli::{CommandOpts, DbArgs, OutputFormat};
@@ -31,9 +31,9 @@ pub enum PolicyCmd {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct SetArgs {
-    /// Organization (tenant) id, a UUID.
-    #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    /// Organization (tenant): its key (a UUID, or the integer/text key of the tenant column).
+    #[arg(long, value_name = "KEY")]
+    pub org: TenantKey,
     /// Policy name, unique per organization: 1 to 100 characters of [A-Za-z0-9._-].
     #[arg(long)]
     pub name: String,
@@ -84,9 +84,9 @@ fn keep_count() -> clap::builder::RangedI64ValueParser<u32> {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct RmArgs {
-    /// Organization (tenant) id, a UUID.
-    #[arg(long, value_name = "UUID")]
-    pub org: OrganizationId,
+    /// Organization (tenant) key.
+    #[arg(long, value_name = "KEY")]
+    pub org: TenantKey,
     #[arg(long)]
     pub name: String,
     #[command(flatten)]
@@ -97,9 +97,9 @@ pub struct RmArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub db: DbArgs,
-    /// Only this organization's policies (its id, a UUID).
-    #[arg(long, value_name = "UUID")]
-    pub org: Option<OrganizationId>,
+    /// Only this organization's policies (its key).
+    #[arg(long, value_name = "KEY")]
+    pub org: Option<TenantKey>,
     /// `text` (one line per policy) or `json` (one object per line).
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
@@ -169,7 +169,8 @@ fn policy_json(row: &sqlx::postgres::PgRow) -> Result<Value, sqlx::Error> {
     };
     Ok(json!({
         "id": row.try_get::<uuid::Uuid, _>("id")?.to_string(),
-        "organization_id": row.try_get::<uuid::Uuid, _>("organization_id")?.to_string(),
+        // The organization as on the wire (its tenant key), like every event drctl prints.
+        "organization_id": row.try_get::<String, _>("tenant_key")?,
         "name": row.try_get::<String, _>("name")?,
         "tier": row.try_get::<String, _>("tier")?,
         "schedule": row.try_get::<String, _>("schedule")?,
@@ -242,7 +243,7 @@ async fn print_policies(pool: &sqlx::PgPool, a: &ListArgs) -> Result<(), Error> 
          WHERE $1::uuid IS NULL OR p.organization_id = $1 \
          ORDER BY p.organization_id, p.name",
     )
-    .bind(a.org.map(|o| o.as_uuid()))
+    .bind(a.org.as_ref().map(|o| o.organization_id().as_uuid()))
     .fetch(pool);
     while let Some(row) = rows.try_next().await? {
         let v = policy_json(&row)?;
@@ -269,7 +270,7 @@ mod tests {
     use clap::Parser;
 
     fn parse(args: &[&str]) -> Result<SetArgs, clap::Error> {
-        let org = OrganizationId::new().to_string();
+        let org = drfleet_protocol::OrganizationId::new().to_string();
         let mut v = vec!["drctl", "policy", "set", "--org", &org, "--name", "n"];
         v.extend(["--tier", "full", "--schedule", "0 */6 * * *"]);
         v.extend(args);

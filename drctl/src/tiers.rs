@@ -57,7 +57,7 @@ pub async fn show(a: &TiersShowArgs) -> Result<Outcome, Error> {
                  ORDER BY organization_id NULLS LAST LIMIT 1",
             )
             .bind(&a.name)
-            .bind(a.org.map(|o| o.as_uuid()))
+            .bind(a.org.as_ref().map(|o| o.organization_id().as_uuid()))
             .fetch_optional(&mut conn)
             .await?;
             let _ = conn.close().await;

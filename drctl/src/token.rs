@@ -1,8 +1,8 @@
 //! `drctl token`, and minting for commands sent without `--token`.
 
-use drfleet_infra::auth::{MIN_HMAC_SECRET, mint_hs256};
+use drfleet_infra::auth::{MIN_HMAC_SECRET, TokenMinter};
 use drfleet_infra::config::ConfigError;
-use drfleet_protocol::OrganizationId;
+use drfleet_protocol::tenant::TenantKey;
 
 use crate::cli::{SecretArgs, TokenArgs};
 
@@ -16,6 +16,22 @@ pub fn require_secret(args: &SecretArgs) -> Result<&str, ConfigError> {
         )),
         Some(s) => Ok(s),
     }
+}
+
+/// The minter of `args`: the private key if set, else the secret (required then).
+pub fn minter(args: &SecretArgs) -> Result<TokenMinter, ConfigError> {
+    match args.auth_jwt_private_key.as_deref() {
+        Some(pem) if !pem.is_empty() => {
+            TokenMinter::from_private_pem(pem, "DR_AUTH_JWT_PRIVATE_KEY")
+        }
+        _ => TokenMinter::from_secret(require_secret(args)?),
+    }
+}
+
+/// Whether `args` can mint a token (a secret or a private key is set).
+pub fn can_mint(args: &SecretArgs) -> bool {
+    let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+    set(&args.auth_jwt_secret) || set(&args.auth_jwt_private_key)
 }
 
 /// The token subject: 1 to 256 printable characters (what workers accept).
@@ -44,14 +60,23 @@ fn check_perm(p: &str) -> Result<(), ConfigError> {
 pub fn mint(
     secret: &SecretArgs,
     sub: &str,
-    org: &OrganizationId,
+    org: &TenantKey,
     perms: &[String],
     ttl_secs: u64,
 ) -> Result<String, ConfigError> {
-    let secret = require_secret(secret)?;
+    let minter = minter(secret)?;
     check_sub(sub)?;
     perms.iter().try_for_each(|p| check_perm(p))?;
-    Ok(mint_hs256(secret, sub, org, perms, ttl_secs))
+    minter
+        .mint(sub, org.as_str(), perms, ttl_secs)
+        .map_err(|e| {
+            let setting = if secret.auth_jwt_private_key.is_some() {
+                "DR_AUTH_JWT_PRIVATE_KEY"
+            } else {
+                "DR_AUTH_JWT_SECRET"
+            };
+            ConfigError::new(setting, e.to_string())
+        })
 }
 
 /// `drctl token`: the token, for stdout.
@@ -69,23 +94,78 @@ mod tests {
         assert_eq!(missing.setting, "DR_AUTH_JWT_SECRET");
         let short = SecretArgs {
             auth_jwt_secret: Some("SHORTSECRET".into()),
+            ..Default::default()
         };
         let e = require_secret(&short).unwrap_err();
         assert!(!e.to_string().contains("SHORTSECRET"));
         let ok = SecretArgs {
             auth_jwt_secret: Some("x".repeat(32)),
+            ..Default::default()
         };
         assert!(
             mint(
                 &ok,
                 "alice",
-                &OrganizationId::new(),
+                &TenantKey::from(drfleet_protocol::OrganizationId::new()),
                 &["pf.backup.*".into()],
                 60
             )
             .is_ok()
         );
-        assert!(mint(&ok, "", &OrganizationId::new(), &[], 60).is_err());
-        assert!(mint(&ok, "a", &OrganizationId::new(), &["has space".into()], 60).is_err());
+        assert!(
+            mint(
+                &ok,
+                "",
+                &TenantKey::from(drfleet_protocol::OrganizationId::new()),
+                &[],
+                60
+            )
+            .is_err()
+        );
+        assert!(
+            mint(
+                &ok,
+                "a",
+                &TenantKey::from(drfleet_protocol::OrganizationId::new()),
+                &["has space".into()],
+                60
+            )
+            .is_err()
+        );
+    }
+
+    // A throwaway P-256 keypair for this test only.
+    const ES_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgyZo1zg5F3b5NYrXS
+NYHPJHM6OQIQizVckLYdMR3CkiWhRANCAASmCQxf2JKZuRM/LKzEgUh/9e39Ec52
+rPuwfLZKeVV41Tepd5AARUFd9c5ez+DTtGJvoJ85EeLHxq39X+cC3ESZ
+-----END PRIVATE KEY-----
+";
+    const ES_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEpgkMX9iSmbkTPyysxIFIf/Xt/RHO
+dqz7sHy2SnlVeNU3qXeQAEVBXfXOXs/g07Rib6CfORHix8at/V/nAtxEmQ==
+-----END PUBLIC KEY-----
+";
+
+    #[test]
+    fn a_private_key_mints_es256_tokens_the_workers_verify_with_the_public_key() {
+        let org = drfleet_protocol::OrganizationId::new();
+        let key = TenantKey::from(org);
+        let args = SecretArgs {
+            auth_jwt_private_key: Some(ES_PRIVATE.into()),
+            ..Default::default()
+        };
+        assert!(can_mint(&args) && !can_mint(&SecretArgs::default()));
+        let t = mint(&args, "alice", &key, &["pf.backup.create".into()], 60).unwrap();
+        let verifier = drfleet_infra::auth::TokenVerifier::new(None, Some(ES_PUBLIC)).unwrap();
+        let actor = verifier.verify(&t).unwrap();
+        assert_eq!((actor.sub.as_str(), actor.org), ("alice", org));
+        let bad = SecretArgs {
+            auth_jwt_private_key: Some("not a key".into()),
+            ..Default::default()
+        };
+        let e = mint(&bad, "alice", &key, &[], 60).unwrap_err();
+        assert_eq!(e.setting, "DR_AUTH_JWT_PRIVATE_KEY");
+        assert!(!e.to_string().contains("not a key"));
     }
 }

@@ -132,13 +132,21 @@ fn short_secret_is_refused_without_echo() {
 
 #[test]
 fn invalid_org_is_exit_2() {
+    let long = "x".repeat(257);
     for args in [
-        vec!["token", "--org", "not-a-uuid", "--perm", "pf.backup.create"],
-        vec!["backup", "--org", "42", "--no-wait"],
+        // Any tenant key's text is an --org (uuid, integer or text: the worker checks the
+        // type); control characters, the nil UUID and more than 256 bytes are not.
+        vec!["token", "--org", "a\tb", "--perm", "pf.backup.create"],
+        vec![
+            "backup",
+            "--org",
+            "00000000-0000-0000-0000-000000000000",
+            "--no-wait",
+        ],
         vec![
             "verify",
             "--org",
-            "0b0f7f6e-0000-0000-0000-00000000000",
+            &long,
             "--backup",
             "0b0f7f6e-0000-0000-0000-000000000000",
         ],

@@ -204,3 +204,86 @@ async fn backup_warns_about_an_empty_tenant_and_restore_discard_drops_staging() 
     shutdown.cancel();
     worker.await.unwrap().unwrap();
 }
+
+/// A worker (backup role) on a schema whose tenant column has type `ty`, `rows` rows for the
+/// tenant `key`; returns once it consumes.
+async fn keyed_worker(
+    vhost: &TestVhost,
+    db: &TestDb,
+    ty: &str,
+    key: &str,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), drfleet_workers::RunError>>,
+) {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE items (id bigserial PRIMARY KEY, organization_id {ty} NOT NULL, body text);
+         INSERT INTO items (organization_id, body) SELECT '{}', 'x' FROM generate_series(1, 3);",
+        key.replace('\'', "''")
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(drfleet_workers::run(
+        worker_config(vhost, db),
+        shutdown.clone(),
+    ));
+    let (conn, _p) = vhost.publisher().await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while drctl::notice::consumer_count(&conn, CommandKind::Backup)
+        .await
+        .unwrap()
+        == 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "worker consumes");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    (shutdown, worker)
+}
+
+#[tokio::test]
+async fn integer_tenant_keys_back_up_and_a_uuid_is_refused() {
+    let vhost = TestVhost::new();
+    let db = TestDb::new().await;
+    let (shutdown, worker) = keyed_worker(&vhost, &db, "bigint", "42").await;
+
+    let (code, lines, stderr) = drctl_run(&vhost, &["backup", "--org", "42"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let done = lines.last().unwrap();
+    assert_eq!(done["event_type"], "backup_completed", "{lines:?}");
+    assert_eq!(done["organization_id"], "42");
+    assert_eq!(done["event"]["row_count"], 3);
+
+    let uuid = OrganizationId::new().to_string();
+    let (code, lines, _) = drctl_run(&vhost, &["backup", "--org", &uuid]).await;
+    assert_eq!(code, Some(1));
+    let rejected = lines.last().unwrap();
+    assert_eq!(rejected["event"]["reason_code"], "INVALID_ARGUMENT");
+    assert_eq!(
+        rejected["event"]["message"],
+        "organization_id does not fit the tenant key type bigint"
+    );
+
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn text_tenant_keys_are_followed_through_their_hashed_routing_keys() {
+    let vhost = TestVhost::new();
+    let db = TestDb::new().await;
+    let key = "acme corp.eu";
+    let (shutdown, worker) = keyed_worker(&vhost, &db, "text", key).await;
+
+    let (code, lines, stderr) = drctl_run(&vhost, &["backup", "--org", key]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let done = lines.last().unwrap();
+    assert_eq!(done["event_type"], "backup_completed", "{lines:?}");
+    assert_eq!(done["organization_id"], key);
+    assert_eq!(done["event"]["row_count"], 3);
+
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}

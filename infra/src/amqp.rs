@@ -11,9 +11,11 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use lapin::{Confirmation, PublisherConfirm};
 
 use drfleet_protocol::topology::{
-    AUDIT_QUEUE, COMMANDS_EXCHANGE, CONTENT_TYPE, CommandKind, DEAD_LETTER_EXCHANGE,
-    DEAD_LETTER_QUEUE, DELIVERY_LIMIT, EVENTS_EXCHANGE,
+    AUDIT_QUEUE, COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CONTENT_TYPE, CommandKind,
+    DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, DELIVERY_LIMIT, EVENTS_EXCHANGE,
 };
+use drfleet_protocol::v1::CommandEnvelope;
+use prost::Message as _;
 
 use crate::error::Retry;
 
@@ -27,12 +29,14 @@ pub enum AmqpError {
     Unroutable,
     #[error("broker did not confirm in time")]
     ConfirmTimeout,
+    #[error("command has no body to route by")]
+    NoCommandBody,
 }
 
 impl Retry for AmqpError {
     fn is_transient(&self) -> bool {
         // A nack means the broker could not store it right now; resending may work.
-        !matches!(self, AmqpError::Unroutable)
+        !matches!(self, AmqpError::Unroutable | AmqpError::NoCommandBody)
     }
 }
 
@@ -223,6 +227,28 @@ pub fn message_properties(
         props = props.with_headers(headers);
     }
     props
+}
+
+/// Properties of a command message: message_id = command_id.
+pub fn command_properties(command: &CommandEnvelope) -> BasicProperties {
+    message_properties(COMMAND_MESSAGE_TYPE, &command.command_id, None)
+}
+
+/// Publish `command` to `dr.commands` with its routing key (`<kind>.<organization_id>`) and
+/// wait for the broker's confirm; a Nack or a return is an error.
+pub async fn publish_command(
+    publisher: &ConfirmPublisher,
+    command: &CommandEnvelope,
+) -> Result<(), AmqpError> {
+    let key = drfleet_protocol::command::routing_key(command).ok_or(AmqpError::NoCommandBody)?;
+    publisher
+        .publish_confirmed(
+            COMMANDS_EXCHANGE,
+            &key,
+            &command.encode_to_vec(),
+            command_properties(command),
+        )
+        .await
 }
 
 /// A channel in confirm mode. Publishing is pipelined: [`Self::publish`] returns the pending

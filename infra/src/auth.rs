@@ -1,4 +1,6 @@
 //! Actor tokens: JWTs with claims `sub`, `org`, `perms`, `exp` (required) and `iat`.
+//! `org` is the tenant key's text (a UUID for the platform's tokens; see
+//! `drfleet_protocol::tenant`), compared with a command's by canonical form.
 //!
 //! Verification accepts HS256 with `DR_AUTH_JWT_SECRET` and, when `DR_AUTH_JWT_PUBLIC_KEY` is
 //! set, RS256 or ES256. `alg: none` and every other algorithm are refused. Errors carry a
@@ -121,10 +123,9 @@ impl TokenVerifier {
             })
         })?;
         let c = data.claims;
-        let org = c
-            .org
-            .parse()
-            .map_err(|_| AuthError::Unauthenticated("org claim is not a UUID"))?;
+        let org = drfleet_protocol::tenant::TenantKey::parse(&c.org)
+            .map_err(|_| AuthError::Unauthenticated("org claim is not a tenant key"))?
+            .organization_id();
         if c.sub.is_empty() || c.sub.len() > 256 {
             return Err(AuthError::Unauthenticated("sub claim invalid"));
         }
@@ -149,7 +150,83 @@ pub fn authorize(actor: &Actor, org: &OrganizationId, required: &[&str]) -> Resu
     Ok(())
 }
 
-/// Mint an HS256 token (drctl, tests).
+/// Signs actor tokens: drctl, the scheduler (`sub` = `drfleet-scheduler`) and the tests.
+/// The key never appears in Debug or errors.
+#[derive(Clone)]
+pub struct TokenMinter {
+    key: EncodingKey,
+    alg: Algorithm,
+}
+
+impl std::fmt::Debug for TokenMinter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenMinter({:?}, <key redacted>)", self.alg)
+    }
+}
+
+/// The token could not be signed. Carries no claim or key material.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("token could not be signed")]
+pub struct MintError;
+
+impl TokenMinter {
+    /// HS256 with `DR_AUTH_JWT_SECRET` (at least [`MIN_HMAC_SECRET`] bytes).
+    pub fn from_secret(secret: &str) -> Result<Self, ConfigError> {
+        if secret.len() < MIN_HMAC_SECRET {
+            return Err(ConfigError::new(
+                "DR_AUTH_JWT_SECRET",
+                "must be at least 32 bytes",
+            ));
+        }
+        Ok(Self {
+            key: EncodingKey::from_secret(secret.as_bytes()),
+            alg: Algorithm::HS256,
+        })
+    }
+
+    /// RS256 (RSA) or ES256 (EC P-256) with a private key in PEM; the workers verify with the
+    /// matching `DR_AUTH_JWT_PUBLIC_KEY`. `setting` names where the key came from in errors.
+    pub fn from_private_pem(pem: &str, setting: &'static str) -> Result<Self, ConfigError> {
+        EncodingKey::from_rsa_pem(pem.as_bytes())
+            .map(|key| Self {
+                key,
+                alg: Algorithm::RS256,
+            })
+            .or_else(|_| {
+                EncodingKey::from_ec_pem(pem.as_bytes()).map(|key| Self {
+                    key,
+                    alg: Algorithm::ES256,
+                })
+            })
+            .map_err(|_| ConfigError::new(setting, "must be an RSA or EC P-256 private key in PEM"))
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// A token for `sub` acting on `org` (its `org` claim: the organization as on the wire)
+    /// with `perms`, valid for `ttl_secs` from now.
+    pub fn mint(
+        &self,
+        sub: &str,
+        org: impl std::fmt::Display,
+        perms: &[String],
+        ttl_secs: u64,
+    ) -> Result<String, MintError> {
+        let now = chrono::Utc::now().timestamp().max(0) as u64;
+        let claims = Claims {
+            sub: sub.into(),
+            org: org.to_string(),
+            perms: perms.to_vec(),
+            exp: now + ttl_secs,
+            iat: Some(now),
+        };
+        jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key).map_err(|_| MintError)
+    }
+}
+
+/// Mint an HS256 token (tests; `secret` must be at least [`MIN_HMAC_SECRET`] bytes).
 pub fn mint_hs256(
     secret: &str,
     sub: &str,
@@ -157,20 +234,25 @@ pub fn mint_hs256(
     perms: &[String],
     ttl_secs: u64,
 ) -> String {
-    let now = chrono::Utc::now().timestamp().max(0) as u64;
-    let claims = Claims {
-        sub: sub.into(),
-        org: org.to_string(),
-        perms: perms.to_vec(),
-        exp: now + ttl_secs,
-        iat: Some(now),
+    mint_hs256_for_key(secret, sub, &org.to_string(), perms, ttl_secs)
+}
+
+/// [`mint_hs256`] for a tenant key of any type (`org` claim = the key's text).
+pub fn mint_hs256_for_key(
+    secret: &str,
+    sub: &str,
+    key: &str,
+    perms: &[String],
+    ttl_secs: u64,
+) -> String {
+    // A short secret is still signed (tests use one to prove workers refuse it).
+    let minter = TokenMinter {
+        key: EncodingKey::from_secret(secret.as_bytes()),
+        alg: Algorithm::HS256,
     };
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("HS256 encoding of plain claims cannot fail")
+    minter
+        .mint(sub, key, perms, ttl_secs)
+        .expect("HS256 encoding of plain claims cannot fail")
 }
 
 #[cfg(test)]
@@ -292,6 +374,38 @@ dqz7sHy2SnlVeNU3qXeQAEVBXfXOXs/g07Rib6CfORHix8at/V/nAtxEmQ==
                 && both.verify(&mint_hs256(SECRET, "a", &org, &[], 60)).is_ok()
         );
         assert!(TokenVerifier::new(None, Some("not a pem")).is_err());
+    }
+
+    #[test]
+    fn minter_signs_what_the_verifier_accepts() {
+        let org = OrganizationId::new();
+        let es = TokenMinter::from_private_pem(ES_PRIVATE, "DR_AUTH_JWT_PRIVATE_KEY").unwrap();
+        assert_eq!(es.algorithm(), Algorithm::ES256);
+        let t = es
+            .mint("drfleet-scheduler", org, &["pf.backup.create".into()], 120)
+            .unwrap();
+        let a = TokenVerifier::new(None, Some(ES_PUBLIC))
+            .unwrap()
+            .verify(&t)
+            .unwrap();
+        assert_eq!(
+            (a.sub.as_str(), a.org, a.perms.as_slice()),
+            (
+                "drfleet-scheduler",
+                org,
+                &["pf.backup.create".to_string()][..]
+            )
+        );
+        let hs = TokenMinter::from_secret(SECRET).unwrap();
+        let t = hs.mint("alice", org, &[], 60).unwrap();
+        assert_eq!(verifier().verify(&t).unwrap().sub, "alice");
+        assert!(!format!("{hs:?}").contains(SECRET));
+
+        let e = TokenMinter::from_secret("short").unwrap_err();
+        assert_eq!(e.setting, "DR_AUTH_JWT_SECRET");
+        let e = TokenMinter::from_private_pem(ES_PUBLIC, "DR_AUTH_JWT_PRIVATE_KEY").unwrap_err();
+        assert_eq!(e.setting, "DR_AUTH_JWT_PRIVATE_KEY");
+        assert!(!e.to_string().contains("BEGIN"));
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! - [`config`]: settings from `DR_*` env vars / clap flags, validated into typed values;
 //!   a bad setting ends the process with one line on stderr and exit code 2.
 //! - [`telemetry`]: tracing subscriber (json or text).
-//! - [`amqp`]: connecting to RabbitMQ, declaring the v1 topology, confirmed publishing.
+//! - [`amqp`]: connecting to RabbitMQ, declaring the v1 topology, confirmed publishing
+//!   ([`amqp::publish_command`]: the one way a command is published).
 //! - [`db`]: the PostgreSQL pool and the embedded migrations.
-//! - [`auth`]: actor tokens (JWT): minting (drctl, tests) and verification (workers).
+//! - [`auth`]: actor tokens (JWT): minting ([`auth::TokenMinter`]: drctl, the scheduler,
+//!   tests) and verification (workers).
 //! - [`error`]: the transient/permanent distinction every retry decision uses.
 
 pub mod amqp;

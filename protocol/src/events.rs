@@ -4,7 +4,8 @@ use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
 use crate::ids::{CommandId, EventId, OrganizationId};
-use crate::topology::event_routing_key;
+use crate::tenant::TenantKey;
+use crate::topology::event_routing_key_for;
 use crate::v1::{CommandRejected, EventEnvelope, event_envelope::Event};
 use crate::validate::Rejection;
 
@@ -61,16 +62,31 @@ pub const EVENT_TYPES: [&str; 16] = [
     "policy_failed",
 ];
 
-/// A fresh envelope around `event`.
+/// A fresh envelope around `event`, for a uuid tenant.
 pub fn envelope(
     organization_id: Option<OrganizationId>,
     correlation_id: &str,
     causation_id: Option<CommandId>,
     event: Event,
 ) -> EventEnvelope {
+    envelope_for(
+        organization_id.map(TenantKey::from).as_ref(),
+        correlation_id,
+        causation_id,
+        event,
+    )
+}
+
+/// A fresh envelope around `event`; `organization_id` is the tenant key's text.
+pub fn envelope_for(
+    key: Option<&TenantKey>,
+    correlation_id: &str,
+    causation_id: Option<CommandId>,
+    event: Event,
+) -> EventEnvelope {
     EventEnvelope {
         event_id: EventId::new().to_string(),
-        organization_id: organization_id.map(|o| o.to_string()).unwrap_or_default(),
+        organization_id: key.map(|k| k.to_string()).unwrap_or_default(),
         occurred_at: Some(timestamp(Utc::now())),
         correlation_id: correlation_id.to_string(),
         causation_id: causation_id.map(|c| c.to_string()).unwrap_or_default(),
@@ -80,8 +96,12 @@ pub fn envelope(
 
 /// The `command_rejected` event for a rejection.
 pub fn rejected(r: &Rejection) -> EventEnvelope {
-    envelope(
-        r.organization_id,
+    let key = r
+        .tenant_key
+        .clone()
+        .or_else(|| r.organization_id.map(TenantKey::from));
+    envelope_for(
+        key.as_ref(),
         &r.correlation_id,
         r.command_id,
         Event::CommandRejected(CommandRejected {
@@ -92,11 +112,12 @@ pub fn rejected(r: &Rejection) -> EventEnvelope {
     )
 }
 
-/// Routing key of an envelope on `dr.events`.
+/// Routing key of an envelope on `dr.events`: `<event_type>.<segment of the tenant key>`, or
+/// `.unknown` when `organization_id` is no tenant key.
 pub fn routing_key(env: &EventEnvelope) -> String {
-    let org = env.organization_id.parse::<OrganizationId>().ok();
+    let key = TenantKey::parse(&env.organization_id).ok();
     let ty = env.event.as_ref().map(event_type).unwrap_or("unknown");
-    event_routing_key(ty, org.as_ref())
+    event_routing_key_for(ty, key.as_ref())
 }
 
 fn ts_json(t: &Option<Timestamp>) -> serde_json::Value {

@@ -101,3 +101,17 @@ pub fn event_routing_key(event_type: &str, org: Option<&OrganizationId>) -> Stri
         None => format!("{event_type}.{UNKNOWN_ORG}"),
     }
 }
+
+/// Routing key to publish a command of `kind` for the tenant `key`: `<kind>.<segment>`, the
+/// segment as [`crate::tenant::routing_segment`] carries the key.
+pub fn command_routing_key(kind: CommandKind, key: &crate::tenant::TenantKey) -> String {
+    format!("{}.{}", kind.as_str(), key.routing_segment())
+}
+
+/// Routing key of an event for the tenant `key` (or `unknown`); see [`event_routing_key`].
+pub fn event_routing_key_for(event_type: &str, key: Option<&crate::tenant::TenantKey>) -> String {
+    match key {
+        Some(k) => format!("{event_type}.{}", k.routing_segment()),
+        None => format!("{event_type}.{UNKNOWN_ORG}"),
+    }
+}

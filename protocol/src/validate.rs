@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use prost::Message;
 
 use crate::ids::{BackupRecordId, CommandId, OrganizationId, RestoreJobId};
+use crate::tenant::TenantKey;
 use crate::topology::CommandKind;
 use crate::v1::{self, command_envelope::Command};
 
@@ -68,19 +69,32 @@ pub struct Rejection {
     pub message: String,
     /// The command id, when it could be read (echoed in the event).
     pub command_id: Option<CommandId>,
-    /// The organization, when it could be read (routes the event).
+    /// The organization, when it could be read.
     pub organization_id: Option<OrganizationId>,
+    /// The tenant key it was read from (routes the event and is its `organization_id`).
+    pub tenant_key: Option<TenantKey>,
     /// Correlation id as sent, when it passed validation.
     pub correlation_id: String,
 }
 
 impl Rejection {
+    /// Name the command this rejection is about (id, tenant, correlation id). For a command
+    /// whose token proved its tenant key: the key is echoed whatever its characters.
+    pub fn about(mut self, cmd: &ValidCommand) -> Self {
+        self.command_id = Some(cmd.command_id);
+        self.organization_id = Some(cmd.organization_id);
+        self.tenant_key = Some(cmd.tenant_key.clone());
+        self.correlation_id = cmd.correlation_id.clone();
+        self
+    }
+
     pub fn new(code: ReasonCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
             command_id: None,
             organization_id: None,
+            tenant_key: None,
             correlation_id: String::new(),
         }
     }
@@ -175,7 +189,11 @@ impl CommandBody {
 #[derive(Clone, PartialEq, Eq)]
 pub struct ValidCommand {
     pub command_id: CommandId,
+    /// `OrganizationId::for_key(tenant_key)`: how metadata tables key the tenant.
     pub organization_id: OrganizationId,
+    /// The envelope's `organization_id`: the tenant key, generic syntax checked (whether it
+    /// fits the tenant column's type is the worker's check).
+    pub tenant_key: TenantKey,
     pub issued_at: DateTime<Utc>,
     /// The raw JWT. Never logged: `Debug` below omits it.
     pub actor_token: String,
@@ -188,6 +206,7 @@ impl fmt::Debug for ValidCommand {
         f.debug_struct("ValidCommand")
             .field("command_id", &self.command_id)
             .field("organization_id", &self.organization_id)
+            .field("tenant_key", &self.tenant_key)
             .field("issued_at", &self.issued_at)
             .field("actor_token", &"<redacted>")
             .field("correlation_id", &self.correlation_id)
@@ -237,11 +256,14 @@ pub fn validate_envelope(
 ) -> Result<ValidCommand, Rejection> {
     // Read what identifies the command first, so that a later rejection can name it.
     let command_id = env.command_id.parse::<CommandId>().ok();
-    let organization_id = env.organization_id.parse::<OrganizationId>().ok();
-    // The nil UUID is nobody's organization (the audit log uses it for "unknown"); it must
-    // not route a rejection event either.
-    let nil_org = organization_id.is_some_and(|o| o.0.is_nil());
-    let organization_id = organization_id.filter(|o| !o.0.is_nil());
+    // The tenant key: generic syntax only. The nil UUID is nobody's organization (the audit
+    // log uses it for "unknown"); it must not route a rejection event either.
+    let tenant_key = TenantKey::parse(&env.organization_id).ok();
+    let nil_org = env
+        .organization_id
+        .parse::<OrganizationId>()
+        .is_ok_and(|o| o.0.is_nil());
+    let organization_id = tenant_key.as_ref().map(TenantKey::organization_id);
     let correlation_id = if is_printable_id(&env.correlation_id) {
         env.correlation_id.clone()
     } else {
@@ -249,7 +271,10 @@ pub fn validate_envelope(
     };
     let with_ctx = |mut r: Rejection| {
         r.command_id = command_id;
-        r.organization_id = organization_id;
+        // Unauthenticated input is echoed only in the plain routing-key charset (a uuid or
+        // integer key, say); other keys route the rejection to `unknown`.
+        r.tenant_key = tenant_key.clone().filter(TenantKey::is_plain);
+        r.organization_id = r.tenant_key.as_ref().map(TenantKey::organization_id);
         r.correlation_id = correlation_id.clone();
         r
     };
@@ -261,8 +286,12 @@ pub fn validate_envelope(
             "must not be the nil UUID",
         )));
     }
-    let organization_id =
-        organization_id.ok_or_else(|| with_ctx(invalid("organization_id", "is not a UUID")))?;
+    let (Some(organization_id), Some(tenant_key)) = (organization_id, tenant_key.clone()) else {
+        return Err(with_ctx(invalid(
+            "organization_id",
+            "is not a tenant key (1..=256 bytes, no control characters)",
+        )));
+    };
     if !is_printable_id(&env.correlation_id) {
         return Err(with_ctx(invalid(
             "correlation_id",
@@ -391,6 +420,7 @@ pub fn validate_envelope(
     Ok(ValidCommand {
         command_id,
         organization_id,
+        tenant_key,
         issued_at,
         actor_token: env.actor_token,
         correlation_id: env.correlation_id,
@@ -398,25 +428,27 @@ pub fn validate_envelope(
     })
 }
 
-/// Refuse a command whose routing key is not `<kind>.<organization_id>` of its envelope, so
-/// that bindings and broker permissions keyed on the routing key mean what they say.
+/// Refuse a command whose routing key is not `<kind>.<segment>` of its envelope's kind and
+/// tenant key (the segment as [`crate::tenant::routing_segment`] carries the key), so that
+/// bindings and broker permissions keyed on the routing key mean what they say.
 pub fn check_routing_key(routing_key: &str, cmd: &ValidCommand) -> Result<(), Rejection> {
-    // Compared as a UUID, not as text: the envelope may spell the id in upper case.
-    let matches = routing_key.split_once('.').is_some_and(|(kind, org)| {
-        kind == cmd.body.kind().as_str()
-            && org.parse::<OrganizationId>().ok() == Some(cmd.organization_id)
+    let expected = cmd.tenant_key.routing_segment();
+    let matches = routing_key.split_once('.').is_some_and(|(kind, seg)| {
+        // A UUID is compared as a UUID, not as text: either may be spelled in upper case.
+        let same = seg == expected
+            || seg
+                .parse::<OrganizationId>()
+                .is_ok_and(|o| o.to_string() == cmd.tenant_key.as_str());
+        kind == cmd.body.kind().as_str() && same
     });
     if matches {
         return Ok(());
     }
-    let mut r = invalid(
+    Err(invalid(
         "routing key",
         "does not match the command's kind and organization_id",
-    );
-    r.command_id = Some(cmd.command_id);
-    r.organization_id = Some(cmd.organization_id);
-    r.correlation_id = cmd.correlation_id.clone();
-    Err(r)
+    )
+    .about(cmd))
 }
 
 impl ValidCommand {
@@ -471,7 +503,7 @@ impl ValidCommand {
         };
         v1::CommandEnvelope {
             command_id: self.command_id.to_string(),
-            organization_id: self.organization_id.to_string(),
+            organization_id: self.tenant_key.to_string(),
             issued_at: Some(crate::events::timestamp(self.issued_at)),
             actor_token: self.actor_token.clone(),
             correlation_id: self.correlation_id.clone(),

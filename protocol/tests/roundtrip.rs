@@ -722,13 +722,31 @@ fn routing_key_is_type_dot_organization() {
         let env = event_envelope(ORG_ID, event.clone());
         assert_eq!(events::routing_key(&env), format!("{name}.{ORG_ID}"));
 
-        for bad_org in ["", "not-a-uuid", "0190f1a23b4c7d5e8f60000000000001", " "] {
+        // No tenant key at all.
+        for bad_org in ["", "a\nb", "00000000-0000-0000-0000-000000000000"] {
             let env = event_envelope(bad_org, event.clone());
             assert_eq!(
                 events::routing_key(&env),
                 format!("{name}.{UNKNOWN_ORG}"),
                 "org {bad_org:?}"
             );
+        }
+        // Integer and text keys: as they are when plain, hashed otherwise.
+        for (key, segment) in [
+            ("42", "42".to_string()),
+            ("not-a-uuid", "not-a-uuid".to_string()),
+            (
+                " ",
+                drfleet_protocol::tenant::routing_segment(" ").into_owned(),
+            ),
+            (
+                "acme.eu",
+                drfleet_protocol::tenant::routing_segment("acme.eu").into_owned(),
+            ),
+        ] {
+            let env = event_envelope(key, event.clone());
+            assert_eq!(events::routing_key(&env), format!("{name}.{segment}"));
+            assert!(segment.len() <= 64 && !segment.contains(['.', ' ', '*', '#']));
         }
     }
     assert_eq!(UNKNOWN_ORG, "unknown");

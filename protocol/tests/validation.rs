@@ -110,9 +110,20 @@ fn command_id_must_be_a_hyphenated_uuid() {
     }
 }
 
+fn bad_tenant_keys() -> Vec<String> {
+    vec![
+        String::new(),
+        format!("{MARKER}\n"),
+        format!("{MARKER}\u{0}"),
+        format!("\t{MARKER}"),
+        format!("{MARKER}\u{85}"),
+        MARKER.repeat(256 / MARKER.len() + 1),
+    ]
+}
+
 #[test]
-fn organization_id_must_be_a_hyphenated_uuid() {
-    for bad in bad_uuids() {
+fn organization_id_must_be_a_tenant_key() {
+    for bad in bad_tenant_keys() {
         let env = with(envelope(backup("full")), |e| {
             e.organization_id = bad.clone()
         });
@@ -128,10 +139,57 @@ fn organization_id_must_be_a_hyphenated_uuid() {
 }
 
 #[test]
+fn organization_id_may_be_any_tenant_key_type() {
+    // Which type fits is the worker's check (it reads the catalog); here only the syntax.
+    for key in [
+        "42",
+        "-7",
+        "acme",
+        "acme corp.eu",
+        "ünïcode",
+        &"x".repeat(256),
+    ] {
+        let env = with(envelope(backup("full")), |e| e.organization_id = key.into());
+        let cmd = decode(&env).unwrap_or_else(|r| panic!("{key:?}: {r}"));
+        assert_eq!(cmd.tenant_key.as_str(), key);
+        assert_eq!(cmd.organization_id, OrganizationId::for_key(key));
+        assert_eq!(cmd.to_envelope().organization_id, key);
+    }
+    // A UUID in upper case is the same tenant as in lower case.
+    let env = with(envelope(backup("full")), |e| {
+        e.organization_id = ORG_ID.to_uppercase()
+    });
+    let cmd = decode(&env).unwrap();
+    assert_eq!(cmd.tenant_key.as_str(), ORG_ID);
+    assert_eq!(cmd.organization_id, org_id());
+}
+
+#[test]
+fn rejections_echo_only_plain_tenant_keys() {
+    // Refused before authentication: a key outside [A-Za-z0-9_-]{1,64} is not echoed.
+    let env = with(envelope(backup("NOT A TIER")), |e| {
+        e.organization_id = format!("{MARKER}.eu")
+    });
+    let r = assert_rejected(
+        decode(&env),
+        ReasonCode::InvalidArgument,
+        "backup.tier",
+        &[MARKER],
+    );
+    assert_eq!(r.tenant_key, None);
+    let env = with(envelope(backup("NOT A TIER")), |e| {
+        e.organization_id = "42".into()
+    });
+    let r = decode(&env).unwrap_err();
+    assert_eq!(r.tenant_key.as_ref().map(|k| k.as_str()), Some("42"));
+    assert_eq!(drfleet_protocol::events::rejected(&r).organization_id, "42");
+}
+
+#[test]
 fn both_ids_unreadable() {
     let env = with(envelope(backup("full")), |e| {
         e.command_id = MARKER.into();
-        e.organization_id = MARKER.into();
+        e.organization_id = format!("{MARKER}\n");
     });
     let r = assert_rejected(
         decode(&env),
@@ -617,6 +675,30 @@ fn routing_key_must_name_the_envelope_kind_and_organization() {
         );
         assert_ids_filled(&r);
     }
+}
+
+#[test]
+fn routing_keys_carry_integer_and_text_keys_by_their_segment() {
+    let int = decode(&with(envelope(backup("full")), |e| {
+        e.organization_id = "42".into()
+    }))
+    .unwrap();
+    validate::check_routing_key("backup.42", &int).unwrap();
+    for wrong in ["backup.042", "backup.43", "backup.k-42"] {
+        assert!(validate::check_routing_key(wrong, &int).is_err(), "{wrong}");
+    }
+    // The v5 organization id of a non-UUID key is no stand-in for the key.
+    assert!(validate::check_routing_key(&format!("backup.{}", int.organization_id), &int).is_err());
+
+    let text = decode(&with(envelope(backup("full")), |e| {
+        e.organization_id = "acme corp.eu".into()
+    }))
+    .unwrap();
+    let segment = drfleet_protocol::tenant::routing_segment("acme corp.eu");
+    validate::check_routing_key(&format!("backup.{segment}"), &text).unwrap();
+    // The raw key would split the routing key at its dot.
+    assert!(validate::check_routing_key("backup.acme corp.eu", &text).is_err());
+    assert_eq!(text.to_envelope().organization_id, "acme corp.eu");
 }
 
 #[test]

@@ -43,27 +43,73 @@ pub async fn enqueue(tx: &mut PgConnection, event: &EventEnvelope) -> Result<(),
     Ok(())
 }
 
-/// Queue `command` for publishing to `dr.commands` with `routing_key` (`<kind>.<org>`);
-/// commits (or not) with `tx`. Returns false if a command with this id is already queued
-/// (a command id is published once).
+/// Queue `command` for publishing to `dr.commands` with its routing key (`<kind>.<org>`,
+/// [`drfleet_protocol::command::routing_key`], as `publish_command` routes it); commits (or
+/// not) with `tx`. Returns false if a command with this id is already queued (a command id
+/// is published once).
 pub async fn enqueue_command(
     tx: &mut PgConnection,
     command: &CommandEnvelope,
-    routing_key: &str,
 ) -> Result<bool, sqlx::Error> {
     let command_id: uuid::Uuid = command
         .command_id
         .parse()
         .map_err(|_| sqlx::Error::Protocol("command_id is not a UUID".into()))?;
+    let routing_key = drfleet_protocol::command::routing_key(command)
+        .ok_or_else(|| sqlx::Error::Protocol("command has no body".into()))?;
     insert(
         tx,
         command_id,
         COMMANDS_EXCHANGE,
         COMMAND_MESSAGE_TYPE,
-        routing_key,
+        &routing_key,
         command.encode_to_vec(),
     )
     .await
+}
+
+/// Queue many commands at once, routed like [`enqueue_command`], in one statement; commits
+/// with `tx`. Commands whose id is already queued are skipped. Returns how many were queued.
+pub async fn enqueue_commands(
+    tx: &mut PgConnection,
+    commands: &[CommandEnvelope],
+) -> Result<u64, sqlx::Error> {
+    if commands.is_empty() {
+        return Ok(0);
+    }
+    let mut ids = Vec::with_capacity(commands.len());
+    let mut keys = Vec::with_capacity(commands.len());
+    let mut bodies = Vec::with_capacity(commands.len());
+    for c in commands {
+        ids.push(
+            c.command_id
+                .parse::<uuid::Uuid>()
+                .map_err(|_| sqlx::Error::Protocol("command_id is not a UUID".into()))?,
+        );
+        keys.push(
+            drfleet_protocol::command::routing_key(c)
+                .ok_or_else(|| sqlx::Error::Protocol("command has no body".into()))?,
+        );
+        bodies.push(c.encode_to_vec());
+    }
+    let n = sqlx::query(
+        "INSERT INTO pf_outbox (event_id, exchange, message_type, routing_key, body) \
+         SELECT id, $4, $5, key, body FROM UNNEST($1::uuid[], $2::text[], $3::bytea[]) \
+           AS c(id, key, body) \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&bodies)
+    .bind(COMMANDS_EXCHANGE)
+    .bind(COMMAND_MESSAGE_TYPE)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query("SELECT pg_notify('dr_outbox', '')")
+        .execute(&mut *tx)
+        .await?;
+    Ok(n)
 }
 
 async fn insert(

@@ -53,7 +53,11 @@ impl AuditRecord {
         Some(Self {
             event_id: Uuid::parse_str(&env.event_id).ok()?,
             event_type: event_type(event).to_string(),
-            organization_id: Uuid::parse_str(&env.organization_id).ok(),
+            // The chain of the tenant: its organization id (the key itself when a UUID,
+            // UUIDv5 of the key otherwise; see drfleet_protocol::tenant).
+            organization_id: drfleet_protocol::tenant::TenantKey::parse(&env.organization_id)
+                .ok()
+                .map(|k| k.organization_id().as_uuid()),
             // PostgreSQL keeps microseconds; truncate now so the canonical bytes match later.
             occurred_at: DateTime::from_timestamp_micros(
                 env.occurred_at

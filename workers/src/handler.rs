@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use drfleet_infra::Retry;
 use drfleet_infra::auth::Actor;
+use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::validate::{CommandBody, Rejection, ValidCommand};
 use drfleet_protocol::{CommandId, JobId, OrganizationId};
@@ -18,7 +19,10 @@ use drfleet_protocol::{CommandId, JobId, OrganizationId};
 pub struct Job {
     pub id: JobId,
     pub kind: CommandKind,
+    /// `OrganizationId::for_key(tenant_key)`: how metadata tables key the tenant.
     pub organization_id: OrganizationId,
+    /// The tenant key as the command carried it (canonical text): selects the tenant's rows.
+    pub tenant_key: TenantKey,
     pub command_id: CommandId,
     pub correlation_id: String,
     /// The token's `sub`, never a value from the envelope.
@@ -36,8 +40,8 @@ impl Job {
         &self,
         event: drfleet_protocol::v1::event_envelope::Event,
     ) -> drfleet_protocol::v1::EventEnvelope {
-        drfleet_protocol::events::envelope(
-            Some(self.organization_id),
+        drfleet_protocol::events::envelope_for(
+            Some(&self.tenant_key),
             &self.correlation_id,
             Some(self.command_id),
             event,

@@ -218,7 +218,9 @@ impl Intake {
         let ctx = |code, msg: &str| {
             let mut r = Rejection::new(code, msg);
             r.command_id = Some(cmd.command_id);
-            r.organization_id = Some(cmd.organization_id);
+            // Not authenticated: the key is echoed only when plain (see validate_envelope).
+            r.tenant_key = Some(cmd.tenant_key.clone()).filter(|k| k.is_plain());
+            r.organization_id = r.tenant_key.as_ref().map(|k| k.organization_id());
             r.correlation_id = cmd.correlation_id.clone();
             r
         };
@@ -273,13 +275,11 @@ impl Intake {
             }
             // The id is taken by a command asking for something else: refused loudly, and
             // without touching the recorded one.
-            let mut rej = Rejection::new(
+            let rej = Rejection::new(
                 ReasonCode::Conflict,
                 "command_id was already used by a different command",
             );
-            rej.command_id = Some(cmd.command_id);
-            rej.organization_id = Some(cmd.organization_id);
-            rej.correlation_id = cmd.correlation_id.clone();
+            let rej = rej.about(cmd);
             let first = self.record_rejection(&mut tx, &rej, digest).await?;
             tx.commit().await?;
             if first {
@@ -293,6 +293,7 @@ impl Intake {
                     id: job_id,
                     kind: self.kind,
                     organization_id: cmd.organization_id,
+                    tenant_key: cmd.tenant_key.clone(),
                     command_id: cmd.command_id,
                     correlation_id: cmd.correlation_id.clone(),
                     actor: actor.sub.clone(),
@@ -313,9 +314,7 @@ impl Intake {
             Err(AdmitError::Reject(mut rej)) => {
                 // An authenticated command refused by admission keeps its id: a redelivery
                 // is a duplicate of this refusal.
-                rej.command_id = Some(cmd.command_id);
-                rej.organization_id = Some(cmd.organization_id);
-                rej.correlation_id = cmd.correlation_id.clone();
+                rej = rej.about(cmd);
                 sqlx::query("UPDATE pf_commands SET outcome = 'rejected', reason_code = $2, job_id = NULL WHERE command_id = $1")
                     .bind(cmd.command_id.as_uuid())
                     .bind(rej.code.as_str())

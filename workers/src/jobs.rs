@@ -10,6 +10,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::validate::CommandBody;
 
@@ -24,7 +25,7 @@ pub async fn insert(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO pf_jobs (id, kind, organization_id, command_id, correlation_id, actor, spec, \
-         concurrency_key, state, max_attempts) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9)",
+         concurrency_key, state, max_attempts, tenant_key) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9,$10)",
     )
     .bind(job.id.as_uuid())
     .bind(job.kind.as_str())
@@ -35,6 +36,7 @@ pub async fn insert(
     .bind(sqlx::types::Json(&job.spec))
     .bind(concurrency_key)
     .bind(job.max_attempts)
+    .bind(job.tenant_key.as_str())
     .execute(&mut *tx)
     .await?;
     sqlx::query("SELECT pg_notify('dr_jobs', $1)")
@@ -47,11 +49,20 @@ pub async fn insert(
 fn row_to_job(row: &sqlx::postgres::PgRow) -> Result<Job, sqlx::Error> {
     let kind: String = row.try_get("kind")?;
     let spec: sqlx::types::Json<CommandBody> = row.try_get("spec")?;
+    let organization_id: drfleet_protocol::OrganizationId =
+        row.try_get::<uuid::Uuid, _>("organization_id")?.into();
+    // Jobs queued before tenant keys were stored are uuid tenants' jobs.
+    let tenant_key = match row.try_get::<Option<String>, _>("tenant_key")? {
+        Some(k) => TenantKey::parse(&k)
+            .map_err(|_| sqlx::Error::Protocol("pf_jobs.tenant_key is not a tenant key".into()))?,
+        None => TenantKey::from(organization_id),
+    };
     Ok(Job {
         id: row.try_get::<uuid::Uuid, _>("id")?.into(),
         kind: CommandKind::parse(&kind)
             .ok_or_else(|| sqlx::Error::Protocol("unknown job kind".into()))?,
-        organization_id: row.try_get::<uuid::Uuid, _>("organization_id")?.into(),
+        organization_id,
+        tenant_key,
         command_id: row.try_get::<uuid::Uuid, _>("command_id")?.into(),
         correlation_id: row.try_get("correlation_id")?,
         actor: row.try_get("actor")?,

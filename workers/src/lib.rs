@@ -1,20 +1,22 @@
-//! # drfleet-workers — one runtime shared by every worker role
+//! # drfleet-workers — the worker roles on the shared runtime
 //!
 //! `drfleet-worker --role <backup|restore|drill|verify|policy|audit|all>` runs [`run`]. Layout:
 //!
 //! - [`config`]: flags/env → validated [`config::WorkerConfig`].
-//! - [`broker`]: the RabbitMQ session (topology, confirm channel, consumers, reconnect).
 //! - [`intake`]: a command delivery → validated, authenticated, deduplicated → a durable job
 //!   (or a `command_rejected` event and dead-lettering) → ack.
+//! - [`consumers`]: the intake and the audit sink as consumers of the shared broker session.
 //! - [`deadletter`]: the redacted copy of a refused command published to `dr.dead-letter`.
 //! - [`jobs`]: job runners claiming `pf_jobs` rows under a lease with heartbeat.
 //! - [`handler`]: the [`handler::JobHandler`] trait each role implements.
 //! - [`faults`]: named fault points for tests (feature `fault-injection`, off in builds).
-//! - [`outbox`] (from `drfleet-runtime`): events written transactionally, relayed with
-//!   publisher confirms.
 //! - [`audit`]: the audit sink and hash-chain verification.
-//! - [`http`]: `/health`, `/ready`, `/metrics`.
+//! - [`metrics`]: the worker's counters (`/metrics`).
 //! - [`roles`]: the role implementations.
+//!
+//! From `drfleet-runtime` (shared with the scheduler): start-up retries, the broker session,
+//! the outbox relay ([`outbox`] is re-exported for the roles), the LISTEN loop, `/health`
+//! `/ready` `/metrics`, and the shutdown tree.
 //!
 //! Start-up ([`run`]): bind the http listener, connect and migrate the metadata database,
 //! check the broker; permanent failures return [`RunError`] (exit 2), transient ones are
@@ -24,12 +26,11 @@
 //! grace period, hand back the rest, drain the outbox, close the connection, return.
 
 pub mod audit;
-pub mod broker;
 pub mod config;
+pub mod consumers;
 pub mod deadletter;
 pub mod faults;
 pub mod handler;
-pub mod http;
 pub mod intake;
 pub mod jobs;
 pub mod metrics;
@@ -42,17 +43,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use drfleet_infra::db;
 use drfleet_protocol::topology::CommandKind;
+use drfleet_runtime::broker::{Broker, Consume};
+use drfleet_runtime::http;
+use drfleet_runtime::notify::{OnNotification, listen_notifications, wake};
+use drfleet_runtime::service::{Service, Stage};
+use drfleet_runtime::start::{Dependencies, StartError, start_dependencies};
 
-use crate::broker::{Broker, ConsumerSpec};
 use crate::config::{Role, WorkerConfig};
 use crate::handler::Handlers;
 use crate::intake::Intake;
@@ -63,10 +63,9 @@ use crate::metrics::Metrics;
 /// Display carries no secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("metadata database (DR_DATABASE_URL): {0}")]
-    Database(#[from] db::DbError),
-    #[error("broker (DR_AMQP_URL): {0}")]
-    Broker(drfleet_infra::amqp::BrokerUnavailable),
+    /// The metadata database or the broker (names the setting).
+    #[error(transparent)]
+    Start(#[from] StartError),
     #[error("cannot listen on DR_HTTP_ADDR {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
@@ -87,88 +86,6 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     run_with_handlers(config, handlers, shutdown).await
 }
 
-/// Retry `attempt` until it succeeds (`Some`), fails for good (`Err`), or `shutdown` comes
-/// (`None`). Each transient failure is logged with its reason.
-async fn at_start<T, E, F, Fut>(
-    service: &'static str,
-    shutdown: &CancellationToken,
-    permanent: impl Fn(&E) -> bool,
-    mut attempt: F,
-) -> Result<Option<T>, E>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, E>>,
-{
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
-        .with_jitter()
-        .without_max_times()
-        .build();
-    loop {
-        let res = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(None),
-            r = attempt() => r,
-        };
-        match res {
-            Ok(v) => return Ok(Some(v)),
-            Err(e) if permanent(&e) => return Err(e),
-            Err(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(
-                    service,
-                    reason = %e,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "unavailable at start-up; retrying"
-                );
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
-    }
-}
-
-/// Connect and migrate the metadata database, then check the broker; `None` if shutdown
-/// came first.
-async fn start_dependencies(
-    config: &WorkerConfig,
-    shutdown: &CancellationToken,
-) -> Result<Option<PgPool>, RunError> {
-    let pool = at_start(
-        "metadata database",
-        shutdown,
-        db::DbError::is_permanent,
-        || async {
-            let pool = db::connect(&config.database_url, "drfleet-worker", 16).await?;
-            db::migrate(&pool).await?;
-            Ok::<_, db::DbError>(pool)
-        },
-    )
-    .await?;
-    let Some(pool) = pool else {
-        return Ok(None);
-    };
-    // Later broker trouble is retried for ever by the session; at start, a wrong URL,
-    // credentials or vhost is named and ends the process.
-    let checked = at_start(
-        "broker",
-        shutdown,
-        |e: &drfleet_infra::amqp::BrokerUnavailable| e.permanent,
-        || drfleet_infra::amqp::probe(&config.amqp_url),
-    )
-    .await;
-    match checked {
-        Ok(Some(())) => Ok(Some(pool)),
-        other => {
-            pool.close().await;
-            other.map(|_| None).map_err(RunError::Broker)
-        }
-    }
-}
-
 /// Like [`run`], with the command handlers given (tests plug theirs in here). Commands are
 /// consumed for every kind that has a handler; the audit sink runs if the audit role is set.
 pub async fn run_with_handlers(
@@ -187,41 +104,76 @@ pub async fn run_with_handlers(
     let http_addr = listener.local_addr().unwrap_or(config.http_addr);
     let metrics = Arc::new(Metrics::default());
     let ready_pool = Arc::new(std::sync::OnceLock::new());
-    let http_stop = CancellationToken::new();
-    let http_task = tokio::spawn(http::serve(
-        listener,
-        ready_pool.clone(),
-        metrics.clone(),
-        http_stop.clone(),
-    ));
+    let mut service = Service::new();
+    service.spawn(
+        Stage::Http,
+        http::serve(
+            listener,
+            ready_pool.clone(),
+            metrics.clone(),
+            service.token(Stage::Http),
+        ),
+    );
 
-    let pool = match start_dependencies(&config, &shutdown).await {
+    let deps = Dependencies {
+        database_url: &config.database_url,
+        amqp_url: &config.amqp_url,
+        app: "drfleet-worker",
+        pool_size: 16,
+    };
+    let pool = match start_dependencies(&deps, &shutdown).await {
         Ok(Some(pool)) => pool,
         other => {
-            http_stop.cancel();
-            let _ = http_task.await;
+            service.shutdown(Duration::ZERO).await;
             if other.is_ok() {
                 tracing::info!("stopped during start-up");
             }
-            return other.map(|_| ());
+            return other.map(|_| ()).map_err(RunError::from);
         }
     };
     let _ = ready_pool.set(pool.clone());
+    service.close_pool_last(pool.clone());
     tracing::info!(roles = ?config.roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(), worker_id = %config.worker_id, %http_addr, "migrations applied; starting (/health, /ready, /metrics on http_addr)");
 
+    // The restore role also drops STAGING schemas past DR_STAGING_TTL.
+    let sweeper = if config.roles.contains(&Role::Restore) {
+        Some(roles::staging_ttl::Sweeper::new(&config, pool.clone())?)
+    } else {
+        None
+    };
     let kinds = handlers.kinds();
+    let verifier = if kinds.is_empty() {
+        None
+    } else {
+        Some(
+            config
+                .token_verifier
+                .clone()
+                .ok_or_else(|| RunError::Role("command roles need a token verifier".into()))?,
+        )
+    };
+
     let job_wakes: HashMap<CommandKind, Arc<Notify>> = kinds
         .iter()
         .map(|k| (*k, Arc::new(Notify::new())))
         .collect();
     let outbox_wake = Arc::new(Notify::new());
-    let listen_stop = CancellationToken::new();
-    let listen_task = tokio::spawn(listen_notifications(
-        pool.clone(),
-        job_wakes.clone(),
-        outbox_wake.clone(),
-        listen_stop.clone(),
-    ));
+    let jobs_route: OnNotification = {
+        let job_wakes = job_wakes.clone();
+        Arc::new(move |payload: &str| {
+            if let Some(w) = CommandKind::parse(payload).and_then(|k| job_wakes.get(&k)) {
+                w.notify_one();
+            }
+        })
+    };
+    let routes = HashMap::from([
+        ("dr_jobs", jobs_route),
+        ("dr_outbox", wake(outbox_wake.clone())),
+    ]);
+    service.spawn(
+        Stage::Listen,
+        listen_notifications(pool.clone(), routes, service.token(Stage::Listen)),
+    );
 
     // Job runners.
     let owner: Arc<str> = format!(
@@ -230,7 +182,6 @@ pub async fn run_with_handlers(
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
     .into();
-    let abandon = CancellationToken::new();
     let runner_ctx = jobs::RunnerCtx {
         pool: pool.clone(),
         owner,
@@ -238,36 +189,24 @@ pub async fn run_with_handlers(
         stall: config.job_stall,
         poll: config.poll_interval,
         metrics: metrics.clone(),
-        stop_claiming: shutdown.clone(),
-        abandon: abandon.clone(),
+        stop_claiming: service.token(Stage::Intake),
+        abandon: service.token(Stage::Work),
     };
-    let runners = TaskTracker::new();
     for h in &handlers.0 {
         for _ in 0..config.job_concurrency {
-            runners.spawn(jobs::run_runner(
-                runner_ctx.clone(),
-                h.clone(),
-                job_wakes[&h.kind()].clone(),
-            ));
+            service.spawn(
+                Stage::Work,
+                jobs::run_runner(runner_ctx.clone(), h.clone(), job_wakes[&h.kind()].clone()),
+            );
         }
     }
-    runners.close();
-
-    // The restore role also drops STAGING schemas past DR_STAGING_TTL.
-    let sweeper = if config.roles.contains(&Role::Restore) {
-        let s = roles::staging_ttl::Sweeper::new(&config, pool.clone())?;
-        Some(tokio::spawn(s.run(shutdown.clone())))
-    } else {
-        None
-    };
+    if let Some(s) = sweeper {
+        service.spawn(Stage::Intake, s.run(service.token(Stage::Intake)));
+    }
 
     // Consumers.
-    let mut consumers = Vec::new();
-    if !kinds.is_empty() {
-        let verifier = config
-            .token_verifier
-            .clone()
-            .ok_or_else(|| RunError::Role("command roles need a token verifier".into()))?;
+    let mut consumers: Vec<Arc<dyn Consume>> = Vec::new();
+    if let Some(verifier) = verifier {
         for h in &handlers.0 {
             let intake = Intake {
                 kind: h.kind(),
@@ -279,10 +218,10 @@ pub async fn run_with_handlers(
                 outbox_wake: outbox_wake.clone(),
                 max_attempts: MAX_JOB_ATTEMPTS,
             };
-            consumers.push(ConsumerSpec::Commands {
+            consumers.push(Arc::new(consumers::Commands {
                 intake: Arc::new(intake),
                 prefetch: 16,
-            });
+            }));
         }
     }
     if config.roles.contains(&Role::Audit) {
@@ -292,10 +231,10 @@ pub async fn run_with_handlers(
             batch_max: 500,
             batch_wait: Duration::from_millis(20),
         };
-        consumers.push(ConsumerSpec::Audit {
+        consumers.push(Arc::new(consumers::Audit {
             sink: Arc::new(sink),
             prefetch: 1000,
-        });
+        }));
     }
 
     let (pub_tx, pub_rx) = watch::channel(None);
@@ -308,87 +247,35 @@ pub async fn run_with_handlers(
         trouble: trouble.clone(),
         metrics: metrics.clone(),
     });
-    let broker_close = CancellationToken::new();
-    let broker_task = tokio::spawn(broker.run(shutdown.clone(), broker_close.clone()));
+    service.spawn(
+        Stage::Broker,
+        broker.run(service.token(Stage::Intake), service.token(Stage::Broker)),
+    );
 
-    let relay_stop = CancellationToken::new();
     let published = metrics.clone();
-    let relay_task = tokio::spawn(outbox::run_relay(
-        pool.clone(),
-        pub_rx,
-        outbox_wake.clone(),
-        trouble,
-        move |n| {
-            published
-                .events_published
-                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-        },
-        config.poll_interval,
-        relay_stop.clone(),
-    ));
+    service.spawn(
+        Stage::Relay,
+        outbox::run_relay(
+            pool.clone(),
+            pub_rx,
+            outbox_wake.clone(),
+            trouble,
+            move |n| {
+                published
+                    .events_published
+                    .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            },
+            config.poll_interval,
+            service.token(Stage::Relay),
+        ),
+    );
 
     shutdown.cancelled().await;
     tracing::info!(
         grace_secs = config.shutdown_grace.as_secs(),
         "shutting down: waiting for in-flight jobs"
     );
-    if tokio::time::timeout(config.shutdown_grace, runners.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace over: handing back in-flight jobs");
-        abandon.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(10), runners.wait()).await;
-    }
-    if let Some(s) = sweeper {
-        let _ = s.await;
-    }
-    relay_stop.cancel();
-    let _ = relay_task.await;
-    broker_close.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(15), broker_task).await;
-    listen_stop.cancel();
-    let _ = listen_task.await;
-    http_stop.cancel();
-    let _ = http_task.await;
-    pool.close().await;
+    service.shutdown(config.shutdown_grace).await;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// Wake job runners and the relay on PostgreSQL notifications from any process; polling
-/// covers missed ones.
-async fn listen_notifications(
-    pool: PgPool,
-    job_wakes: HashMap<CommandKind, Arc<Notify>>,
-    outbox_wake: Arc<Notify>,
-    stop: CancellationToken,
-) {
-    while !stop.is_cancelled() {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(l) => l,
-            Err(_) => {
-                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(2)) => continue }
-            }
-        };
-        if listener.listen_all(["dr_jobs", "dr_outbox"]).await.is_err() {
-            continue;
-        }
-        loop {
-            let n = tokio::select! {
-                _ = stop.cancelled() => return,
-                n = listener.recv() => n,
-            };
-            match n {
-                Ok(n) if n.channel() == "dr_outbox" => outbox_wake.notify_one(),
-                Ok(n) => {
-                    if let Some(w) = CommandKind::parse(n.payload()).and_then(|k| job_wakes.get(&k))
-                    {
-                        w.notify_one();
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-    }
 }

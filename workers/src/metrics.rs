@@ -51,6 +51,21 @@ impl Metrics {
     }
 }
 
+impl drfleet_runtime::metrics::ProcessMetrics for Metrics {
+    fn set_broker_connected(&self, up: bool) {
+        self.broker_connected.store(up, Ordering::Relaxed);
+    }
+    fn broker_connected(&self) -> bool {
+        self.broker_connected.load(Ordering::Relaxed)
+    }
+    fn broker_reconnected(&self) {
+        self.broker_reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+}
+
 /// Seconds the live tables were locked by a promotion. Process-wide: promotions run inside
 /// the restore role, which has no handle on the runtime's counters.
 static PROMOTE_LOCK: Histogram = Histogram::new(

@@ -513,6 +513,7 @@ async fn a_delete_that_finds_nothing_when_it_runs_fails_with_policy_failed() {
         id: JobId::new(),
         kind: CommandKind::Policy,
         organization_id: org,
+        tenant_key: org.into(),
         command_id: CommandId::new(),
         correlation_id: "corr-gone".into(),
         actor: "test-actor".into(),

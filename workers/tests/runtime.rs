@@ -827,19 +827,12 @@ async fn a_worker_runs_as_its_least_privilege_broker_user() {
     let org = OrganizationId::new();
     let cmd = backup_command(&org, "full", &token(&org, &["pf.backup.create"]));
     // The worker may not have declared the topology yet; retry until the exchange exists.
-    let body = cmd.encode_to_vec();
-    let key = CommandKind::Backup.routing_key(&org);
     let mut published = false;
     for _ in 0..50 {
         let p = drfleet_infra::amqp::ConfirmPublisher::new(&conn)
             .await
             .unwrap();
-        let props =
-            drfleet_infra::amqp::message_properties("dr.v1.CommandEnvelope", &cmd.command_id, None);
-        if p.publish_confirmed("dr.commands", &key, &body, props)
-            .await
-            .is_ok()
-        {
+        if drfleet_infra::amqp::publish_command(&p, &cmd).await.is_ok() {
             published = true;
             break;
         }

@@ -41,9 +41,7 @@ fn with_command(
     perms: &[&str],
     command: v1::command_envelope::Command,
 ) -> v1::CommandEnvelope {
-    let mut c = backup_command(org, "full", &token(org, perms));
-    c.command = Some(command);
-    c
+    common::command(org, command, &token(org, perms))
 }
 
 fn restore(org: &OrganizationId, record: &str, mode: v1::RestoreMode) -> v1::CommandEnvelope {

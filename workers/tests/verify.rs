@@ -12,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use common::*;
 use drfleet_infra::amqp::ConfirmPublisher;
 use drfleet_infra::config::ObjectStoreLocation;
+use drfleet_protocol::OrganizationId;
 use drfleet_protocol::v1::{self, event_envelope::Event};
-use drfleet_protocol::{CommandId, OrganizationId};
 use drfleet_storage::{ArtifactStore, keys};
 
 const PERMS: &[&str] = &["pf.backup.create", "pf.backup.verify"];
@@ -30,16 +30,13 @@ fn start(
 }
 
 fn verify_command(org: &OrganizationId, record_id: &str, token: &str) -> v1::CommandEnvelope {
-    v1::CommandEnvelope {
-        command_id: CommandId::new().to_string(),
-        organization_id: org.to_string(),
-        issued_at: Some(drfleet_protocol::events::timestamp(chrono::Utc::now())),
-        actor_token: token.to_string(),
-        correlation_id: format!("corr-{}", uuid::Uuid::new_v4().simple()),
-        command: Some(v1::command_envelope::Command::Verify(v1::VerifyCommand {
+    common::command(
+        org,
+        v1::command_envelope::Command::Verify(v1::VerifyCommand {
             backup_record_id: record_id.into(),
-        })),
-    }
+        }),
+        token,
+    )
 }
 
 /// A different 32-byte master key, base64.

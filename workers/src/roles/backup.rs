@@ -28,7 +28,7 @@ use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand};
 use drfleet_storage::keys;
 
-use super::catalog::{PIN_RENDERING, TableInfo, check_key_types, quote_ident, resolve_tables};
+use super::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
 use super::membership;
 use super::{RoleCtx, shrink, source_error};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
@@ -123,6 +123,14 @@ impl std::io::Write for ChannelSink {
     }
 }
 
+/// How the export selects the tenant's rows.
+struct TenantSelect {
+    /// The tenant key as an SQL literal of the key type (`TenantKey::sql_literal`).
+    org_lit: String,
+    /// The tenant has no row in the root table at the snapshot.
+    root_row_missing: bool,
+}
+
 impl BackupHandler {
     /// Export `tables` inside the snapshot held by `src` into one artifact.
     async fn export(
@@ -131,7 +139,7 @@ impl BackupHandler {
         job: &Job,
         tables: &[TableInfo],
         snapshot_at: DateTime<Utc>,
-        root_row_missing: bool,
+        tenant: &TenantSelect,
         progress: &Progress,
     ) -> Result<Exported, JobError> {
         let org = job.organization_id.as_uuid();
@@ -185,14 +193,14 @@ impl BackupHandler {
                     .await
                     .map_err(|_| stopped())?;
                 let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-                // The organization id is a validated UUID; it is the only value in the statement.
+                // The tenant key, a literal of the column's type (quotes doubled, no control
+                // characters: see TenantKey::sql_literal); the only value in the statement.
                 // A table reached by keys joins along its path, in the same snapshot.
-                let org_lit = format!("'{}'", org.hyphenated());
                 let sql = format!(
                     "COPY (SELECT {} FROM {schema}.{} t WHERE {}) TO STDOUT",
                     cols.join(", "),
                     quote_ident(&t.name),
-                    membership::predicate(&t.reach, &schema, "t", &org_lit)
+                    membership::predicate(&t.reach, &schema, "t", &tenant.org_lit)
                 );
                 let mut stream = src.copy_out_raw(&sql).await?;
                 // sqlx yields one item per row: coalesce before crossing threads.
@@ -229,7 +237,7 @@ impl BackupHandler {
                     for (m, t) in manifest.tables.iter_mut().zip(tables) {
                         m.reach = Some(t.reach.clone());
                     }
-                    if root_row_missing {
+                    if tenant.root_row_missing {
                         manifest
                             .extra
                             .insert("tenant_root_row_missing".into(), true.into());
@@ -294,6 +302,10 @@ impl JobHandler for BackupHandler {
                     "not a backup command",
                 )));
             };
+            self.ctx
+                .admit_key(&cmd.tenant_key)
+                .await
+                .map_err(AdmitError::Reject)?;
             if find_tier(tx, cmd.organization_id.as_uuid(), &b.tier)
                 .await?
                 .is_none()
@@ -320,14 +332,15 @@ impl JobHandler for BackupHandler {
             // The record and backup_started, once per job whatever the attempt.
             let mut tx = ctx.pool.begin().await?;
             let fresh = sqlx::query(
-                "INSERT INTO pf_backup_records (id, organization_id, command_id, tier, policy_id, status) \
-                 VALUES ($1, $2, $3, $4, $5, 'started') ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO pf_backup_records (id, organization_id, command_id, tier, policy_id, status, tenant_key) \
+                 VALUES ($1, $2, $3, $4, $5, 'started', $6) ON CONFLICT (id) DO NOTHING",
             )
             .bind(job.id.as_uuid())
             .bind(org)
             .bind(job.command_id.as_uuid())
             .bind(&b.tier)
             .bind(&b.policy_id)
+            .bind(job.tenant_key.as_str())
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -367,12 +380,15 @@ impl JobHandler for BackupHandler {
                 let layout = self.ctx.layout();
                 let tables =
                     resolve_tables(&mut src, &layout, tier.all_tables, &tier.tables).await?;
-                check_key_types(&tables)?;
+                // The key type as the catalog has it in this snapshot: every tenant column
+                // agrees, and the job's key fits it.
+                let key_type = self.ctx.job_key_type(&mut src, &job.tenant_key).await?;
+                let org_lit = job.tenant_key.sql_literal(key_type);
                 // No root row: the organization does not exist (or no longer does) at the
                 // snapshot. Visible in the manifest (`extra.tenant_root_row_missing`), the
                 // log, and the backup's `empty` flag: nothing of a tenant is protected.
                 let root_row_missing =
-                    membership::root_row_exists(&mut src, &layout, org).await? == Some(false);
+                    membership::root_row_exists(&mut src, &layout, &org_lit).await? == Some(false);
                 if root_row_missing {
                     tracing::warn!(
                         code = "TENANT_ROOT_ROW_MISSING",
@@ -386,7 +402,10 @@ impl JobHandler for BackupHandler {
                         job,
                         &tables,
                         snapshot_at,
-                        root_row_missing,
+                        &TenantSelect {
+                            org_lit,
+                            root_row_missing,
+                        },
                         &ctx.progress,
                     )
                     .await?;
@@ -473,8 +492,8 @@ impl JobHandler for BackupHandler {
         Box::pin(async move {
             let tier = spec(job).map(|b| b.tier.clone()).unwrap_or_default();
             sqlx::query(
-                "INSERT INTO pf_backup_records (id, organization_id, command_id, tier, status, error_code, completed_at) \
-                 VALUES ($1, $2, $3, $4, 'failed', $5, now()) \
+                "INSERT INTO pf_backup_records (id, organization_id, command_id, tier, status, error_code, completed_at, tenant_key) \
+                 VALUES ($1, $2, $3, $4, 'failed', $5, now(), $6) \
                  ON CONFLICT (id) DO UPDATE SET status = 'failed', error_code = EXCLUDED.error_code, completed_at = now() \
                  WHERE pf_backup_records.status = 'started' AND pf_backup_records.organization_id = EXCLUDED.organization_id",
             )
@@ -483,6 +502,7 @@ impl JobHandler for BackupHandler {
             .bind(job.command_id.as_uuid())
             .bind(&tier)
             .bind(err.code.as_ref())
+            .bind(job.tenant_key.as_str())
             .execute(&mut *tx)
             .await?;
             let ev = job.event(Event::BackupFailed(v1::BackupFailed {

@@ -26,7 +26,7 @@ pub const METADATA_TABLES: [&str; 15] = [
     "pf_outbox",
     "pf_schedule_slots",
     "pf_alerts",
-    // The scheduler's verify rotation (migration 20261202000004 on main).
+    // The scheduler's verify rotation.
     "pf_verify_rotation",
     "_sqlx_migrations",
 ];
@@ -56,32 +56,6 @@ impl TableInfo {
 pub const PIN_RENDERING: &str = "SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, MDY'; \
      SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'; \
      SET LOCAL synchronize_seqscans = off";
-
-/// Tenant keys are UUIDs in this build (the wire contract's `organization_id`): a tenant
-/// column or tenant-root key of another type fails with a code naming each table and type,
-/// rather than with the database's `22P02` on the first comparison.
-pub fn check_key_types(tables: &[TableInfo]) -> Result<(), JobError> {
-    let wrong: Vec<String> = tables
-        .iter()
-        .filter_map(|t| {
-            let (Reach::TenantColumn { column } | Reach::Root { column }) = &t.reach else {
-                return None;
-            };
-            let c = t.columns.iter().find(|c| &c.name == column)?;
-            (c.data_type != "uuid").then(|| format!("{}.{} is {}", t.name, c.name, c.data_type))
-        })
-        .collect();
-    if wrong.is_empty() {
-        return Ok(());
-    }
-    Err(JobError::permanent(
-        "TENANT_KEY_TYPE_UNSUPPORTED",
-        format!(
-            "tenant keys must be uuid in this build: {}",
-            wrong.join(", ")
-        ),
-    ))
-}
 
 /// `"name"` with embedded quotes doubled.
 pub fn quote_ident(s: &str) -> String {

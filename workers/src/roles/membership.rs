@@ -424,23 +424,22 @@ pub async fn membership(
     Ok((tables, resolved))
 }
 
-/// Whether `org` has its row in the root table (in the caller's snapshot). `None` without a
-/// root.
+/// Whether the tenant has its row in the root table (in the caller's snapshot). `None`
+/// without a root. `org`: the tenant key as an SQL literal of the key type
+/// (`TenantKey::sql_literal`), compared like the export compares it.
 pub async fn root_row_exists(
     conn: &mut PgConnection,
     layout: &Layout<'_>,
-    org: uuid::Uuid,
+    org: &str,
 ) -> Result<Option<bool>, JobError> {
     let Some(root) = layout.root else {
         return Ok(None);
     };
-    // The organization id is a validated UUID, compared like the export compares it.
     let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {}.{} WHERE {} = '{}')",
+        "SELECT EXISTS (SELECT 1 FROM {}.{} WHERE {} = {org})",
         quote_ident(&root.schema),
         quote_ident(&root.table),
         quote_ident(&root.column),
-        org.hyphenated()
     );
     let found: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
         .fetch_one(&mut *conn)

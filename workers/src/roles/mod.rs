@@ -13,6 +13,7 @@ pub mod rowset;
 pub mod shrink;
 pub mod staging;
 pub mod staging_ttl;
+pub mod tenant_key;
 pub mod verify;
 
 use std::sync::Arc;
@@ -74,6 +75,8 @@ pub struct RoleCtx {
     pub restore_segment_bytes: usize,
     /// See [`crate::config::WorkerConfig::staging_ttl`].
     pub staging_ttl: std::time::Duration,
+    /// The tenant key's type as last read from the catalog ([`tenant_key`]).
+    pub key_type: tenant_key::KeyTypeCache,
 }
 
 impl RoleCtx {
@@ -110,6 +113,7 @@ impl RoleCtx {
             tenant_root: config.tenant_root.clone(),
             restore_segment_bytes: config.restore_segment_bytes,
             staging_ttl: config.staging_ttl,
+            key_type: Default::default(),
         })
     }
 }
@@ -140,9 +144,14 @@ pub(crate) fn source_pool(
 /// The command handlers for the configured roles.
 pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
     let mut handlers = Handlers::default();
+    // The policy role touches neither artifacts nor tenant data: it needs no RoleCtx.
     let artifacts = config.roles.iter().any(|r| r.needs_master_key());
     let ctx = if artifacts {
-        Some(Arc::new(RoleCtx::from_config(config)?))
+        let ctx = Arc::new(RoleCtx::from_config(config)?);
+        ctx.check_key_type_at_start()
+            .await
+            .map_err(RunError::Role)?;
+        Some(ctx)
     } else {
         None
     };

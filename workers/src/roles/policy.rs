@@ -175,8 +175,8 @@ async fn upsert(
     .bind(opt_secs(spec.verify_cycle_seconds))
     .bind((!spec.drill_schedule.is_empty()).then(|| spec.drill_schedule.trim()))
     .bind(!spec.disabled)
-    // The organization as it travels on the wire: the scheduler publishes with it.
-    .bind(job.organization_id.to_string())
+    // The tenant key as it travels on the wire: the scheduler publishes with it.
+    .bind(job.tenant_key.as_str())
     .bind(next_due_at)
     .bind(&job.actor)
     .bind(clear_last_slot)

@@ -199,14 +199,18 @@ impl RestoreHandler {
         r: &RestoreSpec,
     ) -> Result<Restored, JobError> {
         let job = &ctx.job;
+        let opts = self.ctx.source.connect_options();
+        let mut conn = src(PgConnection::connect_with(&opts).await)?;
+        // The key type as the catalog has it now; the job's key must fit it.
+        let key_type = self.ctx.job_key_type(&mut conn, &job.tenant_key).await?;
         let stage = Stage {
             ctx: self.ctx.clone(),
             schema: staging_schema(job),
             org: job.organization_id.as_uuid(),
+            key: job.tenant_key.clone(),
+            key_type,
             progress: ctx.progress.clone(),
         };
-        let opts = self.ctx.source.connect_options();
-        let mut conn = src(PgConnection::connect_with(&opts).await)?;
         if r.mode == RestoreMode::Promote {
             // Promoted already by an earlier attempt that died before its bookkeeping?
             if let Some(rows) =
@@ -339,6 +343,10 @@ impl JobHandler for RestoreHandler {
                     "restore.target names no configured target",
                 )));
             }
+            self.ctx
+                .admit_key(&cmd.tenant_key)
+                .await
+                .map_err(AdmitError::Reject)?;
             // Another organization's record answers exactly like a missing one.
             let status: Option<String> = sqlx::query_scalar(
                 "SELECT status FROM pf_backup_records WHERE id = $1 AND organization_id = $2",

@@ -203,6 +203,10 @@ impl JobHandler for VerifyHandler {
                     "not a verify command",
                 )));
             };
+            self.ctx
+                .admit_key(&cmd.tenant_key)
+                .await
+                .map_err(AdmitError::Reject)?;
             // Another organization's record is indistinguishable from no record at all.
             let status: Option<String> = sqlx::query_scalar(
                 "SELECT status FROM pf_backup_records WHERE id = $1 AND organization_id = $2",

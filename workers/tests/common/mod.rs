@@ -18,12 +18,12 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, message_properties};
 use drfleet_infra::auth::mint_hs256;
+use drfleet_protocol::OrganizationId;
 use drfleet_protocol::events::event_type;
 use drfleet_protocol::topology::{
     COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, CommandKind, EVENTS_EXCHANGE,
 };
 use drfleet_protocol::v1::{self, EventEnvelope};
-use drfleet_protocol::{CommandId, OrganizationId};
 use drfleet_workers::config::{WorkerCli, WorkerConfig};
 
 pub const JWT_SECRET: &str = "test-secret-0123456789-abcdefghijklmnop";
@@ -190,22 +190,30 @@ pub fn token(org: &OrganizationId, perms: &[&str]) -> String {
     )
 }
 
+/// A command with fresh ids and a `corr-…` correlation id.
+pub fn command(
+    org: &OrganizationId,
+    body: v1::command_envelope::Command,
+    token: &str,
+) -> v1::CommandEnvelope {
+    let corr = format!("corr-{}", uuid::Uuid::new_v4().simple());
+    drfleet_protocol::command::envelope(org, body, token, Some(&corr), None)
+}
+
 pub fn backup_command(org: &OrganizationId, tier: &str, token: &str) -> v1::CommandEnvelope {
-    v1::CommandEnvelope {
-        command_id: CommandId::new().to_string(),
-        organization_id: org.to_string(),
-        issued_at: Some(drfleet_protocol::events::timestamp(chrono::Utc::now())),
-        actor_token: token.to_string(),
-        correlation_id: format!("corr-{}", uuid::Uuid::new_v4().simple()),
-        command: Some(v1::command_envelope::Command::Backup(v1::BackupCommand {
+    command(
+        org,
+        v1::command_envelope::Command::Backup(v1::BackupCommand {
             tier: tier.into(),
             policy_id: String::new(),
             reason: "test".into(),
             scheduled_for: None,
-        })),
-    }
+        }),
+        token,
+    )
 }
 
+/// Publish bytes as they are (malformed ones included) with a command's properties.
 pub async fn publish_raw(
     p: &ConfirmPublisher,
     kind: CommandKind,
@@ -224,19 +232,14 @@ pub async fn publish_raw(
     .unwrap();
 }
 
+/// Publish `env` as a sender would ([`drfleet_infra::amqp::publish_command`]); an envelope
+/// without a body (which a sender could not route) goes to the backup queue.
 pub async fn publish_command(p: &ConfirmPublisher, env: &v1::CommandEnvelope) {
-    let kind = env
-        .command
-        .as_ref()
-        .map_or(CommandKind::Backup, CommandKind::of);
-    publish_raw(
-        p,
-        kind,
-        &env.organization_id,
-        &env.encode_to_vec(),
-        &env.command_id,
-    )
-    .await;
+    if env.command.is_none() {
+        let (org, body) = (&env.organization_id, env.encode_to_vec());
+        return publish_raw(p, CommandKind::Backup, org, &body, &env.command_id).await;
+    }
+    drfleet_infra::amqp::publish_command(p, env).await.unwrap();
 }
 
 /// A received event with its AMQP properties.

@@ -39,13 +39,15 @@ pub fn restore_command(
     mode: v1::RestoreMode,
     token: &str,
 ) -> v1::CommandEnvelope {
-    let mut c = backup_command(org, "full", token);
-    c.command = Some(v1::command_envelope::Command::Restore(v1::RestoreCommand {
-        backup_record_id: record.into(),
-        mode: mode as i32,
-        target: String::new(),
-    }));
-    c
+    super::command(
+        org,
+        v1::command_envelope::Command::Restore(v1::RestoreCommand {
+            backup_record_id: record.into(),
+            mode: mode as i32,
+            target: String::new(),
+        }),
+        token,
+    )
 }
 
 /// A STAGING restore of `record` that must complete.

@@ -88,6 +88,8 @@ pub(super) async fn read_back_rows(
     let ctx = &stage.ctx;
     let org = stage.org.to_string();
     faults::hit(&org, point::READ_BACK).await?;
+    // Rows are compared as COPY renders them.
+    let key_text = stage.key.copy_text().into_owned();
     // `tenant`: the column holding the tenant id (a path table has none: its rows are scoped
     // by their keys, see `path_scope`).
     let tenant_at = tenant.map(|t| {
@@ -123,14 +125,14 @@ pub(super) async fn read_back_rows(
             format!(" WHERE {}", cond.join(" AND "))
         };
         let sql = format!("COPY (SELECT {select} FROM ONLY {qualified}{filter}) TO STDOUT");
-        let (stage, org) = (stage.clone(), org.clone());
+        let (stage, key_text) = (stage.clone(), key_text.clone());
         async move {
             let mut conn = src(stage.ctx.source.acquire().await)?;
             let mut tx = src(conn.begin().await)?;
             src(sqlx::raw_sql(PIN_RENDERING).execute(&mut *tx).await)?;
             let mut digest = RowDigest::new(seed);
             if let Some(at) = tenant_at {
-                digest = digest.with_tenant(at, &org);
+                digest = digest.with_tenant(at, &key_text);
             }
             let mut rows = src(tx.copy_out_raw(&sql).await)?;
             while let Some(chunk) = rows.next().await {

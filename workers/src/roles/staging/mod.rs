@@ -85,7 +85,11 @@ pub struct Stage {
     pub ctx: Arc<RoleCtx>,
     /// `dr_restore_<…>`.
     pub schema: String,
+    /// The organization id (metadata, fault points).
     pub org: uuid::Uuid,
+    /// The tenant key and its column type: what selects and checks the tenant's rows.
+    pub key: drfleet_protocol::tenant::TenantKey,
+    pub key_type: drfleet_protocol::tenant::KeyType,
     pub progress: Progress,
 }
 

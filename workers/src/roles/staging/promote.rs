@@ -232,6 +232,8 @@ pub async fn promote(
 ) -> Result<Promoted, JobError> {
     let ctx = &stage.ctx;
     let org = stage.org;
+    // The tenant key, bound as text and cast to the column type.
+    let key_param = format!("$1::{}", stage.key_type.sql_type());
     let live = quote_ident(&ctx.tenant_schema);
     let sq = quote_ident(&stage.schema);
     let mut tx = src(conn.begin().await)?;
@@ -320,7 +322,7 @@ pub async fn promote(
     let mut gone = Vec::new();
     for (t, reach) in deletions {
         let name = quote_ident(&t.name);
-        let mine = membership::predicate(&reach, &live, "t", "$1");
+        let mine = membership::predicate(&reach, &live, "t", &key_param);
         let root = match &reach {
             Reach::Root { column } => Some(column),
             _ => None,
@@ -362,7 +364,7 @@ pub async fn promote(
             }
         };
         src(sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(org)
+            .bind(stage.key.as_str())
             .execute(&mut *tx)
             .await)?;
         stage.progress.tick();

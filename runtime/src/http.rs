@@ -1,9 +1,9 @@
-//! `GET /health` (liveness), `GET /ready` (broker and database reachable), `GET /metrics`.
+//! `GET /health` (liveness), `GET /ready` (broker and database reachable), `GET /metrics`
+//! (the process's own counters, [`ProcessMetrics::render`]).
 //!
 //! The listener is bound first thing at start (so an address clash fails at once), before the
 //! database is connected; until then `/ready` answers 503 `database: starting`.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -15,15 +15,15 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::ProcessMetrics;
 
 #[derive(Clone)]
 struct AppState {
     pool: Arc<OnceLock<PgPool>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn ProcessMetrics>,
 }
 
-pub fn router(pool: Arc<OnceLock<PgPool>>, metrics: Arc<Metrics>) -> Router {
+pub fn router(pool: Arc<OnceLock<PgPool>>, metrics: Arc<dyn ProcessMetrics>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
@@ -47,7 +47,7 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
             .unwrap_or(false),
         ),
     };
-    let broker = s.metrics.broker_connected.load(Ordering::Relaxed);
+    let broker = s.metrics.broker_connected();
     let body = format!(
         "database: {}\nbroker: {}\n",
         match db {
@@ -71,7 +71,7 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, String) {
 pub async fn serve(
     listener: TcpListener,
     pool: Arc<OnceLock<PgPool>>,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn ProcessMetrics>,
     shutdown: CancellationToken,
 ) {
     let app = router(pool, metrics);

@@ -1,13 +1,14 @@
-//! The broker session: connect, declare the topology, open the confirm channel, consume.
+//! The broker session: connect, declare the topology, open the confirm channel, run the
+//! caller's consumers ([`Consume`]; none for a publish-only process such as the scheduler).
+//! The confirm channel is handed out on a `watch` channel (`None` while disconnected).
 //! Any connection or channel failure ends the session; the supervisor reconnects with
 //! exponential backoff, without a process restart.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::StreamExt;
+use futures::future::BoxFuture;
 use lapin::Consumer;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -17,45 +18,40 @@ use tokio_util::sync::CancellationToken;
 
 use drfleet_infra::amqp::{AmqpError, ConfirmPublisher, connect, declare_topology};
 
-use crate::intake::Intake;
-use crate::metrics::Metrics;
+use crate::metrics::ProcessMetrics;
 
-/// What a session consumes.
-pub enum ConsumerSpec {
-    Commands {
-        intake: Arc<Intake>,
-        prefetch: u16,
-    },
-    Audit {
-        sink: Arc<crate::audit::AuditSink>,
-        prefetch: u16,
-    },
+/// A consumer the session runs on a channel of its own.
+pub trait Consume: Send + Sync + 'static {
+    fn queue(&self) -> &str;
+    fn prefetch(&self) -> u16;
+    /// Whether the consumer publishes on a confirm channel of its own (the intake's
+    /// dead letters), opened and closed with the session.
+    fn own_publisher(&self) -> bool {
+        false
+    }
+    /// Take deliveries until `ctx.stop` (finishing the one in hand) or until the consumer
+    /// fails (its channel or connection is gone; the session then reconnects).
+    fn consume<'a>(&'a self, consumer: &'a mut Consumer, ctx: ConsumeCtx) -> BoxFuture<'a, ()>;
 }
 
-impl ConsumerSpec {
-    fn queue(&self) -> &'static str {
-        match self {
-            ConsumerSpec::Commands { intake, .. } => intake.kind.queue(),
-            ConsumerSpec::Audit { .. } => drfleet_protocol::topology::AUDIT_QUEUE,
-        }
-    }
-    fn prefetch(&self) -> u16 {
-        match self {
-            ConsumerSpec::Commands { prefetch, .. } | ConsumerSpec::Audit { prefetch, .. } => {
-                *prefetch
-            }
-        }
-    }
+/// What a [`Consume::consume`] call gets.
+pub struct ConsumeCtx {
+    /// Stop taking deliveries.
+    pub stop: CancellationToken,
+    /// The process is shutting down (retries in hand may give up and requeue).
+    pub shutdown: CancellationToken,
+    /// The consumer's own confirm channel, if it asked for one.
+    pub publisher: Option<ConfirmPublisher>,
 }
 
 pub struct Broker {
     pub url: String,
     pub name: String,
-    pub consumers: Vec<ConsumerSpec>,
+    pub consumers: Vec<Arc<dyn Consume>>,
     pub publisher: watch::Sender<Option<ConfirmPublisher>>,
     /// Notified by publishers that hit a broker error: check the connection.
     pub trouble: Arc<Notify>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<dyn ProcessMetrics>,
 }
 
 impl Broker {
@@ -74,18 +70,14 @@ impl Broker {
         let mut first = true;
         while !shutdown.is_cancelled() {
             if !first {
-                self.metrics
-                    .broker_reconnects
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.broker_reconnected();
             }
             first = false;
             match self.session(&shutdown, &close).await {
                 Ok(()) => break,
                 Err(SessionEnd::Lost(established)) => {
                     self.publisher.send_replace(None);
-                    self.metrics
-                        .broker_connected
-                        .store(false, Ordering::Relaxed);
+                    self.metrics.set_broker_connected(false);
                     // A consumer that ended because of the shutdown is not a lost broker.
                     if shutdown.is_cancelled() {
                         break;
@@ -106,9 +98,7 @@ impl Broker {
             }
         }
         self.publisher.send_replace(None);
-        self.metrics
-            .broker_connected
-            .store(false, Ordering::Relaxed);
+        self.metrics.set_broker_connected(false);
     }
 
     async fn session(
@@ -128,9 +118,10 @@ impl Broker {
             for spec in &self.consumers {
                 // Refused commands are dead-lettered by the intake itself (a redacted copy,
                 // confirmed before the original is acked), on a confirm channel of its own.
-                let dead_letters = match spec {
-                    ConsumerSpec::Commands { .. } => Some(ConfirmPublisher::new(&conn).await?),
-                    ConsumerSpec::Audit { .. } => None,
+                let dead_letters = if spec.own_publisher() {
+                    Some(ConfirmPublisher::new(&conn).await?)
+                } else {
+                    None
                 };
                 let ch = conn.create_channel().await?;
                 ch.basic_qos(spec.prefetch(), BasicQosOptions::default())
@@ -156,7 +147,7 @@ impl Broker {
             }
         };
         self.publisher.send_replace(Some(publisher));
-        self.metrics.broker_connected.store(true, Ordering::Relaxed);
+        self.metrics.set_broker_connected(true);
         tracing::info!("broker connected; topology declared");
 
         // Consumers stop taking deliveries on `stop` but finish the one in hand.
@@ -168,30 +159,25 @@ impl Broker {
             channels.push(ch);
             // Each task hands its consumer back when it ends, so it is dropped only after
             // its channel is closed.
-            match spec {
-                ConsumerSpec::Commands { intake, .. } => {
-                    let dead_letters =
-                        dead_letters.expect("a command consumer has a dead-letter channel");
-                    channels.push(dead_letters.channel().clone());
-                    let (intake, stop, shutdown) = (intake.clone(), stop.clone(), shutdown.clone());
-                    tasks.spawn(async move {
-                        command_loop(&mut consumer, dead_letters, intake, stop, shutdown).await;
-                        consumer
-                    });
-                }
-                ConsumerSpec::Audit { sink, .. } => {
-                    let (sink, stop) = (sink.clone(), stop.clone());
-                    tasks.spawn(async move {
-                        crate::audit::consume_loop(&mut consumer, sink, stop).await;
-                        consumer
-                    });
-                }
+            if let Some(p) = &dead_letters {
+                channels.push(p.channel().clone());
             }
+            let ctx = ConsumeCtx {
+                stop: stop.clone(),
+                shutdown: shutdown.clone(),
+                publisher: dead_letters,
+            };
+            let spec = spec.clone();
+            tasks.spawn(async move {
+                spec.consume(&mut consumer, ctx).await;
+                consumer
+            });
         }
         let result = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
-                done = tasks.join_next() => {
+                // (A publish-only session has no consumers: `join_next` would end it at once.)
+                done = tasks.join_next(), if !tasks.is_empty() => {
                     // A consumer only ends by itself when its channel or connection failed.
                     let _ = done;
                     break Err(SessionEnd::Lost(true));
@@ -261,31 +247,4 @@ enum SessionEnd {
 fn lost(established: bool, e: &AmqpError) -> SessionEnd {
     tracing::warn!(error = %e, source = ?std::error::Error::source(e).map(|s| s.to_string()), "broker session failed");
     SessionEnd::Lost(established)
-}
-
-async fn command_loop(
-    consumer: &mut Consumer,
-    dead_letters: ConfirmPublisher,
-    intake: Arc<Intake>,
-    stop: CancellationToken,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return,
-            n = consumer.next() => n,
-        };
-        let delivery = match next {
-            Some(Ok(d)) => d,
-            Some(Err(e)) => {
-                tracing::warn!(queue = intake.kind.queue(), error = %e, "consumer failed");
-                return;
-            }
-            None => return,
-        };
-        if let Err(e) = intake.handle(delivery, &dead_letters, &shutdown).await {
-            tracing::warn!(queue = intake.kind.queue(), error = %e, "could not settle a delivery; it will be redelivered");
-            return;
-        }
-    }
 }
