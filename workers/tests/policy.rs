@@ -553,3 +553,28 @@ async fn a_delete_that_finds_nothing_when_it_runs_fails_with_policy_failed() {
     assert_eq!(state, "failed");
     fx.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_of_a_text_tenant_key_keeps_the_key_for_the_scheduler() {
+    let fx = Fixture::new().await;
+    let key = "acme-42";
+    let tok = drfleet_infra::auth::mint_hs256_for_key(
+        JWT_SECRET,
+        "test-actor",
+        key,
+        &[PERM.to_string()],
+        300,
+    );
+    let mut cmd = command(&fx.org, &tok, "hourly", Some(spec("full", "0 * * * *", "")));
+    cmd.organization_id = key.into();
+    let u = fx.updated(&cmd).await;
+    assert!(u.created);
+    let org = OrganizationId::for_key(key);
+    let r = row(&fx.env, &org, "hourly")
+        .await
+        .expect("row keyed by the key's id");
+    assert_eq!(r.tenant_key, key);
+    assert_eq!(r.organization_id, org.as_uuid());
+    assert_eq!(u.policy_id, r.id.to_string());
+    fx.stop().await;
+}
