@@ -46,6 +46,11 @@ pub enum Cmd {
     /// Backup tiers: which tables they cover and how each belongs to a tenant.
     #[command(subcommand)]
     Tiers(TiersCmd),
+    /// Backup policies: `set` and `rm` change one by command, `list` reads them.
+    #[command(subcommand)]
+    Policy(crate::policy::PolicyCmd),
+    /// The open alerts (RPO breached, backups failing, verify failed), oldest first.
+    Alerts(crate::alerts::AlertsArgs),
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]

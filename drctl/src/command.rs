@@ -1,4 +1,4 @@
-//! `drctl backup|restore|verify|drill`: build a command, validate it, publish it with
+//! `drctl backup|restore|verify|drill|policy set|policy rm`: build a command, validate it, publish it with
 //! confirms, then follow its events until a terminal one.
 //!
 //! The event queue is declared and bound *before* the command is published, so no event the
@@ -144,6 +144,8 @@ pub fn terminal(kind: CommandKind, event: &Event) -> Option<Outcome> {
         (CommandKind::Restore, Event::StagingDiscarded(_)) => done(true),
         (CommandKind::Verify, Event::VerifyCompleted(v)) => done(v.ok),
         (CommandKind::Drill, Event::DrDrillCompleted(d)) => done(d.passed),
+        (CommandKind::Policy, Event::PolicyUpdated(_) | Event::PolicyDeleted(_)) => done(true),
+        (CommandKind::Policy, Event::PolicyFailed(_)) => done(false),
         _ => None,
     }
 }
@@ -475,6 +477,19 @@ mod tests {
         );
         assert_eq!(
             terminal(CommandKind::Drill, &drill(false)),
+            Some(Outcome::Failed)
+        );
+        for ev in [
+            Event::PolicyUpdated(Default::default()),
+            Event::PolicyDeleted(Default::default()),
+        ] {
+            assert_eq!(terminal(CommandKind::Policy, &ev), Some(Outcome::Success));
+        }
+        assert_eq!(
+            terminal(
+                CommandKind::Policy,
+                &Event::PolicyFailed(Default::default())
+            ),
             Some(Outcome::Failed)
         );
         // A drill's backup events are not its outcome.

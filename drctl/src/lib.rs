@@ -3,13 +3,16 @@
 //! `drctl <subcommand>`; every setting is a flag and a `DR_*` env var. Layout:
 //!
 //! - [`cli`]: the clap structs (`token`, `backup`, `restore`, `restore discard`, `verify`,
-//!   `drill`, `events`, `audit verify|list`, `tiers show`).
+//!   `drill`, `events`, `audit verify|list`, `tiers show`, `policy set|rm|list`, `alerts`).
 //! - [`token`]: minting actor tokens (HS256) with `DR_AUTH_JWT_SECRET`.
 //! - [`command`]: building a `CommandEnvelope`, validating it with the wire contract's own
 //!   validation, publishing it with confirms, and following its events to a terminal one.
 //! - [`events`]: tailing `dr.events`.
 //! - [`audit`]: hash-chain verification and listing of `pf_audit_events`.
 //! - [`tiers`]: `tiers show`, the tables of a tier and how each belongs to a tenant.
+//! - [`policy`]: `policy set|rm` (a `PolicyCommand`, waited for) and `policy list` (the
+//!   database).
+//! - [`alerts`]: `alerts`, the open alerts in the database.
 //! - [`output`]: the JSON line printed per event (one shape: `events`, command waits and
 //!   `audit list` alike).
 //! - [`notice`]: stderr notices: the broker and vhost, a queue nobody consumes, backups
@@ -22,6 +25,7 @@
 //! error. Stdout carries results only (JSON lines, the token, audit verdicts); progress and
 //! errors go to stderr. Tokens and secrets are never printed, except `drctl token`'s output.
 
+pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod command;
@@ -29,6 +33,7 @@ pub mod error;
 pub mod events;
 pub mod notice;
 pub mod output;
+pub mod policy;
 pub mod tiers;
 pub mod token;
 
@@ -74,5 +79,13 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
             limit,
         }) => audit::list(db, org.organization_id(), *since, *limit).await,
         Cmd::Tiers(TiersCmd::Show(a)) => tiers::show(a).await,
+        Cmd::Policy(policy::PolicyCmd::Set(a)) => {
+            command::run(&a.org, policy::set_body(a)?, &a.opts).await
+        }
+        Cmd::Policy(policy::PolicyCmd::Rm(a)) => {
+            command::run(&a.org, policy::rm_body(a), &a.opts).await
+        }
+        Cmd::Policy(policy::PolicyCmd::List(a)) => policy::list(a).await,
+        Cmd::Alerts(a) => alerts::list(a).await,
     }
 }

@@ -8,6 +8,8 @@ pub const PERM_BACKUP_RESTORE: &str = "pf.backup.restore";
 pub const PERM_BACKUP_PROMOTE: &str = "pf.backup.promote";
 pub const PERM_BACKUP_VERIFY: &str = "pf.backup.verify";
 pub const PERM_DRILL_RUN: &str = "pf.dr-drill.run";
+/// Create, change or delete a backup policy.
+pub const PERM_BACKUP_POLICY: &str = "pf.backup.policy";
 
 /// The permission keys a command needs, all of them.
 pub fn required_permissions(body: &CommandBody) -> &'static [&'static str] {
@@ -21,6 +23,7 @@ pub fn required_permissions(body: &CommandBody) -> &'static [&'static str] {
         CommandBody::StagingDiscard(_) => &[PERM_BACKUP_RESTORE],
         CommandBody::Drill(_) => &[PERM_DRILL_RUN],
         CommandBody::Verify(_) => &[PERM_BACKUP_VERIFY],
+        CommandBody::Policy(_) => &[PERM_BACKUP_POLICY],
     }
 }
 

@@ -38,11 +38,12 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::PolicyDeleted(_) => "policy_deleted",
         Event::AlertRaised(_) => "alert_raised",
         Event::AlertResolved(_) => "alert_resolved",
+        Event::PolicyFailed(_) => "policy_failed",
     }
 }
 
 /// Every event type name, in field order.
-pub const EVENT_TYPES: [&str; 15] = [
+pub const EVENT_TYPES: [&str; 16] = [
     "backup_started",
     "backup_completed",
     "backup_failed",
@@ -58,6 +59,7 @@ pub const EVENT_TYPES: [&str; 15] = [
     "policy_deleted",
     "alert_raised",
     "alert_resolved",
+    "policy_failed",
 ];
 
 /// A fresh envelope around `event`, for a uuid tenant.
@@ -183,6 +185,8 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             "raised_at": ts_json(&e.raised_at)}),
         Event::AlertResolved(e) => json!({"alert_id": e.alert_id, "kind": e.kind,
             "policy_id": e.policy_id, "resolved_at": ts_json(&e.resolved_at)}),
+        Event::PolicyFailed(e) => json!({"name": e.name, "error_code": e.error_code,
+            "message": e.message}),
     }
 }
 

@@ -14,6 +14,9 @@ use crate::tenant::TenantKey;
 use crate::topology::CommandKind;
 use crate::v1::{self, command_envelope::Command};
 
+mod policy;
+pub use policy::{MAX_KEEP_COUNT, PolicyChange, PolicyChangeSpec, PolicySpec, RetentionRules};
+
 /// `reason_code` of a `command_rejected` event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReasonCode {
@@ -166,6 +169,7 @@ pub enum CommandBody {
     Drill(DrillSpec),
     Verify(VerifySpec),
     StagingDiscard(StagingDiscardSpec),
+    Policy(PolicyChangeSpec),
 }
 
 impl CommandBody {
@@ -176,6 +180,7 @@ impl CommandBody {
             Self::Drill(_) => CommandKind::Drill,
             Self::Verify(_) => CommandKind::Verify,
             Self::StagingDiscard(_) => CommandKind::Restore,
+            Self::Policy(_) => CommandKind::Policy,
         }
     }
 }
@@ -304,7 +309,7 @@ pub fn validate_envelope(
     let Some(command) = env.command else {
         return Err(with_ctx(invalid(
             "command",
-            "is not set (one of backup, restore, drill, verify, staging_discard)",
+            "is not set (one of backup, restore, drill, verify, staging_discard, policy)",
         )));
     };
     let body =
@@ -396,10 +401,9 @@ pub fn validate_envelope(
                     with_ctx(invalid("staging_discard.restore_job_id", "is not a UUID"))
                 })?,
             }),
-            // Served by the policy role (issue #10); until then refused like any unknown body.
-            Command::Policy(_) => {
-                return Err(with_ctx(invalid("command", "policy is not served yet")));
-            }
+            Command::Policy(p) => CommandBody::Policy(
+                policy::validate(p).map_err(|(field, what)| with_ctx(invalid(&field, what)))?,
+            ),
         };
     if let Some(expected) = expected
         && body.kind() != expected
@@ -495,6 +499,7 @@ impl ValidCommand {
             CommandBody::StagingDiscard(d) => Command::StagingDiscard(v1::StagingDiscardCommand {
                 restore_job_id: d.restore_job_id.to_string(),
             }),
+            CommandBody::Policy(p) => Command::Policy(p.to_wire()),
         };
         v1::CommandEnvelope {
             command_id: self.command_id.to_string(),

@@ -61,7 +61,79 @@ fn valid_command() -> impl Strategy<Value = Command> {
         uuid().prop_map(
             |restore_job_id| Command::StagingDiscard(v1::StagingDiscardCommand { restore_job_id })
         ),
+        ("[A-Za-z0-9._-]{1,100}", prop::option::of(policy_spec())).prop_map(|(name, spec)| {
+            let action = if spec.is_some() {
+                v1::PolicyAction::Upsert
+            } else {
+                v1::PolicyAction::Delete
+            };
+            Command::Policy(v1::PolicyCommand {
+                name,
+                action: action as i32,
+                spec,
+            })
+        }),
     ]
+}
+
+/// Durations in range (0 = not set).
+fn secs() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(0u64), 1..=drfleet_protocol::policy::MAX_DURATION_SECS]
+}
+
+fn keep() -> impl Strategy<Value = u32> {
+    0..=validate::MAX_KEEP_COUNT
+}
+
+/// A valid policy spec (retention always present, as `to_envelope` writes it).
+fn policy_spec() -> impl Strategy<Value = v1::PolicySpec> {
+    let cron = select(vec![
+        "0 */6 * * *",
+        "*/5 * * * * *",
+        "30 2 * * 1-5",
+        "0 0 29 2 *",
+        "15 1 L * *",
+    ]);
+    let tz = select(vec![
+        "",
+        "UTC",
+        "Europe/Berlin",
+        "America/New_York",
+        "Asia/Kolkata",
+    ]);
+    (
+        (name(), cron.clone(), tz, secs(), secs(), secs()),
+        (keep(), keep(), keep(), keep(), keep(), secs()),
+        prop::option::of(cron),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(
+                (tier, schedule, timezone, rpo, rto, cycle),
+                (kl, kd, kw, km, ky, kwi),
+                drill,
+                disabled,
+            )| {
+                v1::PolicySpec {
+                    tier,
+                    schedule: schedule.into(),
+                    timezone: timezone.into(),
+                    rpo_seconds: rpo,
+                    rto_seconds: rto,
+                    retention: Some(v1::RetentionRules {
+                        keep_last: kl,
+                        keep_daily: kd,
+                        keep_weekly: kw,
+                        keep_monthly: km,
+                        keep_yearly: ky,
+                        keep_within_seconds: kwi,
+                    }),
+                    verify_cycle_seconds: cycle,
+                    drill_schedule: drill.unwrap_or_default().into(),
+                    disabled,
+                }
+            },
+        )
 }
 
 fn valid_envelope() -> impl Strategy<Value = v1::CommandEnvelope> {
@@ -135,6 +207,29 @@ fn arbitrary_envelope() -> impl Strategy<Value = v1::CommandEnvelope> {
         marked().prop_map(|restore_job_id| Some(Command::StagingDiscard(
             v1::StagingDiscardCommand { restore_job_id }
         ))),
+        (
+            marked(),
+            any::<i32>(),
+            marked(),
+            marked(),
+            marked(),
+            marked()
+        )
+            .prop_map(
+                |(name, action, tier, schedule, timezone, drill_schedule)| Some(Command::Policy(
+                    v1::PolicyCommand {
+                        name,
+                        action,
+                        spec: Some(v1::PolicySpec {
+                            tier,
+                            schedule,
+                            timezone,
+                            drill_schedule,
+                            ..Default::default()
+                        }),
+                    }
+                ))
+            ),
     ];
     (
         marked(),
@@ -326,7 +421,14 @@ fn required_permissions_per_command() {
             target: None,
         })
     };
-    let cases: [(CommandBody, &[&str]); 5] = [
+    let cases: [(CommandBody, &[&str]); 6] = [
+        (
+            CommandBody::Policy(PolicyChangeSpec {
+                name: "p".into(),
+                change: PolicyChange::Delete,
+            }),
+            &[PERM_BACKUP_POLICY],
+        ),
         (
             CommandBody::Backup(BackupSpec {
                 tier: "full".into(),
@@ -368,6 +470,7 @@ fn required_permissions_per_command() {
     assert_eq!(PERM_BACKUP_PROMOTE, "pf.backup.promote");
     assert_eq!(PERM_BACKUP_VERIFY, "pf.backup.verify");
     assert_eq!(PERM_DRILL_RUN, "pf.dr-drill.run");
+    assert_eq!(PERM_BACKUP_POLICY, "pf.backup.policy");
     assert!(!authorized(&["pf.backup.*"], &[PERM_DRILL_RUN]));
     assert!(!authorized(
         &["pf.backup.restore"],

@@ -10,8 +10,9 @@ use drfleet_protocol::events::{self, EVENT_TYPES};
 use drfleet_protocol::topology::{CommandKind, UNKNOWN_ORG};
 use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{
-    self, BackupSpec, CommandBody, DrillSpec, ReasonCode, Rejection, RestoreMode, RestoreSpec,
-    StagingDiscardSpec, VerifySpec,
+    self, BackupSpec, CommandBody, DrillSpec, PolicyChange, PolicyChangeSpec, PolicySpec,
+    ReasonCode, Rejection, RestoreMode, RestoreSpec, RetentionRules, StagingDiscardSpec,
+    VerifySpec,
 };
 use drfleet_protocol::{BackupRecordId, CommandId, OrganizationId};
 use prost::Message;
@@ -122,6 +123,75 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
             envelope(staging_discard(RESTORE_JOB_ID)),
             CommandBody::StagingDiscard(StagingDiscardSpec {
                 restore_job_id: RESTORE_JOB_ID.parse().unwrap(),
+            }),
+        ),
+        (
+            "policy upsert, every field",
+            envelope(policy_upsert(
+                "Every.6h_eu-1",
+                v1::PolicySpec {
+                    rpo_seconds: 21_600,
+                    rto_seconds: 3600,
+                    retention: Some(v1::RetentionRules {
+                        keep_last: 10,
+                        keep_daily: 7,
+                        keep_weekly: 4,
+                        keep_monthly: 12,
+                        keep_yearly: 3,
+                        keep_within_seconds: 172_800,
+                    }),
+                    verify_cycle_seconds: 604_800,
+                    drill_schedule: "0 3 1 * *".into(),
+                    disabled: true,
+                    ..policy_spec("full", "30 0 */6 * * *", "Europe/Berlin")
+                },
+            )),
+            CommandBody::Policy(PolicyChangeSpec {
+                name: "Every.6h_eu-1".into(),
+                change: PolicyChange::Upsert(PolicySpec {
+                    tier: "full".into(),
+                    schedule: "30 0 */6 * * *".into(),
+                    timezone: "Europe/Berlin".into(),
+                    rpo_seconds: 21_600,
+                    rto_seconds: 3600,
+                    retention: RetentionRules {
+                        keep_last: 10,
+                        keep_daily: 7,
+                        keep_weekly: 4,
+                        keep_monthly: 12,
+                        keep_yearly: 3,
+                        keep_within_seconds: 172_800,
+                    },
+                    verify_cycle_seconds: 604_800,
+                    drill_schedule: "0 3 1 * *".into(),
+                    disabled: true,
+                }),
+            }),
+        ),
+        (
+            "policy upsert, defaults (UTC, nothing optional)",
+            envelope(policy_upsert("p", policy_spec("gold", "0 2 * * *", ""))),
+            CommandBody::Policy(PolicyChangeSpec {
+                name: "p".into(),
+                change: PolicyChange::Upsert(PolicySpec {
+                    tier: "gold".into(),
+                    schedule: "0 2 * * *".into(),
+                    timezone: String::new(),
+                    rpo_seconds: 0,
+                    rto_seconds: 0,
+                    retention: RetentionRules::default(),
+                    verify_cycle_seconds: 0,
+                    drill_schedule: String::new(),
+                    disabled: false,
+                }),
+            }),
+        ),
+        (
+            "policy delete",
+            envelope(policy_delete("nightly")),
+            CommandBody::Policy(PolicyChangeSpec {
+                name: "nightly".into(),
+                change: PolicyChange::Delete,
             }),
         ),
     ]
@@ -441,6 +511,14 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 resolved_at: ts(1_760_000_015),
             }),
         ),
+        (
+            "policy_failed",
+            Event::PolicyFailed(v1::PolicyFailed {
+                name: "every-6h".into(),
+                error_code: "POLICY_NOT_FOUND".into(),
+                message: "policy not found".into(),
+            }),
+        ),
     ]
 }
 
@@ -461,7 +539,8 @@ fn _exhaustive(e: &Event) {
         | Event::PolicyUpdated(_)
         | Event::PolicyDeleted(_)
         | Event::AlertRaised(_)
-        | Event::AlertResolved(_) => {}
+        | Event::AlertResolved(_)
+        | Event::PolicyFailed(_) => {}
     }
 }
 
@@ -479,7 +558,7 @@ fn event_envelope(org: &str, event: Event) -> v1::EventEnvelope {
 #[test]
 fn every_event_variant_round_trips() {
     let samples = sample_events();
-    assert_eq!(samples.len(), 15);
+    assert_eq!(samples.len(), 16);
     for (name, event) in samples {
         let env = event_envelope(ORG_ID, event);
         let bytes = encode(&env);

@@ -728,3 +728,133 @@ fn content_bytes_ignore_token_time_and_correlation_but_not_the_body() {
         "no token in the content"
     );
 }
+
+fn upsert_with(f: impl FnOnce(&mut v1::PolicySpec)) -> v1::CommandEnvelope {
+    let mut spec = policy_spec("full", "0 */6 * * *", "Europe/Berlin");
+    f(&mut spec);
+    envelope(policy_upsert("nightly", spec))
+}
+
+#[test]
+fn a_valid_policy_is_accepted() {
+    let v = decode(&upsert_with(|_| {})).unwrap();
+    assert_eq!(v.body.kind(), CommandKind::Policy);
+    assert!(decode(&envelope(policy_delete("nightly"))).is_ok());
+    // A seconds schedule and a drill schedule are fine; the spec of a delete is ignored.
+    assert!(
+        decode(&upsert_with(|s| {
+            s.schedule = "*/10 * * * * *".into();
+            s.drill_schedule = "0 4 * * 0".into();
+        }))
+        .is_ok()
+    );
+    let mut del = envelope(policy_delete("nightly"));
+    if let Some(Command::Policy(p)) = &mut del.command {
+        p.spec = Some(policy_spec("BAD TIER", "nope", "Mars/Base"));
+    }
+    assert!(decode(&del).is_ok());
+}
+
+#[test]
+fn policy_rejections_name_the_field() {
+    let long_cycle = drfleet_protocol::policy::MAX_DURATION_SECS + 1;
+    let cases: Vec<(v1::CommandEnvelope, &str, &str)> = vec![
+        (
+            envelope(policy_upsert(
+                &format!("{MARKER} x"),
+                policy_spec("full", "0 * * * *", ""),
+            )),
+            "policy.name",
+            MARKER,
+        ),
+        (envelope(policy_delete("")), "policy.name", ""),
+        (envelope(policy_delete(&"n".repeat(101))), "policy.name", ""),
+        (
+            with(envelope(policy_delete("p")), |e| {
+                if let Some(Command::Policy(p)) = &mut e.command {
+                    p.action = 0;
+                }
+            }),
+            "policy.action",
+            "",
+        ),
+        (
+            with(envelope(policy_delete("p")), |e| {
+                if let Some(Command::Policy(p)) = &mut e.command {
+                    p.action = v1::PolicyAction::Upsert as i32;
+                }
+            }),
+            "policy.spec is required",
+            "",
+        ),
+        (
+            upsert_with(|s| s.tier = format!("{MARKER}!")),
+            "policy.spec.tier",
+            MARKER,
+        ),
+        (
+            upsert_with(|s| s.schedule = format!("{MARKER} * * * *")),
+            "policy.spec.schedule is not a valid cron expression",
+            MARKER,
+        ),
+        (
+            upsert_with(|s| s.schedule = "* * *".into()),
+            "policy.spec.schedule",
+            "",
+        ),
+        (
+            upsert_with(|s| s.schedule = "0 0 30 2 *".into()),
+            "policy.spec.schedule never fires",
+            "",
+        ),
+        (
+            upsert_with(|s| s.timezone = format!("{MARKER}/Nowhere")),
+            "policy.spec.timezone",
+            MARKER,
+        ),
+        (
+            upsert_with(|s| s.drill_schedule = format!("{MARKER} 61 * * *")),
+            "policy.spec.drill_schedule",
+            MARKER,
+        ),
+        (
+            upsert_with(|s| s.rpo_seconds = u64::MAX),
+            "policy.spec.rpo_seconds",
+            "",
+        ),
+        (
+            upsert_with(|s| s.rto_seconds = long_cycle),
+            "policy.spec.rto_seconds",
+            "",
+        ),
+        (
+            upsert_with(|s| s.verify_cycle_seconds = long_cycle),
+            "policy.spec.verify_cycle_seconds",
+            "",
+        ),
+        (
+            upsert_with(|s| {
+                s.retention = Some(v1::RetentionRules {
+                    keep_daily: 10_001,
+                    ..Default::default()
+                })
+            }),
+            "policy.spec.retention.keep_daily",
+            "",
+        ),
+        (
+            upsert_with(|s| {
+                s.retention = Some(v1::RetentionRules {
+                    keep_within_seconds: long_cycle,
+                    ..Default::default()
+                })
+            }),
+            "policy.spec.retention.keep_within_seconds",
+            "",
+        ),
+    ];
+    for (env, field, secret) in cases {
+        let r = assert_rejected(decode(&env), ReasonCode::InvalidArgument, field, &[secret]);
+        assert_ids_filled(&r);
+    }
+}

@@ -15,15 +15,17 @@ pub enum Role {
     Restore,
     Drill,
     Verify,
+    Policy,
     Audit,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Backup,
         Role::Restore,
         Role::Drill,
         Role::Verify,
+        Role::Policy,
         Role::Audit,
     ];
 
@@ -33,6 +35,7 @@ impl Role {
             Role::Restore => "restore",
             Role::Drill => "drill",
             Role::Verify => "verify",
+            Role::Policy => "policy",
             Role::Audit => "audit",
         }
     }
@@ -42,7 +45,15 @@ impl Role {
         !matches!(self, Role::Drill)
     }
 
-    /// Roles that consume commands (and so verify tokens and need the master key).
+    /// Roles that touch artifacts, and so need the master keys.
+    pub fn needs_master_key(self) -> bool {
+        matches!(
+            self,
+            Role::Backup | Role::Restore | Role::Drill | Role::Verify
+        )
+    }
+
+    /// Roles that consume commands (and so verify tokens).
     pub fn command_kind(self) -> Option<drfleet_protocol::topology::CommandKind> {
         use drfleet_protocol::topology::CommandKind as K;
         match self {
@@ -50,6 +61,7 @@ impl Role {
             Role::Restore => Some(K::Restore),
             Role::Drill => Some(K::Drill),
             Role::Verify => Some(K::Verify),
+            Role::Policy => Some(K::Policy),
             Role::Audit => None,
         }
     }
@@ -59,8 +71,8 @@ impl Role {
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "drfleet-worker", version, about)]
 pub struct WorkerCli {
-    /// Role(s) to run: backup, restore, drill, verify, audit, or all (development: every role
-    /// this build has).
+    /// Role(s) to run: backup, restore, drill, verify, policy, audit, or all (development:
+    /// every role this build has).
     /// Repeat the flag, or comma-separate in DR_ROLE.
     #[arg(long = "role", env = "DR_ROLE", value_delimiter = ',', required = true)]
     pub roles: Vec<String>,
@@ -177,7 +189,7 @@ pub struct WorkerConfig {
     pub database_url: Secret<String>,
     pub source_database_url: Secret<String>,
     pub object_store: ObjectStoreLocation,
-    /// Present whenever a command role runs.
+    /// Present whenever a role that touches artifacts runs.
     pub master_keys: Option<MasterKeys>,
     /// Present whenever a command role runs.
     pub token_verifier: Option<TokenVerifier>,
@@ -209,16 +221,14 @@ impl WorkerConfig {
             match r.trim() {
                 "all" => roles.extend(Role::ALL.into_iter().filter(|r| r.available())),
                 s => {
-                    let role =
-                        Role::ALL
-                            .into_iter()
-                            .find(|x| x.as_str() == s)
-                            .ok_or_else(|| {
-                                ConfigError::new(
-                                    "DR_ROLE",
-                                    "roles are backup, restore, drill, verify, audit or all",
-                                )
-                            })?;
+                    let role = Role::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(
+                        || {
+                            ConfigError::new(
+                                "DR_ROLE",
+                                "roles are backup, restore, drill, verify, policy, audit or all",
+                            )
+                        },
+                    )?;
                     if !role.available() {
                         return Err(ConfigError::new(
                             "DR_ROLE",
@@ -246,7 +256,7 @@ impl WorkerConfig {
             Some(u) => cfg::postgres_url("DR_SOURCE_DATABASE_URL", u)?,
             None => database_url.clone(),
         };
-        let master_keys = if commands {
+        let master_keys = if roles.iter().any(|r| r.needs_master_key()) {
             let key = cli.master_key.as_deref().ok_or_else(|| {
                 ConfigError::new(
                     "DR_MASTER_KEY",

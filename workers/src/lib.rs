@@ -1,6 +1,6 @@
 //! # drfleet-workers — the worker roles on the shared runtime
 //!
-//! `drfleet-worker --role <backup|restore|drill|verify|audit|all>` runs [`run`]. Layout:
+//! `drfleet-worker --role <backup|restore|drill|verify|policy|audit|all>` runs [`run`]. Layout:
 //!
 //! - [`config`]: flags/env → validated [`config::WorkerConfig`].
 //! - [`intake`]: a command delivery → validated, authenticated, deduplicated → a durable job

@@ -174,7 +174,7 @@ async fn topology_is_declared_exactly() {
                 "durable",
                 "arguments",
             ]);
-            (q.len() >= 6).then_some(q)
+            (q.len() >= 7).then_some(q)
         }
     })
     .await;
@@ -197,7 +197,13 @@ async fn topology_is_declared_exactly() {
             _ => serde_json::Value::Null,
         }
     };
-    for name in ["dr.backup", "dr.restore", "dr.drill", "dr.verify"] {
+    for name in [
+        "dr.backup",
+        "dr.restore",
+        "dr.drill",
+        "dr.verify",
+        "dr.policy",
+    ] {
         let row = q(name);
         assert_eq!(row["type"], "quorum", "{name} is a quorum queue");
         assert_eq!(row["durable"], true, "{name} is durable");

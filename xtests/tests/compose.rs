@@ -9,7 +9,7 @@ use serde_yaml_ng::{Mapping, Value};
 // The roles this build has (`drill` joins when its role is built; a worker started with an
 // unavailable role exits 2).
 const COMMAND_ROLES: [&str; 3] = ["backup", "restore", "verify"];
-const ALL_ROLES: [&str; 4] = ["backup", "restore", "verify", "audit"];
+const ALL_ROLES: [&str; 5] = ["backup", "restore", "verify", "policy", "audit"];
 const BUCKET: &str = "drfleet-artifacts";
 
 fn repo_root() -> PathBuf {
@@ -394,6 +394,28 @@ fn audit_worker_gets_only_broker_and_database() {
 }
 
 #[test]
+fn policy_worker_gets_the_token_secret_but_no_artifact_settings() {
+    let doc = compose();
+    let env = env(service(&doc, "worker-policy"));
+    assert!(is_required_var(
+        &env["DR_AUTH_JWT_SECRET"],
+        "DR_AUTH_JWT_SECRET"
+    ));
+    for absent in [
+        "DR_MASTER_KEY",
+        "DR_MASTER_KEY_ID",
+        "DR_OBJECT_STORE_URL",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ACCESS_KEY_ID",
+    ] {
+        assert!(
+            !env.contains_key(absent),
+            "worker-policy should not get {absent}"
+        );
+    }
+}
+
+#[test]
 fn every_dependency_is_a_defined_service() {
     let doc = compose();
     let defined: BTreeSet<String> = services(&doc).keys().map(str_of).collect();
@@ -440,7 +462,7 @@ fn workers_wait_for_their_dependencies() {
             Some("service_healthy"),
             "{w}"
         );
-        if role != "audit" {
+        if role != "audit" && role != "policy" {
             assert_eq!(
                 deps.get("minio-init").map(String::as_str),
                 Some("service_completed_successfully"),

@@ -70,6 +70,33 @@ pub fn staging_discard(job: &str) -> Command {
     })
 }
 
+/// A policy spec every validation accepts: `tier`, `schedule`, `timezone`, the rest unset.
+pub fn policy_spec(tier: &str, schedule: &str, timezone: &str) -> v1::PolicySpec {
+    v1::PolicySpec {
+        tier: tier.into(),
+        schedule: schedule.into(),
+        timezone: timezone.into(),
+        retention: Some(v1::RetentionRules::default()),
+        ..Default::default()
+    }
+}
+
+pub fn policy_upsert(name: &str, spec: v1::PolicySpec) -> Command {
+    Command::Policy(v1::PolicyCommand {
+        name: name.into(),
+        action: v1::PolicyAction::Upsert as i32,
+        spec: Some(spec),
+    })
+}
+
+pub fn policy_delete(name: &str) -> Command {
+    Command::Policy(v1::PolicyCommand {
+        name: name.into(),
+        action: v1::PolicyAction::Delete as i32,
+        spec: None,
+    })
+}
+
 pub fn kind_of(command: &Command) -> CommandKind {
     CommandKind::of(command)
 }

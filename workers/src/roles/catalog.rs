@@ -12,7 +12,7 @@ use crate::handler::JobError;
 
 /// drfleet's own tables. They carry `organization_id` too and, with the default
 /// DR_SOURCE_DATABASE_URL, live in the same database, so the `full` tier must skip them.
-pub const METADATA_TABLES: [&str; 14] = [
+pub const METADATA_TABLES: [&str; 15] = [
     "pf_backup_tiers",
     "pf_backup_policies",
     "pf_backup_records",
@@ -26,6 +26,8 @@ pub const METADATA_TABLES: [&str; 14] = [
     "pf_outbox",
     "pf_schedule_slots",
     "pf_alerts",
+    // The scheduler's verify rotation.
+    "pf_verify_rotation",
     "_sqlx_migrations",
 ];
 
@@ -208,6 +210,30 @@ pub fn fk_order(tables: &[(u32, String)], edges: &[(u32, u32)]) -> Vec<(u32, Str
 
 #[cfg(test)]
 mod tests {
+    /// Every table the migrations create is a metadata table: a new one carrying
+    /// `organization_id` must not become a member of the `full` tier.
+    #[test]
+    fn every_migrated_table_is_a_metadata_table() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let sql = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            for rest in sql.split("CREATE TABLE ").skip(1) {
+                let rest = rest.trim_start_matches("IF NOT EXISTS ");
+                let name = rest
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .next()
+                    .unwrap();
+                assert!(
+                    super::METADATA_TABLES.contains(&name),
+                    "{name} is missing from METADATA_TABLES"
+                );
+                n += 1;
+            }
+        }
+        assert!(n >= 13, "{n} tables found");
+    }
+
     use super::*;
 
     fn t(v: &[(u32, &str)]) -> Vec<(u32, String)> {

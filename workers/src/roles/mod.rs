@@ -1,4 +1,5 @@
-//! Role implementations, one module per role; the audit role lives in [`crate::audit`].
+//! Role implementations, one module per role (`policy` applies policy changes to
+//! `pf_backup_policies`); the audit role lives in [`crate::audit`].
 //!
 //! [`RoleCtx`] holds what command roles share: the tenant-data pool, the artifact store,
 //! the master keys and the tenant layout settings.
@@ -6,6 +7,7 @@
 pub mod backup;
 pub mod catalog;
 pub mod membership;
+pub mod policy;
 pub mod restore;
 pub mod rowset;
 pub mod shrink;
@@ -142,8 +144,9 @@ pub(crate) fn source_pool(
 /// The command handlers for the configured roles.
 pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
     let mut handlers = Handlers::default();
-    let commands = config.roles.iter().any(|r| r.command_kind().is_some());
-    let ctx = if commands {
+    // The policy role touches neither artifacts nor tenant data: it needs no RoleCtx.
+    let artifacts = config.roles.iter().any(|r| r.needs_master_key());
+    let ctx = if artifacts {
         let ctx = Arc::new(RoleCtx::from_config(config)?);
         ctx.check_key_type_at_start()
             .await
@@ -155,6 +158,7 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
     for role in &config.roles {
         match role {
             Role::Audit => {}
+            Role::Policy => handlers = handlers.with(policy::PolicyHandler),
             Role::Verify => {
                 handlers = handlers.with(verify::VerifyHandler::new(
                     ctx.clone().expect("command role ctx"),
