@@ -3,7 +3,8 @@
 #
 #   scripts/rabbitmq-users.sh [--vhost /] [--prefix drfleet]
 #
-# Users: <prefix>-backup, -restore, -drill, -verify, -policy, -audit, -publisher, -monitor.
+# Users: <prefix>-backup, -restore, -drill, -verify, -policy, -audit, -scheduler, -publisher,
+# -monitor.
 # Passwords come from DRFLEET_RMQ_PASSWORD_<USER> (upper case, '-' → '_', e.g.
 # DRFLEET_RMQ_PASSWORD_DRFLEET_BACKUP), else DRFLEET_RMQ_PASSWORD; a missing one is generated
 # and printed once.
@@ -52,7 +53,11 @@ for role in backup restore drill verify policy; do
   user "$PREFIX-$role" "$TOPOLOGY" "$BIND_WRITE" "^(dr\\.$role|$EXCHANGES)\$"
 done
 user "$PREFIX-audit" "$TOPOLOGY" "$BIND_WRITE" "^(dr\\.audit|$EXCHANGES)\$"
-# Upstream services and the scheduler: publish commands, nothing else.
+# The scheduler: declares the topology, publishes commands and (its outbox relay) events. It
+# never consumes; read on the queues is what RabbitMQ asks of whoever declares a queue with a
+# dead-letter exchange, and the scheduler may start before any worker.
+user "$PREFIX-scheduler" "$TOPOLOGY" '^dr\.(backup|restore|drill|verify|policy|audit|dead-letter|events|commands)$' "^(dr\\.(backup|restore|drill|verify|policy|audit)|$EXCHANGES)\$"
+# Upstream services: publish commands, nothing else.
 user "$PREFIX-publisher" '^$' '^dr\.commands$' '^$'
 # Security monitoring: its own server-named queues bound to dr.events.
 user "$PREFIX-monitor" '^amq\.gen-.*$' '^amq\.gen-.*$' '^(dr\.events|amq\.gen-.*)$'

@@ -105,3 +105,69 @@ async fn serves_health_ready_metrics_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}");
     env.cleanup().await;
 }
+
+/// As the `<prefix>-scheduler` user of `scripts/rabbitmq-users.sh`, a scheduler declares the
+/// topology, publishes a due backup command and relays its alerts' events.
+#[tokio::test]
+async fn runs_as_its_least_privilege_broker_user() {
+    let env = TestEnv::new().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq-users.sh");
+    let suffix = &env.db_name[7..];
+    let pw = format!("pw-{suffix}");
+    let prefix = format!("drs{suffix}");
+    let out = Command::new("bash")
+        .args([script, "--vhost", &env.vhost, "--prefix", &prefix])
+        .env("DRFLEET_RMQ_PASSWORD", &pw)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host = env
+        .amqp_url
+        .rsplit_once('@')
+        .and_then(|(_, h)| h.split_once('/'))
+        .map(|(h, _)| h.to_string())
+        .unwrap();
+    let url = format!("amqp://{prefix}-scheduler:{pw}@{host}/{}", env.vhost);
+
+    let org = drfleet_protocol::OrganizationId::new();
+    let policy = insert_policy(
+        &env,
+        &org,
+        "due-now",
+        "0 0 1 1 *",
+        PolicyOpts {
+            next_due_at: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
+            rpo_seconds: Some(60),
+            created_at: Some(chrono::Utc::now() - chrono::Duration::hours(1)),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (stop, s) = start_scheduler(&env, &[("DR_AMQP_URL", url)]);
+    eventually(
+        30,
+        "the command reaches dr.backup and the outbox is empty",
+        || async {
+            let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pf_outbox")
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+            // The queue exists once the scheduler's session declared the topology.
+            let rows = rabbit_json(&["list_queues", "-p", &env.vhost, "name", "messages_ready"]);
+            let ready = rows
+                .iter()
+                .find(|r| r["name"] == "dr.backup")
+                .and_then(|r| r["messages_ready"].as_u64());
+            (left == 0 && ready == Some(1)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(slots(&env, policy, "backup").await.len(), 1);
+    stop.cancel();
+    s.await.unwrap();
+    env.cleanup().await;
+}
