@@ -75,8 +75,8 @@ pub async fn list(a: &AlertsArgs) -> Result<Outcome, Error> {
 
 async fn print_alerts(pool: &sqlx::PgPool, a: &AlertsArgs) -> Result<(), Error> {
     let mut rows = sqlx::query(
-        // The organization as on the wire: the policy's tenant key (the uuid once it is gone).
-        "SELECT a.id, COALESCE(p.tenant_key, a.organization_id::text) AS org_key, a.kind, a.severity, a.policy_id, p.name AS policy_name, \
+        // The organization as on the wire (stored with the alert).
+        "SELECT a.id, a.tenant_key AS org_key, a.kind, a.severity, a.policy_id, p.name AS policy_name, \
            a.backup_record_id, a.code, a.raised_at \
          FROM pf_alerts a LEFT JOIN pf_backup_policies p ON p.id = a.policy_id \
          WHERE a.resolved_at IS NULL AND ($1::uuid IS NULL OR a.organization_id = $1) \

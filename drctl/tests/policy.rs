@@ -333,10 +333,10 @@ async fn alerts_lists_the_open_ones() {
         uuid::Uuid::now_v7(),
     );
     sqlx::query(
-        "INSERT INTO pf_alerts (id, organization_id, kind, severity, policy_id, backup_record_id, code, raised_at, resolved_at) VALUES \
-         ($1, $4, 'VERIFY_FAILED', 'critical', $6, $7, 'CHUNK_TAG_MISMATCH', '2026-12-01T08:00:00Z', NULL), \
-         ($2, $4, 'RPO_BREACHED', 'critical', $6, NULL, '', '2026-11-30T08:00:00Z', '2026-11-30T09:00:00Z'), \
-         ($3, $5, 'BACKUP_FAILING', 'warning', $8, NULL, 'SOURCE_DATABASE_ERROR', '2026-12-01T07:00:00Z', NULL)",
+        "INSERT INTO pf_alerts (id, organization_id, tenant_key, kind, severity, policy_id, backup_record_id, code, raised_at, resolved_at) VALUES \
+         ($1, $4, $4::text, 'VERIFY_FAILED', 'critical', $6, $7, 'CHUNK_TAG_MISMATCH', '2026-12-01T08:00:00Z', NULL), \
+         ($2, $4, $4::text, 'RPO_BREACHED', 'critical', $6, NULL, '', '2026-11-30T08:00:00Z', '2026-11-30T09:00:00Z'), \
+         ($3, $5, $5::text, 'BACKUP_FAILING', 'warning', $8, NULL, 'SOURCE_DATABASE_ERROR', '2026-12-01T07:00:00Z', NULL)",
     )
     .bind(open)
     .bind(resolved)

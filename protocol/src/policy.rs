@@ -73,10 +73,21 @@ impl Schedule {
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         // croner keeps the start's fraction of a second; a slot has none.
         let t = t.trunc_subsecs(0);
-        self.cron
-            .find_next_occurrence(&t.with_timezone(&self.tz), false)
-            .ok()
-            .map(|d| d.with_timezone(&Utc))
+        let mut from = t;
+        // In the second pass of a fall-back overlap croner works on wall-clock times and may
+        // answer the first pass's instant, i.e. before `t`: step on until it answers after.
+        for _ in 0..7200 {
+            let next = self
+                .cron
+                .find_next_occurrence(&from.with_timezone(&self.tz), false)
+                .ok()?
+                .with_timezone(&Utc);
+            if next > t {
+                return Some(next);
+            }
+            from += chrono::Duration::seconds(1);
+        }
+        None
     }
 
     /// The latest slot at or before `t`.

@@ -85,6 +85,12 @@ fn dst_overlap_fires_once() {
     assert_eq!(first, utc("2026-10-25T00:30:00Z")); // the earlier (CEST) instant
     let second = s.next_after(first).unwrap();
     assert_eq!(second, utc("2026-10-26T01:30:00Z")); // next day, CET
+    // From inside the repeated hour (02:00 CET, after the slot fired at 02:30 CEST): the next
+    // slot is the next day's, not the instant already past (croner alone answers that one).
+    assert_eq!(
+        s.next_after(utc("2026-10-25T01:00:00Z")),
+        Some(utc("2026-10-26T01:30:00Z"))
+    );
 }
 
 #[test]
