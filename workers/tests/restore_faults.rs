@@ -185,7 +185,8 @@ async fn a_connection_cut_mid_load_is_retried_and_the_restore_completes() {
     let started = Instant::now();
     publish_command(&p, &cmd).await;
     // Terminate the loading connection once it is past its first segment.
-    let killed: i64 = eventually(30, "a COPY into a later segment", || async {
+    // Generous: on a loaded machine the restore may take a while to reach its second segment.
+    let killed: i64 = eventually(120, "a COPY into a later segment", || async {
         let n: i64 = sqlx::query_scalar(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
              WHERE datname = current_database() AND pid <> pg_backend_pid() \
