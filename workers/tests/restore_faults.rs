@@ -182,7 +182,6 @@ async fn a_connection_cut_mid_load_is_retried_and_the_restore_completes() {
         v1::RestoreMode::Staging,
         &token(&org, &["pf.backup.restore"]),
     );
-    let started = Instant::now();
     publish_command(&p, &cmd).await;
     // Terminate the loading connection once it is past its first segment.
     // Generous: on a loaded machine the restore may take a while to reach its second segment.
@@ -199,6 +198,8 @@ async fn a_connection_cut_mid_load_is_retried_and_the_restore_completes() {
     })
     .await;
     assert!(killed >= 1);
+    // Bounded from the cut: the retry must not hang.
+    let started = Instant::now();
     let corr = cmd.correlation_id.clone();
     tap.wait_until(BOUND.as_secs(), "restore outcome", |ev| {
         ev.iter().any(|e| {
