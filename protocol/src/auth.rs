@@ -8,6 +8,8 @@ pub const PERM_BACKUP_RESTORE: &str = "pf.backup.restore";
 pub const PERM_BACKUP_PROMOTE: &str = "pf.backup.promote";
 pub const PERM_BACKUP_VERIFY: &str = "pf.backup.verify";
 pub const PERM_DRILL_RUN: &str = "pf.dr-drill.run";
+pub const PERM_BACKUP_RETENTION: &str = "pf.backup.retention";
+pub const PERM_BACKUP_HOLD: &str = "pf.backup.hold";
 
 /// The permission keys a command needs, all of them.
 pub fn required_permissions(body: &CommandBody) -> &'static [&'static str] {
@@ -21,6 +23,8 @@ pub fn required_permissions(body: &CommandBody) -> &'static [&'static str] {
         CommandBody::StagingDiscard(_) => &[PERM_BACKUP_RESTORE],
         CommandBody::Drill(_) => &[PERM_DRILL_RUN],
         CommandBody::Verify(_) => &[PERM_BACKUP_VERIFY],
+        CommandBody::Retention(_) => &[PERM_BACKUP_RETENTION],
+        CommandBody::BackupHold(_) => &[PERM_BACKUP_HOLD],
     }
 }
 

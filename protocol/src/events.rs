@@ -38,11 +38,13 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::PolicyDeleted(_) => "policy_deleted",
         Event::AlertRaised(_) => "alert_raised",
         Event::AlertResolved(_) => "alert_resolved",
+        Event::BackupExpired(_) => "backup_expired",
+        Event::BackupHoldChanged(_) => "backup_hold_changed",
     }
 }
 
 /// Every event type name, in field order.
-pub const EVENT_TYPES: [&str; 15] = [
+pub const EVENT_TYPES: [&str; 17] = [
     "backup_started",
     "backup_completed",
     "backup_failed",
@@ -58,6 +60,8 @@ pub const EVENT_TYPES: [&str; 15] = [
     "policy_deleted",
     "alert_raised",
     "alert_resolved",
+    "backup_expired",
+    "backup_hold_changed",
 ];
 
 /// A fresh envelope around `event`, for a uuid tenant.
@@ -183,6 +187,10 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             "raised_at": ts_json(&e.raised_at)}),
         Event::AlertResolved(e) => json!({"alert_id": e.alert_id, "kind": e.kind,
             "policy_id": e.policy_id, "resolved_at": ts_json(&e.resolved_at)}),
+        Event::BackupExpired(e) => json!({"backup_record_id": e.backup_record_id,
+            "policy_id": e.policy_id, "reason": e.reason}),
+        Event::BackupHoldChanged(e) => json!({"backup_record_id": e.backup_record_id,
+            "hold": e.hold, "reason": e.reason, "operator": e.operator}),
     }
 }
 

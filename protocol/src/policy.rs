@@ -179,6 +179,7 @@ pub enum SlotKind {
     Backup,
     Verify,
     Drill,
+    Retention,
 }
 
 impl SlotKind {
@@ -187,6 +188,7 @@ impl SlotKind {
             Self::Backup => "backup",
             Self::Verify => "verify",
             Self::Drill => "drill",
+            Self::Retention => "retention",
         }
     }
 }

@@ -45,6 +45,27 @@ impl Rules {
         }
     }
 
+    /// The rules as text, e.g. `keep_last 3, keep_daily 7, keep_within 30d`: the reason a
+    /// `backup_expired` event gives (`not kept by <rules>`).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (name, n) in [
+            ("keep_last", self.keep_last),
+            ("keep_daily", self.keep_daily),
+            ("keep_weekly", self.keep_weekly),
+            ("keep_monthly", self.keep_monthly),
+            ("keep_yearly", self.keep_yearly),
+        ] {
+            if let Some(n) = n {
+                parts.push(format!("{name} {n}"));
+            }
+        }
+        if let Some(s) = self.keep_within_secs {
+            parts.push(format!("keep_within {}", crate::policy::format_duration(s)));
+        }
+        parts.join(", ")
+    }
+
     fn is_empty(&self) -> bool {
         self.keep_last.is_none()
             && self.keep_daily.is_none()

@@ -151,6 +151,23 @@ pub struct VerifySpec {
     pub backup_record_id: BackupRecordId,
 }
 
+/// Apply one policy's retention rules now (queue `dr.retention`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetentionSpec {
+    pub policy_id: uuid::Uuid,
+}
+
+/// Hold or release one backup (a `retention`-kind command).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackupHoldSpec {
+    pub backup_record_id: BackupRecordId,
+    pub hold: bool,
+    pub reason: String,
+}
+
+/// Longest hold reason accepted.
+pub const MAX_HOLD_REASON: usize = 500;
+
 /// Drop a kept STAGING schema now (a `restore`-kind command: routed to `dr.restore`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StagingDiscardSpec {
@@ -166,6 +183,8 @@ pub enum CommandBody {
     Drill(DrillSpec),
     Verify(VerifySpec),
     StagingDiscard(StagingDiscardSpec),
+    Retention(RetentionSpec),
+    BackupHold(BackupHoldSpec),
 }
 
 impl CommandBody {
@@ -176,6 +195,7 @@ impl CommandBody {
             Self::Drill(_) => CommandKind::Drill,
             Self::Verify(_) => CommandKind::Verify,
             Self::StagingDiscard(_) => CommandKind::Restore,
+            Self::Retention(_) | Self::BackupHold(_) => CommandKind::Retention,
         }
     }
 }
@@ -304,7 +324,7 @@ pub fn validate_envelope(
     let Some(command) = env.command else {
         return Err(with_ctx(invalid(
             "command",
-            "is not set (one of backup, restore, drill, verify, staging_discard)",
+            "is not set (one of backup, restore, drill, verify, staging_discard, retention, backup_hold)",
         )));
     };
     let body =
@@ -396,6 +416,34 @@ pub fn validate_envelope(
                     with_ctx(invalid("staging_discard.restore_job_id", "is not a UUID"))
                 })?,
             }),
+            Command::Retention(r) => CommandBody::Retention(RetentionSpec {
+                policy_id: r
+                    .policy_id
+                    .parse()
+                    .map_err(|_| with_ctx(invalid("retention.policy_id", "is not a UUID")))?,
+            }),
+            Command::BackupHold(h) => {
+                let backup_record_id = h.backup_record_id.parse().map_err(|_| {
+                    with_ctx(invalid("backup_hold.backup_record_id", "is not a UUID"))
+                })?;
+                if h.reason.len() > MAX_HOLD_REASON || h.reason.chars().any(char::is_control) {
+                    return Err(with_ctx(invalid(
+                        "backup_hold.reason",
+                        "must be at most 500 bytes without control characters",
+                    )));
+                }
+                if h.hold && h.reason.trim().is_empty() {
+                    return Err(with_ctx(invalid(
+                        "backup_hold.reason",
+                        "is required to hold",
+                    )));
+                }
+                CommandBody::BackupHold(BackupHoldSpec {
+                    backup_record_id,
+                    hold: h.hold,
+                    reason: h.reason,
+                })
+            }
             // Served by the policy role (issue #10); until then refused like any unknown body.
             Command::Policy(_) => {
                 return Err(with_ctx(invalid("command", "policy is not served yet")));
@@ -494,6 +542,14 @@ impl ValidCommand {
             }),
             CommandBody::StagingDiscard(d) => Command::StagingDiscard(v1::StagingDiscardCommand {
                 restore_job_id: d.restore_job_id.to_string(),
+            }),
+            CommandBody::Retention(r) => Command::Retention(v1::RetentionCommand {
+                policy_id: r.policy_id.to_string(),
+            }),
+            CommandBody::BackupHold(h) => Command::BackupHold(v1::BackupHoldCommand {
+                backup_record_id: h.backup_record_id.to_string(),
+                hold: h.hold,
+                reason: h.reason.clone(),
             }),
         };
         v1::CommandEnvelope {

@@ -13,6 +13,7 @@ use drfleet_protocol::validate::{
     self, BackupSpec, CommandBody, DrillSpec, ReasonCode, Rejection, RestoreMode, RestoreSpec,
     StagingDiscardSpec, VerifySpec,
 };
+use drfleet_protocol::validate::{BackupHoldSpec, RetentionSpec};
 use drfleet_protocol::{BackupRecordId, CommandId, OrganizationId};
 use prost::Message;
 use prost_types::{FileDescriptorProto, FileDescriptorSet, Timestamp};
@@ -124,6 +125,47 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
                 restore_job_id: RESTORE_JOB_ID.parse().unwrap(),
             }),
         ),
+        (
+            "retention",
+            envelope(v1::command_envelope::Command::Retention(
+                v1::RetentionCommand {
+                    policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                },
+            )),
+            CommandBody::Retention(RetentionSpec {
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".parse().unwrap(),
+            }),
+        ),
+        (
+            "backup hold",
+            envelope(v1::command_envelope::Command::BackupHold(
+                v1::BackupHoldCommand {
+                    backup_record_id: RECORD_ID.into(),
+                    hold: true,
+                    reason: "LEGAL-42".into(),
+                },
+            )),
+            CommandBody::BackupHold(BackupHoldSpec {
+                backup_record_id: record(),
+                hold: true,
+                reason: "LEGAL-42".into(),
+            }),
+        ),
+        (
+            "backup release",
+            envelope(v1::command_envelope::Command::BackupHold(
+                v1::BackupHoldCommand {
+                    backup_record_id: RECORD_ID.into(),
+                    hold: false,
+                    reason: String::new(),
+                },
+            )),
+            CommandBody::BackupHold(BackupHoldSpec {
+                backup_record_id: record(),
+                hold: false,
+                reason: String::new(),
+            }),
+        ),
     ]
 }
 
@@ -185,6 +227,7 @@ fn command_body_json_is_tagged_by_kind_and_round_trips() {
         // The tag names the body; a staging discard is a `restore`-kind command.
         let tag = match body {
             CommandBody::StagingDiscard(_) => "staging_discard",
+            CommandBody::BackupHold(_) => "backup_hold",
             _ => body.kind().as_str(),
         };
         assert_eq!(json["kind"], tag, "{name}: {json}");
@@ -441,6 +484,23 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 resolved_at: ts(1_760_000_015),
             }),
         ),
+        (
+            "backup_expired",
+            Event::BackupExpired(v1::BackupExpired {
+                backup_record_id: RECORD_ID.into(),
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                reason: "not kept by keep_last 3".into(),
+            }),
+        ),
+        (
+            "backup_hold_changed",
+            Event::BackupHoldChanged(v1::BackupHoldChanged {
+                backup_record_id: RECORD_ID.into(),
+                hold: true,
+                reason: "LEGAL-42".into(),
+                operator: "user-1".into(),
+            }),
+        ),
     ]
 }
 
@@ -461,7 +521,9 @@ fn _exhaustive(e: &Event) {
         | Event::PolicyUpdated(_)
         | Event::PolicyDeleted(_)
         | Event::AlertRaised(_)
-        | Event::AlertResolved(_) => {}
+        | Event::AlertResolved(_)
+        | Event::BackupExpired(_)
+        | Event::BackupHoldChanged(_) => {}
     }
 }
 
