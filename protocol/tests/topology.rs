@@ -32,6 +32,8 @@ fn command_kinds() {
         (CommandKind::Restore, "restore", "dr.restore", "restore.*"),
         (CommandKind::Drill, "drill", "dr.drill", "drill.*"),
         (CommandKind::Verify, "verify", "dr.verify", "verify.*"),
+        (CommandKind::Policy, "policy", "dr.policy", "policy.*"),
+        (CommandKind::Retention, "retention", "dr.retention", "retention.*"),
     ];
     assert_eq!(
         CommandKind::ALL.to_vec(),
@@ -59,7 +61,7 @@ fn command_kinds() {
 #[test]
 fn queue_names_are_distinct() {
     let mut names: HashSet<&str> = CommandKind::ALL.iter().map(|k| k.queue()).collect();
-    assert_eq!(names.len(), 4);
+    assert_eq!(names.len(), CommandKind::ALL.len());
     assert!(names.insert(AUDIT_QUEUE));
     assert!(names.insert(DEAD_LETTER_QUEUE));
 }
