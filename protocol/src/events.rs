@@ -40,11 +40,13 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::AlertResolved(_) => "alert_resolved",
         Event::BackupExpired(_) => "backup_expired",
         Event::BackupHoldChanged(_) => "backup_hold_changed",
+        Event::RetentionCompleted(_) => "retention_completed",
+        Event::RetentionFailed(_) => "retention_failed",
     }
 }
 
 /// Every event type name, in field order.
-pub const EVENT_TYPES: [&str; 17] = [
+pub const EVENT_TYPES: [&str; 19] = [
     "backup_started",
     "backup_completed",
     "backup_failed",
@@ -62,6 +64,8 @@ pub const EVENT_TYPES: [&str; 17] = [
     "alert_resolved",
     "backup_expired",
     "backup_hold_changed",
+    "retention_completed",
+    "retention_failed",
 ];
 
 /// A fresh envelope around `event`, for a uuid tenant.
@@ -191,6 +195,11 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             "policy_id": e.policy_id, "reason": e.reason}),
         Event::BackupHoldChanged(e) => json!({"backup_record_id": e.backup_record_id,
             "hold": e.hold, "reason": e.reason, "operator": e.operator}),
+        Event::RetentionCompleted(e) => json!({"policy_id": e.policy_id, "kept": e.kept,
+            "expired": e.expired}),
+        Event::RetentionFailed(e) => json!({"policy_id": e.policy_id,
+            "backup_record_id": e.backup_record_id, "error_code": e.error_code,
+            "message": e.message}),
     }
 }
 

@@ -501,6 +501,23 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 operator: "user-1".into(),
             }),
         ),
+        (
+            "retention_completed",
+            Event::RetentionCompleted(v1::RetentionCompleted {
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                kept: 7,
+                expired: 3,
+            }),
+        ),
+        (
+            "retention_failed",
+            Event::RetentionFailed(v1::RetentionFailed {
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                backup_record_id: String::new(),
+                error_code: "OBJECT_STORE_UNAVAILABLE".into(),
+                message: "object store unavailable".into(),
+            }),
+        ),
     ]
 }
 
@@ -523,7 +540,9 @@ fn _exhaustive(e: &Event) {
         | Event::AlertRaised(_)
         | Event::AlertResolved(_)
         | Event::BackupExpired(_)
-        | Event::BackupHoldChanged(_) => {}
+        | Event::BackupHoldChanged(_)
+        | Event::RetentionCompleted(_)
+        | Event::RetentionFailed(_) => {}
     }
 }
 

@@ -33,7 +33,12 @@ fn command_kinds() {
         (CommandKind::Drill, "drill", "dr.drill", "drill.*"),
         (CommandKind::Verify, "verify", "dr.verify", "verify.*"),
         (CommandKind::Policy, "policy", "dr.policy", "policy.*"),
-        (CommandKind::Retention, "retention", "dr.retention", "retention.*"),
+        (
+            CommandKind::Retention,
+            "retention",
+            "dr.retention",
+            "retention.*",
+        ),
     ];
     assert_eq!(
         CommandKind::ALL.to_vec(),

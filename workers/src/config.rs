@@ -15,15 +15,17 @@ pub enum Role {
     Restore,
     Drill,
     Verify,
+    Retention,
     Audit,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Backup,
         Role::Restore,
         Role::Drill,
         Role::Verify,
+        Role::Retention,
         Role::Audit,
     ];
 
@@ -33,6 +35,7 @@ impl Role {
             Role::Restore => "restore",
             Role::Drill => "drill",
             Role::Verify => "verify",
+            Role::Retention => "retention",
             Role::Audit => "audit",
         }
     }
@@ -50,6 +53,7 @@ impl Role {
             Role::Restore => Some(K::Restore),
             Role::Drill => Some(K::Drill),
             Role::Verify => Some(K::Verify),
+            Role::Retention => Some(K::Retention),
             Role::Audit => None,
         }
     }
@@ -59,7 +63,7 @@ impl Role {
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "drfleet-worker", version, about)]
 pub struct WorkerCli {
-    /// Role(s) to run: backup, restore, drill, verify, audit, or all (development: every role
+    /// Role(s) to run: backup, restore, drill, verify, retention, audit, or all (development: every role
     /// this build has).
     /// Repeat the flag, or comma-separate in DR_ROLE.
     #[arg(long = "role", env = "DR_ROLE", value_delimiter = ',', required = true)]
@@ -209,16 +213,14 @@ impl WorkerConfig {
             match r.trim() {
                 "all" => roles.extend(Role::ALL.into_iter().filter(|r| r.available())),
                 s => {
-                    let role =
-                        Role::ALL
-                            .into_iter()
-                            .find(|x| x.as_str() == s)
-                            .ok_or_else(|| {
-                                ConfigError::new(
-                                    "DR_ROLE",
-                                    "roles are backup, restore, drill, verify, audit or all",
-                                )
-                            })?;
+                    let role = Role::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(
+                        || {
+                            ConfigError::new(
+                                "DR_ROLE",
+                                "roles are backup, restore, drill, verify, retention, audit or all",
+                            )
+                        },
+                    )?;
                     if !role.available() {
                         return Err(ConfigError::new(
                             "DR_ROLE",

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod catalog;
 pub mod membership;
 pub mod restore;
+pub mod retention;
 pub mod rowset;
 pub mod shrink;
 pub mod staging;
@@ -167,6 +168,11 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
             }
             Role::Restore => {
                 handlers = handlers.with(restore::RestoreHandler::new(
+                    ctx.clone().expect("command role ctx"),
+                ))
+            }
+            Role::Retention => {
+                handlers = handlers.with(retention::RetentionHandler::new(
                     ctx.clone().expect("command role ctx"),
                 ))
             }
