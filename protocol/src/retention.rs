@@ -105,6 +105,9 @@ pub const REASON_HOLD: &str = "legal hold";
 pub const REASON_FUTURE: &str = "future snapshot";
 pub const REASON_NO_RULES: &str = "no rules";
 
+/// The reason a period rule gives the newest backup of a period, e.g. `weekly 2026-W48`.
+type PeriodLabel = fn(DateTime<Tz>) -> String;
+
 /// The decision for every candidate, newest first (ties by id, so the order is total).
 pub fn select(rules: &Rules, candidates: &[Candidate], now: DateTime<Utc>) -> Vec<Decision> {
     let mut order: Vec<&Candidate> = candidates.iter().collect();
@@ -154,7 +157,7 @@ pub fn select(rules: &Rules, candidates: &[Candidate], now: DateTime<Utc>) -> Ve
             }
         }
         let tz = rules.timezone;
-        let periods: [(Option<u32>, fn(DateTime<Tz>) -> String); 4] = [
+        let periods: [(Option<u32>, PeriodLabel); 4] = [
             (rules.keep_daily, |t| {
                 format!("daily {}", t.format("%Y-%m-%d"))
             }),
