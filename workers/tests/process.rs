@@ -542,7 +542,13 @@ async fn role_all_starts_every_available_role_and_stops_cleanly() {
         .iter()
         .filter_map(|c| c["queue_name"].as_str().map(str::to_string))
         .collect();
-    for q in ["dr.backup", "dr.restore", "dr.verify", "dr.retention", "dr.audit"] {
+    for q in [
+        "dr.backup",
+        "dr.restore",
+        "dr.verify",
+        "dr.retention",
+        "dr.audit",
+    ] {
         assert!(queues.contains(q), "consumes {q}: {queues:?}");
     }
     let (code, lines) = run.stop();
