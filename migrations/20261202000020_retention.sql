@@ -18,6 +18,9 @@ ALTER TABLE pf_backup_records
     ADD COLUMN held_reason       text,
     ADD COLUMN held_by           text,
     ADD COLUMN held_at           timestamptz,
+    -- A failed backup's leftover objects (every attempt's) were removed by a sweep after the
+    -- grace period (DR_RETENTION_ORPHAN_GRACE).
+    ADD COLUMN leftovers_removed_at timestamptz,
     ADD CONSTRAINT pf_backup_records_deleted_at CHECK ((status = 'deleted') = (deleted_at IS NOT NULL));
 -- What a rerun finishes first.
 CREATE INDEX pf_backup_records_expiring ON pf_backup_records (expired_by_policy)

@@ -3,7 +3,7 @@
 #
 #   scripts/rabbitmq-users.sh [--vhost /] [--prefix drfleet]
 #
-# Users: <prefix>-backup, -restore, -drill, -verify, -retention, -audit, -publisher, -monitor.
+# Users: <prefix>-backup, -restore, -drill, -verify, -policy, -retention, -audit, -publisher, -monitor.
 # Passwords come from DRFLEET_RMQ_PASSWORD_<USER> (upper case, '-' → '_', e.g.
 # DRFLEET_RMQ_PASSWORD_DRFLEET_BACKUP), else DRFLEET_RMQ_PASSWORD; a missing one is generated
 # and printed once.
@@ -28,8 +28,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-TOPOLOGY='^dr\.(commands|events|dead-letter|backup|restore|drill|verify|retention|audit)$'
-BIND_WRITE='^dr\.(backup|restore|drill|verify|retention|audit|dead-letter|events)$'
+TOPOLOGY='^dr\.(commands|events|dead-letter|backup|restore|drill|verify|policy|retention|audit)$'
+BIND_WRITE='^dr\.(backup|restore|drill|verify|policy|retention|audit|dead-letter|events)$'
 EXCHANGES='dr\.commands|dr\.events|dr\.dead-letter'
 
 user() { # user NAME CONFIGURE WRITE READ
@@ -48,7 +48,7 @@ user() { # user NAME CONFIGURE WRITE READ
   rabbitmqctl -q set_permissions -p "$VHOST" "$name" "$2" "$3" "$4" >/dev/null
 }
 
-for role in backup restore drill verify retention; do
+for role in backup restore drill verify policy retention; do
   user "$PREFIX-$role" "$TOPOLOGY" "$BIND_WRITE" "^(dr\\.$role|$EXCHANGES)\$"
 done
 user "$PREFIX-audit" "$TOPOLOGY" "$BIND_WRITE" "^(dr\\.audit|$EXCHANGES)\$"

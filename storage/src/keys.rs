@@ -22,6 +22,15 @@ pub fn manifest(org: Uuid, record: Uuid, attempt: u32) -> Path {
     ))
 }
 
+/// `orgs/<org>/backups/<record>`: every attempt's objects of one backup live under it.
+pub fn record_prefix(org: Uuid, record: Uuid) -> Path {
+    Path::from(format!(
+        "orgs/{}/backups/{}",
+        org.hyphenated(),
+        record.hyphenated()
+    ))
+}
+
 pub fn parse(key: &str) -> Result<Path, crate::StorageError> {
     Path::parse(key).map_err(|_| crate::StorageError {
         op: "key",

@@ -147,6 +147,11 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_STAGING_TTL", default_value = "24h")]
     pub staging_ttl: String,
 
+    /// Retention: a failed backup's leftover objects are removed by its policy's sweep once
+    /// the backup is older than this (a duration such as 12h or 7d).
+    #[arg(long, env = "DR_RETENTION_ORPHAN_GRACE", default_value = "7d")]
+    pub retention_orphan_grace: String,
+
     /// Seconds a job lease lasts without a heartbeat before another worker may take the job.
     #[arg(long, env = "DR_JOB_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub job_lease_secs: u64,
@@ -199,6 +204,8 @@ pub struct WorkerConfig {
     pub restore_segment_bytes: usize,
     /// Lifetime of a kept STAGING schema (DR_STAGING_TTL).
     pub staging_ttl: Duration,
+    /// DR_RETENTION_ORPHAN_GRACE.
+    pub retention_orphan_grace: Duration,
     pub shutdown_grace: Duration,
     pub worker_id: String,
     /// Poll interval of job runners and the outbox relay when no notification arrives.
@@ -321,6 +328,10 @@ impl WorkerConfig {
             job_stall: Duration::from_secs(cli.job_stall_secs),
             restore_segment_bytes: (cli.restore_segment_mib as usize) << 20,
             staging_ttl: human_duration("DR_STAGING_TTL", &cli.staging_ttl)?,
+            retention_orphan_grace: human_duration(
+                "DR_RETENTION_ORPHAN_GRACE",
+                &cli.retention_orphan_grace,
+            )?,
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs),
             worker_id,
             poll_interval: Duration::from_secs(1),

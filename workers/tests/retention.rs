@@ -462,3 +462,70 @@ async fn other_orgs_policy_is_not_found() {
     assert_eq!(fx.status(&b).await.0, "completed");
     fx.finish().await;
 }
+
+/// A failed backup older than DR_RETENTION_ORPHAN_GRACE loses what its attempts left (the
+/// record stays `failed`); a younger one keeps them; an expired backup's earlier attempts go
+/// with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_leftovers_removed_after_grace() {
+    let fx = Fx::new(Store::Local).await;
+    let org = OrganizationId::new();
+    let o = org.as_uuid();
+    let pol = fx.policy(&org, &[("keep_last", 1)]).await;
+    let now = Utc::now();
+    let old_failed = fx.backup(&org, pol, now - Duration::days(8), false).await;
+    let new_failed = fx.backup(&org, pol, now - Duration::days(1), false).await;
+    sqlx::query("UPDATE pf_backup_records SET status = 'failed' WHERE id = ANY($1)")
+        .bind(vec![old_failed.id, new_failed.id])
+        .execute(&fx.env.pool)
+        .await
+        .unwrap();
+    // A second attempt's partial upload of each failed backup.
+    for b in [&old_failed, &new_failed] {
+        fx.store
+            .put_create(&keys::artifact(o, b.id, 2), b"partial".to_vec().into())
+            .await
+            .unwrap();
+    }
+    let expired = fx.backup(&org, pol, now - Duration::hours(2), false).await;
+    let _kept = fx.backup(&org, pol, now - Duration::hours(1), false).await;
+    // An earlier attempt of the backup that will expire.
+    fx.store
+        .put_create(&keys::artifact(o, expired.id, 7), b"a7".to_vec().into())
+        .await
+        .unwrap();
+
+    let ev = fx.sweep(&org, pol).await;
+    assert_eq!(expired_ids(&ev), vec![expired.id]);
+    assert!(
+        fx.store
+            .list(&keys::record_prefix(o, expired.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        fx.store
+            .list(&keys::record_prefix(o, old_failed.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        fx.store
+            .list(&keys::record_prefix(o, new_failed.id))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let (status, removed): (String, bool) = sqlx::query_as(
+        "SELECT status, leftovers_removed_at IS NOT NULL FROM pf_backup_records WHERE id = $1",
+    )
+    .bind(old_failed.id)
+    .fetch_one(&fx.env.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), removed), ("failed", true));
+    fx.finish().await;
+}

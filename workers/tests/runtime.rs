@@ -873,6 +873,8 @@ async fn a_worker_runs_as_its_least_privilege_broker_user() {
         "restore",
         "drill",
         "verify",
+        "policy",
+        "retention",
         "audit",
         "publisher",
         "monitor",

@@ -12,7 +12,7 @@ use crate::handler::JobError;
 
 /// drfleet's own tables. They carry `organization_id` too and, with the default
 /// DR_SOURCE_DATABASE_URL, live in the same database, so the `full` tier must skip them.
-pub const METADATA_TABLES: [&str; 14] = [
+pub const METADATA_TABLES: [&str; 15] = [
     "pf_backup_tiers",
     "pf_backup_policies",
     "pf_backup_records",
@@ -26,6 +26,8 @@ pub const METADATA_TABLES: [&str; 14] = [
     "pf_outbox",
     "pf_schedule_slots",
     "pf_alerts",
+    // The scheduler's verify rotation.
+    "pf_verify_rotation",
     "_sqlx_migrations",
 ];
 

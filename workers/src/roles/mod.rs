@@ -74,6 +74,8 @@ pub struct RoleCtx {
     pub restore_segment_bytes: usize,
     /// See [`crate::config::WorkerConfig::staging_ttl`].
     pub staging_ttl: std::time::Duration,
+    /// See [`crate::config::WorkerConfig::retention_orphan_grace`].
+    pub retention_orphan_grace: std::time::Duration,
     /// The tenant key's type as last read from the catalog ([`tenant_key`]).
     pub key_type: tenant_key::KeyTypeCache,
 }
@@ -112,6 +114,7 @@ impl RoleCtx {
             tenant_root: config.tenant_root.clone(),
             restore_segment_bytes: config.restore_segment_bytes,
             staging_ttl: config.staging_ttl,
+            retention_orphan_grace: config.retention_orphan_grace,
             key_type: Default::default(),
         })
     }

@@ -182,6 +182,8 @@ pub(super) async fn run(
         expired += finish_expiring(role, ctx, policy_id).await?;
     }
 
+    remove_failed_leftovers(role, ctx, policy_id).await?;
+
     let mut tx = ctx.pool.begin().await?;
     let ev = job.event(Event::RetentionCompleted(v1::RetentionCompleted {
         policy_id: policy_id.to_string(),
@@ -244,6 +246,10 @@ async fn finish_expiring(
         for key in [&r.manifest_key, &r.object_key].into_iter().flatten() {
             role.store.delete(&keys::parse(key)?).await?;
         }
+        // Objects of earlier attempts of the same backup go too.
+        role.store
+            .delete_prefix(&keys::record_prefix(job.organization_id.as_uuid(), r.id))
+            .await?;
         ctx.progress.tick();
         if finish_one(&ctx.pool, job, policy_id, &r).await? {
             done += 1;
@@ -279,4 +285,43 @@ async fn finish_one(
     }
     tx.commit().await?;
     Ok(n == 1)
+}
+
+/// A failed backup of the policy older than DR_RETENTION_ORPHAN_GRACE: delete whatever its
+/// attempts left in the store (partial uploads, an artifact without a manifest) and note it.
+/// The record stays `failed`.
+async fn remove_failed_leftovers(
+    role: &Arc<RoleCtx>,
+    ctx: &JobCtx,
+    policy_id: uuid::Uuid,
+) -> Result<(), JobError> {
+    let org = ctx.job.organization_id.as_uuid();
+    let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM pf_backup_records \
+         WHERE organization_id = $1 AND policy_id = $2 AND status = 'failed' \
+           AND leftovers_removed_at IS NULL \
+           AND COALESCE(completed_at, started_at) < now() - make_interval(secs => $3)",
+    )
+    .bind(org)
+    .bind(policy_id.to_string())
+    .bind(role.retention_orphan_grace.as_secs_f64())
+    .fetch_all(&ctx.pool)
+    .await?;
+    for id in ids {
+        let n = role
+            .store
+            .delete_prefix(&keys::record_prefix(org, id))
+            .await?;
+        ctx.progress.tick();
+        sqlx::query(
+            "UPDATE pf_backup_records SET leftovers_removed_at = now() \
+             WHERE id = $1 AND organization_id = $2 AND status = 'failed'",
+        )
+        .bind(id)
+        .bind(org)
+        .execute(&ctx.pool)
+        .await?;
+        tracing::info!(backup_record_id = %id, objects = n, "failed backup's leftovers removed");
+    }
+    Ok(())
 }
