@@ -507,6 +507,8 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
                 kept: 7,
                 expired: 3,
+                orphans_found: 2,
+                orphans_removed: 1,
             }),
         ),
         (

@@ -240,11 +240,24 @@ impl ArtifactStore {
 
     /// Every object under `prefix` (recursively); none when nothing is there.
     pub async fn list(&self, prefix: &Path) -> Result<Vec<Path>, StorageError> {
+        Ok(self
+            .list_modified(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Like [`Self::list`], with each object's last modification time.
+    pub async fn list_modified(
+        &self,
+        prefix: &Path,
+    ) -> Result<Vec<(Path, std::time::SystemTime)>, StorageError> {
         use futures::TryStreamExt;
         match self
             .inner
             .list(Some(prefix))
-            .map_ok(|m| m.location)
+            .map_ok(|m| (m.location, std::time::SystemTime::from(m.last_modified)))
             .try_collect::<Vec<_>>()
             .await
         {

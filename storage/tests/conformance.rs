@@ -127,6 +127,19 @@ async fn suite(store: ArtifactStore) {
             keys::artifact(org, rec, 3).to_string()
         ]
     );
+    let modified = store
+        .list_modified(&keys::org_backups_prefix(org))
+        .await
+        .unwrap();
+    assert_eq!(modified.len(), 3, "{modified:?}");
+    for (k, at) in &modified {
+        assert!(
+            at.elapsed().unwrap() < std::time::Duration::from_secs(600),
+            "{k}"
+        );
+        assert!(keys::record_of(k).is_some(), "{k}");
+    }
+    assert_eq!(keys::record_of(&keys::artifact(org, rec, 3)), Some(rec));
     assert_eq!(store.delete_prefix(&prefix).await.unwrap(), 2);
     assert!(store.list(&prefix).await.unwrap().is_empty());
     assert_eq!(store.delete_prefix(&prefix).await.unwrap(), 0);

@@ -147,8 +147,8 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_STAGING_TTL", default_value = "24h")]
     pub staging_ttl: String,
 
-    /// Retention: a failed backup's leftover objects are removed by its policy's sweep once
-    /// the backup is older than this (a duration such as 12h or 7d).
+    /// Retention: a failed backup's leftover objects, and objects no backup record references
+    /// (orphans), are removed by a sweep once older than this (a duration such as 12h or 7d).
     #[arg(long, env = "DR_RETENTION_ORPHAN_GRACE", default_value = "7d")]
     pub retention_orphan_grace: String,
 

@@ -47,6 +47,10 @@ struct B {
 
 impl Fx {
     async fn new(kind: Store) -> Self {
+        Self::new_with(kind, &[]).await
+    }
+
+    async fn new_with(kind: Store, overrides: &[(&str, String)]) -> Self {
         let env = TestEnv::new().await;
         let (store_url, store, local_dir) = match kind {
             Store::Local => {
@@ -67,7 +71,9 @@ impl Fx {
         seed_tenant(&env, &OrganizationId::new(), &OrganizationId::new()).await;
         let tap = EventTap::new(&env).await;
         let (conn, p) = env.publisher().await;
-        let cfg = env.config_with("retention", &[("DR_OBJECT_STORE_URL", store_url)]);
+        let mut o = vec![("DR_OBJECT_STORE_URL", store_url)];
+        o.extend(overrides.iter().cloned());
+        let cfg = env.config_with("retention", &o);
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let task =
@@ -527,5 +533,58 @@ async fn failed_leftovers_removed_after_grace() {
     .await
     .unwrap();
     assert_eq!((status.as_str(), removed), ("failed", true));
+    fx.finish().await;
+}
+
+/// Objects no record references are reported by every sweep of the organization and removed
+/// once older than DR_RETENTION_ORPHAN_GRACE; another organization's are not looked at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orphans_reported_then_removed_after_grace() {
+    let fx = Fx::new_with(Store::Local, &[("DR_RETENTION_ORPHAN_GRACE", "3s".into())]).await;
+    let org = OrganizationId::new();
+    let other = OrganizationId::new();
+    let pol = fx.policy(&org, &[("keep_last", 5)]).await;
+    let kept = fx
+        .backup(&org, pol, Utc::now() - Duration::hours(1), false)
+        .await;
+    let orphan = uuid::Uuid::new_v4();
+    for (o, a) in [(org.as_uuid(), 1), (org.as_uuid(), 2), (other.as_uuid(), 1)] {
+        fx.store
+            .put_create(&keys::artifact(o, orphan, a), b"lost".to_vec().into())
+            .await
+            .unwrap();
+    }
+    let c = completed(&fx.sweep(&org, pol).await);
+    assert_eq!((c.orphans_found, c.orphans_removed), (1, 0));
+    assert_eq!(
+        fx.store
+            .list(&keys::record_prefix(org.as_uuid(), orphan))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let c = completed(&fx.sweep(&org, pol).await);
+    assert_eq!((c.orphans_found, c.orphans_removed), (1, 1));
+    assert!(
+        fx.store
+            .list(&keys::record_prefix(org.as_uuid(), orphan))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The record's own objects and the other organization's stay.
+    assert_eq!(fx.objects_exist(&kept).await, (true, true));
+    assert_eq!(
+        fx.store
+            .list(&keys::record_prefix(other.as_uuid(), orphan))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let c = completed(&fx.sweep(&org, pol).await);
+    assert_eq!((c.orphans_found, c.orphans_removed), (0, 0));
     fx.finish().await;
 }

@@ -183,12 +183,15 @@ pub(super) async fn run(
     }
 
     remove_failed_leftovers(role, ctx, policy_id).await?;
+    let (orphans_found, orphans_removed) = orphans(role, ctx).await?;
 
     let mut tx = ctx.pool.begin().await?;
     let ev = job.event(Event::RetentionCompleted(v1::RetentionCompleted {
         policy_id: policy_id.to_string(),
         kept: u32::try_from(kept).unwrap_or(u32::MAX),
         expired: u32::try_from(expired).unwrap_or(u32::MAX),
+        orphans_found,
+        orphans_removed,
     }));
     outbox::enqueue(&mut tx, &ev).await?;
     ctx.finish_in(&mut tx).await?;
@@ -324,4 +327,59 @@ async fn remove_failed_leftovers(
         tracing::info!(backup_record_id = %id, objects = n, "failed backup's leftovers removed");
     }
     Ok(())
+}
+
+/// Objects under the organization's artifact prefix that no backup record references: found
+/// (reported in `retention_completed` and logged), and removed once every object of that
+/// backup is older than DR_RETENTION_ORPHAN_GRACE. Counted per backup, not per object.
+async fn orphans(role: &Arc<RoleCtx>, ctx: &JobCtx) -> Result<(u32, u32), JobError> {
+    let org = ctx.job.organization_id.as_uuid();
+    let objects = role
+        .store
+        .list_modified(&keys::org_backups_prefix(org))
+        .await?;
+    ctx.progress.tick();
+    // Per backup: whether every object is older than the grace period.
+    let grace = role.retention_orphan_grace;
+    let mut old: std::collections::HashMap<uuid::Uuid, bool> = Default::default();
+    for (key, modified) in &objects {
+        let Some(record) = keys::record_of(key) else {
+            continue;
+        };
+        let aged = modified.elapsed().is_ok_and(|age| age > grace);
+        *old.entry(record).or_insert(true) &= aged;
+    }
+    if old.is_empty() {
+        return Ok((0, 0));
+    }
+    let ids: Vec<uuid::Uuid> = old.keys().copied().collect();
+    let known: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT id FROM pf_backup_records WHERE organization_id = $1 AND id = ANY($2)",
+    )
+    .bind(org)
+    .bind(&ids)
+    .fetch_all(&ctx.pool)
+    .await?;
+    let known: std::collections::HashSet<_> = known.into_iter().collect();
+    let (mut found, mut removed) = (0u32, 0u32);
+    for (record, aged) in old {
+        if known.contains(&record) {
+            continue;
+        }
+        found += 1;
+        if aged {
+            role.store
+                .delete_prefix(&keys::record_prefix(org, record))
+                .await?;
+            removed += 1;
+        }
+    }
+    if found > 0 {
+        tracing::warn!(
+            orphans_found = found,
+            orphans_removed = removed,
+            "orphan backup objects"
+        );
+    }
+    Ok((found, removed))
 }
