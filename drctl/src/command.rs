@@ -455,6 +455,21 @@ mod tests {
             ),
             None
         );
+        // A sweep prints each backup_expired and ends with retention_completed/_failed.
+        let k = CommandKind::Retention;
+        assert_eq!(terminal(k, &Event::BackupExpired(Default::default())), None);
+        assert_eq!(
+            terminal(k, &Event::RetentionCompleted(Default::default())),
+            Some(Outcome::Success)
+        );
+        assert_eq!(
+            terminal(k, &Event::BackupHoldChanged(Default::default())),
+            Some(Outcome::Success)
+        );
+        assert_eq!(
+            terminal(k, &Event::RetentionFailed(Default::default())),
+            Some(Outcome::Failed)
+        );
         assert_eq!(
             terminal(
                 CommandKind::Restore,

@@ -540,7 +540,7 @@ async fn failed_leftovers_removed_after_grace() {
 /// once older than DR_RETENTION_ORPHAN_GRACE; another organization's are not looked at.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn orphans_reported_then_removed_after_grace() {
-    let fx = Fx::new_with(Store::Local, &[("DR_RETENTION_ORPHAN_GRACE", "3s".into())]).await;
+    let fx = Fx::new_with(Store::Local, &[("DR_RETENTION_ORPHAN_GRACE", "1h".into())]).await;
     let org = OrganizationId::new();
     let other = OrganizationId::new();
     let pol = fx.policy(&org, &[("keep_last", 5)]).await;
@@ -564,7 +564,21 @@ async fn orphans_reported_then_removed_after_grace() {
             .len(),
         2
     );
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // Age the orphan's files past the grace period (local store: file modification times).
+    let dir = fx.local_dir.clone().unwrap();
+    for k in fx
+        .store
+        .list(&keys::record_prefix(org.as_uuid(), orphan))
+        .await
+        .unwrap()
+    {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(dir.join(k.as_ref()))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+            .unwrap();
+    }
     let c = completed(&fx.sweep(&org, pol).await);
     assert_eq!((c.orphans_found, c.orphans_removed), (1, 1));
     assert!(
