@@ -174,7 +174,8 @@ async fn topology_is_declared_exactly() {
                 "durable",
                 "arguments",
             ]);
-            (q.len() >= 6).then_some(q)
+            // Every command queue, the dead-letter queue and the audit queue.
+            (q.len() >= CommandKind::ALL.len() + 2).then_some(q)
         }
     })
     .await;
@@ -197,7 +198,7 @@ async fn topology_is_declared_exactly() {
             _ => serde_json::Value::Null,
         }
     };
-    for name in ["dr.backup", "dr.restore", "dr.drill", "dr.verify"] {
+    for name in CommandKind::ALL.map(|k| k.queue()) {
         let row = q(name);
         assert_eq!(row["type"], "quorum", "{name} is a quorum queue");
         assert_eq!(row["durable"], true, "{name} is durable");
