@@ -23,6 +23,7 @@ use drfleet_infra::amqp::{
 use drfleet_protocol::{OrganizationId, v1};
 
 mod promote;
+mod retention;
 mod scheduler;
 
 #[derive(Parser)]
@@ -109,6 +110,22 @@ enum Cli {
         )]
         pg_admin_url: String,
     },
+    /// Retention: plan the fleet (every completed backup of every policy read from
+    /// PostgreSQL and run through the sweep's selection).
+    Retention {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 10_000)]
+        policies: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(
+            long,
+            env = "DR_BENCH_PG_ADMIN_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        pg_admin_url: String,
+    },
     /// Audit sink: events/s persisted end to end (published with confirms → rows committed).
     Audit {
         #[arg(long, default_value_t = 50_000)]
@@ -151,6 +168,20 @@ async fn main() -> anyhow::Result<()> {
             return restore_bench(size_mb, &pg_admin_url, &objects, runs.max(1), s3_endpoint).await;
         }
         Cli::Artifact { size_mb } => return artifact_bench(size_mb),
+        Cli::Retention {
+            records,
+            policies,
+            runs,
+            pg_admin_url,
+        } => {
+            return retention::retention_bench(
+                records,
+                policies.max(1),
+                runs.max(1),
+                &pg_admin_url,
+            )
+            .await;
+        }
         Cli::Scheduler {
             policies,
             due,

@@ -38,6 +38,13 @@ pub enum Cmd {
     Verify(VerifyArgs),
     /// Run a disaster-recovery drill for one organization.
     Drill(DrillArgs),
+    /// Retention: `plan` (what a sweep would keep and delete, and why), `run` (sweep now).
+    #[command(subcommand)]
+    Retention(RetentionCmd),
+    /// Put a legal hold on one backup: retention never deletes it until released.
+    Hold(HoldArgs),
+    /// Release the legal hold of one backup.
+    Release(ReleaseArgs),
     /// Tail dr.events, one JSON line per event, until Ctrl-C / SIGTERM or --limit.
     Events(EventsArgs),
     /// The audit log (pf_audit_events).
@@ -232,6 +239,72 @@ pub struct DrillArgs {
     pub opts: CommandOpts,
 }
 
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum RetentionCmd {
+    /// Every completed backup of the policy (default: of every policy, then the unmanaged
+    /// ones) with keep/delete and why, computed as the sweep does. Deletes nothing.
+    Plan(RetentionPlanArgs),
+    /// Sweep one policy now and wait for the outcome (permission pf.backup.retention).
+    Run(RetentionRunArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RetentionPlanArgs {
+    /// Organization (tenant) key.
+    #[arg(long)]
+    pub org: TenantKey,
+    /// Policy name; default every policy of the organization.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// `text` (one line per backup) or `json` (one JSON object per line: policy, policy_id,
+    /// backup_record_id, snapshot_at, keep, reasons).
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RetentionRunArgs {
+    /// Organization (tenant) key.
+    #[arg(long)]
+    pub org: TenantKey,
+    /// Policy name (looked up in DR_DATABASE_URL) or policy id.
+    #[arg(long)]
+    pub policy: String,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub opts: CommandOpts,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct HoldArgs {
+    /// Organization (tenant) key.
+    #[arg(long)]
+    pub org: TenantKey,
+    /// Backup record to hold.
+    #[arg(long)]
+    pub record: BackupRecordId,
+    /// Why (e.g. a ticket reference), at most 500 bytes; recorded and published.
+    #[arg(long)]
+    pub reason: String,
+    #[command(flatten)]
+    pub opts: CommandOpts,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReleaseArgs {
+    /// Organization (tenant) key.
+    #[arg(long)]
+    pub org: TenantKey,
+    /// Backup record to release.
+    #[arg(long)]
+    pub record: BackupRecordId,
+    #[command(flatten)]
+    pub opts: CommandOpts,
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct EventsArgs {
     #[command(flatten)]
@@ -383,6 +456,33 @@ mod tests {
             })
         ));
         assert!(Cli::try_parse_from(["drctl", "events", "--type", "nope"]).is_err());
+        let cli = Cli::try_parse_from([
+            "drctl",
+            "retention",
+            "plan",
+            "--org",
+            "42",
+            "--policy",
+            "daily",
+            "--output",
+            "json",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Cmd::Retention(RetentionCmd::Plan(RetentionPlanArgs { output: OutputFormat::Json, ref policy, .. }))
+                if policy.as_deref() == Some("daily")
+        ));
+        assert!(Cli::try_parse_from(["drctl", "retention", "run", "--org", "42"]).is_err());
+        let rec = BackupRecordId::new().to_string();
+        assert!(Cli::try_parse_from(["drctl", "hold", "--org", "42", "--record", &rec]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "drctl", "hold", "--org", "42", "--record", &rec, "--reason", "LEGAL-1"
+            ])
+            .is_ok()
+        );
+        assert!(Cli::try_parse_from(["drctl", "release", "--org", "42", "--record", &rec]).is_ok());
         assert!(parse_rfc3339("2026-01-31T00:00:00+01:00").is_ok());
         assert!(parse_rfc3339("yesterday").is_err());
     }

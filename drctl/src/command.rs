@@ -27,7 +27,8 @@ use drfleet_protocol::v1::{self, CommandEnvelope, EventEnvelope};
 use drfleet_protocol::validate::{ValidCommand, validate_envelope};
 
 use crate::cli::{
-    BackupArgs, CommandOpts, DiscardArgs, DrillArgs, ModeArg, RestoreArgs, VerifyArgs,
+    BackupArgs, CommandOpts, DiscardArgs, DrillArgs, HoldArgs, ModeArg, ReleaseArgs, RestoreArgs,
+    VerifyArgs,
 };
 use crate::error::{Error, Outcome};
 use crate::notice;
@@ -69,6 +70,22 @@ pub fn discard_body(a: &DiscardArgs) -> Command {
 pub fn verify_body(a: &VerifyArgs) -> Command {
     Command::Verify(v1::VerifyCommand {
         backup_record_id: a.backup.to_string(),
+    })
+}
+
+pub fn hold_body(a: &HoldArgs) -> Command {
+    Command::BackupHold(v1::BackupHoldCommand {
+        backup_record_id: a.record.to_string(),
+        hold: true,
+        reason: a.reason.clone(),
+    })
+}
+
+pub fn release_body(a: &ReleaseArgs) -> Command {
+    Command::BackupHold(v1::BackupHoldCommand {
+        backup_record_id: a.record.to_string(),
+        hold: false,
+        reason: String::new(),
     })
 }
 
@@ -146,6 +163,9 @@ pub fn terminal(kind: CommandKind, event: &Event) -> Option<Outcome> {
         (CommandKind::Drill, Event::DrDrillCompleted(d)) => done(d.passed),
         (CommandKind::Policy, Event::PolicyUpdated(_) | Event::PolicyDeleted(_)) => done(true),
         (CommandKind::Policy, Event::PolicyFailed(_)) => done(false),
+        (CommandKind::Retention, Event::RetentionCompleted(_)) => done(true),
+        (CommandKind::Retention, Event::BackupHoldChanged(_)) => done(true),
+        (CommandKind::Retention, Event::RetentionFailed(_)) => done(false),
         _ => None,
     }
 }
@@ -436,6 +456,21 @@ mod tests {
                 &Event::RestoreInitiated(Default::default())
             ),
             None
+        );
+        // A sweep prints each backup_expired and ends with retention_completed/_failed.
+        let k = CommandKind::Retention;
+        assert_eq!(terminal(k, &Event::BackupExpired(Default::default())), None);
+        assert_eq!(
+            terminal(k, &Event::RetentionCompleted(Default::default())),
+            Some(Outcome::Success)
+        );
+        assert_eq!(
+            terminal(k, &Event::BackupHoldChanged(Default::default())),
+            Some(Outcome::Success)
+        );
+        assert_eq!(
+            terminal(k, &Event::RetentionFailed(Default::default())),
+            Some(Outcome::Failed)
         );
         assert_eq!(
             terminal(

@@ -3,7 +3,10 @@
 //! `drctl <subcommand>`; every setting is a flag and a `DR_*` env var. Layout:
 //!
 //! - [`cli`]: the clap structs (`token`, `backup`, `restore`, `restore discard`, `verify`,
-//!   `drill`, `events`, `audit verify|list`, `tiers show`, `policy set|rm|list`, `alerts`).
+//!   `drill`, `retention plan|run`, `hold`, `release`, `events`, `audit verify|list`,
+//!   `tiers show`, `policy set|rm|list`, `alerts`).
+//! - [`retention`]: `retention plan` (the sweep's selection over the database, deleting
+//!   nothing) and the policy lookup of `retention run`.
 //! - [`token`]: minting actor tokens (HS256) with `DR_AUTH_JWT_SECRET`.
 //! - [`command`]: building a `CommandEnvelope`, validating it with the wire contract's own
 //!   validation, publishing it with confirms, and following its events to a terminal one.
@@ -34,13 +37,14 @@ pub mod events;
 pub mod notice;
 pub mod output;
 pub mod policy;
+pub mod retention;
 pub mod tiers;
 pub mod token;
 
 pub use cli::Cli;
 pub use error::{EXIT_CONFIG, EXIT_ERROR, EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, Error, Outcome};
 
-use cli::{AuditCmd, Cmd, RestoreAction, RestoreArgs, TiersCmd};
+use cli::{AuditCmd, Cmd, RestoreAction, RestoreArgs, RetentionCmd, TiersCmd};
 
 /// Run one parsed command line.
 pub async fn run(cli: Cli) -> Result<Outcome, Error> {
@@ -68,6 +72,12 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         }
         Cmd::Verify(a) => command::run(&a.org, command::verify_body(a), &a.opts).await,
         Cmd::Drill(a) => command::run(&a.org, command::drill_body(a), &a.opts).await,
+        Cmd::Retention(RetentionCmd::Plan(a)) => retention::plan(a).await,
+        Cmd::Retention(RetentionCmd::Run(a)) => {
+            command::run(&a.org, retention::run_body(a).await?, &a.opts).await
+        }
+        Cmd::Hold(a) => command::run(&a.org, command::hold_body(a), &a.opts).await,
+        Cmd::Release(a) => command::run(&a.org, command::release_body(a), &a.opts).await,
         Cmd::Events(a) => events::tail(a).await,
         Cmd::Audit(AuditCmd::Verify { db, org, output }) => {
             audit::verify(db, org.as_ref().map(|k| k.organization_id()), *output).await

@@ -10,6 +10,8 @@ pub const PERM_BACKUP_VERIFY: &str = "pf.backup.verify";
 pub const PERM_DRILL_RUN: &str = "pf.dr-drill.run";
 /// Create, change or delete a backup policy.
 pub const PERM_BACKUP_POLICY: &str = "pf.backup.policy";
+pub const PERM_BACKUP_RETENTION: &str = "pf.backup.retention";
+pub const PERM_BACKUP_HOLD: &str = "pf.backup.hold";
 
 /// The permission keys a command needs, all of them.
 pub fn required_permissions(body: &CommandBody) -> &'static [&'static str] {
@@ -24,6 +26,8 @@ pub fn required_permissions(body: &CommandBody) -> &'static [&'static str] {
         CommandBody::Drill(_) => &[PERM_DRILL_RUN],
         CommandBody::Verify(_) => &[PERM_BACKUP_VERIFY],
         CommandBody::Policy(_) => &[PERM_BACKUP_POLICY],
+        CommandBody::Retention(_) => &[PERM_BACKUP_RETENTION],
+        CommandBody::BackupHold(_) => &[PERM_BACKUP_HOLD],
     }
 }
 

@@ -39,11 +39,15 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::AlertRaised(_) => "alert_raised",
         Event::AlertResolved(_) => "alert_resolved",
         Event::PolicyFailed(_) => "policy_failed",
+        Event::BackupExpired(_) => "backup_expired",
+        Event::BackupHoldChanged(_) => "backup_hold_changed",
+        Event::RetentionCompleted(_) => "retention_completed",
+        Event::RetentionFailed(_) => "retention_failed",
     }
 }
 
 /// Every event type name, in field order.
-pub const EVENT_TYPES: [&str; 16] = [
+pub const EVENT_TYPES: [&str; 20] = [
     "backup_started",
     "backup_completed",
     "backup_failed",
@@ -60,6 +64,10 @@ pub const EVENT_TYPES: [&str; 16] = [
     "alert_raised",
     "alert_resolved",
     "policy_failed",
+    "backup_expired",
+    "backup_hold_changed",
+    "retention_completed",
+    "retention_failed",
 ];
 
 /// A fresh envelope around `event`, for a uuid tenant.
@@ -186,6 +194,16 @@ pub fn event_json(event: &Event) -> serde_json::Value {
         Event::AlertResolved(e) => json!({"alert_id": e.alert_id, "kind": e.kind,
             "policy_id": e.policy_id, "resolved_at": ts_json(&e.resolved_at)}),
         Event::PolicyFailed(e) => json!({"name": e.name, "error_code": e.error_code,
+            "message": e.message}),
+        Event::BackupExpired(e) => json!({"backup_record_id": e.backup_record_id,
+            "policy_id": e.policy_id, "reason": e.reason}),
+        Event::BackupHoldChanged(e) => json!({"backup_record_id": e.backup_record_id,
+            "hold": e.hold, "reason": e.reason, "operator": e.operator}),
+        Event::RetentionCompleted(e) => json!({"policy_id": e.policy_id, "kept": e.kept,
+            "expired": e.expired, "orphans_found": e.orphans_found,
+            "orphans_removed": e.orphans_removed}),
+        Event::RetentionFailed(e) => json!({"policy_id": e.policy_id,
+            "backup_record_id": e.backup_record_id, "error_code": e.error_code,
             "message": e.message}),
     }
 }

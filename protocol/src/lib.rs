@@ -13,6 +13,7 @@
 //!   [`validate::Rejection`] carrying a reason code and a sanitized message.
 //! - [`events`]: building event envelopes and naming their types.
 //! - [`auth`]: the permission keys commands require.
+//! - [`retention`]: which backups of a policy a sweep keeps, and why (pure).
 //! - [`policy`]: schedules and slots (cron in a time zone), human durations, ids of
 //!   scheduled commands.
 
@@ -21,6 +22,7 @@ pub mod command;
 pub mod events;
 pub mod ids;
 pub mod policy;
+pub mod retention;
 pub mod tenant;
 pub mod topology;
 pub mod validate;

@@ -211,6 +211,7 @@ pub enum SlotKind {
     Backup,
     Verify,
     Drill,
+    Retention,
 }
 
 impl SlotKind {
@@ -219,6 +220,7 @@ impl SlotKind {
             Self::Backup => "backup",
             Self::Verify => "verify",
             Self::Drill => "drill",
+            Self::Retention => "retention",
         }
     }
 }

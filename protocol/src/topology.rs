@@ -34,15 +34,17 @@ pub enum CommandKind {
     Drill,
     Verify,
     Policy,
+    Retention,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 5] = [
+    pub const ALL: [CommandKind; 6] = [
         Self::Backup,
         Self::Restore,
         Self::Drill,
         Self::Verify,
         Self::Policy,
+        Self::Retention,
     ];
 
     /// The kind (and so the queue and routing-key prefix) of a command body.
@@ -54,10 +56,11 @@ impl CommandKind {
             Command::Drill(_) => Self::Drill,
             Command::Verify(_) => Self::Verify,
             Command::Policy(_) => Self::Policy,
+            Command::Retention(_) | Command::BackupHold(_) => Self::Retention,
         }
     }
 
-    /// `backup`, `restore`, `drill`, `verify` or `policy`: the routing-key prefix.
+    /// `backup`, `restore`, `drill`, `verify`, `policy` or `retention`: the routing-key prefix.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Backup => "backup",
@@ -65,6 +68,7 @@ impl CommandKind {
             Self::Drill => "drill",
             Self::Verify => "verify",
             Self::Policy => "policy",
+            Self::Retention => "retention",
         }
     }
 
@@ -80,6 +84,7 @@ impl CommandKind {
             Self::Drill => "dr.drill",
             Self::Verify => "dr.verify",
             Self::Policy => "dr.policy",
+            Self::Retention => "dr.retention",
         }
     }
 

@@ -154,6 +154,23 @@ pub struct VerifySpec {
     pub backup_record_id: BackupRecordId,
 }
 
+/// Apply one policy's retention rules now (queue `dr.retention`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetentionSpec {
+    pub policy_id: uuid::Uuid,
+}
+
+/// Hold or release one backup (a `retention`-kind command).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackupHoldSpec {
+    pub backup_record_id: BackupRecordId,
+    pub hold: bool,
+    pub reason: String,
+}
+
+/// Longest hold reason accepted.
+pub const MAX_HOLD_REASON: usize = 500;
+
 /// Drop a kept STAGING schema now (a `restore`-kind command: routed to `dr.restore`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StagingDiscardSpec {
@@ -170,6 +187,8 @@ pub enum CommandBody {
     Verify(VerifySpec),
     StagingDiscard(StagingDiscardSpec),
     Policy(PolicyChangeSpec),
+    Retention(RetentionSpec),
+    BackupHold(BackupHoldSpec),
 }
 
 impl CommandBody {
@@ -181,6 +200,7 @@ impl CommandBody {
             Self::Verify(_) => CommandKind::Verify,
             Self::StagingDiscard(_) => CommandKind::Restore,
             Self::Policy(_) => CommandKind::Policy,
+            Self::Retention(_) | Self::BackupHold(_) => CommandKind::Retention,
         }
     }
 }
@@ -309,7 +329,7 @@ pub fn validate_envelope(
     let Some(command) = env.command else {
         return Err(with_ctx(invalid(
             "command",
-            "is not set (one of backup, restore, drill, verify, staging_discard, policy)",
+            "is not set (one of backup, restore, drill, verify, staging_discard, policy, retention, backup_hold)",
         )));
     };
     let body =
@@ -404,6 +424,34 @@ pub fn validate_envelope(
             Command::Policy(p) => CommandBody::Policy(
                 policy::validate(p).map_err(|(field, what)| with_ctx(invalid(&field, what)))?,
             ),
+            Command::Retention(r) => CommandBody::Retention(RetentionSpec {
+                policy_id: r
+                    .policy_id
+                    .parse()
+                    .map_err(|_| with_ctx(invalid("retention.policy_id", "is not a UUID")))?,
+            }),
+            Command::BackupHold(h) => {
+                let backup_record_id = h.backup_record_id.parse().map_err(|_| {
+                    with_ctx(invalid("backup_hold.backup_record_id", "is not a UUID"))
+                })?;
+                if h.reason.len() > MAX_HOLD_REASON || h.reason.chars().any(char::is_control) {
+                    return Err(with_ctx(invalid(
+                        "backup_hold.reason",
+                        "must be at most 500 bytes without control characters",
+                    )));
+                }
+                if h.hold && h.reason.trim().is_empty() {
+                    return Err(with_ctx(invalid(
+                        "backup_hold.reason",
+                        "is required to hold",
+                    )));
+                }
+                CommandBody::BackupHold(BackupHoldSpec {
+                    backup_record_id,
+                    hold: h.hold,
+                    reason: h.reason,
+                })
+            }
         };
     if let Some(expected) = expected
         && body.kind() != expected
@@ -500,6 +548,14 @@ impl ValidCommand {
                 restore_job_id: d.restore_job_id.to_string(),
             }),
             CommandBody::Policy(p) => Command::Policy(p.to_wire()),
+            CommandBody::Retention(r) => Command::Retention(v1::RetentionCommand {
+                policy_id: r.policy_id.to_string(),
+            }),
+            CommandBody::BackupHold(h) => Command::BackupHold(v1::BackupHoldCommand {
+                backup_record_id: h.backup_record_id.to_string(),
+                hold: h.hold,
+                reason: h.reason.clone(),
+            }),
         };
         v1::CommandEnvelope {
             command_id: self.command_id.to_string(),

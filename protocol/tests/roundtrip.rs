@@ -14,6 +14,7 @@ use drfleet_protocol::validate::{
     ReasonCode, Rejection, RestoreMode, RestoreSpec, RetentionRules, StagingDiscardSpec,
     VerifySpec,
 };
+use drfleet_protocol::validate::{BackupHoldSpec, RetentionSpec};
 use drfleet_protocol::{BackupRecordId, CommandId, OrganizationId};
 use prost::Message;
 use prost_types::{FileDescriptorProto, FileDescriptorSet, Timestamp};
@@ -194,6 +195,47 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
                 change: PolicyChange::Delete,
             }),
         ),
+        (
+            "retention",
+            envelope(v1::command_envelope::Command::Retention(
+                v1::RetentionCommand {
+                    policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                },
+            )),
+            CommandBody::Retention(RetentionSpec {
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".parse().unwrap(),
+            }),
+        ),
+        (
+            "backup hold",
+            envelope(v1::command_envelope::Command::BackupHold(
+                v1::BackupHoldCommand {
+                    backup_record_id: RECORD_ID.into(),
+                    hold: true,
+                    reason: "LEGAL-42".into(),
+                },
+            )),
+            CommandBody::BackupHold(BackupHoldSpec {
+                backup_record_id: record(),
+                hold: true,
+                reason: "LEGAL-42".into(),
+            }),
+        ),
+        (
+            "backup release",
+            envelope(v1::command_envelope::Command::BackupHold(
+                v1::BackupHoldCommand {
+                    backup_record_id: RECORD_ID.into(),
+                    hold: false,
+                    reason: String::new(),
+                },
+            )),
+            CommandBody::BackupHold(BackupHoldSpec {
+                backup_record_id: record(),
+                hold: false,
+                reason: String::new(),
+            }),
+        ),
     ]
 }
 
@@ -255,6 +297,7 @@ fn command_body_json_is_tagged_by_kind_and_round_trips() {
         // The tag names the body; a staging discard is a `restore`-kind command.
         let tag = match body {
             CommandBody::StagingDiscard(_) => "staging_discard",
+            CommandBody::BackupHold(_) => "backup_hold",
             _ => body.kind().as_str(),
         };
         assert_eq!(json["kind"], tag, "{name}: {json}");
@@ -519,6 +562,42 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 message: "policy not found".into(),
             }),
         ),
+        (
+            "backup_expired",
+            Event::BackupExpired(v1::BackupExpired {
+                backup_record_id: RECORD_ID.into(),
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                reason: "not kept by keep_last 3".into(),
+            }),
+        ),
+        (
+            "backup_hold_changed",
+            Event::BackupHoldChanged(v1::BackupHoldChanged {
+                backup_record_id: RECORD_ID.into(),
+                hold: true,
+                reason: "LEGAL-42".into(),
+                operator: "user-1".into(),
+            }),
+        ),
+        (
+            "retention_completed",
+            Event::RetentionCompleted(v1::RetentionCompleted {
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                kept: 7,
+                expired: 3,
+                orphans_found: 2,
+                orphans_removed: 1,
+            }),
+        ),
+        (
+            "retention_failed",
+            Event::RetentionFailed(v1::RetentionFailed {
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                backup_record_id: String::new(),
+                error_code: "OBJECT_STORE_UNAVAILABLE".into(),
+                message: "object store unavailable".into(),
+            }),
+        ),
     ]
 }
 
@@ -541,6 +620,10 @@ fn _exhaustive(e: &Event) {
         | Event::AlertRaised(_)
         | Event::AlertResolved(_)
         | Event::PolicyFailed(_) => {}
+        Event::BackupExpired(_)
+        | Event::BackupHoldChanged(_)
+        | Event::RetentionCompleted(_)
+        | Event::RetentionFailed(_) => {}
     }
 }
 
@@ -558,7 +641,7 @@ fn event_envelope(org: &str, event: Event) -> v1::EventEnvelope {
 #[test]
 fn every_event_variant_round_trips() {
     let samples = sample_events();
-    assert_eq!(samples.len(), 16);
+    assert_eq!(samples.len(), EVENT_TYPES.len());
     for (name, event) in samples {
         let env = event_envelope(ORG_ID, event);
         let bytes = encode(&env);

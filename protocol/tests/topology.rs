@@ -33,6 +33,12 @@ fn command_kinds() {
         (CommandKind::Drill, "drill", "dr.drill", "drill.*"),
         (CommandKind::Verify, "verify", "dr.verify", "verify.*"),
         (CommandKind::Policy, "policy", "dr.policy", "policy.*"),
+        (
+            CommandKind::Retention,
+            "retention",
+            "dr.retention",
+            "retention.*",
+        ),
     ];
     assert_eq!(
         CommandKind::ALL.to_vec(),
@@ -60,7 +66,7 @@ fn command_kinds() {
 #[test]
 fn queue_names_are_distinct() {
     let mut names: HashSet<&str> = CommandKind::ALL.iter().map(|k| k.queue()).collect();
-    assert_eq!(names.len(), 5);
+    assert_eq!(names.len(), CommandKind::ALL.len());
     assert!(names.insert(AUDIT_QUEUE));
     assert!(names.insert(DEAD_LETTER_QUEUE));
 }

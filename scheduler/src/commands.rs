@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use drfleet_infra::auth::{MintError, TokenMinter};
 use drfleet_protocol::OrganizationId;
-use drfleet_protocol::auth::{PERM_BACKUP_CREATE, PERM_BACKUP_VERIFY};
+use drfleet_protocol::auth::{PERM_BACKUP_CREATE, PERM_BACKUP_RETENTION, PERM_BACKUP_VERIFY};
 use drfleet_protocol::command;
 use drfleet_protocol::events::timestamp;
 use drfleet_protocol::policy::{SlotKind, scheduled_command_id};
@@ -140,6 +140,26 @@ pub fn verify(
         slot,
         Some(backup_record_id),
         PERM_BACKUP_VERIFY,
+        body,
+    )
+}
+
+/// The retention sweep of one policy for the interval starting at `slot`.
+pub fn retention(
+    minter: &Minter,
+    t: &Target<'_>,
+    slot: DateTime<Utc>,
+) -> Result<v1::CommandEnvelope, MintError> {
+    let body = Command::Retention(v1::RetentionCommand {
+        policy_id: t.policy_id.to_string(),
+    });
+    envelope(
+        minter,
+        t,
+        SlotKind::Retention,
+        slot,
+        None,
+        PERM_BACKUP_RETENTION,
         body,
     )
 }

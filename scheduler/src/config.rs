@@ -37,6 +37,11 @@ pub struct SchedulerCli {
     #[arg(long, env = "DR_SCHEDULER_MAX_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100000))]
     pub max_in_flight: u32,
 
+    /// Seconds between two retention sweeps of each enabled policy (one RetentionCommand per
+    /// policy per interval boundary).
+    #[arg(long, env = "DR_RETENTION_INTERVAL_SECS", default_value_t = 3600, value_parser = clap::value_parser!(u64).range(60..=604800))]
+    pub retention_interval_secs: u64,
+
     /// Health, readiness and metrics listener (port 0: a free port, logged at start).
     #[arg(long, env = "DR_HTTP_ADDR", default_value = "127.0.0.1:0")]
     pub http_addr: String,
@@ -56,6 +61,7 @@ pub struct SchedulerConfig {
     pub minter: TokenMinter,
     pub tick: Duration,
     pub max_in_flight: u32,
+    pub retention_interval: Duration,
     pub http_addr: SocketAddr,
     pub scheduler_id: String,
     pub log_format: LogFormat,
@@ -94,6 +100,7 @@ impl SchedulerConfig {
             minter,
             tick: Duration::from_secs(cli.tick_secs),
             max_in_flight: cli.max_in_flight,
+            retention_interval: Duration::from_secs(cli.retention_interval_secs),
             http_addr: socket_addr("DR_HTTP_ADDR", &cli.http_addr)?,
             scheduler_id: cli.scheduler_id.unwrap_or_else(|| {
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into());

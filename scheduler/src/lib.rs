@@ -8,10 +8,11 @@
 //!
 //! - [`config`]: flags/env → [`config::SchedulerConfig`].
 //! - [`tick`]: one evaluation, in one transaction: [`due::settle`] → [`due::publish_due`] →
-//!   [`verify::rotate`] → [`watch::watch`].
+//!   [`verify::rotate`] → [`watch::watch`] → [`retention::publish`].
 //! - [`due`]: backup slots — one command per slot, one catch-up after downtime, the fleet-wide
 //!   in-flight cap, fairness across organizations.
 //! - [`verify`]: rotating verification of retained backups.
+//! - [`retention`]: one retention sweep per enabled policy per DR_RETENTION_INTERVAL_SECS.
 //! - [`watch`]: alerts (`RPO_BREACHED`, `BACKUP_FAILING`, `VERIFY_FAILED`), one per episode.
 //! - [`commands`]: the scheduled command envelopes and the scheduler's own tokens.
 //! - [`metrics`]: the `drfleet_scheduler_*` counters.
@@ -24,6 +25,7 @@ pub mod commands;
 pub mod config;
 pub mod due;
 pub mod metrics;
+pub mod retention;
 pub mod tick;
 pub mod verify;
 pub mod watch;
@@ -95,6 +97,7 @@ pub async fn run(config: SchedulerConfig, shutdown: CancellationToken) -> Result
         minter: Minter::new(config.minter.clone(), config.token_ttl.as_secs()),
         max_in_flight: config.max_in_flight,
         lost_after: config.settle_after,
+        retention_interval: config.retention_interval,
     };
     // Deciding is intake: it stops first; a tick in progress finishes (its transaction commits
     // or rolls back as a whole).

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use crate::commands::Minter;
 use crate::due::{self, DueReport};
+use crate::retention::{self, RetentionReport};
 use crate::verify::{self, VerifyReport};
 use crate::watch::{self, WatchReport};
 
@@ -36,6 +37,7 @@ pub struct TickReport {
     pub backups: DueReport,
     pub verifies: VerifyReport,
     pub alerts: WatchReport,
+    pub retention: RetentionReport,
 }
 
 pub struct Decider {
@@ -43,6 +45,8 @@ pub struct Decider {
     pub minter: Minter,
     pub max_in_flight: u32,
     pub lost_after: std::time::Duration,
+    /// DR_RETENTION_INTERVAL_SECS.
+    pub retention_interval: std::time::Duration,
 }
 
 impl Decider {
@@ -61,12 +65,15 @@ impl Decider {
         let backups = due::publish_due(&mut tx, &self.minter, self.max_in_flight, now).await?;
         let verifies = verify::rotate(&mut tx, &self.minter, self.max_in_flight, now).await?;
         let alerts = watch::watch(&mut tx, now).await?;
+        let retention =
+            retention::publish(&mut tx, &self.minter, self.retention_interval, now).await?;
         tx.commit().await?;
         Ok(TickOutcome::Done(TickReport {
             settled,
             backups,
             verifies,
             alerts,
+            retention,
         }))
     }
 }

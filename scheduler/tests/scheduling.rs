@@ -201,7 +201,8 @@ async fn in_flight_cap_holds_and_everything_completes() {
     loop {
         // Scheduled backups not finished: slots not settled, and jobs queued or running.
         let (unsettled, active): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM pf_schedule_slots WHERE settled_at IS NULL), \
+            "SELECT (SELECT count(*) FROM pf_schedule_slots WHERE settled_at IS NULL \
+                      AND kind = 'backup'), \
                     (SELECT count(*) FROM pf_jobs WHERE kind = 'backup' \
                       AND state IN ('queued', 'running'))",
         )
@@ -228,17 +229,20 @@ async fn in_flight_cap_holds_and_everything_completes() {
     assert!(peak >= 1);
     // Fair: the first three published went to three different organizations.
     let first: Vec<uuid::Uuid> = sqlx::query_scalar(
-        "SELECT organization_id FROM pf_schedule_slots ORDER BY published_at, slot_at LIMIT 3",
+        "SELECT organization_id FROM pf_schedule_slots WHERE kind = 'backup' \
+         ORDER BY published_at, slot_at LIMIT 3",
     )
     .fetch_all(&env.pool)
     .await
     .unwrap();
     let distinct: std::collections::HashSet<_> = first.iter().collect();
     assert_eq!(distinct.len(), 3, "round robin over organizations");
-    let each: i64 = sqlx::query_scalar("SELECT count(DISTINCT policy_id) FROM pf_schedule_slots")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let each: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT policy_id) FROM pf_schedule_slots WHERE kind = 'backup'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
     assert_eq!(each, 20, "every policy fired once");
 
     stop.cancel();

@@ -22,6 +22,25 @@ pub fn manifest(org: Uuid, record: Uuid, attempt: u32) -> Path {
     ))
 }
 
+/// `orgs/<org>/backups`: every backup of one organization lives under it.
+pub fn org_backups_prefix(org: Uuid) -> Path {
+    Path::from(format!("orgs/{}/backups", org.hyphenated()))
+}
+
+/// The backup record id a key under [`org_backups_prefix`] belongs to.
+pub fn record_of(key: &Path) -> Option<Uuid> {
+    key.parts().nth(3)?.as_ref().parse().ok()
+}
+
+/// `orgs/<org>/backups/<record>`: every attempt's objects of one backup live under it.
+pub fn record_prefix(org: Uuid, record: Uuid) -> Path {
+    Path::from(format!(
+        "orgs/{}/backups/{}",
+        org.hyphenated(),
+        record.hyphenated()
+    ))
+}
+
 pub fn parse(key: &str) -> Result<Path, crate::StorageError> {
     Path::parse(key).map_err(|_| crate::StorageError {
         op: "key",

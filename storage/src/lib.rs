@@ -6,7 +6,8 @@
 //! - [`keys`]: object keys, derived only from organization id, backup record id and attempt
 //!   (never from user text).
 //! - [`ArtifactStore`]: streaming multipart upload with bounded buffering and backpressure,
-//!   create-only puts (manifests are never overwritten), streaming download, delete.
+//!   create-only puts (manifests are never overwritten), streaming download, delete, listing
+//!   and deleting everything under a prefix (a backup's attempts).
 //!
 //! Errors ([`StorageError`]) carry a kind and say whether a retry can help; their Display
 //! never includes endpoints or credentials.
@@ -235,6 +236,44 @@ impl ArtifactStore {
             Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(classify("delete", e)),
         }
+    }
+
+    /// Every object under `prefix` (recursively); none when nothing is there.
+    pub async fn list(&self, prefix: &Path) -> Result<Vec<Path>, StorageError> {
+        Ok(self
+            .list_modified(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Like [`Self::list`], with each object's last modification time.
+    pub async fn list_modified(
+        &self,
+        prefix: &Path,
+    ) -> Result<Vec<(Path, std::time::SystemTime)>, StorageError> {
+        use futures::TryStreamExt;
+        match self
+            .inner
+            .list(Some(prefix))
+            .map_ok(|m| (m.location, std::time::SystemTime::from(m.last_modified)))
+            .try_collect::<Vec<_>>()
+            .await
+        {
+            Ok(v) => Ok(v),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(classify("list", e)),
+        }
+    }
+
+    /// Delete every object under `prefix`; returns how many there were.
+    pub async fn delete_prefix(&self, prefix: &Path) -> Result<usize, StorageError> {
+        let keys = self.list(prefix).await?;
+        for k in &keys {
+            self.delete(k).await?;
+        }
+        Ok(keys.len())
     }
 
     /// Overwrite (tests that simulate tampering use this; drfleet itself never overwrites).

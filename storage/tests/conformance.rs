@@ -101,6 +101,57 @@ async fn suite(store: ArtifactStore) {
         StorageErrorKind::NotFound
     );
 
+    // Listing and deleting under a record's prefix: every attempt, nothing of another record.
+    let other = keys::manifest(org, Uuid::new_v4(), 1);
+    store
+        .put_create(&other, Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    store
+        .put_create(&keys::artifact(org, rec, 3), Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    let prefix = keys::record_prefix(org, rec);
+    let mut listed: Vec<String> = store
+        .list(&prefix)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        vec![
+            keys::manifest(org, rec, 1).to_string(),
+            keys::artifact(org, rec, 3).to_string()
+        ]
+    );
+    let modified = store
+        .list_modified(&keys::org_backups_prefix(org))
+        .await
+        .unwrap();
+    assert_eq!(modified.len(), 3, "{modified:?}");
+    for (k, at) in &modified {
+        assert!(
+            at.elapsed().unwrap() < std::time::Duration::from_secs(600),
+            "{k}"
+        );
+        assert!(keys::record_of(k).is_some(), "{k}");
+    }
+    assert_eq!(keys::record_of(&keys::artifact(org, rec, 3)), Some(rec));
+    assert_eq!(store.delete_prefix(&prefix).await.unwrap(), 2);
+    assert!(store.list(&prefix).await.unwrap().is_empty());
+    assert_eq!(store.delete_prefix(&prefix).await.unwrap(), 0);
+    assert!(store.size(&other).await.is_ok());
+    assert!(
+        store
+            .list(&keys::record_prefix(Uuid::new_v4(), Uuid::new_v4()))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
     // An aborted upload leaves nothing readable.
     let akey = keys::artifact(org, rec, 2);
     let mut up = store.upload(&akey).await.unwrap();

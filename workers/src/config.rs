@@ -16,16 +16,18 @@ pub enum Role {
     Drill,
     Verify,
     Policy,
+    Retention,
     Audit,
 }
 
 impl Role {
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Backup,
         Role::Restore,
         Role::Drill,
         Role::Verify,
         Role::Policy,
+        Role::Retention,
         Role::Audit,
     ];
 
@@ -36,6 +38,7 @@ impl Role {
             Role::Drill => "drill",
             Role::Verify => "verify",
             Role::Policy => "policy",
+            Role::Retention => "retention",
             Role::Audit => "audit",
         }
     }
@@ -45,11 +48,12 @@ impl Role {
         !matches!(self, Role::Drill)
     }
 
-    /// Roles that touch artifacts, and so need the master keys.
+    /// Roles that touch artifacts (retention deletes them), and so get the artifact store and
+    /// the master keys.
     pub fn needs_master_key(self) -> bool {
         matches!(
             self,
-            Role::Backup | Role::Restore | Role::Drill | Role::Verify
+            Role::Backup | Role::Restore | Role::Drill | Role::Verify | Role::Retention
         )
     }
 
@@ -62,6 +66,7 @@ impl Role {
             Role::Drill => Some(K::Drill),
             Role::Verify => Some(K::Verify),
             Role::Policy => Some(K::Policy),
+            Role::Retention => Some(K::Retention),
             Role::Audit => None,
         }
     }
@@ -71,8 +76,8 @@ impl Role {
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "drfleet-worker", version, about)]
 pub struct WorkerCli {
-    /// Role(s) to run: backup, restore, drill, verify, policy, audit, or all (development:
-    /// every role this build has).
+    /// Role(s) to run: backup, restore, drill, verify, policy, retention, audit, or all
+    /// (development: every role this build has).
     /// Repeat the flag, or comma-separate in DR_ROLE.
     #[arg(long = "role", env = "DR_ROLE", value_delimiter = ',', required = true)]
     pub roles: Vec<String>,
@@ -155,6 +160,11 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_STAGING_TTL", default_value = "24h")]
     pub staging_ttl: String,
 
+    /// Retention: a failed backup's leftover objects, and objects no backup record references
+    /// (orphans), are removed by a sweep once older than this (a duration such as 12h or 7d).
+    #[arg(long, env = "DR_RETENTION_ORPHAN_GRACE", default_value = "7d")]
+    pub retention_orphan_grace: String,
+
     /// Seconds a job lease lasts without a heartbeat before another worker may take the job.
     #[arg(long, env = "DR_JOB_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..=3600))]
     pub job_lease_secs: u64,
@@ -207,6 +217,8 @@ pub struct WorkerConfig {
     pub restore_segment_bytes: usize,
     /// Lifetime of a kept STAGING schema (DR_STAGING_TTL).
     pub staging_ttl: Duration,
+    /// DR_RETENTION_ORPHAN_GRACE.
+    pub retention_orphan_grace: Duration,
     pub shutdown_grace: Duration,
     pub worker_id: String,
     /// Poll interval of job runners and the outbox relay when no notification arrives.
@@ -225,7 +237,7 @@ impl WorkerConfig {
                         || {
                             ConfigError::new(
                                 "DR_ROLE",
-                                "roles are backup, restore, drill, verify, policy, audit or all",
+                                "roles are backup, restore, drill, verify, policy, retention, audit or all",
                             )
                         },
                     )?;
@@ -329,6 +341,10 @@ impl WorkerConfig {
             job_stall: Duration::from_secs(cli.job_stall_secs),
             restore_segment_bytes: (cli.restore_segment_mib as usize) << 20,
             staging_ttl: human_duration("DR_STAGING_TTL", &cli.staging_ttl)?,
+            retention_orphan_grace: human_duration(
+                "DR_RETENTION_ORPHAN_GRACE",
+                &cli.retention_orphan_grace,
+            )?,
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs),
             worker_id,
             poll_interval: Duration::from_secs(1),

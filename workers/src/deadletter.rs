@@ -116,6 +116,12 @@ pub fn redact_body(data: &[u8]) -> Vec<u8> {
                 Some(Command::StagingDiscard(d)) => {
                     d.restore_job_id = scrub_text(&d.restore_job_id)
                 }
+                Some(Command::Retention(r)) => r.policy_id = scrub_text(&r.policy_id),
+                Some(Command::BackupHold(h)) => {
+                    for s in [&mut h.backup_record_id, &mut h.reason] {
+                        *s = scrub_text(s);
+                    }
+                }
                 Some(Command::Policy(p)) => {
                     p.name = scrub_text(&p.name);
                     if let Some(spec) = &mut p.spec {

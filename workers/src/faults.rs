@@ -38,6 +38,8 @@ pub mod point {
     pub const CHECKS: &str = "restore.checks";
     /// Inside the promotion's transaction, after the delete and before the insert.
     pub const SWAP: &str = "restore.swap";
+    /// Retention: expired backups marked `expiring`, before any object is deleted.
+    pub const RETENTION_AFTER_MARK: &str = "retention.after_mark";
 }
 
 #[cfg(feature = "fault-injection")]

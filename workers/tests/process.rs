@@ -153,6 +153,7 @@ fn help_lists_every_setting_without_secret_values() {
         "DR_LOG_FORMAT",
         "DR_ROLE",
         "DR_STAGING_TTL",
+        "DR_RETENTION_ORPHAN_GRACE",
     ] {
         assert!(help.contains(s), "--help documents {s}");
     }
@@ -239,6 +240,14 @@ fn staging_ttl_and_master_key_errors_say_what_was_expected() {
     for bad in ["24", "1.5h", "0s", "tomorrow"] {
         let e = expect_config_error(&with(&env, "DR_STAGING_TTL", bad), &["--role", "restore"]);
         assert!(e.contains("DR_STAGING_TTL") && e.contains("24h"), "{e}");
+        let e = expect_config_error(
+            &with(&env, "DR_RETENTION_ORPHAN_GRACE", bad),
+            &["--role", "retention"],
+        );
+        assert!(
+            e.contains("DR_RETENTION_ORPHAN_GRACE") && e.contains("7d"),
+            "{e}"
+        );
     }
     // Base64 of 16 bytes: says how many it got, never the value.
     let short = "MDEyMzQ1Njc4OWFiY2RlZg==";
@@ -547,6 +556,7 @@ async fn role_all_starts_every_available_role_and_stops_cleanly() {
         "dr.restore",
         "dr.verify",
         "dr.policy",
+        "dr.retention",
         "dr.audit",
     ] {
         assert!(queues.contains(q), "consumes {q}: {queues:?}");

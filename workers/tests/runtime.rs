@@ -174,7 +174,8 @@ async fn topology_is_declared_exactly() {
                 "durable",
                 "arguments",
             ]);
-            (q.len() >= 7).then_some(q)
+            // Every command queue, the dead-letter queue and the audit queue.
+            (q.len() >= CommandKind::ALL.len() + 2).then_some(q)
         }
     })
     .await;
@@ -197,13 +198,7 @@ async fn topology_is_declared_exactly() {
             _ => serde_json::Value::Null,
         }
     };
-    for name in [
-        "dr.backup",
-        "dr.restore",
-        "dr.drill",
-        "dr.verify",
-        "dr.policy",
-    ] {
+    for name in CommandKind::ALL.map(|k| k.queue()) {
         let row = q(name);
         assert_eq!(row["type"], "quorum", "{name} is a quorum queue");
         assert_eq!(row["durable"], true, "{name} is durable");
@@ -879,6 +874,8 @@ async fn a_worker_runs_as_its_least_privilege_broker_user() {
         "restore",
         "drill",
         "verify",
+        "policy",
+        "retention",
         "audit",
         "publisher",
         "monitor",

@@ -9,7 +9,14 @@ use serde_yaml_ng::{Mapping, Value};
 // The roles this build has (`drill` joins when its role is built; a worker started with an
 // unavailable role exits 2).
 const COMMAND_ROLES: [&str; 3] = ["backup", "restore", "verify"];
-const ALL_ROLES: [&str; 5] = ["backup", "restore", "verify", "policy", "audit"];
+const ALL_ROLES: [&str; 6] = [
+    "backup",
+    "restore",
+    "verify",
+    "policy",
+    "retention",
+    "audit",
+];
 const BUCKET: &str = "drfleet-artifacts";
 
 fn repo_root() -> PathBuf {

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod membership;
 pub mod policy;
 pub mod restore;
+pub mod retention;
 pub mod rowset;
 pub mod shrink;
 pub mod staging;
@@ -75,6 +76,8 @@ pub struct RoleCtx {
     pub restore_segment_bytes: usize,
     /// See [`crate::config::WorkerConfig::staging_ttl`].
     pub staging_ttl: std::time::Duration,
+    /// See [`crate::config::WorkerConfig::retention_orphan_grace`].
+    pub retention_orphan_grace: std::time::Duration,
     /// The tenant key's type as last read from the catalog ([`tenant_key`]).
     pub key_type: tenant_key::KeyTypeCache,
 }
@@ -113,6 +116,7 @@ impl RoleCtx {
             tenant_root: config.tenant_root.clone(),
             restore_segment_bytes: config.restore_segment_bytes,
             staging_ttl: config.staging_ttl,
+            retention_orphan_grace: config.retention_orphan_grace,
             key_type: Default::default(),
         })
     }
@@ -144,7 +148,7 @@ pub(crate) fn source_pool(
 /// The command handlers for the configured roles.
 pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
     let mut handlers = Handlers::default();
-    // The policy role touches neither artifacts nor tenant data: it needs no RoleCtx.
+    // The policy and audit roles touch neither artifacts nor tenant data: no RoleCtx.
     let artifacts = config.roles.iter().any(|r| r.needs_master_key());
     let ctx = if artifacts {
         let ctx = Arc::new(RoleCtx::from_config(config)?);
@@ -171,6 +175,11 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
             }
             Role::Restore => {
                 handlers = handlers.with(restore::RestoreHandler::new(
+                    ctx.clone().expect("command role ctx"),
+                ))
+            }
+            Role::Retention => {
+                handlers = handlers.with(retention::RetentionHandler::new(
                     ctx.clone().expect("command role ctx"),
                 ))
             }
