@@ -11,7 +11,7 @@ use drfleet_protocol::tenant::TenantKey;
 
 use crate::cli::{DbArgs, OutputFormat};
 use crate::error::{Error, Outcome};
-use crate::output::{instant, print_line};
+use crate::output::{instant, print_record};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct AlertsArgs {
@@ -86,17 +86,8 @@ async fn print_alerts(pool: &sqlx::PgPool, a: &AlertsArgs) -> Result<(), Error> 
     .fetch(pool);
     while let Some(row) = rows.try_next().await? {
         let v = alert_json(&row)?;
-        let printed = match a.output {
-            OutputFormat::Json => print_line(&v),
-            OutputFormat::Text => {
-                use std::io::Write;
-                writeln!(std::io::stdout().lock(), "{}", text_line(&v))
-            }
-        };
-        match printed {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(e.into()),
+        if !print_record(a.output, &v, text_line)? {
+            return Ok(());
         }
     }
     Ok(())

@@ -64,6 +64,24 @@ pub fn print_line(v: &Value) -> std::io::Result<()> {
     out.flush()
 }
 
+/// One record of a listing: a JSON line, or `text` of it. `Ok(false)` when the reader went
+/// away (a closed pipe ends a listing quietly, e.g. `| head`).
+pub fn print_record(
+    output: crate::cli::OutputFormat,
+    v: &Value,
+    text: impl FnOnce(&Value) -> String,
+) -> std::io::Result<bool> {
+    let printed = match output {
+        crate::cli::OutputFormat::Json => print_line(v),
+        crate::cli::OutputFormat::Text => writeln!(std::io::stdout().lock(), "{}", text(v)),
+    };
+    match printed {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// `drctl token`'s output: the token and a newline, nothing else.
 pub fn print_token(token: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();

@@ -17,7 +17,7 @@ use drfleet_protocol::v1::{self, command_envelope::Command};
 
 use crate::cli::{CommandOpts, DbArgs, OutputFormat};
 use crate::error::{Error, Outcome};
-use crate::output::{instant, print_line};
+use crate::output::{instant, print_record};
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum PolicyCmd {
@@ -247,17 +247,8 @@ async fn print_policies(pool: &sqlx::PgPool, a: &ListArgs) -> Result<(), Error> 
     .fetch(pool);
     while let Some(row) = rows.try_next().await? {
         let v = policy_json(&row)?;
-        let printed = match a.output {
-            OutputFormat::Json => print_line(&v),
-            OutputFormat::Text => {
-                use std::io::Write;
-                writeln!(std::io::stdout().lock(), "{}", text_line(&v))
-            }
-        };
-        match printed {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(e.into()),
+        if !print_record(a.output, &v, text_line)? {
+            return Ok(());
         }
     }
     Ok(())
