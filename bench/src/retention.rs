@@ -50,20 +50,19 @@ fn rules_of(r: &Row) -> anyhow::Result<Rules> {
 
 /// Read every policy's completed backups, grouped by policy.
 async fn load(pool: &PgPool) -> anyhow::Result<Vec<Group>> {
-    let mut rows = sqlx::query_as::<_, Row>(
+    let mut rows = sqlx::query_as::<_, Row>(sqlx::AssertSqlSafe(format!(
         "SELECT p.id, p.timezone, p.keep_last, p.keep_daily, p.keep_weekly, p.keep_monthly, \
                 r.id, COALESCE(r.snapshot_at, r.completed_at, r.started_at), \
                 COALESCE(r.verify_status = 'ok', false), \
-                EXISTS (SELECT 1 FROM pf_jobs j WHERE j.state IN ('queued', 'running') \
-                   AND j.kind IN ('restore', 'drill') AND j.organization_id = r.organization_id \
-                   AND j.spec->>'backup_record_id' = r.id::text), \
+                {}, \
                 r.legal_hold \
            FROM pf_backup_policies p \
            JOIN pf_backup_records r \
              ON r.organization_id = p.organization_id AND r.policy_id = p.id::text \
             AND r.status = 'completed' \
           ORDER BY p.id",
-    )
+        drfleet_infra::metadata::BACKUP_IN_USE
+    )))
     .fetch(pool);
     let mut groups: Vec<Group> = Vec::new();
     let mut current: Option<uuid::Uuid> = None;

@@ -76,44 +76,19 @@ async fn policies(
     Ok(rows)
 }
 
-#[derive(sqlx::FromRow)]
-struct CandidateRow {
-    id: uuid::Uuid,
-    snapshot_at: DateTime<Utc>,
-    verified_ok: bool,
-    in_use: bool,
-    held: bool,
-}
-
 async fn candidates(
     pool: &PgPool,
     org: &TenantKey,
     policy: uuid::Uuid,
 ) -> Result<Vec<Candidate>, Error> {
-    let rows: Vec<CandidateRow> = sqlx::query_as(
-        "SELECT r.id, COALESCE(r.snapshot_at, r.completed_at, r.started_at) AS snapshot_at, \
-                COALESCE(r.verify_status = 'ok', false) AS verified_ok, \
-                EXISTS (SELECT 1 FROM pf_jobs j WHERE j.state IN ('queued', 'running') \
-                   AND j.kind IN ('restore', 'drill') AND j.organization_id = r.organization_id \
-                   AND j.spec->>'backup_record_id' = r.id::text) AS in_use, \
-                r.legal_hold AS held \
-         FROM pf_backup_records r \
-         WHERE r.organization_id = $1 AND r.policy_id = $2 AND r.status = 'completed'",
+    Ok(
+        drfleet_infra::metadata::retention_candidates(
+            pool,
+            org.organization_id().as_uuid(),
+            policy,
+        )
+        .await?,
     )
-    .bind(org.organization_id().as_uuid())
-    .bind(policy.to_string())
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Candidate {
-            id: r.id,
-            snapshot_at: r.snapshot_at,
-            verified_ok: r.verified_ok,
-            in_use: r.in_use,
-            held: r.held,
-        })
-        .collect())
 }
 
 fn print_decision(

@@ -9,12 +9,14 @@
 //! - [`auth`]: actor tokens (JWT): minting ([`auth::TokenMinter`]: drctl, the scheduler,
 //!   tests) and verification (workers).
 //! - [`error`]: the transient/permanent distinction every retry decision uses.
+//! - [`metadata`]: metadata reads several programs share (retention candidates).
 
 pub mod amqp;
 pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod metadata;
 pub mod telemetry;
 
 pub use error::Retry;

@@ -83,7 +83,7 @@ pub struct Candidate {
     pub snapshot_at: DateTime<Utc>,
     /// Its latest verify is ok.
     pub verified_ok: bool,
-    /// Used by a queued or running restore or drill job.
+    /// Used by a queued or running restore, drill or verify job.
     pub in_use: bool,
     /// Under a legal hold.
     pub held: bool,
@@ -100,7 +100,7 @@ pub struct Decision {
 
 pub const REASON_VERIFIED: &str = "last verified-good";
 pub const REASON_NEWEST_UNVERIFIED: &str = "newest (none verified-good)";
-pub const REASON_IN_USE: &str = "in use by a restore";
+pub const REASON_IN_USE: &str = "in use by a job";
 pub const REASON_HOLD: &str = "legal hold";
 pub const REASON_FUTURE: &str = "future snapshot";
 pub const REASON_NO_RULES: &str = "no rules";

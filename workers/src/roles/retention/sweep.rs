@@ -14,10 +14,11 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use sqlx::{PgConnection, PgPool};
 
-use drfleet_protocol::retention::{Candidate, Rules, select};
+use drfleet_infra::metadata::{BACKUP_IN_USE, retention_candidates};
+use drfleet_protocol::retention::{Rules, select};
 use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{ReasonCode, Rejection, RetentionSpec, ValidCommand};
 use drfleet_storage::keys;
@@ -84,49 +85,6 @@ impl PolicyRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct CandidateRow {
-    id: uuid::Uuid,
-    snapshot_at: DateTime<Utc>,
-    verified_ok: bool,
-    in_use: bool,
-    held: bool,
-}
-
-/// SQL condition: the record (alias `r`) is used by a queued or running restore or drill.
-const IN_USE: &str = "EXISTS (SELECT 1 FROM pf_jobs j WHERE j.state IN ('queued', 'running') \
-     AND j.kind IN ('restore', 'drill') AND j.organization_id = r.organization_id \
-     AND j.spec->>'backup_record_id' = r.id::text)";
-
-/// The completed backups of a policy as the selection sees them.
-async fn candidates(
-    pool: &PgPool,
-    org: uuid::Uuid,
-    policy: uuid::Uuid,
-) -> Result<Vec<Candidate>, sqlx::Error> {
-    let rows: Vec<CandidateRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT r.id, COALESCE(r.snapshot_at, r.completed_at, r.started_at) AS snapshot_at, \
-                COALESCE(r.verify_status = 'ok', false) AS verified_ok, \
-                {IN_USE} AS in_use, r.legal_hold AS held \
-         FROM pf_backup_records r \
-         WHERE r.organization_id = $1 AND r.policy_id = $2 AND r.status = 'completed'"
-    )))
-    .bind(org)
-    .bind(policy.to_string())
-    .fetch_all(pool)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Candidate {
-            id: r.id,
-            snapshot_at: r.snapshot_at,
-            verified_ok: r.verified_ok,
-            in_use: r.in_use,
-            held: r.held,
-        })
-        .collect())
-}
-
-#[derive(sqlx::FromRow)]
 struct Expiring {
     id: uuid::Uuid,
     object_key: Option<String>,
@@ -160,7 +118,7 @@ pub(super) async fn run(
     let mut expired = finish_expiring(role, ctx, policy_id).await?;
 
     // 2. Decide and mark.
-    let cands = candidates(&ctx.pool, org, policy_id).await?;
+    let cands = retention_candidates(&ctx.pool, org, policy_id).await?;
     let decisions = select(&rules, &cands, Utc::now());
     let doomed: Vec<uuid::Uuid> = decisions
         .iter()
@@ -214,7 +172,7 @@ async fn mark_expiring(
         "UPDATE pf_backup_records r SET status = 'expiring', expiring_at = now(), \
              retention_reason = $4, expired_by_policy = $3 \
          WHERE r.id = ANY($1) AND r.organization_id = $2 AND r.policy_id = $3::text \
-           AND r.status = 'completed' AND NOT r.legal_hold AND NOT {IN_USE}"
+           AND r.status = 'completed' AND NOT r.legal_hold AND NOT {BACKUP_IN_USE}"
     )))
     .bind(ids)
     .bind(org)
