@@ -10,6 +10,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use drfleet_infra::config::{ConfigError, postgres_url};
+use drfleet_infra::metadata::StoredRetention;
 use drfleet_protocol::retention::{Candidate, Decision, Rules, select};
 use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::v1::{self, command_envelope::Command};
@@ -27,34 +28,18 @@ async fn pool(db: &DbArgs) -> Result<PgPool, Error> {
 struct PolicyRow {
     id: uuid::Uuid,
     name: String,
-    timezone: String,
-    keep_last: Option<i32>,
-    keep_daily: Option<i32>,
-    keep_weekly: Option<i32>,
-    keep_monthly: Option<i32>,
-    keep_yearly: Option<i32>,
-    keep_within_seconds: Option<i64>,
+    #[sqlx(flatten)]
+    retention: StoredRetention,
 }
 
 impl PolicyRow {
     fn rules(&self) -> Result<Rules, Error> {
-        let tz = drfleet_protocol::policy::parse_timezone(&self.timezone)
-            .map_err(|_| ConfigError::new("policy", "has an invalid time zone"))?;
-        let n = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok());
-        Ok(Rules {
-            keep_last: n(self.keep_last),
-            keep_daily: n(self.keep_daily),
-            keep_weekly: n(self.keep_weekly),
-            keep_monthly: n(self.keep_monthly),
-            keep_yearly: n(self.keep_yearly),
-            keep_within_secs: self.keep_within_seconds.and_then(|v| u64::try_from(v).ok()),
-            timezone: tz,
-        })
+        Ok(self
+            .retention
+            .rules()
+            .map_err(|_| ConfigError::new("policy", "has an invalid time zone"))?)
     }
 }
-
-const POLICY_COLUMNS: &str = "id, name, timezone, keep_last, keep_daily, keep_weekly, \
-     keep_monthly, keep_yearly, keep_within_seconds";
 
 /// The organization's policies (one, when `name` is given; exit 2 if it does not exist).
 async fn policies(
@@ -63,8 +48,9 @@ async fn policies(
     name: Option<&str>,
 ) -> Result<Vec<PolicyRow>, Error> {
     let rows: Vec<PolicyRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {POLICY_COLUMNS} FROM pf_backup_policies \
-         WHERE organization_id = $1 AND ($2::text IS NULL OR name = $2) ORDER BY name"
+        "SELECT id, name, {} FROM pf_backup_policies \
+         WHERE organization_id = $1 AND ($2::text IS NULL OR name = $2) ORDER BY name",
+        StoredRetention::COLUMNS
     )))
     .bind(org.organization_id().as_uuid())
     .bind(name)

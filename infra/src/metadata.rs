@@ -4,7 +4,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use drfleet_protocol::retention::Candidate;
+use drfleet_protocol::policy::{PolicyError, parse_timezone};
+use drfleet_protocol::retention::{Candidate, Rules};
 
 /// SQL condition: the backup record (alias `r`) is used by a queued or running job that
 /// reads it — a restore, a drill or a verify — so retention must not delete it now.
@@ -50,4 +51,36 @@ pub async fn retention_candidates(
             held: r.held,
         })
         .collect())
+}
+
+/// A policy's retention columns, as `pf_backup_policies` stores them.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoredRetention {
+    pub timezone: String,
+    pub keep_last: Option<i32>,
+    pub keep_daily: Option<i32>,
+    pub keep_weekly: Option<i32>,
+    pub keep_monthly: Option<i32>,
+    pub keep_yearly: Option<i32>,
+    pub keep_within_seconds: Option<i64>,
+}
+
+impl StoredRetention {
+    /// The columns to select for [`StoredRetention`].
+    pub const COLUMNS: &str = "timezone, keep_last, keep_daily, keep_weekly, keep_monthly, \
+         keep_yearly, keep_within_seconds";
+
+    /// The selection's rules (an unreadable time zone is refused: it was validated when set).
+    pub fn rules(&self) -> Result<Rules, PolicyError> {
+        let n = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok());
+        Ok(Rules {
+            keep_last: n(self.keep_last),
+            keep_daily: n(self.keep_daily),
+            keep_weekly: n(self.keep_weekly),
+            keep_monthly: n(self.keep_monthly),
+            keep_yearly: n(self.keep_yearly),
+            keep_within_secs: self.keep_within_seconds.and_then(|v| u64::try_from(v).ok()),
+            timezone: parse_timezone(&self.timezone)?,
+        })
+    }
 }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use chrono::Utc;
 use sqlx::{PgConnection, PgPool};
 
-use drfleet_infra::metadata::{BACKUP_IN_USE, retention_candidates};
-use drfleet_protocol::retention::{Rules, select};
+use drfleet_infra::metadata::{BACKUP_IN_USE, StoredRetention, retention_candidates};
+use drfleet_protocol::retention::select;
 use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{ReasonCode, Rejection, RetentionSpec, ValidCommand};
 use drfleet_storage::keys;
@@ -56,35 +56,6 @@ pub(super) async fn admit(
 }
 
 #[derive(sqlx::FromRow)]
-struct PolicyRow {
-    timezone: String,
-    keep_last: Option<i32>,
-    keep_daily: Option<i32>,
-    keep_weekly: Option<i32>,
-    keep_monthly: Option<i32>,
-    keep_yearly: Option<i32>,
-    keep_within_seconds: Option<i64>,
-}
-
-impl PolicyRow {
-    fn rules(&self) -> Result<Rules, JobError> {
-        let tz = drfleet_protocol::policy::parse_timezone(&self.timezone).map_err(|_| {
-            JobError::permanent("POLICY_BAD_TIMEZONE", "policy time zone is not valid")
-        })?;
-        let n = |v: Option<i32>| v.and_then(|v| u32::try_from(v).ok());
-        Ok(Rules {
-            keep_last: n(self.keep_last),
-            keep_daily: n(self.keep_daily),
-            keep_weekly: n(self.keep_weekly),
-            keep_monthly: n(self.keep_monthly),
-            keep_yearly: n(self.keep_yearly),
-            keep_within_secs: self.keep_within_seconds.and_then(|v| u64::try_from(v).ok()),
-            timezone: tz,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
 struct Expiring {
     id: uuid::Uuid,
     object_key: Option<String>,
@@ -100,11 +71,10 @@ pub(super) async fn run(
 ) -> Result<(), JobError> {
     let job = &ctx.job;
     let org = job.organization_id.as_uuid();
-    let policy: Option<PolicyRow> = sqlx::query_as(
-        "SELECT timezone, keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly, \
-                keep_within_seconds \
-         FROM pf_backup_policies WHERE id = $1 AND organization_id = $2",
-    )
+    let policy: Option<StoredRetention> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {} FROM pf_backup_policies WHERE id = $1 AND organization_id = $2",
+        StoredRetention::COLUMNS
+    )))
     .bind(policy_id)
     .bind(org)
     .fetch_optional(&ctx.pool)
@@ -112,7 +82,9 @@ pub(super) async fn run(
     let Some(policy) = policy else {
         return Err(JobError::permanent("POLICY_NOT_FOUND", NOT_FOUND_MESSAGE));
     };
-    let rules = policy.rules()?;
+    let rules = policy
+        .rules()
+        .map_err(|_| JobError::permanent("POLICY_BAD_TIMEZONE", "policy time zone is not valid"))?;
 
     // 1. What an interrupted sweep left half done.
     let mut expired = finish_expiring(role, ctx, policy_id).await?;
