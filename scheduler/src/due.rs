@@ -11,9 +11,9 @@ use sqlx::PgConnection;
 
 use drfleet_protocol::OrganizationId;
 use drfleet_protocol::policy::Schedule;
-use drfleet_runtime::outbox;
 
 use crate::commands::{self, Minter, Target};
+use crate::slots::SlotRows;
 use crate::tick::TickError;
 
 /// What one pass published.
@@ -110,8 +110,7 @@ pub async fn publish_due(
         picked.iter().enumerate().map(|(i, id)| (*id, i)).collect();
     rows.sort_by_key(|r| order.get(&r.0).copied().unwrap_or(usize::MAX));
 
-    let mut commands = Vec::with_capacity(rows.len());
-    let mut slot_rows = SlotRows::default();
+    let mut slots = SlotRows::default();
     // Per claimed policy: id, next slot (None: stop), slot fired.
     let mut moved: Moves = Default::default();
     // Most policies share a handful of schedules: parse each once per pass.
@@ -138,8 +137,7 @@ pub async fn publish_due(
             tenant_key: &tenant_key,
         };
         let env = commands::backup(minter, &target, &tier, due.slot, due.missed)?;
-        slot_rows.push(&env, id, org, due.slot, None);
-        commands.push(env);
+        slots.push(env, id, org, due.slot, None);
         moved.0.push(id);
         moved.1.push(due.next);
         moved.2.push(due.slot);
@@ -147,11 +145,9 @@ pub async fn publish_due(
             report.catch_ups += 1;
         }
     }
-    let fresh = slot_rows.insert(tx, "backup").await?;
-    // A slot already recorded (cannot happen while next_due_at moves past it, but the unique
-    // key is what guarantees it) is not published again.
-    commands.retain(|env| fresh.contains(&env.command_id));
-    report.published = outbox::enqueue_commands(tx, &commands).await?;
+    // A slot already recorded cannot happen while next_due_at moves past it, but the unique
+    // key is what guarantees it.
+    report.published = slots.publish(tx, "backup").await?;
     sqlx::query(
         "UPDATE pf_backup_policies p SET next_due_at = m.next, last_slot_at = m.slot \
            FROM UNNEST($1::uuid[], $2::timestamptz[], $3::timestamptz[]) AS m(id, next, slot) \
@@ -164,65 +160,6 @@ pub async fn publish_due(
     .await?;
     report.waiting = report.due.saturating_sub(report.published);
     Ok(report)
-}
-
-/// Rows for `pf_schedule_slots`, inserted in one statement.
-#[derive(Default)]
-pub struct SlotRows {
-    command_ids: Vec<uuid::Uuid>,
-    policy_ids: Vec<uuid::Uuid>,
-    orgs: Vec<uuid::Uuid>,
-    slots: Vec<DateTime<Utc>>,
-    backups: Vec<Option<uuid::Uuid>>,
-}
-
-impl SlotRows {
-    pub fn push(
-        &mut self,
-        env: &drfleet_protocol::v1::CommandEnvelope,
-        policy_id: uuid::Uuid,
-        org: uuid::Uuid,
-        slot: DateTime<Utc>,
-        backup: Option<uuid::Uuid>,
-    ) {
-        self.command_ids.push(
-            env.command_id
-                .parse()
-                .expect("a scheduled command id is a UUID"),
-        );
-        self.policy_ids.push(policy_id);
-        self.orgs.push(org);
-        self.slots.push(slot);
-        self.backups.push(backup);
-    }
-
-    /// Insert; returns the command ids (as text) of the slots that were not recorded yet.
-    pub async fn insert(
-        &self,
-        tx: &mut PgConnection,
-        kind: &str,
-    ) -> Result<std::collections::HashSet<String>, sqlx::Error> {
-        if self.command_ids.is_empty() {
-            return Ok(Default::default());
-        }
-        let ids: Vec<uuid::Uuid> = sqlx::query_scalar(
-            "INSERT INTO pf_schedule_slots \
-               (command_id, policy_id, kind, slot_at, organization_id, backup_record_id) \
-             SELECT c, p, $6, s, o, b \
-               FROM UNNEST($1::uuid[], $2::uuid[], $3::timestamptz[], $4::uuid[], $5::uuid[]) \
-                 AS x(c, p, s, o, b) \
-             ON CONFLICT DO NOTHING RETURNING command_id",
-        )
-        .bind(&self.command_ids)
-        .bind(&self.policy_ids)
-        .bind(&self.slots)
-        .bind(&self.orgs)
-        .bind(&self.backups)
-        .bind(kind)
-        .fetch_all(&mut *tx)
-        .await?;
-        Ok(ids.into_iter().map(|u| u.to_string()).collect())
-    }
 }
 
 /// Settle slots whose job finished, whose command was refused, or that waited longer than

@@ -14,6 +14,7 @@
 //! - [`verify`]: rotating verification of retained backups.
 //! - [`retention`]: one retention sweep per enabled policy per DR_RETENTION_INTERVAL_SECS.
 //! - [`watch`]: alerts (`RPO_BREACHED`, `BACKUP_FAILING`, `VERIFY_FAILED`), one per episode.
+//! - [`slots`]: recording slots and queueing their commands (one home for every kind).
 //! - [`commands`]: the scheduled command envelopes and the scheduler's own tokens.
 //! - [`metrics`]: the `drfleet_scheduler_*` counters.
 //!
@@ -26,6 +27,7 @@ pub mod config;
 pub mod due;
 pub mod metrics;
 pub mod retention;
+pub mod slots;
 pub mod tick;
 pub mod verify;
 pub mod watch;

@@ -8,10 +8,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use drfleet_protocol::OrganizationId;
-use drfleet_runtime::outbox;
 
 use crate::commands::{self, Minter, Target};
-use crate::due::SlotRows;
+use crate::slots::SlotRows;
 use crate::tick::TickError;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +44,6 @@ pub async fn publish(
     .bind(at)
     .fetch_all(&mut *tx)
     .await?;
-    let mut commands = Vec::with_capacity(rows.len());
     let mut slots = SlotRows::default();
     for (policy_id, org, tenant_key) in rows {
         let target = Target {
@@ -54,13 +52,10 @@ pub async fn publish(
             tenant_key: &tenant_key,
         };
         let env = commands::retention(minter, &target, at)?;
-        slots.push(&env, policy_id, org, at, None);
-        commands.push(env);
+        slots.push(env, policy_id, org, at, None);
     }
-    let fresh = slots.insert(tx, "retention").await?;
-    commands.retain(|env| fresh.contains(&env.command_id));
     Ok(RetentionReport {
-        published: outbox::enqueue_commands(tx, &commands).await?,
+        published: slots.publish(tx, "retention").await?,
     })
 }
 

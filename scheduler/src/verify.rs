@@ -14,10 +14,10 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use drfleet_protocol::OrganizationId;
-use drfleet_runtime::outbox;
 
 use crate::commands::{self, Minter, Target};
-use crate::due::{SlotRows, in_flight};
+use crate::due::in_flight;
+use crate::slots::SlotRows;
 use crate::tick::TickError;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +104,6 @@ pub async fn rotate(
     .bind(free)
     .fetch_all(&mut *tx)
     .await?;
-    let mut commands = Vec::with_capacity(rows.len());
     let mut slots = SlotRows::default();
     let (mut ids, mut next) = (Vec::new(), Vec::new());
     for (backup, policy_id, due_at, org, tenant_key, cycle) in rows {
@@ -114,15 +113,12 @@ pub async fn rotate(
             tenant_key: &tenant_key,
         };
         let env = commands::verify(minter, &target, backup, due_at)?;
-        slots.push(&env, policy_id, org, due_at, Some(backup));
-        commands.push(env);
+        slots.push(env, policy_id, org, due_at, Some(backup));
         let cycle = Duration::from_secs(cycle.max(1) as u64);
         ids.push(backup);
         next.push(now + (cycle - margin(cycle)));
     }
-    let fresh = slots.insert(tx, "verify").await?;
-    commands.retain(|env| fresh.contains(&env.command_id));
-    report.published = outbox::enqueue_commands(tx, &commands).await?;
+    report.published = slots.publish(tx, "verify").await?;
     sqlx::query(
         "UPDATE pf_verify_rotation v SET due_at = m.next, last_scheduled_at = $3 \
            FROM UNNEST($1::uuid[], $2::timestamptz[]) AS m(id, next) \
