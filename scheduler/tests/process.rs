@@ -3,9 +3,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use support::*;
 
@@ -57,32 +55,19 @@ fn bad_settings_exit_2_with_one_line_and_no_secret() {
     }
 }
 
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    let status = body.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        status,
-        body.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
-    ))
-}
-
 #[tokio::test]
 async fn serves_health_ready_metrics_and_stops_on_sigterm() {
     let env = TestEnv::new().await;
     let addr = free_addr();
     let mut child = spawn_scheduler(&env, &[("DR_HTTP_ADDR", addr.clone())]);
     let ready = eventually(30, "/ready answers 200", || async {
-        get(&addr, "/ready").filter(|(s, _)| *s == 200)
+        http_get(&addr, "/ready").filter(|(s, _)| *s == 200)
     })
     .await;
     assert_eq!(ready.1, "database: ok\nbroker: ok\n");
-    assert_eq!(get(&addr, "/health").unwrap().0, 200);
+    assert_eq!(http_get(&addr, "/health").unwrap().0, 200);
     let metrics = eventually(10, "a tick is counted", || async {
-        get(&addr, "/metrics").filter(|(_, b)| !b.contains("drfleet_scheduler_ticks_total 0"))
+        http_get(&addr, "/metrics").filter(|(_, b)| !b.contains("drfleet_scheduler_ticks_total 0"))
     })
     .await
     .1;
