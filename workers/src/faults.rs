@@ -20,6 +20,8 @@ pub enum Fault {
     Panic,
     /// Never move on: the job stalls, and only the stall watchdog ends it.
     Stall,
+    /// Wait this long, then go on as if nothing happened (holds a step open for a test).
+    Pause(std::time::Duration),
 }
 
 /// Named points in the restore pipeline.
@@ -110,6 +112,7 @@ pub(crate) async fn hit(org: &str, point: &'static str) -> Result<(), JobError> 
         match f {
             Fault::Panic => panic!("injected panic at {point}"),
             Fault::Stall => std::future::pending::<()>().await,
+            Fault::Pause(d) => tokio::time::sleep(d).await,
             f => return Err(injected(point, f)),
         }
     }
@@ -126,6 +129,7 @@ pub(crate) fn hit_blocking(org: &str, point: &'static str) -> Result<(), JobErro
         match f {
             Fault::Panic => panic!("injected panic at {point}"),
             Fault::Stall => std::thread::sleep(std::time::Duration::from_secs(300)),
+            Fault::Pause(d) => std::thread::sleep(d),
             f => return Err(injected(point, f)),
         }
     }

@@ -182,6 +182,14 @@ async fn a_connection_cut_mid_load_is_retried_and_the_restore_completes() {
         v1::RestoreMode::Staging,
         &token(&org, &["pf.backup.restore"]),
     );
+    // Hold each of the first segments' COPY open for a second after its first rows, so the
+    // COPY into a later segment is there to be cut (a whole load can take less than a poll).
+    faults::arm(
+        &org.to_string(),
+        point::MID_SEGMENT,
+        Fault::Pause(Duration::from_secs(1)),
+        4,
+    );
     publish_command(&p, &cmd).await;
     // Terminate the loading connection once it is past its first segment.
     // Generous: on a loaded machine the restore may take a while to reach its second segment.
@@ -198,6 +206,7 @@ async fn a_connection_cut_mid_load_is_retried_and_the_restore_completes() {
     })
     .await;
     assert!(killed >= 1);
+    assert!(faults::fired(&org.to_string(), point::MID_SEGMENT) >= 1);
     // Bounded from the cut: the retry must not hang.
     let started = Instant::now();
     let corr = cmd.correlation_id.clone();
