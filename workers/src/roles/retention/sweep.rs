@@ -26,7 +26,7 @@ use drfleet_storage::keys;
 use crate::faults;
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError};
 use crate::outbox;
-use crate::roles::RoleCtx;
+use crate::engine::RoleCtx;
 
 /// A policy of another organization is indistinguishable from no policy.
 const NOT_FOUND_MESSAGE: &str = "policy not found";
