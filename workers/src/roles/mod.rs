@@ -64,4 +64,3 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
     }
     Ok(handlers)
 }
-

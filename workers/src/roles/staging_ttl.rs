@@ -30,10 +30,10 @@ use drfleet_protocol::validate::{
 };
 use drfleet_protocol::{CommandId, JobId, OrganizationId};
 
-use crate::engine::source_error;
-use crate::engine::staging::drop_sql as drop_staging_sql;
 use crate::RunError;
 use crate::config::WorkerConfig;
+use crate::engine::source_error;
+use crate::engine::staging::drop_sql as drop_staging_sql;
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError};
 use crate::outbox;
 

@@ -14,12 +14,12 @@ use drfleet_artifact::{Manifest, TableManifest};
 
 use super::load::Loaded;
 use super::{Check, ForeignKey, Stage, src};
-use crate::faults::{self, point};
-use crate::handler::JobError;
 use crate::engine::RoleCtx;
 use crate::engine::catalog::{PIN_RENDERING, quote_ident};
 use crate::engine::membership::Reach;
 use crate::engine::rowset::{RowDigest, RowSet};
+use crate::faults::{self, point};
+use crate::handler::JobError;
 
 /// Read-back slices of a large staging table, each on its own connection.
 const READBACK_SLICES: i64 = 2;
