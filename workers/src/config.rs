@@ -206,7 +206,7 @@ pub struct WorkerConfig {
     pub tenant_column: String,
     pub tenant_schema: String,
     /// DR_TENANT_ROOT.
-    pub tenant_root: Option<crate::roles::membership::TenantRoot>,
+    pub tenant_root: Option<crate::engine::membership::TenantRoot>,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
     pub job_concurrency: usize,
@@ -356,11 +356,11 @@ impl WorkerConfig {
 pub fn tenant_root(
     value: Option<&str>,
     tenant_schema: &str,
-) -> Result<Option<crate::roles::membership::TenantRoot>, ConfigError> {
+) -> Result<Option<crate::engine::membership::TenantRoot>, ConfigError> {
     let Some(v) = value.filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
     };
-    let root = crate::roles::membership::TenantRoot::parse(v)
+    let root = crate::engine::membership::TenantRoot::parse(v)
         .map_err(|e| ConfigError::new("DR_TENANT_ROOT", e))?;
     if root.schema != tenant_schema {
         return Err(ConfigError::new(

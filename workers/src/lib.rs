@@ -12,6 +12,7 @@
 //! - [`faults`]: named fault points for tests (feature `fault-injection`, off in builds).
 //! - [`audit`]: the audit sink and hash-chain verification.
 //! - [`metrics`]: the worker's counters (`/metrics`).
+//! - [`engine`]: the engines the roles share (catalog, membership, staging, …); no role.
 //! - [`roles`]: the role implementations.
 //!
 //! From `drfleet-runtime` (shared with the scheduler): start-up retries, the broker session,
@@ -29,6 +30,7 @@ pub mod audit;
 pub mod config;
 pub mod consumers;
 pub mod deadletter;
+pub mod engine;
 pub mod faults;
 pub mod handler;
 pub mod intake;

@@ -28,9 +28,9 @@ use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand};
 use drfleet_storage::keys;
 
-use super::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
-use super::membership;
-use super::{RoleCtx, shrink, source_error};
+use crate::engine::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
+use crate::engine::membership;
+use crate::engine::{RoleCtx, shrink, source_error};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
 use crate::outbox;
 

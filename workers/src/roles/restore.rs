@@ -1,6 +1,6 @@
 //! The restore role: an artifact back into PostgreSQL, into a staging schema, optionally
 //! promoted over the tenant's live rows. The work is the staging engine's
-//! ([`super::staging`]); this role admits the command, runs the phases in order, and records
+//! ([`crate::engine::staging`]); this role admits the command, runs the phases in order, and records
 //! the outcome.
 //!
 //! 1. `restore_initiated`; the record must be the command's organization's and completed.
@@ -38,8 +38,8 @@ use drfleet_protocol::validate::{
     CommandBody, ReasonCode, Rejection, RestoreMode, RestoreSpec, ValidCommand,
 };
 
-use super::RoleCtx;
-use super::staging::{self, Check, Stage, checks, promote, src};
+use crate::engine::RoleCtx;
+use crate::engine::staging::{self, Check, Stage, checks, promote, src};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use crate::outbox;
 

@@ -30,10 +30,10 @@ use drfleet_protocol::validate::{
 };
 use drfleet_protocol::{CommandId, JobId, OrganizationId};
 
-use super::source_error;
-use super::staging::drop_sql as drop_staging_sql;
 use crate::RunError;
 use crate::config::WorkerConfig;
+use crate::engine::source_error;
+use crate::engine::staging::drop_sql as drop_staging_sql;
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError};
 use crate::outbox;
 
@@ -239,7 +239,7 @@ pub struct Sweeper {
 impl Sweeper {
     /// `pool` is the metadata database; the tenant database is opened lazily from `config`.
     pub fn new(config: &WorkerConfig, pool: PgPool) -> Result<Self, RunError> {
-        let source = super::source_pool(config, "drfleet-worker-staging-sweep", 1)?;
+        let source = crate::engine::source_pool(config, "drfleet-worker-staging-sweep", 1)?;
         Ok(Self {
             pool,
             source,

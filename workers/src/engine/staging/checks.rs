@@ -1,5 +1,5 @@
 //! Checks on a staging schema: the backup's columns still fit the live tables, the rows read
-//! back equal the rows sent (an order-independent digest, [`crate::roles::rowset`]), every row
+//! back equal the rows sent (an order-independent digest, [`crate::engine::rowset`]), every row
 //! carries the tenant's id, and foreign keys among the backed-up tables are closed.
 
 use std::collections::HashMap;
@@ -14,12 +14,12 @@ use drfleet_artifact::{Manifest, TableManifest};
 
 use super::load::Loaded;
 use super::{Check, ForeignKey, Stage, src};
+use crate::engine::RoleCtx;
+use crate::engine::catalog::{PIN_RENDERING, quote_ident};
+use crate::engine::membership::Reach;
+use crate::engine::rowset::{RowDigest, RowSet};
 use crate::faults::{self, point};
 use crate::handler::JobError;
-use crate::roles::RoleCtx;
-use crate::roles::catalog::{PIN_RENDERING, quote_ident};
-use crate::roles::membership::Reach;
-use crate::roles::rowset::{RowDigest, RowSet};
 
 /// Read-back slices of a large staging table, each on its own connection.
 const READBACK_SLICES: i64 = 2;

@@ -27,12 +27,12 @@ use drfleet_artifact::{ArtifactReader, Manifest, ManifestCheck};
 
 use super::checks::{FkCount, count_dangling, read_back_rows};
 use super::{ForeignKey, Stage, object_reader, parts_schema};
+use crate::engine::catalog::{PIN_RENDERING, quote_ident};
+use crate::engine::membership;
+use crate::engine::rowset::{RowDigest, RowSet};
+use crate::engine::source_error;
 use crate::faults::{self, point};
 use crate::handler::JobError;
-use crate::roles::catalog::{PIN_RENDERING, quote_ident};
-use crate::roles::membership;
-use crate::roles::rowset::{RowDigest, RowSet};
-use crate::roles::source_error;
 
 const BUF: usize = 1 << 20;
 

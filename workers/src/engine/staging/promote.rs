@@ -31,11 +31,11 @@ use sqlx::{Connection, PgConnection};
 use drfleet_artifact::{Manifest, TableManifest};
 
 use super::{Check, Stage, drop_sql, src};
+use crate::engine::catalog::{PIN_RENDERING, quote_ident};
+use crate::engine::membership::{self, Reach};
+use crate::engine::source_error;
 use crate::faults::{self, point};
 use crate::handler::JobError;
-use crate::roles::catalog::{PIN_RENDERING, quote_ident};
-use crate::roles::membership::{self, Reach};
-use crate::roles::source_error;
 
 /// How a promotion went.
 #[derive(Debug, Clone, Copy)]
