@@ -43,11 +43,6 @@ impl Role {
         }
     }
 
-    /// Whether this build implements the role (`all` means every available one).
-    pub fn available(self) -> bool {
-        !matches!(self, Role::Drill)
-    }
-
     /// Roles that touch artifacts (retention deletes them), and so get the artifact store and
     /// the master keys.
     pub fn needs_master_key(self) -> bool {
@@ -160,6 +155,16 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_STAGING_TTL", default_value = "24h")]
     pub staging_ttl: String,
 
+    /// Drill role: the restore target (a name of DR_RESTORE_TARGETS) a drill restores into
+    /// when the command names none. Never the source database. Unset: drills must name a
+    /// target, else they are rejected.
+    #[arg(long, env = "DR_DRILL_TARGET")]
+    pub drill_target: Option<String>,
+
+    /// Drill role: statement timeout of each drill assertion (a duration such as 30s or 5m).
+    #[arg(long, env = "DR_DRILL_ASSERTION_TIMEOUT", default_value = "30s")]
+    pub drill_assertion_timeout: String,
+
     /// Retention: a failed backup's leftover objects, and objects no backup record references
     /// (orphans), are removed by a sweep once older than this (a duration such as 12h or 7d).
     #[arg(long, env = "DR_RETENTION_ORPHAN_GRACE", default_value = "7d")]
@@ -219,6 +224,8 @@ pub struct WorkerConfig {
     pub staging_ttl: Duration,
     /// DR_RETENTION_ORPHAN_GRACE.
     pub retention_orphan_grace: Duration,
+    /// DR_DRILL_TARGET and DR_DRILL_ASSERTION_TIMEOUT.
+    pub drill: DrillSettings,
     pub shutdown_grace: Duration,
     pub worker_id: String,
     /// Poll interval of job runners and the outbox relay when no notification arrives.
@@ -231,7 +238,7 @@ impl WorkerConfig {
         let mut roles = Vec::new();
         for r in &cli.roles {
             match r.trim() {
-                "all" => roles.extend(Role::ALL.into_iter().filter(|r| r.available())),
+                "all" => roles.extend(Role::ALL),
                 s => {
                     let role = Role::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(
                         || {
@@ -241,12 +248,6 @@ impl WorkerConfig {
                             )
                         },
                     )?;
-                    if !role.available() {
-                        return Err(ConfigError::new(
-                            "DR_ROLE",
-                            format!("role {} is not available in this build", role.as_str()),
-                        ));
-                    }
                     roles.push(role);
                 }
             }
@@ -345,11 +346,72 @@ impl WorkerConfig {
                 "DR_RETENTION_ORPHAN_GRACE",
                 &cli.retention_orphan_grace,
             )?,
+            drill: DrillSettings {
+                target: drill_target(cli.drill_target.as_deref(), &restore_targets)?,
+                sources: same_database_targets(&restore_targets, &source_database_url),
+                assertion_timeout: human_duration(
+                    "DR_DRILL_ASSERTION_TIMEOUT",
+                    &cli.drill_assertion_timeout,
+                )?,
+            },
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs),
             worker_id,
             poll_interval: Duration::from_secs(1),
         })
     }
+}
+
+/// What the drill role needs beyond the shared settings.
+#[derive(Debug, Clone, Default)]
+pub struct DrillSettings {
+    /// DR_DRILL_TARGET: the default restore target of drills.
+    pub target: Option<String>,
+    /// Names of DR_RESTORE_TARGETS that point at the source database: a drill never writes
+    /// there, whatever target it names.
+    pub sources: std::collections::BTreeSet<String>,
+    /// DR_DRILL_ASSERTION_TIMEOUT.
+    pub assertion_timeout: Duration,
+}
+
+/// DR_DRILL_TARGET, validated: a name of DR_RESTORE_TARGETS.
+pub fn drill_target(
+    value: Option<&str>,
+    targets: &std::collections::BTreeMap<String, Secret<String>>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(name) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if !targets.contains_key(name) {
+        return Err(ConfigError::new(
+            "DR_DRILL_TARGET",
+            "must name one of DR_RESTORE_TARGETS",
+        ));
+    }
+    Ok(Some(name.to_string()))
+}
+
+/// The targets whose URL names the source's database (same host, port and database): a
+/// drill refuses them, so the source is never written by a drill.
+pub fn same_database_targets(
+    targets: &std::collections::BTreeMap<String, Secret<String>>,
+    source: &Secret<String>,
+) -> std::collections::BTreeSet<String> {
+    use sqlx::postgres::PgConnectOptions;
+    let key = |url: &str| {
+        url.parse::<PgConnectOptions>().ok().map(|o| {
+            (
+                o.get_host().to_string(),
+                o.get_port(),
+                o.get_database().map(str::to_string),
+            )
+        })
+    };
+    let source = key(source.expose());
+    targets
+        .iter()
+        .filter(|(_, url)| source.is_none() || key(url.expose()) == source)
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// DR_TENANT_ROOT, validated: `schema.table(column)` of the tenant schema.

@@ -521,11 +521,26 @@ fn sigterm_during_startup_retries_exits_promptly_with_0() {
 }
 
 #[test]
-fn an_unavailable_role_is_a_configuration_error() {
-    let e = expect_config_error(&base_env(), &["--role", "drill"]);
-    assert!(e.contains("DR_ROLE") && e.contains("drill"), "{e}");
-    let e = expect_config_error(&base_env(), &["--role", "backup,drill"]);
-    assert!(e.contains("drill"), "{e}");
+fn an_unknown_role_or_drill_target_is_a_configuration_error() {
+    let e = expect_config_error(&base_env(), &["--role", "backup,drills"]);
+    assert!(e.contains("DR_ROLE"), "{e}");
+    // DR_DRILL_TARGET must name a configured restore target (never echoing their URLs).
+    let env = with(
+        &base_env(),
+        "DR_RESTORE_TARGETS",
+        "scratch=postgres://u:SECRETPW@127.0.0.1:5432/scratchdb",
+    );
+    let e = expect_config_error(
+        &with(&env, "DR_DRILL_TARGET", "elsewhere"),
+        &["--role", "drill"],
+    );
+    assert!(e.contains("DR_DRILL_TARGET"), "{e}");
+    assert!(!e.contains("SECRETPW"), "{e}");
+    let e = expect_config_error(
+        &with(&base_env(), "DR_DRILL_ASSERTION_TIMEOUT", "soon"),
+        &["--role", "drill"],
+    );
+    assert!(e.contains("DR_DRILL_ASSERTION_TIMEOUT"), "{e}");
 }
 
 #[tokio::test]
@@ -544,6 +559,7 @@ async fn role_all_starts_every_available_role_and_stops_cleanly() {
     for q in [
         "dr.backup",
         "dr.restore",
+        "dr.drill",
         "dr.verify",
         "dr.policy",
         "dr.retention",

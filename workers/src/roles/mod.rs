@@ -3,6 +3,7 @@
 //! (catalog, membership, staging, …) live in [`crate::engine`]; a role never imports another.
 
 pub mod backup;
+pub mod drill;
 pub mod policy;
 pub mod restore;
 pub mod retention;
@@ -54,11 +55,11 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
                     ctx.clone().expect("command role ctx"),
                 ))
             }
-            other => {
-                return Err(RunError::Role(format!(
-                    "role {} is not available in this build",
-                    other.as_str()
-                )));
+            Role::Drill => {
+                handlers = handlers.with(drill::DrillHandler::new(
+                    ctx.clone().expect("command role ctx"),
+                    config.drill.clone(),
+                ))
             }
         }
     }
