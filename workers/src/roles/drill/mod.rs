@@ -169,8 +169,23 @@ fn ms(d: Duration) -> u64 {
 struct Validated {
     matrix: Vec<Row>,
     phases: Vec<Phase>,
-    /// This attempt's start → validated scratch copy.
+    /// This attempt's start → validated scratch copy (or the failed phase's end).
     rto_ms: u64,
+    /// The backup made it into the scratch schema (false: a phase found it unusable, and
+    /// the matrix says which).
+    restored: bool,
+}
+
+/// Whether a phase's error is a finding about the backup (a corrupt artifact, a schema that
+/// cannot be recreated, rows that do not load) — a drill that ran and did not pass — rather
+/// than the drill being unable to run (a database or store unavailable: retried, then
+/// `dr_drill_failed`).
+fn is_finding(e: &JobError) -> bool {
+    !e.transient && !matches!(e.code.as_ref(), "SOURCE_DATABASE_ERROR" | "DATABASE_ERROR")
+}
+
+fn failed_row(name: &str, e: &JobError) -> Row {
+    Row::new(name, false, format!("{}: {}", e.code, e.message))
 }
 
 impl DrillHandler {
@@ -186,16 +201,31 @@ impl DrillHandler {
         started: Instant,
     ) -> Result<Validated, JobError> {
         let job = &ctx.job;
-        let mut phases = Vec::new();
-        let mut matrix = Vec::new();
-        let fetch_ms =
+        let mut v = Validated {
+            matrix: Vec::new(),
+            phases: Vec::new(),
+            rto_ms: 0,
+            restored: false,
+        };
+        let fetch =
             staging::verify_sealed(&self.ctx, &rec.object_key, &rec.manifest, &ctx.progress)
-                .await?;
-        phases.push(Phase {
-            name: "fetch_sealed",
-            ms: fetch_ms,
-        });
-        matrix.push(Row::new("sealed", true, "size, SHA-256 and every chunk's tag"));
+                .await;
+        match fetch {
+            Ok(ms) => {
+                v.phases.push(Phase {
+                    name: "fetch_sealed",
+                    ms,
+                });
+                v.matrix
+                    .push(Row::new("sealed", true, "size, SHA-256 and every chunk's tag"));
+            }
+            Err(e) if is_finding(&e) => {
+                v.matrix.push(failed_row("sealed", &e));
+                v.rto_ms = ms(started.elapsed());
+                return Ok(v);
+            }
+            Err(e) => return Err(e),
+        }
         ctx.progress.tick();
 
         let mut conn = staging::src(PgConnection::connect_with(&db.connect_options()).await)?;
@@ -212,28 +242,35 @@ impl DrillHandler {
         };
         // An earlier attempt of this drill may have left its scratch schema behind.
         stage.drop().await;
-        let built = stage
-            .build(&mut conn, &rec.object_key, &rec.manifest)
-            .await?;
+        let built = match stage.build(&mut conn, &rec.object_key, &rec.manifest).await {
+            Ok(b) => b,
+            Err(e) if is_finding(&e) => {
+                v.matrix.push(failed_row("loaded", &e));
+                v.rto_ms = ms(started.elapsed());
+                return Ok(v);
+            }
+            Err(e) => return Err(e),
+        };
         let t = built.timings;
-        phases.push(Phase {
+        v.phases.push(Phase {
             name: "schema",
             ms: t.schema_ms,
         });
-        phases.push(Phase {
+        v.phases.push(Phase {
             name: "load",
             ms: t.load_ms,
         });
-        phases.push(Phase {
+        v.phases.push(Phase {
             name: "checks",
             ms: t.checks_ms + t.constraints_ms,
         });
-        matrix.extend(
+        v.matrix.extend(
             built
                 .checks
                 .iter()
                 .map(|c| Row::new(c.name, c.passed, c.detail.clone())),
         );
+        v.restored = true;
         ctx.progress.tick();
 
         let asserted = Instant::now();
@@ -245,18 +282,15 @@ impl DrillHandler {
                 self.settings.assertion_timeout,
             )
             .await;
-            matrix.extend(rows);
+            v.matrix.extend(rows);
         }
-        phases.push(Phase {
+        v.phases.push(Phase {
             name: "assertions",
             ms: ms(asserted.elapsed()),
         });
         let _ = conn.close().await;
-        Ok(Validated {
-            matrix,
-            phases,
-            rto_ms: ms(started.elapsed()),
-        })
+        v.rto_ms = ms(started.elapsed());
+        Ok(v)
     }
 
     async fn policy(&self, conn: &mut PgConnection, job: &Job) -> Result<Option<Policy>, JobError> {
@@ -408,7 +442,8 @@ impl JobHandler for DrillHandler {
                 .snapshot_at
                 .map_or(0, |s| (started_at - s).num_milliseconds().max(0) as u64);
             let mut matrix = v.matrix;
-            if let Some(p) = &policy {
+            // Objectives are about a scratch copy that exists.
+            if let (true, Some(p)) = (v.restored, &policy) {
                 matrix.extend(suite::objectives(
                     v.rto_ms,
                     p.rto_objective_ms,
@@ -478,6 +513,7 @@ impl JobHandler for DrillHandler {
                 tx,
                 job,
                 err,
+                d,
                 target.map_or("", |(name, _)| name),
                 policy.as_ref(),
                 dropped,

@@ -12,6 +12,7 @@ use sqlx::PgConnection;
 
 use drfleet_protocol::events::timestamp;
 use drfleet_protocol::v1::{self, event_envelope::Event};
+use drfleet_protocol::validate::DrillSpec;
 use drfleet_runtime::alerts::{self, Condition, Origin, Severity};
 
 use super::suite::{self, Row};
@@ -360,14 +361,15 @@ pub async fn failed(
     tx: &mut PgConnection,
     job: &Job,
     err: &JobError,
+    spec: Option<&DrillSpec>,
     target: &str,
     policy: Option<&Policy>,
     dropped: bool,
 ) -> Result<(), sqlx::Error> {
     let (id, backup): (uuid::Uuid, Option<uuid::Uuid>) = sqlx::query_as(
         "INSERT INTO pf_dr_drill_reports (id, organization_id, command_id, job_id, policy_id, \
-           target, tenant_key, passed, error_code, finished_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, false, $8, now()) \
+           target, tenant_key, passed, error_code, finished_at, selection, backup_record_id, tier) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, false, $8, now(), $10, $11, $12) \
          ON CONFLICT (command_id) DO UPDATE SET passed = false, error_code = EXCLUDED.error_code, \
            finished_at = now(), \
            scratch_dropped_at = CASE WHEN $9 THEN COALESCE(pf_dr_drill_reports.scratch_dropped_at, now()) \
@@ -385,6 +387,9 @@ pub async fn failed(
     .bind(job.tenant_key.as_str())
     .bind(err.code.as_ref())
     .bind(dropped)
+    .bind(spec.map_or("LATEST", |d| d.selection.as_str()))
+    .bind(spec.and_then(|d| d.backup_record_id).map(|b| b.as_uuid()))
+    .bind(spec.map_or("", |d| d.tier.as_str()))
     .fetch_one(&mut *tx)
     .await?;
     let ev = job.event(Event::DrDrillFailed(v1::DrillFailed {
