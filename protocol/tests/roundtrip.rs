@@ -484,6 +484,7 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 row_count: 12_345,
                 staging_schema: "dr_staging_0190f1a2".into(),
                 lock_ms: 0,
+                target: "scratch".into(),
             }),
         ),
         (

@@ -87,6 +87,16 @@ pub struct WorkerCli {
     /// Tenant data database; default DR_DATABASE_URL.
     #[arg(long, env = "DR_SOURCE_DATABASE_URL", hide_env_values = true)]
     pub source_database_url: Option<String>,
+    /// Named databases a restore (`RestoreCommand.target`) or a drill may write instead of
+    /// the source: `name=postgres://…,name2=postgres://…`; names `[a-z0-9_-]{1,32}`. Never
+    /// echoed.
+    #[arg(
+        long = "restore-targets",
+        env = "DR_RESTORE_TARGETS",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub restore_targets: String,
 
     /// Artifact store: file://<path> (default ./var/objects) or s3://bucket/prefix
     /// (credentials and endpoint from AWS_* variables, e.g. AWS_ENDPOINT_URL).
@@ -203,6 +213,8 @@ pub struct WorkerConfig {
     pub amqp_url: String,
     pub database_url: Secret<String>,
     pub source_database_url: Secret<String>,
+    /// DR_RESTORE_TARGETS: name → database URL, by name.
+    pub restore_targets: std::collections::BTreeMap<String, Secret<String>>,
     pub object_store: ObjectStoreLocation,
     /// Present whenever a role that touches artifacts runs.
     pub master_keys: Option<MasterKeys>,
@@ -329,6 +341,7 @@ impl WorkerConfig {
             amqp_url: cfg::amqp_url("DR_AMQP_URL", &cli.broker.amqp_url)?,
             database_url,
             source_database_url,
+            restore_targets: restore_targets(&cli.restore_targets)?,
             object_store: cfg::object_store_url("DR_OBJECT_STORE_URL", &cli.object_store_url)?,
             master_keys,
             token_verifier,
@@ -433,6 +446,57 @@ pub fn tenant_root(
     Ok(Some(root))
 }
 
+/// DR_RESTORE_TARGETS: `name=postgres://…` entries separated by commas (a comma not followed
+/// by `name=` belongs to the URL, as in multi-host URLs). Errors name the entry's position,
+/// never a name or URL: a malformed entry may be a password.
+pub fn restore_targets(
+    value: &str,
+) -> Result<std::collections::BTreeMap<String, Secret<String>>, ConfigError> {
+    const SETTING: &str = "DR_RESTORE_TARGETS";
+    let mut out = std::collections::BTreeMap::new();
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(out);
+    }
+    // Entry starts: the beginning, and every comma followed by a valid `name=`.
+    let mut starts = vec![0];
+    for (i, _) in value.match_indices(',') {
+        let rest = &value[i + 1..];
+        if rest
+            .split_once('=')
+            .is_some_and(|(n, _)| valid_target_name(n.trim()))
+        {
+            starts.push(i + 1);
+        }
+    }
+    starts.push(value.len() + 1);
+    for (n, w) in starts.windows(2).enumerate() {
+        let entry = value[w[0]..w[1] - 1].trim();
+        let bad = |problem: &str| ConfigError::new(SETTING, format!("entry {}: {problem}", n + 1));
+        let Some((name, url)) = entry.split_once('=') else {
+            return Err(bad("must be name=postgres://…"));
+        };
+        let name = name.trim();
+        if !valid_target_name(name) {
+            return Err(bad("the name must be 1 to 32 of a-z, 0-9, _ and -"));
+        }
+        let url = cfg::postgres_url(SETTING, url.trim())
+            .map_err(|e| bad(e.to_string().rsplit(": ").next().unwrap_or("is invalid")))?;
+        if out.insert(name.to_string(), url).is_some() {
+            return Err(bad("repeats a name"));
+        }
+    }
+    Ok(out)
+}
+
+/// `[a-z0-9_-]{1,32}`: a restore target's name.
+pub fn valid_target_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// Longest accepted DR_STAGING_TTL: a year.
 const MAX_HUMAN_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 
@@ -486,5 +550,36 @@ mod tests {
             let e = d(bad).unwrap_err();
             assert_eq!(e.setting, "DR_STAGING_TTL", "{bad}");
         }
+    }
+
+    #[test]
+    fn restore_targets_parse_and_never_echo() {
+        let t = restore_targets(
+            " scratch=postgres://u:pw@h/db , dr-site=postgresql://a,b:5433/x?sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["dr-site", "scratch"]);
+        assert_eq!(t["scratch"].expose(), "postgres://u:pw@h/db");
+        // A comma not followed by `name=` belongs to the URL (multi-host).
+        assert_eq!(
+            t["dr-site"].expose(),
+            "postgresql://a,b:5433/x?sslmode=disable"
+        );
+        assert!(restore_targets("").unwrap().is_empty());
+        for bad in [
+            "postgres://u:SECRETPW@h/db",
+            "Scratch=postgres://u:SECRETPW@h/db",
+            "a=postgres://u:SECRETPW@h/db,a=postgres://u:SECRETPW@h/db2",
+            "a=mysql://u:SECRETPW@h/db",
+            "=postgres://u:SECRETPW@h/db",
+            "x=postgres://u:SECRETPW@h:notaport/db",
+            "abcdefghijabcdefghijabcdefghijabc=postgres://u:SECRETPW@h/db",
+        ] {
+            let e = restore_targets(bad).unwrap_err();
+            assert_eq!(e.setting, "DR_RESTORE_TARGETS", "{bad}");
+            let line = e.to_string();
+            assert!(!line.contains("SECRETPW") && !line.contains("@h"), "{line}");
+        }
+        assert!(valid_target_name("a_b-9") && !valid_target_name("") && !valid_target_name("a.b"));
     }
 }

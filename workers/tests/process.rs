@@ -257,6 +257,41 @@ fn staging_ttl_and_master_key_errors_say_what_was_expected() {
     );
 }
 
+#[test]
+fn a_bad_restore_targets_setting_exits_2_without_echoing_the_url() {
+    let env = base_env();
+    for bad in [
+        "postgres://dr:S3cretPassw0rd@db.internal/tenant",
+        "Scratch=postgres://dr:S3cretPassw0rd@db.internal/tenant",
+        "ok=postgres://dr:S3cretPassw0rd@db.internal/tenant,ok=postgres://dr:S3cretPassw0rd@h/x",
+        "ok=mysql://dr:S3cretPassw0rd@db.internal/tenant",
+    ] {
+        let e = expect_config_error(
+            &with(&env, "DR_RESTORE_TARGETS", bad),
+            &["--role", "restore"],
+        );
+        assert!(e.contains("DR_RESTORE_TARGETS"), "{e}");
+        assert!(
+            !e.contains("S3cretPassw0rd") && !e.contains("db.internal"),
+            "{e}"
+        );
+    }
+    // The flag form is checked the same way.
+    let e = expect_config_error(
+        &env,
+        &[
+            "--role",
+            "restore",
+            "--restore-targets",
+            "x=postgres://dr:S3cretPassw0rd@db.internal:notaport/t",
+        ],
+    );
+    assert!(
+        e.contains("DR_RESTORE_TARGETS") && !e.contains("S3cretPassw0rd"),
+        "{e}"
+    );
+}
+
 fn sigterm(child: &std::process::Child) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

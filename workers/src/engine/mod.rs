@@ -5,6 +5,8 @@
 //!   has it — which tables a tier covers, how their rows are the tenant's, the key's type.
 //! - [`rowset`]: order-independent digests of COPY rows (backup vs read-back).
 //! - [`shrink`]: the row-count drop guard of backups.
+//! - [`schema`]: the manifest's DDL of the backed-up tables, read from the catalog and
+//!   recreated (types, tables; then constraints and indexes), relocatable.
 //! - [`staging`]: an artifact loaded into a staging schema, checked, optionally promoted.
 //!
 //! [`RoleCtx`] holds what command roles and engines share: the tenant-data pool, the artifact
@@ -13,6 +15,7 @@
 pub mod catalog;
 pub mod membership;
 pub mod rowset;
+pub mod schema;
 pub mod shrink;
 pub mod staging;
 pub mod tenant_key;
@@ -66,6 +69,8 @@ impl std::io::Read for ChannelReader {
 pub struct RoleCtx {
     /// Tenant data (DR_SOURCE_DATABASE_URL).
     pub source: sqlx::PgPool,
+    /// DR_RESTORE_TARGETS: a lazy pool per named database a restore or drill may write.
+    pub targets: std::collections::BTreeMap<String, sqlx::PgPool>,
     pub store: ArtifactStore,
     pub keyring: Arc<Keyring>,
     pub tenant_column: String,
@@ -83,6 +88,19 @@ pub struct RoleCtx {
 }
 
 impl RoleCtx {
+    /// The pool of the restore target named `name` (DR_RESTORE_TARGETS), if configured.
+    pub fn target(&self, name: &str) -> Option<&sqlx::PgPool> {
+        self.targets.get(name)
+    }
+
+    /// The database a restore writes: the named target, or the source for none.
+    pub fn database(&self, target: Option<&str>) -> Option<&sqlx::PgPool> {
+        match target {
+            None => Some(&self.source),
+            Some(name) => self.target(name),
+        }
+    }
+
     /// The tenant schema's layout, for [`membership`].
     pub fn layout(&self) -> membership::Layout<'_> {
         membership::Layout {
@@ -105,10 +123,17 @@ impl RoleCtx {
                 .collect(),
         );
         let source = source_pool(config, "drfleet-worker-source", 8)?;
+        let mut targets = std::collections::BTreeMap::new();
+        for (name, url) in &config.restore_targets {
+            let pool = lazy_pool(url.expose(), "drfleet-worker-target", 8)
+                .map_err(|_| RunError::Role("DR_RESTORE_TARGETS is invalid".into()))?;
+            targets.insert(name.clone(), pool);
+        }
         let store = ArtifactStore::open(&config.object_store)
             .map_err(|e| RunError::Role(format!("artifact store: {e}")))?;
         Ok(Self {
             source,
+            targets,
             store,
             keyring: Arc::new(keyring),
             tenant_column: config.tenant_column.clone(),
@@ -129,11 +154,21 @@ pub(crate) fn source_pool(
     application_name: &str,
     max_connections: u32,
 ) -> Result<sqlx::PgPool, RunError> {
-    let opts: PgConnectOptions = config
-        .source_database_url
-        .expose()
-        .parse()
-        .map_err(|_| RunError::Role("DR_SOURCE_DATABASE_URL is invalid".into()))?;
+    lazy_pool(
+        config.source_database_url.expose(),
+        application_name,
+        max_connections,
+    )
+    .map_err(|_| RunError::Role("DR_SOURCE_DATABASE_URL is invalid".into()))
+}
+
+/// A lazy pool on a tenant database (the source or a restore target).
+pub(crate) fn lazy_pool(
+    url: &str,
+    application_name: &str,
+    max_connections: u32,
+) -> Result<sqlx::PgPool, sqlx::Error> {
+    let opts: PgConnectOptions = url.parse()?;
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(std::time::Duration::from_secs(10))
