@@ -336,12 +336,22 @@ impl WorkerConfig {
         };
         let tenant_schema = cfg::sql_ident("DR_TENANT_SCHEMA", &cli.tenant_schema)?;
         let tenant_root = tenant_root(cli.tenant_root.as_deref(), &tenant_schema)?;
+        let restore_targets = restore_targets(&cli.restore_targets)?;
+        let drill = DrillSettings {
+            target: drill_target(cli.drill_target.as_deref(), &restore_targets)?,
+            sources: same_database_targets(&restore_targets, &source_database_url),
+            assertion_timeout: human_duration(
+                "DR_DRILL_ASSERTION_TIMEOUT",
+                &cli.drill_assertion_timeout,
+            )?,
+        };
         Ok(Self {
             roles,
             amqp_url: cfg::amqp_url("DR_AMQP_URL", &cli.broker.amqp_url)?,
             database_url,
             source_database_url,
-            restore_targets: restore_targets(&cli.restore_targets)?,
+            drill,
+            restore_targets,
             object_store: cfg::object_store_url("DR_OBJECT_STORE_URL", &cli.object_store_url)?,
             master_keys,
             token_verifier,
@@ -359,14 +369,6 @@ impl WorkerConfig {
                 "DR_RETENTION_ORPHAN_GRACE",
                 &cli.retention_orphan_grace,
             )?,
-            drill: DrillSettings {
-                target: drill_target(cli.drill_target.as_deref(), &restore_targets)?,
-                sources: same_database_targets(&restore_targets, &source_database_url),
-                assertion_timeout: human_duration(
-                    "DR_DRILL_ASSERTION_TIMEOUT",
-                    &cli.drill_assertion_timeout,
-                )?,
-            },
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_secs),
             worker_id,
             poll_interval: Duration::from_secs(1),

@@ -33,9 +33,8 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use sqlx::{Connection, PgConnection, PgPool};
 
-use drfleet_artifact::{Manifest, TableReach};
+use drfleet_artifact::Manifest;
 use drfleet_infra::auth::Actor;
-use drfleet_protocol::tenant::{KeyType, TenantKey};
 use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::validate::{CommandBody, DrillSpec, ReasonCode, Rejection, ValidCommand};
 
@@ -133,34 +132,6 @@ async fn load_record(
     })
 }
 
-/// The tenant key's type as the backup recorded it (the tenant columns' types in its
-/// manifest): the scratch tables are the manifest's, whatever the live catalog says now.
-/// No tenant column recorded: a UUID, as for the platform's tokens.
-fn key_type(
-    manifest: &Manifest,
-    tenant_column: &str,
-    key: &TenantKey,
-) -> Result<KeyType, JobError> {
-    let columns: Vec<(String, String, String)> = manifest
-        .tables
-        .iter()
-        .filter_map(|t| {
-            let col = match &t.reach {
-                Some(TableReach::TenantColumn { column } | TableReach::Root { column }) => {
-                    column.as_str()
-                }
-                Some(TableReach::Path { .. }) => return None,
-                None => tenant_column,
-            };
-            let c = t.columns.iter().find(|c| c.name == col)?;
-            Some((t.name.clone(), c.name.clone(), c.data_type.clone()))
-        })
-        .collect();
-    let ty = tenant_key::key_type_of(&columns)?.unwrap_or(KeyType::Uuid);
-    tenant_key::check_job_key(ty, key)?;
-    Ok(ty)
-}
-
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -229,7 +200,10 @@ impl DrillHandler {
         ctx.progress.tick();
 
         let mut conn = staging::src(PgConnection::connect_with(&db.connect_options()).await)?;
-        let key_type = key_type(&rec.manifest, &self.ctx.tenant_column, &job.tenant_key)?;
+        // The key type as the backup recorded it: the scratch tables are the manifest's,
+        // whatever the live catalog says now (and the source is not read).
+        let key_type = tenant_key::manifest_key_type(&rec.manifest, &self.ctx.tenant_column)?;
+        tenant_key::check_job_key(key_type, &job.tenant_key)?;
         let stage = Stage {
             ctx: self.ctx.clone(),
             db: db.clone(),
