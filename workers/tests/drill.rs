@@ -205,6 +205,21 @@ fn policy_spec(asserts: &[(&str, &str)], rto_seconds: u64) -> v1::PolicySpec {
     }
 }
 
+/// Back up `org` on behalf of `policy` and wait for it.
+async fn policy_backup(tap: &EventTap, p: &ConfirmPublisher, org: &OrganizationId, policy: uuid::Uuid) {
+    let mut cmd = backup_command(org, "full", &token(org, &["pf.backup.create"]));
+    if let Some(v1::command_envelope::Command::Backup(b)) = &mut cmd.command {
+        b.policy_id = policy.to_string();
+    }
+    publish_command(p, &cmd).await;
+    let corr = cmd.correlation_id.clone();
+    tap.wait_until(60, "backup_completed", |ev| {
+        ev.iter()
+            .any(|e| e.env.correlation_id == corr && e.kind() == "backup_completed")
+    })
+    .await;
+}
+
 /// The whole source database's tables (drfleet's own metadata tables left out).
 async fn source_fingerprint(env: &TestEnv) -> std::collections::BTreeMap<String, String> {
     fingerprint_except(&env.pool, &[]).await
@@ -351,7 +366,6 @@ async fn a_failing_assertion_fails_the_drill_raises_drill_failed_and_the_next_pa
     let tap = EventTap::new(&env).await;
     let (stop, handle) = drill_worker(&env, &target);
     let (_c, p) = env.publisher().await;
-    backup(&env, &tap, &p, &org).await;
     let before = source_fingerprint(&env).await;
 
     let failing = [
@@ -363,6 +377,8 @@ async fn a_failing_assertion_fails_the_drill_raises_drill_failed_and_the_next_pa
         ("fine", "SELECT 1 FROM customers WHERE organization_id IS NULL -- none"),
     ];
     let policy = set_policy(&env, &tap, &p, &org, policy_spec(&failing, 0)).await;
+    // Drills of a policy drill its backups.
+    policy_backup(&tap, &p, &org, policy).await;
     let d = completed(
         &run_drill(
             &tap,
