@@ -307,9 +307,7 @@ pub async fn wait(
             continue;
         }
         match (show, &ev.event) {
-            (Show::DrillMatrix, Some(Event::DrDrillCompleted(d))) => {
-                crate::drill::print_matrix(d)?
-            }
+            (Show::DrillMatrix, Some(Event::DrDrillCompleted(d))) => crate::drill::print_matrix(d)?,
             // Only the outcome: the matrix or why there is none.
             (Show::DrillMatrix, Some(e)) if terminal(kind, e).is_none() => {}
             _ => print_line(&event_line(&ev))?,

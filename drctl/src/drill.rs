@@ -315,7 +315,14 @@ mod tests {
             (d.selection, d.backup_record_id.as_str()),
             (v1::DrillSelection::Record as i32, rec.as_str())
         );
-        let d = body(&["--random-within", "36h", "--target", "scratch", "--keep", "90m"]);
+        let d = body(&[
+            "--random-within",
+            "36h",
+            "--target",
+            "scratch",
+            "--keep",
+            "90m",
+        ]);
         assert_eq!(d.selection, v1::DrillSelection::RandomWithinWindow as i32);
         assert_eq!((d.window_days, d.keep_hours), (2, 2));
         assert_eq!(d.target, "scratch");
@@ -357,7 +364,10 @@ mod tests {
             ..Default::default()
         };
         let m = matrix(&d);
-        assert!(m.starts_with("drill r1 of backup b1 into target scratch: FAILED\n"), "{m}");
+        assert!(
+            m.starts_with("drill r1 of backup b1 into target scratch: FAILED\n"),
+            "{m}"
+        );
         assert!(m.contains("  PASS  row_counts            \n"), "{m}");
         assert!(m.contains("  FAIL  assertion:no_orphans  3 rows\n"), "{m}");
         assert!(m.contains("phases: load 900 ms\n"), "{m}");

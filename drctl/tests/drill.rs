@@ -80,11 +80,13 @@ async fn drill_prints_the_matrix_exits_1_on_failure_and_drills_lists_the_reports
     .await
     .unwrap();
     let org = OrganizationId::new();
-    sqlx::query("INSERT INTO items (organization_id, body) SELECT $1, 'x' FROM generate_series(1, 5)")
-        .bind(org.as_uuid())
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "INSERT INTO items (organization_id, body) SELECT $1, 'x' FROM generate_series(1, 5)",
+    )
+    .bind(org.as_uuid())
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(drfleet_workers::run(
         worker_config(&vhost, &db, &target),
@@ -107,13 +109,26 @@ async fn drill_prints_the_matrix_exits_1_on_failure_and_drills_lists_the_reports
         &vhost,
         &db,
         &[
-            "policy", "set", "--org", &o, "--name", "nightly", "--tier", "full", "--schedule",
-            "0 3 * * *", "--rto", "1h", "--drill-assert", "no_x=SELECT id FROM items WHERE body = 'x'",
+            "policy",
+            "set",
+            "--org",
+            &o,
+            "--name",
+            "nightly",
+            "--tier",
+            "full",
+            "--schedule",
+            "0 3 * * *",
+            "--rto",
+            "1h",
+            "--drill-assert",
+            "no_x=SELECT id FROM items WHERE body = 'x'",
         ],
     )
     .await;
     assert_eq!(code, Some(0), "{stderr}");
-    let (code, out, stderr) = run(&vhost, &db, &["drill", "--org", &o, "--policy", "nightly"]).await;
+    let (code, out, stderr) =
+        run(&vhost, &db, &["drill", "--org", &o, "--policy", "nightly"]).await;
     assert_eq!(code, Some(1), "{stderr}\n{out}");
     assert!(out.contains(": FAILED"), "{out}");
     assert!(out.contains("  FAIL  assertion:no_x"), "{out}");
@@ -129,22 +144,42 @@ async fn drill_prints_the_matrix_exits_1_on_failure_and_drills_lists_the_reports
     assert_eq!(reports.len(), 2);
     // Newest first.
     let (failed, passed) = (&reports[0], &reports[1]);
-    assert_eq!((failed["passed"].clone(), passed["passed"].clone()), (false.into(), true.into()));
+    assert_eq!(
+        (failed["passed"].clone(), passed["passed"].clone()),
+        (false.into(), true.into())
+    );
     for r in &reports {
-        for key in ["drill_report_id", "backup_record_id", "measured_rto_ms", "measured_rpo_ms"] {
+        for key in [
+            "drill_report_id",
+            "backup_record_id",
+            "measured_rto_ms",
+            "measured_rpo_ms",
+        ] {
             assert!(!r[key].is_null(), "{key} in {r}");
         }
         for c in r["checks"].as_array().unwrap() {
-            assert!(c["name"].is_string() && c["passed"].is_boolean() && c["detail"].is_string(), "{c}");
+            assert!(
+                c["name"].is_string() && c["passed"].is_boolean() && c["detail"].is_string(),
+                "{c}"
+            );
         }
     }
-    assert!(failed["checks"].as_array().unwrap().iter().any(|c| c["name"] == "assertion:no_x" && c["passed"] == false));
+    assert!(
+        failed["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "assertion:no_x" && c["passed"] == false)
+    );
 
     // Text: one line per report.
     let (code, out, _) = run(&vhost, &db, &["drills", "--org", &o]).await;
     assert_eq!(code, Some(0));
     assert_eq!(out.lines().count(), 2);
-    assert!(out.lines().next().unwrap().contains("FAILED") && out.contains("failing=assertion:no_x"), "{out}");
+    assert!(
+        out.lines().next().unwrap().contains("FAILED") && out.contains("failing=assertion:no_x"),
+        "{out}"
+    );
 
     shutdown.cancel();
     worker.await.unwrap().unwrap();

@@ -17,8 +17,7 @@ use crate::v1::{self, command_envelope::Command};
 mod policy;
 pub use policy::{
     DrillAssertion, MAX_ASSERTION_SQL, MAX_ASSERTIONS, MAX_KEEP_COUNT, PolicyChange,
-    is_valid_assertion_name,
-    PolicyChangeSpec, PolicySpec, RetentionRules,
+    PolicyChangeSpec, PolicySpec, RetentionRules, is_valid_assertion_name,
 };
 
 /// `reason_code` of a `command_rejected` event.
@@ -540,10 +539,7 @@ fn drill(d: v1::DrillCommand) -> Result<DrillSpec, Rejection> {
     };
     match (selection, backup_record_id.is_some()) {
         (DrillSelection::Record, false) => {
-            return Err(invalid(
-                "drill.backup_record_id",
-                "is required for RECORD",
-            ));
+            return Err(invalid("drill.backup_record_id", "is required for RECORD"));
         }
         (DrillSelection::Latest | DrillSelection::RandomWithinWindow, true) => {
             return Err(invalid(

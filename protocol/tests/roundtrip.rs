@@ -10,9 +10,9 @@ use drfleet_protocol::events::{self, EVENT_TYPES};
 use drfleet_protocol::topology::{CommandKind, UNKNOWN_ORG};
 use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{
-    self, BackupSpec, CommandBody, DrillSelection, DrillSpec, PolicyChange, PolicyChangeSpec, PolicySpec,
-    ReasonCode, Rejection, RestoreMode, RestoreSpec, RetentionRules, StagingDiscardSpec,
-    VerifySpec,
+    self, BackupSpec, CommandBody, DrillSelection, DrillSpec, PolicyChange, PolicyChangeSpec,
+    PolicySpec, ReasonCode, Rejection, RestoreMode, RestoreSpec, RetentionRules,
+    StagingDiscardSpec, VerifySpec,
 };
 use drfleet_protocol::validate::{BackupHoldSpec, RetentionSpec};
 use drfleet_protocol::{BackupRecordId, CommandId, OrganizationId};

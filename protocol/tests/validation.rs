@@ -886,11 +886,7 @@ fn drill_selection_and_its_fields_must_agree() {
         DrillSelection::RandomWithinWindow
     );
     let cases: Vec<(v1::CommandEnvelope, &str, &str)> = vec![
-        (
-            drill_with(|d| d.selection = 99),
-            "drill.selection",
-            "",
-        ),
+        (drill_with(|d| d.selection = 99), "drill.selection", ""),
         (
             drill_with(|d| d.selection = v1::DrillSelection::Record as i32),
             "drill.backup_record_id is required",
@@ -971,13 +967,17 @@ fn drill_assertions_are_bounded_and_named() {
     let cases: Vec<(v1::CommandEnvelope, &str, &str)> = vec![
         (
             upsert_with(|s| {
-                s.drill_assertions = (0..51).map(|i| assertion(&format!("a{i}"), "SELECT 1")).collect()
+                s.drill_assertions = (0..51)
+                    .map(|i| assertion(&format!("a{i}"), "SELECT 1"))
+                    .collect()
             }),
             "policy.spec.drill_assertions must be at most 50",
             "",
         ),
         (
-            upsert_with(|s| s.drill_assertions = vec![assertion(&format!("{MARKER} x"), "SELECT 1")]),
+            upsert_with(|s| {
+                s.drill_assertions = vec![assertion(&format!("{MARKER} x"), "SELECT 1")]
+            }),
             "policy.spec.drill_assertions.name",
             MARKER,
         ),
@@ -988,7 +988,8 @@ fn drill_assertions_are_bounded_and_named() {
         ),
         (
             upsert_with(|s| {
-                s.drill_assertions = vec![assertion("dup", "SELECT 1"), assertion("dup", "SELECT 2")]
+                s.drill_assertions =
+                    vec![assertion("dup", "SELECT 1"), assertion("dup", "SELECT 2")]
             }),
             "policy.spec.drill_assertions.name must be unique",
             "",
@@ -1000,7 +1001,10 @@ fn drill_assertions_are_bounded_and_named() {
         ),
         (
             upsert_with(|s| {
-                s.drill_assertions = vec![assertion("big", &format!("{MARKER}{}", "x".repeat(10 * 1024)))]
+                s.drill_assertions = vec![assertion(
+                    "big",
+                    &format!("{MARKER}{}", "x".repeat(10 * 1024)),
+                )]
             }),
             "policy.spec.drill_assertions.sql must be at most 10 KB",
             MARKER,

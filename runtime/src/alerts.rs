@@ -7,10 +7,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+use drfleet_protocol::CommandId;
 use drfleet_protocol::events::{envelope_for, timestamp};
 use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::v1::{self, EventEnvelope, event_envelope::Event};
-use drfleet_protocol::CommandId;
 
 use crate::outbox;
 
@@ -212,8 +212,5 @@ pub async fn resolve(
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(close(tx, kind, rows, now, origin)
-        .await?
-        .into_iter()
-        .next())
+    Ok(close(tx, kind, rows, now, origin).await?.into_iter().next())
 }

@@ -181,13 +181,5 @@ pub fn drill(
         scheduled_for: Some(timestamp(slot)),
         ..Default::default()
     });
-    envelope(
-        minter,
-        t,
-        SlotKind::Drill,
-        slot,
-        None,
-        PERM_DRILL_RUN,
-        body,
-    )
+    envelope(minter, t, SlotKind::Drill, slot, None, PERM_DRILL_RUN, body)
 }

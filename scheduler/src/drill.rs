@@ -142,6 +142,9 @@ mod tests {
             Some(sunday)
         );
         // Set after the slot passed: nothing until next Sunday.
-        assert_eq!(due_slot(&weekly, now, t("2026-12-01T00:00:00Z"), None), None);
+        assert_eq!(
+            due_slot(&weekly, now, t("2026-12-01T00:00:00Z"), None),
+            None
+        );
     }
 }

@@ -36,8 +36,7 @@ impl Metrics {
         self.catch_ups.fetch_add(r.backups.catch_ups, Relaxed);
         self.verifies_published
             .fetch_add(r.verifies.published, Relaxed);
-        self.drills_published
-            .fetch_add(r.drills.published, Relaxed);
+        self.drills_published.fetch_add(r.drills.published, Relaxed);
         self.retentions_published
             .fetch_add(r.retention.published, Relaxed);
         self.alerts_raised.fetch_add(r.alerts.raised, Relaxed);

@@ -107,23 +107,25 @@ pub async fn watch(tx: &mut PgConnection, now: DateTime<Utc>) -> Result<WatchRep
             .fetch_all(&mut *tx)
             .await?
             .into_iter()
-            .map(|(policy_id, organization_id, tenant_key, backup_record_id, code)| Condition {
-                organization_id,
-                tenant_key,
-                policy_id,
-                backup_record_id,
-                code,
-            })
+            .map(
+                |(policy_id, organization_id, tenant_key, backup_record_id, code)| Condition {
+                    organization_id,
+                    tenant_key,
+                    policy_id,
+                    backup_record_id,
+                    code,
+                },
+            )
             .collect();
         let ids: Vec<uuid::Uuid> = holds.iter().map(|c| c.policy_id).collect();
         // Clear first: an episode whose condition is gone ends.
-        report.resolved +=
-            alerts::resolve_all_but(tx, kind.as_str(), &ids, now, &origin).await?.len() as u64;
+        report.resolved += alerts::resolve_all_but(tx, kind.as_str(), &ids, now, &origin)
+            .await?
+            .len() as u64;
         // Raise: one open row per (policy, kind); an existing episode stays as it is.
-        report.raised +=
-            alerts::raise_all(tx, kind.as_str(), kind.severity(), &holds, now, &origin)
-                .await?
-                .len() as u64;
+        report.raised += alerts::raise_all(tx, kind.as_str(), kind.severity(), &holds, now, &origin)
+            .await?
+            .len() as u64;
     }
     // The drill role raises and resolves the drill kinds; an alert of a policy since disabled
     // or deleted would wait for a drill that never comes.
@@ -134,8 +136,9 @@ pub async fn watch(tx: &mut PgConnection, now: DateTime<Utc>) -> Result<WatchRep
     .fetch_all(&mut *tx)
     .await?;
     for kind in alerts::DRILL_KINDS {
-        report.resolved +=
-            alerts::resolve_all_but(tx, kind, &enabled, now, &origin).await?.len() as u64;
+        report.resolved += alerts::resolve_all_but(tx, kind, &enabled, now, &origin)
+            .await?
+            .len() as u64;
     }
     report.open =
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pf_alerts WHERE resolved_at IS NULL")

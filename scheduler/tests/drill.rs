@@ -22,11 +22,13 @@ async fn one_drill_command_per_slot_of_the_drill_schedule() {
     let drilled = insert_policy(&env, &org, "drilled", "0 0 1 1 *", PolicyOpts::default()).await;
     let off = insert_policy(&env, &org, "off", "0 0 1 1 *", PolicyOpts::default()).await;
     let none = insert_policy(&env, &org, "none", "0 0 1 1 *", PolicyOpts::default()).await;
-    sqlx::query("UPDATE pf_backup_policies SET drill_schedule = '*/2 * * * * *' WHERE id = ANY($1)")
-        .bind(vec![drilled, off])
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE pf_backup_policies SET drill_schedule = '*/2 * * * * *' WHERE id = ANY($1)",
+    )
+    .bind(vec![drilled, off])
+    .execute(&env.pool)
+    .await
+    .unwrap();
     sqlx::query("UPDATE pf_backup_policies SET enabled = false WHERE id = $1")
         .bind(off)
         .execute(&env.pool)
@@ -50,12 +52,20 @@ async fn one_drill_command_per_slot_of_the_drill_schedule() {
         );
     }
     let times: Vec<DateTime<Utc>> = fired.iter().map(|s| s.0).collect();
-    assert!(times.windows(2).all(|w| w[1] > w[0]), "each slot once: {times:?}");
+    assert!(
+        times.windows(2).all(|w| w[1] > w[0]),
+        "each slot once: {times:?}"
+    );
     assert!(slots(&env, off, "drill").await.is_empty(), "disabled");
-    assert!(slots(&env, none, "drill").await.is_empty(), "no drill schedule");
+    assert!(
+        slots(&env, none, "drill").await.is_empty(),
+        "no drill schedule"
+    );
 
     // The commands reached dr.drill: LATEST of the policy's tier, for the policy and slot.
-    let conn = drfleet_infra::amqp::connect(&env.amqp_url, "test").await.unwrap();
+    let conn = drfleet_infra::amqp::connect(&env.amqp_url, "test")
+        .await
+        .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let mut got = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -75,8 +85,12 @@ async fn one_drill_command_per_slot_of_the_drill_schedule() {
             panic!("{env_:?}");
         };
         assert_eq!(d.selection, v1::DrillSelection::Latest as i32);
-        assert_eq!((d.tier.as_str(), d.policy_id.clone()), ("full", drilled.to_string()));
-        let slot = drfleet_protocol::events::from_timestamp(d.scheduled_for.as_ref().unwrap()).unwrap();
+        assert_eq!(
+            (d.tier.as_str(), d.policy_id.clone()),
+            ("full", drilled.to_string())
+        );
+        let slot =
+            drfleet_protocol::events::from_timestamp(d.scheduled_for.as_ref().unwrap()).unwrap();
         assert_eq!(
             env_.command_id,
             scheduled_command_id(drilled, SlotKind::Drill, slot, None).to_string()

@@ -115,7 +115,8 @@ pub async fn run_with_handlers(
     // The drill role also drops left-over scratch schemas (kept ones past keep_until).
     let drill_sweeper = if config.roles.contains(&Role::Drill) {
         let ctx = Arc::new(engine::RoleCtx::from_config(&config)?);
-        let every = (config.poll_interval * 30).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let every =
+            (config.poll_interval * 30).clamp(Duration::from_secs(1), Duration::from_secs(60));
         Some(roles::drill::sweep::Sweeper::new(pool.clone(), ctx, every))
     } else {
         None

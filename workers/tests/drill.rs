@@ -89,7 +89,9 @@ async fn seed_more(env: &TestEnv, org: &OrganizationId, other: &OrganizationId) 
     }
 }
 
-fn start(cfg: drfleet_workers::config::WorkerConfig) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+fn start(
+    cfg: drfleet_workers::config::WorkerConfig,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let shutdown = CancellationToken::new();
     let s = shutdown.clone();
     (
@@ -99,7 +101,10 @@ fn start(cfg: drfleet_workers::config::WorkerConfig) -> (CancellationToken, toki
 }
 
 /// A worker with the backup, policy and drill roles, drilling into `target` by default.
-fn drill_worker(env: &TestEnv, target: &Target) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+fn drill_worker(
+    env: &TestEnv,
+    target: &Target,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     start(env.config_with(
         "backup,policy,drill",
         &[
@@ -118,7 +123,11 @@ fn drill_cmd(org: &OrganizationId, d: v1::DrillCommand) -> v1::CommandEnvelope {
 }
 
 /// Publish and wait for the drill's outcome (completed, failed or rejected); its events.
-async fn run_drill(tap: &EventTap, p: &ConfirmPublisher, cmd: &v1::CommandEnvelope) -> Vec<Received> {
+async fn run_drill(
+    tap: &EventTap,
+    p: &ConfirmPublisher,
+    cmd: &v1::CommandEnvelope,
+) -> Vec<Received> {
     publish_command(p, cmd).await;
     let corr = cmd.correlation_id.clone();
     tap.wait_until(120, "drill outcome", |ev| {
@@ -146,7 +155,10 @@ fn completed(events: &[Received]) -> v1::DrillCompleted {
         .unwrap_or_else(|| {
             panic!(
                 "no dr_drill_completed: {:?}",
-                events.iter().map(|e| (e.kind(), &e.env.event)).collect::<Vec<_>>()
+                events
+                    .iter()
+                    .map(|e| (e.kind(), &e.env.event))
+                    .collect::<Vec<_>>()
             )
         })
 }
@@ -182,11 +194,13 @@ async fn set_policy(
             .any(|e| e.env.correlation_id == corr && e.kind() == "policy_updated")
     })
     .await;
-    sqlx::query_scalar("SELECT id FROM pf_backup_policies WHERE organization_id = $1 AND name = 'drilled'")
-        .bind(org.as_uuid())
-        .fetch_one(&env.pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT id FROM pf_backup_policies WHERE organization_id = $1 AND name = 'drilled'",
+    )
+    .bind(org.as_uuid())
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
 }
 
 fn policy_spec(asserts: &[(&str, &str)], rto_seconds: u64) -> v1::PolicySpec {
@@ -206,7 +220,12 @@ fn policy_spec(asserts: &[(&str, &str)], rto_seconds: u64) -> v1::PolicySpec {
 }
 
 /// Back up `org` on behalf of `policy` and wait for it.
-async fn policy_backup(tap: &EventTap, p: &ConfirmPublisher, org: &OrganizationId, policy: uuid::Uuid) {
+async fn policy_backup(
+    tap: &EventTap,
+    p: &ConfirmPublisher,
+    org: &OrganizationId,
+    policy: uuid::Uuid,
+) {
     let mut cmd = backup_command(org, "full", &token(org, &["pf.backup.create"]));
     if let Some(v1::command_envelope::Command::Backup(b)) = &mut cmd.command {
         b.policy_id = policy.to_string();
@@ -265,7 +284,10 @@ async fn a_drill_into_an_empty_database_recreates_every_table_passes_and_leaves_
     .await;
     let d = completed(&events);
     assert!(d.passed, "{:?}", d.checks);
-    assert_eq!((d.backup_record_id.as_str(), d.target.as_str()), (record.as_str(), "scratch"));
+    assert_eq!(
+        (d.backup_record_id.as_str(), d.target.as_str()),
+        (record.as_str(), "scratch")
+    );
     for name in [
         "sealed",
         "schema_recreated",
@@ -277,8 +299,14 @@ async fn a_drill_into_an_empty_database_recreates_every_table_passes_and_leaves_
         assert!(check(&d, name).passed, "{name}: {:?}", d.checks);
     }
     let phases: Vec<&str> = d.phases.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(phases, ["fetch_sealed", "schema", "load", "checks", "assertions"]);
-    assert!(d.measured_rto_ms > 0 && d.measured_rto_ms >= d.phases.iter().map(|p| p.ms).sum::<u64>() / 2);
+    assert_eq!(
+        phases,
+        ["fetch_sealed", "schema", "load", "checks", "assertions"]
+    );
+    assert!(
+        d.measured_rto_ms > 0
+            && d.measured_rto_ms >= d.phases.iter().map(|p| p.ms).sum::<u64>() / 2
+    );
     assert!(!d.scratch_dropped);
     let scratch = d.scratch_schema.clone();
     assert_eq!(target.scratch_schemas().await, [scratch.clone()]);
@@ -349,7 +377,10 @@ async fn a_drill_into_an_empty_database_recreates_every_table_passes_and_leaves_
     assert_eq!(source_fingerprint(&env).await, before);
     for e in tap.events.lock().unwrap().iter() {
         let text = format!("{:?}", e.env);
-        assert!(!text.contains(MARKER) && !text.contains(OTHER_MARKER), "{text}");
+        assert!(
+            !text.contains(MARKER) && !text.contains(OTHER_MARKER),
+            "{text}"
+        );
     }
     stop.cancel();
     handle.await.unwrap();
@@ -373,8 +404,14 @@ async fn a_failing_assertion_fails_the_drill_raises_drill_failed_and_the_next_pa
         ("no_big_orders", "SELECT id FROM orders WHERE total > 5;"),
         ("missing_table", "SELECT 1 FROM no_such_table"),
         // Writes are refused (read-only, one statement).
-        ("sneaky_write", "WITH d AS (DELETE FROM orders RETURNING id) SELECT * FROM d"),
-        ("fine", "SELECT 1 FROM customers WHERE organization_id IS NULL -- none"),
+        (
+            "sneaky_write",
+            "WITH d AS (DELETE FROM orders RETURNING id) SELECT * FROM d",
+        ),
+        (
+            "fine",
+            "SELECT 1 FROM customers WHERE organization_id IS NULL -- none",
+        ),
     ];
     let policy = set_policy(&env, &tap, &p, &org, policy_spec(&failing, 0)).await;
     // Drills of a policy drill its backups.
@@ -397,7 +434,10 @@ async fn a_failing_assertion_fails_the_drill_raises_drill_failed_and_the_next_pa
     let c = check(&d, "assertion:no_big_orders");
     assert_eq!((c.passed, c.detail.as_str()), (false, "3 rows"));
     let c = check(&d, "assertion:missing_table");
-    assert_eq!((c.passed, c.detail.as_str()), (false, "error (sqlstate 42P01)"));
+    assert_eq!(
+        (c.passed, c.detail.as_str()),
+        (false, "error (sqlstate 42P01)")
+    );
     assert!(!check(&d, "assertion:sneaky_write").passed);
     assert!(check(&d, "assertion:fine").passed);
     // The built-in checks passed: only the assertions failed the drill.
@@ -405,7 +445,9 @@ async fn a_failing_assertion_fails_the_drill_raises_drill_failed_and_the_next_pa
     assert_eq!(open_alerts(&env, policy).await, ["DRILL_FAILED"]);
     let raised = tap
         .wait_until(10, "alert_raised DRILL_FAILED", |ev| {
-            ev.iter().any(|e| matches!(&e.env.event, Some(Event::AlertRaised(a)) if a.kind == "DRILL_FAILED"))
+            ev.iter().any(
+                |e| matches!(&e.env.event, Some(Event::AlertRaised(a)) if a.kind == "DRILL_FAILED"),
+            )
         })
         .await;
     let code = raised
@@ -416,22 +458,63 @@ async fn a_failing_assertion_fails_the_drill_raises_drill_failed_and_the_next_pa
         })
         .unwrap();
     assert!(code.contains("assertion:no_big_orders"), "{code}");
-    assert!(target.scratch_schemas().await.is_empty(), "dropped after a failed drill too");
+    assert!(
+        target.scratch_schemas().await.is_empty(),
+        "dropped after a failed drill too"
+    );
 
     // A second failing drill keeps the one episode; a passing one resolves it.
-    run_drill(&tap, &p, &drill_cmd(&org, v1::DrillCommand { policy_id: policy.to_string(), ..Default::default() })).await;
-    let episodes: i64 = sqlx::query_scalar("SELECT count(*) FROM pf_alerts WHERE policy_id = $1 AND kind = 'DRILL_FAILED'")
-        .bind(policy)
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    run_drill(
+        &tap,
+        &p,
+        &drill_cmd(
+            &org,
+            v1::DrillCommand {
+                policy_id: policy.to_string(),
+                ..Default::default()
+            },
+        ),
+    )
+    .await;
+    let episodes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pf_alerts WHERE policy_id = $1 AND kind = 'DRILL_FAILED'",
+    )
+    .bind(policy)
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
     assert_eq!(episodes, 1);
-    set_policy(&env, &tap, &p, &org, policy_spec(&[("no_huge_orders", "SELECT id FROM orders WHERE total > 100")], 0)).await;
-    let d = completed(&run_drill(&tap, &p, &drill_cmd(&org, v1::DrillCommand { policy_id: policy.to_string(), ..Default::default() })).await);
+    set_policy(
+        &env,
+        &tap,
+        &p,
+        &org,
+        policy_spec(
+            &[("no_huge_orders", "SELECT id FROM orders WHERE total > 100")],
+            0,
+        ),
+    )
+    .await;
+    let d = completed(
+        &run_drill(
+            &tap,
+            &p,
+            &drill_cmd(
+                &org,
+                v1::DrillCommand {
+                    policy_id: policy.to_string(),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await,
+    );
     assert!(d.passed, "{:?}", d.checks);
     assert!(open_alerts(&env, policy).await.is_empty());
     tap.wait_until(10, "alert_resolved DRILL_FAILED", |ev| {
-        ev.iter().any(|e| matches!(&e.env.event, Some(Event::AlertResolved(a)) if a.kind == "DRILL_FAILED"))
+        ev.iter().any(
+            |e| matches!(&e.env.event, Some(Event::AlertResolved(a)) if a.kind == "DRILL_FAILED"),
+        )
     })
     .await;
 
@@ -444,20 +527,44 @@ async fn a_failing_assertion_fails_the_drill_raises_drill_failed_and_the_next_pa
         Fault::Pause(Duration::from_millis(1200)),
         1,
     );
-    let d = completed(&run_drill(&tap, &p, &drill_cmd(&org, v1::DrillCommand { policy_id: policy.to_string(), ..Default::default() })).await);
+    let d = completed(
+        &run_drill(
+            &tap,
+            &p,
+            &drill_cmd(
+                &org,
+                v1::DrillCommand {
+                    policy_id: policy.to_string(),
+                    ..Default::default()
+                },
+            ),
+        )
+        .await,
+    );
     assert!(!d.passed);
     assert_eq!(d.rto_objective_ms, 1000);
     let c = check(&d, "rto_objective");
     assert!(!c.passed && d.measured_rto_ms > 1000, "{c:?}");
-    assert!(d.checks.iter().filter(|c| !c.passed).all(|c| c.name == "rto_objective"), "{:?}", d.checks);
-    assert_eq!(open_alerts(&env, policy).await, ["DRILL_FAILED", "RTO_OBJECTIVE_MISSED"]);
+    assert!(
+        d.checks
+            .iter()
+            .filter(|c| !c.passed)
+            .all(|c| c.name == "rto_objective"),
+        "{:?}",
+        d.checks
+    );
+    assert_eq!(
+        open_alerts(&env, policy).await,
+        ["DRILL_FAILED", "RTO_OBJECTIVE_MISSED"]
+    );
 
     assert_eq!(source_fingerprint(&env).await, before);
-    let reports: i64 = sqlx::query_scalar("SELECT count(*) FROM pf_dr_drill_reports WHERE organization_id = $1")
-        .bind(org.as_uuid())
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let reports: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pf_dr_drill_reports WHERE organization_id = $1")
+            .bind(org.as_uuid())
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(reports, 4, "one report per drill command");
     stop.cancel();
     handle.await.unwrap();
@@ -542,18 +649,21 @@ async fn drills_are_refused_for_another_orgs_record_or_a_missing_or_unsafe_targe
         })
         .expect("dr_drill_failed");
     assert_eq!(failed.error_code, "NO_BACKUP_TO_DRILL");
-    let (passed, code): (Option<bool>, Option<String>) = sqlx::query_as(
-        "SELECT passed, error_code FROM pf_dr_drill_reports WHERE id = $1::uuid",
-    )
-    .bind(&failed.drill_report_id)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    assert_eq!((passed, code.as_deref()), (Some(false), Some("NO_BACKUP_TO_DRILL")));
-    let schemas: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'dr\\_drill\\_%'")
-        .fetch_one(&env.pool)
-        .await
-        .unwrap();
+    let (passed, code): (Option<bool>, Option<String>) =
+        sqlx::query_as("SELECT passed, error_code FROM pf_dr_drill_reports WHERE id = $1::uuid")
+            .bind(&failed.drill_report_id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (passed, code.as_deref()),
+        (Some(false), Some("NO_BACKUP_TO_DRILL"))
+    );
+    let schemas: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'dr\\_drill\\_%'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
     assert_eq!(schemas, 0, "nothing was created in the source");
     stop.cancel();
     handle.await.unwrap();
@@ -606,23 +716,44 @@ async fn random_selection_stays_within_its_window_and_latest_takes_the_newest() 
     let mut conn = env.pool.acquire().await.unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..60 {
-        let c = choose(&mut conn, org.as_uuid(), &spec(DrillSelection::RandomWithinWindow, 7), "", now)
-            .await
-            .unwrap();
+        let c = choose(
+            &mut conn,
+            org.as_uuid(),
+            &spec(DrillSelection::RandomWithinWindow, 7),
+            "",
+            now,
+        )
+        .await
+        .unwrap();
         let age = now - c.snapshot_at.unwrap();
-        assert!(age <= chrono::Duration::days(7), "{age:?} outside the window");
+        assert!(
+            age <= chrono::Duration::days(7),
+            "{age:?} outside the window"
+        );
         seen.insert(c.backup_record_id);
     }
     // Seven candidates (days 0..=6); 60 uniform draws miss one with probability < 1e-3.
     assert!(seen.len() >= 6, "{} distinct of 7", seen.len());
-    let latest = choose(&mut conn, org.as_uuid(), &spec(DrillSelection::Latest, 0), "", now)
-        .await
-        .unwrap();
+    let latest = choose(
+        &mut conn,
+        org.as_uuid(),
+        &spec(DrillSelection::Latest, 0),
+        "",
+        now,
+    )
+    .await
+    .unwrap();
     assert!(now - latest.snapshot_at.unwrap() < chrono::Duration::minutes(2));
     // Another tier, or a window before every backup: nothing to drill.
-    let e = choose(&mut conn, org.as_uuid(), &spec(DrillSelection::Latest, 0), "gold", now)
-        .await
-        .unwrap_err();
+    let e = choose(
+        &mut conn,
+        org.as_uuid(),
+        &spec(DrillSelection::Latest, 0),
+        "gold",
+        now,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code, "NO_BACKUP_TO_DRILL");
     let e = choose(
         &mut conn,

@@ -91,7 +91,8 @@ async fn a_drill_worker_killed_mid_load_leaves_no_scratch_after_recovery_and_one
     let backups = env.config("backup");
     let stop_backup = CancellationToken::new();
     let s = stop_backup.clone();
-    let backup_worker = tokio::spawn(async move { drfleet_workers::run(backups, s).await.unwrap() });
+    let backup_worker =
+        tokio::spawn(async move { drfleet_workers::run(backups, s).await.unwrap() });
     let (_c, p) = env.publisher().await;
     let record = backup(&env, &tap, &p, &org).await;
 
@@ -145,7 +146,10 @@ async fn a_drill_worker_killed_mid_load_leaves_no_scratch_after_recovery_and_one
             .all(|e| e.kind() != "dr_drill_completed"),
         "killed before it completed"
     );
-    assert!(scratch_tables().await > 0, "the killed attempt left its scratch");
+    assert!(
+        scratch_tables().await > 0,
+        "the killed attempt left its scratch"
+    );
 
     // Recovery: a worker with a direct connection takes the job over.
     let recovering = env.config_with(
@@ -178,12 +182,11 @@ async fn a_drill_worker_killed_mid_load_leaves_no_scratch_after_recovery_and_one
     assert!(done[0].passed, "{:?}", done[0].checks);
     assert!(done[0].scratch_dropped);
     assert_eq!(scratch_tables().await, 0, "no scratch left");
-    let schemas: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'dr\\_drill\\_%'",
-    )
-    .fetch_one(&target)
-    .await
-    .unwrap();
+    let schemas: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'dr\\_drill\\_%'")
+            .fetch_one(&target)
+            .await
+            .unwrap();
     assert_eq!(schemas, 0);
     let (reports, attempts): (i64, i32) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM pf_dr_drill_reports WHERE command_id = $1::uuid), \
@@ -194,7 +197,10 @@ async fn a_drill_worker_killed_mid_load_leaves_no_scratch_after_recovery_and_one
     .await
     .unwrap();
     assert_eq!(reports, 1, "one report");
-    assert!(attempts >= 2, "the job was taken over ({attempts} attempts)");
+    assert!(
+        attempts >= 2,
+        "the job was taken over ({attempts} attempts)"
+    );
 
     stop_drill.cancel();
     drill_worker.await.unwrap();

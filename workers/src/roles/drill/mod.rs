@@ -39,8 +39,8 @@ use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::validate::{CommandBody, DrillSpec, ReasonCode, Rejection, ValidCommand};
 
 use crate::config::DrillSettings;
-use crate::engine::{RoleCtx, tenant_key};
 use crate::engine::staging::{self, Stage, Tables};
+use crate::engine::{RoleCtx, tenant_key};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use report::{Phase, Policy};
 use suite::Row;
@@ -179,16 +179,18 @@ impl DrillHandler {
             restored: false,
         };
         let fetch =
-            staging::verify_sealed(&self.ctx, &rec.object_key, &rec.manifest, &ctx.progress)
-                .await;
+            staging::verify_sealed(&self.ctx, &rec.object_key, &rec.manifest, &ctx.progress).await;
         match fetch {
             Ok(ms) => {
                 v.phases.push(Phase {
                     name: "fetch_sealed",
                     ms,
                 });
-                v.matrix
-                    .push(Row::new("sealed", true, "size, SHA-256 and every chunk's tag"));
+                v.matrix.push(Row::new(
+                    "sealed",
+                    true,
+                    "size, SHA-256 and every chunk's tag",
+                ));
             }
             Err(e) if is_finding(&e) => {
                 v.matrix.push(failed_row("sealed", &e));

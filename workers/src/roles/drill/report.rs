@@ -52,7 +52,10 @@ pub async fn policy(
         return Ok(None);
     };
     let assertions = serde_json::from_value(asserts).map_err(|_| {
-        JobError::permanent("POLICY_INVALID", "the policy's drill assertions are unreadable")
+        JobError::permanent(
+            "POLICY_INVALID",
+            "the policy's drill assertions are unreadable",
+        )
     })?;
     let ms = |s: Option<i64>| s.map_or(0, |s| s.max(0) as u64 * 1000);
     Ok(Some(Policy {
@@ -76,15 +79,19 @@ pub struct Started {
 
 /// The report row of this drill command, if an earlier attempt started one with a backup.
 pub async fn existing(conn: &mut PgConnection, job: &Job) -> Result<Option<Started>, JobError> {
-    let row: Option<(uuid::Uuid, Option<uuid::Uuid>, String, Option<DateTime<Utc>>)> =
-        sqlx::query_as(
-            "SELECT id, backup_record_id, tier, snapshot_at FROM pf_dr_drill_reports \
+    let row: Option<(
+        uuid::Uuid,
+        Option<uuid::Uuid>,
+        String,
+        Option<DateTime<Utc>>,
+    )> = sqlx::query_as(
+        "SELECT id, backup_record_id, tier, snapshot_at FROM pf_dr_drill_reports \
               WHERE command_id = $1 AND organization_id = $2",
-        )
-        .bind(job.command_id.as_uuid())
-        .bind(job.organization_id.as_uuid())
-        .fetch_optional(&mut *conn)
-        .await?;
+    )
+    .bind(job.command_id.as_uuid())
+    .bind(job.organization_id.as_uuid())
+    .fetch_optional(&mut *conn)
+    .await?;
     Ok(row.and_then(|(id, b, tier, snapshot_at)| {
         b.map(|backup_record_id| Started {
             id,

@@ -118,7 +118,12 @@ async fn run_one(
 
 /// The objective rows of the matrix: `rto_objective` and `rpo_objective`, each only when
 /// the policy sets it (ms; 0 = not set).
-pub fn objectives(rto_ms: u64, rto_objective_ms: u64, rpo_ms: u64, rpo_objective_ms: u64) -> Vec<Row> {
+pub fn objectives(
+    rto_ms: u64,
+    rto_objective_ms: u64,
+    rpo_ms: u64,
+    rpo_objective_ms: u64,
+) -> Vec<Row> {
     let mut out = Vec::new();
     for (name, measured, objective) in [
         ("rto_objective", rto_ms, rto_objective_ms),
@@ -182,9 +187,18 @@ mod tests {
         assert!(objectives(5, 0, 5, 0).is_empty());
         let rows = objectives(5, 1, 10, 20);
         assert_eq!(rows.len(), 2);
-        assert_eq!((rows[0].name.as_str(), rows[0].passed), ("rto_objective", false));
-        assert_eq!((rows[1].name.as_str(), rows[1].passed), ("rpo_objective", true));
-        assert!(objectives(1, 1, 0, 0)[0].passed, "equal meets the objective");
+        assert_eq!(
+            (rows[0].name.as_str(), rows[0].passed),
+            ("rto_objective", false)
+        );
+        assert_eq!(
+            (rows[1].name.as_str(), rows[1].passed),
+            ("rpo_objective", true)
+        );
+        assert!(
+            objectives(1, 1, 0, 0)[0].passed,
+            "equal meets the objective"
+        );
     }
 
     #[test]
