@@ -127,6 +127,20 @@ async fn drill_prints_the_matrix_exits_1_on_failure_and_drills_lists_the_reports
     )
     .await;
     assert_eq!(code, Some(0), "{stderr}");
+    // Drills of a policy drill its backups: one on its behalf.
+    let policy: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM pf_backup_policies WHERE name = 'nightly'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    let policy = policy.to_string();
+    let (code, _, stderr) = run(
+        &vhost,
+        &db,
+        &["backup", "--org", &o, "--policy-id", &policy],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
     let (code, out, stderr) =
         run(&vhost, &db, &["drill", "--org", &o, "--policy", "nightly"]).await;
     assert_eq!(code, Some(1), "{stderr}\n{out}");
