@@ -55,6 +55,8 @@
 //!   rotation) and the per-artifact data key wrapping.
 //! - [`manifest`]: [`ArtifactBinding`], [`TableHeader`], [`TableManifest`],
 //!   [`Manifest`] — plain serde types shared with the workers.
+//! - [`ddl`]: [`ddl::SchemaDdl`], the manifest's record of what recreates the tables
+//!   (types, sequences, columns, constraints, indexes), relocatable.
 //! - [`container`]: the outer layer — fixed prefix, JSON header, AES-256-GCM
 //!   chunks with position/binding/header-bound AAD.
 //! - [`frames`]: the plaintext frame stream inside zstd (TABLE_BEGIN, ROWS,
@@ -67,6 +69,7 @@
 //! trouble elsewhere in the workspace.
 
 pub mod container;
+pub mod ddl;
 pub mod error;
 pub mod frames;
 pub mod hashing;
@@ -92,6 +95,11 @@ pub use writer::ArtifactWriter;
 
 /// Container format version written in every artifact's fixed prefix.
 pub const FORMAT_VERSION: u16 = 1;
+/// Manifest format version written by this build: 2 added `schema` ([`ddl::SchemaDdl`]).
+/// The container layout did not change, so its version stays [`FORMAT_VERSION`].
+pub const MANIFEST_VERSION: u16 = 2;
+/// Manifest format versions this build reads.
+pub const MANIFEST_VERSIONS_READ: std::ops::RangeInclusive<u16> = 1..=MANIFEST_VERSION;
 /// Compressed plaintext bytes per AEAD chunk.
 pub const DEFAULT_CHUNK_SIZE: usize = 1 << 20;
 /// zstd level recommended for backups (throughput over ratio).

@@ -104,6 +104,7 @@ pub struct ReachHop {
 /// backup record.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
+    /// [`crate::MANIFEST_VERSION`] when written; format 1 manifests (no `schema`) still read.
     pub format_version: u16,
     pub organization_id: Uuid,
     pub backup_record_id: Uuid,
@@ -116,9 +117,9 @@ pub struct Manifest {
     pub byte_size: u64,
     /// Lowercase hex SHA-256 of the stored bytes.
     pub checksum_sha256: String,
-    /// Always `"zstd"` in format version 1.
+    /// Always `"zstd"`.
     pub compression: String,
-    /// Always `"AES-256-GCM"` in format version 1.
+    /// Always `"AES-256-GCM"`.
     pub cipher: String,
     /// Compressed plaintext bytes per AEAD chunk.
     pub chunk_size: u32,
@@ -127,6 +128,10 @@ pub struct Manifest {
     /// Free-form metadata; not interpreted by this crate.
     #[serde(default)]
     pub extra: serde_json::Map<String, Value>,
+    /// What recreates the tables on an empty database (format 2; absent in format 1
+    /// manifests, whose tables can only be restored where they exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<crate::ddl::SchemaDdl>,
 }
 
 impl Manifest {

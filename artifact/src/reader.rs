@@ -18,7 +18,7 @@ use crate::frames::{
 use crate::hashing::{HashingReader, Sha256};
 use crate::keys::{DataKey, Keyring};
 use crate::manifest::{ArtifactBinding, Manifest, TableHeader, TableManifest};
-use crate::{CIPHER_NAME, COMPRESSION_NAME, FORMAT_VERSION};
+use crate::{CIPHER_NAME, COMPRESSION_NAME};
 
 /// Size of the decompression buffer, i.e. the largest piece `next_rows`
 /// returns.
@@ -624,7 +624,7 @@ pub fn verify_sealed<R: Read>(
 }
 
 fn check_manifest_format(manifest: &Manifest) -> Result<(), ArtifactError> {
-    if manifest.format_version != FORMAT_VERSION {
+    if !crate::MANIFEST_VERSIONS_READ.contains(&manifest.format_version) {
         return Err(ArtifactError::UnsupportedVersion {
             found: manifest.format_version,
         });

@@ -20,7 +20,7 @@ use crate::frames::{
 use crate::hashing::Sha256;
 use crate::keys::{DataKey, Keyring, MAX_KEY_ID_LEN};
 use crate::manifest::{ArtifactBinding, ColumnDef, Manifest, TableHeader, TableManifest};
-use crate::{CIPHER_NAME, COMPRESSION_NAME, DEFAULT_CHUNK_SIZE, FORMAT_VERSION};
+use crate::{CIPHER_NAME, COMPRESSION_NAME, DEFAULT_CHUNK_SIZE};
 
 struct OpenTable {
     name: String,
@@ -218,7 +218,7 @@ impl<W: Write> ArtifactWriter<W> {
         self.end_zstd_frame()?;
         let (sink, byte_size, checksum_sha256) = self.sealer.finish()?;
         let manifest = Manifest {
-            format_version: FORMAT_VERSION,
+            format_version: crate::MANIFEST_VERSION,
             organization_id: self.binding.organization_id,
             backup_record_id: self.binding.backup_record_id,
             key_id: self.key_id,
@@ -231,6 +231,7 @@ impl<W: Write> ArtifactWriter<W> {
             chunk_size: self.chunk_size as u32,
             snapshot_at: None,
             extra: serde_json::Map::new(),
+            schema: None,
         };
         Ok((manifest, sink))
     }

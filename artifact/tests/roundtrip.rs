@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use common::*;
 use drfleet_artifact::{
     ArtifactReader, ArtifactWriter, CIPHER_NAME, COMPRESSION_NAME, DEFAULT_CHUNK_SIZE,
-    FORMAT_VERSION, HashingReader, HashingWriter, Manifest, verify_against_manifest,
+    HashingReader, HashingWriter, MANIFEST_VERSION, Manifest, verify_against_manifest,
     verify_against_manifest_threaded,
 };
 use sha2::{Digest, Sha256};
@@ -55,7 +55,7 @@ fn round_trip_preserves_bytes_counts_and_hashes() {
         assert_eq!(manifest.checksum_sha256, sha_hex(&stored));
         assert_eq!(summary.checksum_sha256, manifest.checksum_sha256);
         assert_eq!(manifest.chunk_size as usize, chunk_size);
-        assert_eq!(manifest.format_version, FORMAT_VERSION);
+        assert_eq!(manifest.format_version, MANIFEST_VERSION);
         assert_eq!(manifest.compression, COMPRESSION_NAME);
         assert_eq!(manifest.cipher, CIPHER_NAME);
         assert_eq!(manifest.key_id, "k1");

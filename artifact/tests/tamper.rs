@@ -442,7 +442,8 @@ fn verify_detects_manifest_disagreements() {
         (|m| m.chunk_size = 65, "ARTIFACT_MANIFEST_MISMATCH"),
         (|m| m.key_id = "k0".into(), "ARTIFACT_MANIFEST_MISMATCH"),
         (|m| m.cipher = "none".into(), "ARTIFACT_MANIFEST_MISMATCH"),
-        (|m| m.format_version = 2, "ARTIFACT_UNSUPPORTED_VERSION"),
+        (|m| m.format_version = 3, "ARTIFACT_UNSUPPORTED_VERSION"),
+        (|m| m.format_version = 0, "ARTIFACT_UNSUPPORTED_VERSION"),
         (
             |m| m.organization_id = Uuid::from_u128(5),
             "ARTIFACT_BINDING_MISMATCH",

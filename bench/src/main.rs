@@ -22,6 +22,7 @@ use drfleet_infra::amqp::{
 
 use drfleet_protocol::{OrganizationId, v1};
 
+mod drill;
 mod promote;
 mod retention;
 mod scheduler;
@@ -64,6 +65,24 @@ enum Cli {
         /// (e.g. the moto server of scripts/s3-test-server.sh).
         #[arg(long, env = "DR_BENCH_S3_ENDPOINT")]
         s3_endpoint: Option<String>,
+    },
+    /// A DR drill into an EMPTY database (tables recreated from the manifest) vs creating
+    /// the tables, COPY FROM and adding the keys and index by hand. Backs up the tenant of
+    /// `backup --size-mb N` first (run that once to create it).
+    Drill {
+        #[arg(long, default_value_t = 1024)]
+        size_mb: u64,
+        #[arg(
+            long,
+            env = "DR_BENCH_PG_ADMIN_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        pg_admin_url: String,
+        #[arg(long, default_value = "/tmp/drfleet-bench-objects")]
+        objects: String,
+        /// Alternating runs of the floor and the drill (medians reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
     /// The artifact pipeline alone, in memory (no services): write N MB of COPY-like rows,
     /// then time the sealed pass (SHA-256 + AEAD tags) and a full verify.
@@ -168,6 +187,12 @@ async fn main() -> anyhow::Result<()> {
             return restore_bench(size_mb, &pg_admin_url, &objects, runs.max(1), s3_endpoint).await;
         }
         Cli::Artifact { size_mb } => return artifact_bench(size_mb),
+        Cli::Drill {
+            size_mb,
+            pg_admin_url,
+            objects,
+            runs,
+        } => return drill::drill_bench(size_mb, &pg_admin_url, &objects, runs.max(1)).await,
         Cli::Retention {
             records,
             policies,

@@ -36,8 +36,12 @@ pub enum Cmd {
     Restore(RestoreArgs),
     /// Verify one backup's artifact (checksum, decryption, manifest).
     Verify(VerifyArgs),
-    /// Run a disaster-recovery drill for one organization.
-    Drill(DrillArgs),
+    /// Run a DR drill for one organization: restore a backup into a scratch schema of the
+    /// drill target, validate it, measure RTO/RPO; prints the pass/fail matrix, exit 1 when
+    /// the drill did not pass.
+    Drill(Box<crate::drill::DrillArgs>),
+    /// The organization's drill reports, newest first.
+    Drills(crate::drill::DrillsArgs),
     /// Retention: `plan` (what a sweep would keep and delete, and why), `run` (sweep now).
     #[command(subcommand)]
     Retention(RetentionCmd),
@@ -56,7 +60,8 @@ pub enum Cmd {
     /// Backup policies: `set` and `rm` change one by command, `list` reads them.
     #[command(subcommand)]
     Policy(crate::policy::PolicyCmd),
-    /// The open alerts (RPO breached, backups failing, verify failed), oldest first.
+    /// The open alerts (RPO breached, backups failing, verify failed, drill alerts), oldest
+    /// first.
     Alerts(crate::alerts::AlertsArgs),
 }
 
@@ -220,21 +225,6 @@ pub struct VerifyArgs {
     /// Backup record to verify.
     #[arg(long)]
     pub backup: BackupRecordId,
-    #[command(flatten)]
-    pub opts: CommandOpts,
-}
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct DrillArgs {
-    /// Organization (tenant) id, a UUID.
-    #[arg(long, value_name = "UUID")]
-    pub org: TenantKey,
-    /// Backup record to drill with; default the organization's newest completed backup.
-    #[arg(long)]
-    pub backup: Option<BackupRecordId>,
-    /// Tier to drill.
-    #[arg(long)]
-    pub tier: Option<String>,
     #[command(flatten)]
     pub opts: CommandOpts,
 }

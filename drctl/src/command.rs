@@ -27,8 +27,7 @@ use drfleet_protocol::v1::{self, CommandEnvelope, EventEnvelope};
 use drfleet_protocol::validate::{ValidCommand, validate_envelope};
 
 use crate::cli::{
-    BackupArgs, CommandOpts, DiscardArgs, DrillArgs, HoldArgs, ModeArg, ReleaseArgs, RestoreArgs,
-    VerifyArgs,
+    BackupArgs, CommandOpts, DiscardArgs, HoldArgs, ModeArg, ReleaseArgs, RestoreArgs, VerifyArgs,
 };
 use crate::error::{Error, Outcome};
 use crate::notice;
@@ -86,13 +85,6 @@ pub fn release_body(a: &ReleaseArgs) -> Command {
         backup_record_id: a.record.to_string(),
         hold: false,
         reason: String::new(),
-    })
-}
-
-pub fn drill_body(a: &DrillArgs) -> Command {
-    Command::Drill(v1::DrillCommand {
-        backup_record_id: a.backup.map(|b| b.to_string()).unwrap_or_default(),
-        tier: a.tier.clone().unwrap_or_default(),
     })
 }
 
@@ -161,6 +153,7 @@ pub fn terminal(kind: CommandKind, event: &Event) -> Option<Outcome> {
         (CommandKind::Restore, Event::StagingDiscarded(_)) => done(true),
         (CommandKind::Verify, Event::VerifyCompleted(v)) => done(v.ok),
         (CommandKind::Drill, Event::DrDrillCompleted(d)) => done(d.passed),
+        (CommandKind::Drill, Event::DrDrillFailed(_)) => done(false),
         (CommandKind::Policy, Event::PolicyUpdated(_) | Event::PolicyDeleted(_)) => done(true),
         (CommandKind::Policy, Event::PolicyFailed(_)) => done(false),
         (CommandKind::Retention, Event::RetentionCompleted(_)) => done(true),
@@ -226,8 +219,28 @@ pub async fn open(amqp: &str) -> Result<(Connection, Channel), Error> {
     Ok((conn, ch))
 }
 
+/// How a waiting command shows its events on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Show {
+    /// Every event of the command, one JSON line each.
+    Events,
+    /// A drill's pass/fail matrix ([`crate::drill::matrix`]) for `dr_drill_completed`; any
+    /// other outcome (a rejection, `dr_drill_failed`) as its JSON line.
+    DrillMatrix,
+}
+
 /// Build, validate, publish and (unless `--no-wait`) follow one command.
 pub async fn run(org: &TenantKey, body: Command, opts: &CommandOpts) -> Result<Outcome, Error> {
+    run_showing(org, body, opts, Show::Events).await
+}
+
+/// [`run`], showing the events as `show` says.
+pub async fn run_showing(
+    org: &TenantKey,
+    body: Command,
+    opts: &CommandOpts,
+    show: Show,
+) -> Result<Outcome, Error> {
     let env = new_envelope(org, opts.correlation_id.as_deref(), body);
     let (env, cmd) = prepare(opts, env)?;
     let kind = cmd.body.kind();
@@ -258,7 +271,7 @@ pub async fn run(org: &TenantKey, body: Command, opts: &CommandOpts) -> Result<O
             }))?;
             Ok(Outcome::Success)
         }
-        Some(consumer) => wait(consumer, &cmd, Duration::from_secs(opts.wait_secs)).await,
+        Some(consumer) => wait(consumer, &cmd, Duration::from_secs(opts.wait_secs), show).await,
     };
     let _ = conn.close(200, "drctl done".into()).await;
     outcome
@@ -269,6 +282,7 @@ pub async fn wait(
     mut consumer: Consumer,
     cmd: &ValidCommand,
     limit: Duration,
+    show: Show,
 ) -> Result<Outcome, Error> {
     let kind = cmd.body.kind();
     let deadline = tokio::time::Instant::now() + limit;
@@ -292,7 +306,12 @@ pub async fn wait(
         if !belongs_to(&ev, cmd) {
             continue;
         }
-        print_line(&event_line(&ev))?;
+        match (show, &ev.event) {
+            (Show::DrillMatrix, Some(Event::DrDrillCompleted(d))) => crate::drill::print_matrix(d)?,
+            // Only the outcome: the matrix or why there is none.
+            (Show::DrillMatrix, Some(e)) if terminal(kind, e).is_none() => {}
+            _ => print_line(&event_line(&ev))?,
+        }
         if let Some(w) = ev.event.as_ref().and_then(notice::event_warning) {
             eprintln!("{w}");
         }

@@ -3,7 +3,7 @@
 //! `drctl <subcommand>`; every setting is a flag and a `DR_*` env var. Layout:
 //!
 //! - [`cli`]: the clap structs (`token`, `backup`, `restore`, `restore discard`, `verify`,
-//!   `drill`, `retention plan|run`, `hold`, `release`, `events`, `audit verify|list`,
+//!   `drill`, `drills`, `retention plan|run`, `hold`, `release`, `events`, `audit verify|list`,
 //!   `tiers show`, `policy set|rm|list`, `alerts`).
 //! - [`retention`]: `retention plan` (the sweep's selection over the database, deleting
 //!   nothing) and the policy lookup of `retention run`.
@@ -13,6 +13,8 @@
 //! - [`events`]: tailing `dr.events`.
 //! - [`audit`]: hash-chain verification and listing of `pf_audit_events`.
 //! - [`tiers`]: `tiers show`, the tables of a tier and how each belongs to a tenant.
+//! - [`drill`]: `drill` (the `DrillCommand`, waited for, its pass/fail matrix printed) and
+//!   `drills` (the drill reports in the database).
 //! - [`policy`]: `policy set|rm` (a `PolicyCommand`, waited for) and `policy list` (the
 //!   database).
 //! - [`alerts`]: `alerts`, the open alerts in the database.
@@ -32,6 +34,7 @@ pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod command;
+pub mod drill;
 pub mod error;
 pub mod events;
 pub mod notice;
@@ -71,7 +74,15 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
             command::run(&org, command::restore_body(a, &backup), &a.opts).await
         }
         Cmd::Verify(a) => command::run(&a.org, command::verify_body(a), &a.opts).await,
-        Cmd::Drill(a) => command::run(&a.org, command::drill_body(a), &a.opts).await,
+        Cmd::Drill(a) => {
+            let body = drill::drill_body(a, drill::policy_id(a).await?)?;
+            let show = match a.output {
+                cli::OutputFormat::Text => command::Show::DrillMatrix,
+                cli::OutputFormat::Json => command::Show::Events,
+            };
+            command::run_showing(&a.org, body, &a.opts, show).await
+        }
+        Cmd::Drills(a) => drill::list(a).await,
         Cmd::Retention(RetentionCmd::Plan(a)) => retention::plan(a).await,
         Cmd::Retention(RetentionCmd::Run(a)) => {
             command::run(&a.org, retention::run_body(a).await?, &a.opts).await

@@ -74,8 +74,25 @@ pub struct SetArgs {
     /// Keep the policy but schedule nothing and raise no alerts.
     #[arg(long)]
     pub disabled: bool,
+    /// A drill assertion, NAME=SQL (repeat for several): a query that must return no rows
+    /// against the drill's scratch copy (e.g. `no_orphans=SELECT 1 FROM orders o WHERE …`).
+    #[arg(long = "drill-assert", value_name = "NAME=SQL")]
+    pub drill_assert: Vec<String>,
     #[command(flatten)]
     pub opts: CommandOpts,
+}
+
+/// `NAME=SQL` of `--drill-assert`; the validation proper is the wire contract's.
+fn assertion(s: &str) -> Result<v1::DrillAssertion, ConfigError> {
+    match s.split_once('=') {
+        Some((name, sql)) if !name.trim().is_empty() && !sql.trim().is_empty() => {
+            Ok(v1::DrillAssertion {
+                name: name.trim().to_string(),
+                sql: sql.to_string(),
+            })
+        }
+        _ => Err(ConfigError::new("--drill-assert", "must be NAME=SQL")),
+    }
 }
 
 fn keep_count() -> clap::builder::RangedI64ValueParser<u32> {
@@ -132,6 +149,11 @@ pub fn set_body(a: &SetArgs) -> Result<Command, Error> {
         verify_cycle_seconds: secs("--verify-cycle", &a.verify_cycle)?,
         drill_schedule: a.drill_schedule.clone().unwrap_or_default(),
         disabled: a.disabled,
+        drill_assertions: a
+            .drill_assert
+            .iter()
+            .map(|s| assertion(s))
+            .collect::<Result<_, _>>()?,
     };
     Ok(Command::Policy(v1::PolicyCommand {
         name: a.name.clone(),
@@ -188,6 +210,12 @@ fn policy_json(row: &sqlx::postgres::PgRow) -> Result<Value, sqlx::Error> {
         },
         "verify_cycle": human(row.try_get("verify_cycle_seconds")?),
         "drill_schedule": row.try_get::<Option<String>, _>("drill_schedule")?,
+        // Names only: the SQL is in the audit log's policy_updated.
+        "drill_assertions": row
+            .try_get::<Value, _>("drill_assertions")?
+            .as_array()
+            .map(|a| a.iter().map(|x| x["name"].clone()).collect::<Vec<_>>())
+            .unwrap_or_default(),
         "next_due_at": when(row.try_get("next_due_at")?),
         "last_slot_at": when(row.try_get("last_slot_at")?),
         "newest_backup_at": when(row.try_get("newest_backup_at")?),
@@ -304,6 +332,44 @@ mod tests {
         assert_eq!(s.drill_schedule, "0 4 * * 0");
         assert_eq!(s.timezone, "Europe/Berlin");
         assert!(s.disabled);
+    }
+
+    #[test]
+    fn drill_assertions_are_repeatable_name_sql_pairs() {
+        let a = parse(&[
+            "--drill-assert",
+            "no_orphans=SELECT 1 FROM orders o WHERE o.customer_id = 0",
+            "--drill-assert",
+            "eq=SELECT 1 WHERE 1 = 2",
+        ])
+        .unwrap();
+        let Command::Policy(p) = set_body(&a).unwrap() else {
+            panic!("not a policy");
+        };
+        let names: Vec<(String, String)> = p
+            .spec
+            .unwrap()
+            .drill_assertions
+            .into_iter()
+            .map(|a| (a.name, a.sql))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (
+                    "no_orphans".to_string(),
+                    "SELECT 1 FROM orders o WHERE o.customer_id = 0".to_string()
+                ),
+                ("eq".to_string(), "SELECT 1 WHERE 1 = 2".to_string()),
+            ]
+        );
+        for bad in ["noequals", "=SELECT 1", "name="] {
+            let a = parse(&["--drill-assert", bad]).unwrap();
+            match set_body(&a) {
+                Err(Error::Config(e)) => assert_eq!(e.setting, "--drill-assert"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@ use serde_json::json;
 use sqlx::Connection;
 
 use drfleet_infra::config::{postgres_url, sql_ident};
-use drfleet_workers::roles::catalog::resolve_tables;
-use drfleet_workers::roles::membership::{self, Layout, Reach};
+use drfleet_workers::engine::catalog::resolve_tables;
+use drfleet_workers::engine::membership::{self, Layout, Reach};
 
 use crate::cli::TiersShowArgs;
 use crate::error::{Error, Outcome};

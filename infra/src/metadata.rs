@@ -8,11 +8,14 @@ use drfleet_protocol::policy::{PolicyError, parse_timezone};
 use drfleet_protocol::retention::{Candidate, Rules};
 
 /// SQL condition: the backup record (alias `r`) is used by a queued or running job that
-/// reads it — a restore, a drill or a verify — so retention must not delete it now.
-pub const BACKUP_IN_USE: &str = "EXISTS (SELECT 1 FROM pf_jobs j \
+/// reads it — a restore, a drill or a verify — so retention must not delete it now. A drill
+/// that chose its backup itself (LATEST, RANDOM_WITHIN_WINDOW) names it in its report row.
+pub const BACKUP_IN_USE: &str = "(EXISTS (SELECT 1 FROM pf_jobs j \
      WHERE j.state IN ('queued', 'running') \
        AND j.kind IN ('restore', 'drill', 'verify') AND j.organization_id = r.organization_id \
-       AND j.spec->>'backup_record_id' = r.id::text)";
+       AND j.spec->>'backup_record_id' = r.id::text) \
+  OR EXISTS (SELECT 1 FROM pf_dr_drill_reports d JOIN pf_jobs j ON j.id = d.job_id \
+     WHERE j.state IN ('queued', 'running') AND d.backup_record_id = r.id))";
 
 #[derive(sqlx::FromRow)]
 struct CandidateRow {

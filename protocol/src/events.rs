@@ -43,11 +43,12 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::BackupHoldChanged(_) => "backup_hold_changed",
         Event::RetentionCompleted(_) => "retention_completed",
         Event::RetentionFailed(_) => "retention_failed",
+        Event::DrDrillFailed(_) => "dr_drill_failed",
     }
 }
 
 /// Every event type name, in field order.
-pub const EVENT_TYPES: [&str; 20] = [
+pub const EVENT_TYPES: [&str; 21] = [
     "backup_started",
     "backup_completed",
     "backup_failed",
@@ -68,6 +69,7 @@ pub const EVENT_TYPES: [&str; 20] = [
     "backup_hold_changed",
     "retention_completed",
     "retention_failed",
+    "dr_drill_failed",
 ];
 
 /// A fresh envelope around `event`, for a uuid tenant.
@@ -169,7 +171,15 @@ pub fn event_json(event: &Event) -> serde_json::Value {
         Event::DrDrillCompleted(e) => json!({"drill_report_id": e.drill_report_id,
             "backup_record_id": e.backup_record_id, "passed": e.passed,
             "measured_rto_ms": e.measured_rto_ms, "measured_rpo_ms": e.measured_rpo_ms,
-            "checks": e.checks.iter().map(|c| json!({"name": c.name, "passed": c.passed, "detail": c.detail})).collect::<Vec<_>>()}),
+            "checks": e.checks.iter().map(|c| json!({"name": c.name, "passed": c.passed, "detail": c.detail})).collect::<Vec<_>>(),
+            "target": e.target, "policy_id": e.policy_id,
+            "phases": e.phases.iter().map(|p| json!({"name": p.name, "ms": p.ms})).collect::<Vec<_>>(),
+            "rto_objective_ms": e.rto_objective_ms, "rpo_objective_ms": e.rpo_objective_ms,
+            "selection": e.selection, "tier": e.tier, "snapshot_at": ts_json(&e.snapshot_at),
+            "scratch_schema": e.scratch_schema, "scratch_dropped": e.scratch_dropped}),
+        Event::DrDrillFailed(e) => json!({"drill_report_id": e.drill_report_id,
+            "backup_record_id": e.backup_record_id, "error_code": e.error_code,
+            "message": e.message, "target": e.target, "policy_id": e.policy_id}),
         Event::VerifyCompleted(e) => json!({"backup_record_id": e.backup_record_id, "ok": e.ok,
             "error_code": e.error_code}),
         Event::CommandRejected(e) => {
@@ -219,5 +229,7 @@ pub fn policy_spec_json(s: &crate::v1::PolicySpec) -> serde_json::Value {
             "keep_yearly": r.keep_yearly, "keep_within_seconds": r.keep_within_seconds},
         "verify_cycle_seconds": s.verify_cycle_seconds, "drill_schedule": s.drill_schedule,
         "disabled": s.disabled,
+        "drill_assertions": s.drill_assertions.iter()
+            .map(|a| serde_json::json!({"name": a.name, "sql": a.sql})).collect::<Vec<_>>(),
     })
 }

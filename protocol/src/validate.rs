@@ -15,7 +15,10 @@ use crate::topology::CommandKind;
 use crate::v1::{self, command_envelope::Command};
 
 mod policy;
-pub use policy::{MAX_KEEP_COUNT, PolicyChange, PolicyChangeSpec, PolicySpec, RetentionRules};
+pub use policy::{
+    DrillAssertion, MAX_ASSERTION_SQL, MAX_ASSERTIONS, MAX_KEEP_COUNT, PolicyChange,
+    PolicyChangeSpec, PolicySpec, RetentionRules, is_valid_assertion_name,
+};
 
 /// `reason_code` of a `command_rejected` event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,11 +145,65 @@ pub struct RestoreSpec {
     pub target: Option<String>,
 }
 
+/// Which backup a drill restores (`DrillSelection` on the wire, UNSPECIFIED read as RECORD
+/// when a record is named and LATEST otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DrillSelection {
+    Latest,
+    RandomWithinWindow,
+    Record,
+}
+
+impl DrillSelection {
+    /// As stored in `pf_dr_drill_reports.selection`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Latest => "LATEST",
+            Self::RandomWithinWindow => "RANDOM_WITHIN_WINDOW",
+            Self::Record => "RECORD",
+        }
+    }
+    pub fn to_wire(self) -> v1::DrillSelection {
+        match self {
+            Self::Latest => v1::DrillSelection::Latest,
+            Self::RandomWithinWindow => v1::DrillSelection::RandomWithinWindow,
+            Self::Record => v1::DrillSelection::Record,
+        }
+    }
+}
+
+/// Longest window a RANDOM_WITHIN_WINDOW drill may choose from (ten years).
+pub const MAX_DRILL_WINDOW_DAYS: u32 = 3660;
+/// Longest time a drill's scratch schema may be kept (a week).
+pub const MAX_DRILL_KEEP_HOURS: u32 = 168;
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DrillSpec {
-    /// `None` = the organization's newest completed backup.
+    /// Set exactly for [`DrillSelection::Record`] (the key retention's in-use check reads).
     pub backup_record_id: Option<BackupRecordId>,
+    /// Empty = any tier.
     pub tier: String,
+    #[serde(default = "latest")]
+    pub selection: DrillSelection,
+    /// RANDOM_WITHIN_WINDOW only: 1..=[`MAX_DRILL_WINDOW_DAYS`]; 0 otherwise.
+    #[serde(default)]
+    pub window_days: u32,
+    /// `None` = the worker's DR_DRILL_TARGET; otherwise a configured target's name.
+    #[serde(default)]
+    pub target: Option<String>,
+    /// 0..=[`MAX_DRILL_KEEP_HOURS`].
+    #[serde(default)]
+    pub keep_hours: u32,
+    #[serde(default)]
+    pub policy_id: Option<uuid::Uuid>,
+    /// The policy's drill slot (scheduled drills only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
+}
+
+fn latest() -> DrillSelection {
+    DrillSelection::Latest
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -391,25 +448,7 @@ pub fn validate_envelope(
                     target,
                 })
             }
-            Command::Drill(d) => {
-                let backup_record_id = if d.backup_record_id.is_empty() {
-                    None
-                } else {
-                    Some(d.backup_record_id.parse().map_err(|_| {
-                        with_ctx(invalid("drill.backup_record_id", "is not a UUID"))
-                    })?)
-                };
-                if !d.tier.is_empty() && !is_valid_name(&d.tier) {
-                    return Err(with_ctx(invalid(
-                        "drill.tier",
-                        "must match [a-z0-9_-]{1,63}",
-                    )));
-                }
-                CommandBody::Drill(DrillSpec {
-                    backup_record_id,
-                    tier: d.tier,
-                })
-            }
+            Command::Drill(d) => CommandBody::Drill(drill(d).map_err(with_ctx)?),
             Command::Verify(v) => CommandBody::Verify(VerifySpec {
                 backup_record_id: v
                     .backup_record_id
@@ -473,6 +512,97 @@ pub fn validate_envelope(
         actor_token: env.actor_token,
         correlation_id: env.correlation_id,
         body,
+    })
+}
+
+fn drill(d: v1::DrillCommand) -> Result<DrillSpec, Rejection> {
+    let backup_record_id = if d.backup_record_id.is_empty() {
+        None
+    } else {
+        Some(
+            d.backup_record_id
+                .parse()
+                .map_err(|_| invalid("drill.backup_record_id", "is not a UUID"))?,
+        )
+    };
+    let selection = match v1::DrillSelection::try_from(d.selection) {
+        Ok(v1::DrillSelection::Unspecified) if backup_record_id.is_some() => DrillSelection::Record,
+        Ok(v1::DrillSelection::Unspecified | v1::DrillSelection::Latest) => DrillSelection::Latest,
+        Ok(v1::DrillSelection::RandomWithinWindow) => DrillSelection::RandomWithinWindow,
+        Ok(v1::DrillSelection::Record) => DrillSelection::Record,
+        Err(_) => {
+            return Err(invalid(
+                "drill.selection",
+                "must be LATEST, RANDOM_WITHIN_WINDOW or RECORD",
+            ));
+        }
+    };
+    match (selection, backup_record_id.is_some()) {
+        (DrillSelection::Record, false) => {
+            return Err(invalid("drill.backup_record_id", "is required for RECORD"));
+        }
+        (DrillSelection::Latest | DrillSelection::RandomWithinWindow, true) => {
+            return Err(invalid(
+                "drill.backup_record_id",
+                "must be empty unless selection is RECORD",
+            ));
+        }
+        _ => {}
+    }
+    if selection == DrillSelection::RandomWithinWindow {
+        if !(1..=MAX_DRILL_WINDOW_DAYS).contains(&d.window_days) {
+            return Err(invalid(
+                "drill.window_days",
+                "must be 1 to 3660 for RANDOM_WITHIN_WINDOW",
+            ));
+        }
+    } else if d.window_days != 0 {
+        return Err(invalid(
+            "drill.window_days",
+            "is only for RANDOM_WITHIN_WINDOW",
+        ));
+    }
+    if !d.tier.is_empty() && !is_valid_name(&d.tier) {
+        return Err(invalid("drill.tier", "must match [a-z0-9_-]{1,63}"));
+    }
+    let target = if d.target.is_empty() {
+        None
+    } else if is_valid_name(&d.target) {
+        Some(d.target)
+    } else {
+        return Err(invalid(
+            "drill.target",
+            "must be empty or a configured target name",
+        ));
+    };
+    if d.keep_hours > MAX_DRILL_KEEP_HOURS {
+        return Err(invalid("drill.keep_hours", "must be at most 168"));
+    }
+    let policy_id = if d.policy_id.is_empty() {
+        None
+    } else {
+        Some(
+            d.policy_id
+                .parse::<uuid::Uuid>()
+                .map_err(|_| invalid("drill.policy_id", "is not a UUID"))?,
+        )
+    };
+    let scheduled_for = match &d.scheduled_for {
+        None => None,
+        Some(t) => Some(
+            crate::events::from_timestamp(t)
+                .ok_or_else(|| invalid("drill.scheduled_for", "is out of range"))?,
+        ),
+    };
+    Ok(DrillSpec {
+        backup_record_id,
+        tier: d.tier,
+        selection,
+        window_days: d.window_days,
+        target,
+        keep_hours: d.keep_hours,
+        policy_id,
+        scheduled_for,
     })
 }
 
@@ -540,6 +670,12 @@ impl ValidCommand {
                     .map(|b| b.to_string())
                     .unwrap_or_default(),
                 tier: d.tier.clone(),
+                selection: d.selection.to_wire() as i32,
+                window_days: d.window_days,
+                target: d.target.clone().unwrap_or_default(),
+                keep_hours: d.keep_hours,
+                policy_id: d.policy_id.map(|p| p.to_string()).unwrap_or_default(),
+                scheduled_for: d.scheduled_for.map(crate::events::timestamp),
             }),
             CommandBody::Verify(v) => Command::Verify(v1::VerifyCommand {
                 backup_record_id: v.backup_record_id.to_string(),

@@ -51,12 +51,33 @@ fn valid_command() -> impl Strategy<Value = Command> {
                     target: target.unwrap_or_default(),
                 })
             }),
-        (prop::option::of(uuid()), prop::option::of(name())).prop_map(|(record, tier)| {
-            Command::Drill(v1::DrillCommand {
-                backup_record_id: record.unwrap_or_default(),
-                tier: tier.unwrap_or_default(),
-            })
-        }),
+        (
+            prop::option::of(uuid()),
+            prop::option::of(name()),
+            1u32..=validate::MAX_DRILL_WINDOW_DAYS,
+            prop::option::of(name()),
+            0u32..=validate::MAX_DRILL_KEEP_HOURS,
+            prop::option::of(uuid()),
+            prop::option::of(timestamp()),
+        )
+            .prop_map(|(record, tier, window, target, keep_hours, policy, at)| {
+                // Explicit selections: `to_envelope` writes the one validation settled on.
+                let (selection, window_days) = match (&record, window % 2) {
+                    (Some(_), _) => (v1::DrillSelection::Record, 0),
+                    (None, 0) => (v1::DrillSelection::Latest, 0),
+                    (None, _) => (v1::DrillSelection::RandomWithinWindow, window),
+                };
+                Command::Drill(v1::DrillCommand {
+                    backup_record_id: record.unwrap_or_default(),
+                    tier: tier.unwrap_or_default(),
+                    selection: selection as i32,
+                    window_days,
+                    target: target.unwrap_or_default(),
+                    keep_hours,
+                    policy_id: policy.unwrap_or_default(),
+                    scheduled_for: at,
+                })
+            }),
         uuid().prop_map(|backup_record_id| Command::Verify(v1::VerifyCommand { backup_record_id })),
         uuid().prop_map(
             |restore_job_id| Command::StagingDiscard(v1::StagingDiscardCommand { restore_job_id })
@@ -106,6 +127,7 @@ fn policy_spec() -> impl Strategy<Value = v1::PolicySpec> {
         (keep(), keep(), keep(), keep(), keep(), secs()),
         prop::option::of(cron),
         any::<bool>(),
+        prop::collection::btree_map("[A-Za-z0-9._-]{1,64}", "SELECT [ -~]{1,100}", 0..4),
     )
         .prop_map(
             |(
@@ -113,6 +135,7 @@ fn policy_spec() -> impl Strategy<Value = v1::PolicySpec> {
                 (kl, kd, kw, km, ky, kwi),
                 drill,
                 disabled,
+                asserts,
             )| {
                 v1::PolicySpec {
                     tier,
@@ -131,6 +154,10 @@ fn policy_spec() -> impl Strategy<Value = v1::PolicySpec> {
                     verify_cycle_seconds: cycle,
                     drill_schedule: drill.unwrap_or_default().into(),
                     disabled,
+                    drill_assertions: asserts
+                        .into_iter()
+                        .map(|(name, sql)| v1::DrillAssertion { name, sql })
+                        .collect(),
                 }
             },
         )
@@ -195,12 +222,14 @@ fn arbitrary_envelope() -> impl Strategy<Value = v1::CommandEnvelope> {
                 target
             })
         )),
-        (marked(), marked()).prop_map(|(backup_record_id, tier)| Some(Command::Drill(
-            v1::DrillCommand {
+        (marked(), marked(), marked()).prop_map(|(backup_record_id, tier, target)| Some(
+            Command::Drill(v1::DrillCommand {
                 backup_record_id,
-                tier
-            }
-        ))),
+                tier,
+                target,
+                ..Default::default()
+            })
+        )),
         marked().prop_map(|backup_record_id| Some(Command::Verify(v1::VerifyCommand {
             backup_record_id
         }))),
@@ -447,6 +476,12 @@ fn required_permissions_per_command() {
             CommandBody::Drill(DrillSpec {
                 backup_record_id: None,
                 tier: String::new(),
+                selection: validate::DrillSelection::Latest,
+                window_days: 0,
+                target: None,
+                keep_hours: 0,
+                policy_id: None,
+                scheduled_for: None,
             }),
             &[PERM_DRILL_RUN],
         ),

@@ -10,9 +10,9 @@ use drfleet_protocol::events::{self, EVENT_TYPES};
 use drfleet_protocol::topology::{CommandKind, UNKNOWN_ORG};
 use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{
-    self, BackupSpec, CommandBody, DrillSpec, PolicyChange, PolicyChangeSpec, PolicySpec,
-    ReasonCode, Rejection, RestoreMode, RestoreSpec, RetentionRules, StagingDiscardSpec,
-    VerifySpec,
+    self, BackupSpec, CommandBody, DrillSelection, DrillSpec, PolicyChange, PolicyChangeSpec,
+    PolicySpec, ReasonCode, Rejection, RestoreMode, RestoreSpec, RetentionRules,
+    StagingDiscardSpec, VerifySpec,
 };
 use drfleet_protocol::validate::{BackupHoldSpec, RetentionSpec};
 use drfleet_protocol::{BackupRecordId, CommandId, OrganizationId};
@@ -94,6 +94,12 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
             CommandBody::Drill(DrillSpec {
                 backup_record_id: Some(record()),
                 tier: "full".into(),
+                selection: DrillSelection::Record,
+                window_days: 0,
+                target: None,
+                keep_hours: 0,
+                policy_id: None,
+                scheduled_for: None,
             }),
         ),
         (
@@ -102,6 +108,35 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
             CommandBody::Drill(DrillSpec {
                 backup_record_id: None,
                 tier: "full".into(),
+                selection: DrillSelection::Latest,
+                window_days: 0,
+                target: None,
+                keep_hours: 0,
+                policy_id: None,
+                scheduled_for: None,
+            }),
+        ),
+        (
+            "drill, random within a window, every field",
+            envelope(v1::command_envelope::Command::Drill(v1::DrillCommand {
+                backup_record_id: String::new(),
+                tier: "full".into(),
+                selection: v1::DrillSelection::RandomWithinWindow as i32,
+                window_days: 30,
+                target: "scratch".into(),
+                keep_hours: 2,
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                scheduled_for: ts(1_760_000_100),
+            })),
+            CommandBody::Drill(DrillSpec {
+                backup_record_id: None,
+                tier: "full".into(),
+                selection: DrillSelection::RandomWithinWindow,
+                window_days: 30,
+                target: Some("scratch".into()),
+                keep_hours: 2,
+                policy_id: Some("0190f1a2-3b4c-7d5e-8f60-0000000000dd".parse().unwrap()),
+                scheduled_for: chrono::DateTime::from_timestamp(1_760_000_100, 0),
             }),
         ),
         (
@@ -110,6 +145,12 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
             CommandBody::Drill(DrillSpec {
                 backup_record_id: None,
                 tier: String::new(),
+                selection: DrillSelection::Latest,
+                window_days: 0,
+                target: None,
+                keep_hours: 0,
+                policy_id: None,
+                scheduled_for: None,
             }),
         ),
         (
@@ -144,6 +185,10 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
                     verify_cycle_seconds: 604_800,
                     drill_schedule: "0 3 1 * *".into(),
                     disabled: true,
+                    drill_assertions: vec![v1::DrillAssertion {
+                        name: "no_orphan_orders".into(),
+                        sql: "SELECT 1 FROM orders o WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = o.customer_id)".into(),
+                    }],
                     ..policy_spec("full", "30 0 */6 * * *", "Europe/Berlin")
                 },
             )),
@@ -166,6 +211,10 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
                     verify_cycle_seconds: 604_800,
                     drill_schedule: "0 3 1 * *".into(),
                     disabled: true,
+                    drill_assertions: vec![validate::DrillAssertion {
+                        name: "no_orphan_orders".into(),
+                        sql: "SELECT 1 FROM orders o WHERE NOT EXISTS (SELECT 1 FROM customers c WHERE c.id = o.customer_id)".into(),
+                    }],
                 }),
             }),
         ),
@@ -184,6 +233,7 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
                     verify_cycle_seconds: 0,
                     drill_schedule: String::new(),
                     disabled: false,
+                    drill_assertions: Vec::new(),
                 }),
             }),
         ),
@@ -434,6 +484,7 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 row_count: 12_345,
                 staging_schema: "dr_staging_0190f1a2".into(),
                 lock_ms: 0,
+                target: "scratch".into(),
             }),
         ),
         (
@@ -466,6 +517,19 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                         detail: "2 orphans".into(),
                     },
                 ],
+                target: "scratch".into(),
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+                phases: vec![v1::DrillPhase {
+                    name: "load".into(),
+                    ms: 3_100,
+                }],
+                rto_objective_ms: 3_600_000,
+                rpo_objective_ms: 0,
+                selection: "LATEST".into(),
+                tier: "full".into(),
+                snapshot_at: ts(1_760_000_004),
+                scratch_schema: "dr_drill_0190f1a2".into(),
+                scratch_dropped: true,
             }),
         ),
         (
@@ -598,6 +662,17 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 message: "object store unavailable".into(),
             }),
         ),
+        (
+            "dr_drill_failed",
+            Event::DrDrillFailed(v1::DrillFailed {
+                drill_report_id: "0190f1a2-3b4c-7d5e-8f60-0000000000cc".into(),
+                backup_record_id: RECORD_ID.into(),
+                error_code: "DRILL_TARGET_UNAVAILABLE".into(),
+                message: "drill target scratch unreachable".into(),
+                target: "scratch".into(),
+                policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
+            }),
+        ),
     ]
 }
 
@@ -623,7 +698,8 @@ fn _exhaustive(e: &Event) {
         Event::BackupExpired(_)
         | Event::BackupHoldChanged(_)
         | Event::RetentionCompleted(_)
-        | Event::RetentionFailed(_) => {}
+        | Event::RetentionFailed(_)
+        | Event::DrDrillFailed(_) => {}
     }
 }
 

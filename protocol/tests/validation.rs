@@ -858,3 +858,160 @@ fn policy_rejections_name_the_field() {
         assert_ids_filled(&r);
     }
 }
+
+fn drill_with(f: impl FnOnce(&mut v1::DrillCommand)) -> v1::CommandEnvelope {
+    let mut d = v1::DrillCommand::default();
+    f(&mut d);
+    envelope(Command::Drill(d))
+}
+
+#[test]
+fn drill_selection_and_its_fields_must_agree() {
+    use validate::{CommandBody, DrillSelection};
+    let sel = |env: &v1::CommandEnvelope| match decode(env).unwrap().body {
+        CommandBody::Drill(d) => d.selection,
+        other => panic!("{other:?}"),
+    };
+    // UNSPECIFIED: RECORD when a record is named, else LATEST.
+    assert_eq!(sel(&drill_with(|_| {})), DrillSelection::Latest);
+    assert_eq!(
+        sel(&drill_with(|d| d.backup_record_id = RECORD_ID.into())),
+        DrillSelection::Record
+    );
+    assert_eq!(
+        sel(&drill_with(|d| {
+            d.selection = v1::DrillSelection::RandomWithinWindow as i32;
+            d.window_days = 7;
+        })),
+        DrillSelection::RandomWithinWindow
+    );
+    let cases: Vec<(v1::CommandEnvelope, &str, &str)> = vec![
+        (drill_with(|d| d.selection = 99), "drill.selection", ""),
+        (
+            drill_with(|d| d.selection = v1::DrillSelection::Record as i32),
+            "drill.backup_record_id is required",
+            "",
+        ),
+        (
+            drill_with(|d| {
+                d.selection = v1::DrillSelection::Latest as i32;
+                d.backup_record_id = RECORD_ID.into();
+            }),
+            "drill.backup_record_id must be empty",
+            "",
+        ),
+        (
+            drill_with(|d| d.selection = v1::DrillSelection::RandomWithinWindow as i32),
+            "drill.window_days",
+            "",
+        ),
+        (
+            drill_with(|d| {
+                d.selection = v1::DrillSelection::RandomWithinWindow as i32;
+                d.window_days = 3661;
+            }),
+            "drill.window_days",
+            "",
+        ),
+        (drill_with(|d| d.window_days = 3), "drill.window_days", ""),
+        (
+            drill_with(|d| d.target = format!("{MARKER}=postgres://u:p@h/db")),
+            "drill.target",
+            MARKER,
+        ),
+        (drill_with(|d| d.keep_hours = 169), "drill.keep_hours", ""),
+        (
+            drill_with(|d| d.policy_id = MARKER.into()),
+            "drill.policy_id",
+            MARKER,
+        ),
+        (
+            drill_with(|d| {
+                d.scheduled_for = Some(Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                })
+            }),
+            "drill.scheduled_for",
+            "",
+        ),
+    ];
+    for (env, field, secret) in cases {
+        let secrets: Vec<&str> = [secret].into_iter().filter(|s| !s.is_empty()).collect();
+        let r = assert_rejected(decode(&env), ReasonCode::InvalidArgument, field, &secrets);
+        assert_ids_filled(&r);
+    }
+}
+
+#[test]
+fn drill_assertions_are_bounded_and_named() {
+    let assertion = |name: &str, sql: &str| v1::DrillAssertion {
+        name: name.into(),
+        sql: sql.into(),
+    };
+    assert!(
+        decode(&upsert_with(|s| {
+            s.drill_assertions = vec![
+                assertion("no_orphans.v2", "SELECT 1 FROM orders WHERE false"),
+                assertion("Z-9", "SELECT 1"),
+            ]
+        }))
+        .is_ok()
+    );
+    let max = decode(&upsert_with(|s| {
+        s.drill_assertions = (0..50)
+            .map(|i| assertion(&format!("a{i}"), &"x".repeat(10 * 1024)))
+            .collect()
+    }));
+    assert!(max.is_ok(), "50 assertions of 10 KB are accepted");
+    let cases: Vec<(v1::CommandEnvelope, &str, &str)> = vec![
+        (
+            upsert_with(|s| {
+                s.drill_assertions = (0..51)
+                    .map(|i| assertion(&format!("a{i}"), "SELECT 1"))
+                    .collect()
+            }),
+            "policy.spec.drill_assertions must be at most 50",
+            "",
+        ),
+        (
+            upsert_with(|s| {
+                s.drill_assertions = vec![assertion(&format!("{MARKER} x"), "SELECT 1")]
+            }),
+            "policy.spec.drill_assertions.name",
+            MARKER,
+        ),
+        (
+            upsert_with(|s| s.drill_assertions = vec![assertion(&"n".repeat(65), "SELECT 1")]),
+            "policy.spec.drill_assertions.name",
+            "",
+        ),
+        (
+            upsert_with(|s| {
+                s.drill_assertions =
+                    vec![assertion("dup", "SELECT 1"), assertion("dup", "SELECT 2")]
+            }),
+            "policy.spec.drill_assertions.name must be unique",
+            "",
+        ),
+        (
+            upsert_with(|s| s.drill_assertions = vec![assertion("empty", "  \n")]),
+            "policy.spec.drill_assertions.sql must not be empty",
+            "",
+        ),
+        (
+            upsert_with(|s| {
+                s.drill_assertions = vec![assertion(
+                    "big",
+                    &format!("{MARKER}{}", "x".repeat(10 * 1024)),
+                )]
+            }),
+            "policy.spec.drill_assertions.sql must be at most 10 KB",
+            MARKER,
+        ),
+    ];
+    for (env, field, secret) in cases {
+        let secrets: Vec<&str> = [secret].into_iter().filter(|s| !s.is_empty()).collect();
+        assert_rejected(decode(&env), ReasonCode::InvalidArgument, field, &secrets);
+    }
+}

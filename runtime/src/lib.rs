@@ -10,6 +10,8 @@
 //!   pool).
 //! - [`broker`]: the reconnecting broker session — topology, the confirm channel (on a
 //!   `watch`), and the caller's consumers ([`broker::Consume`]); publish-only without any.
+//! - [`alerts`]: raising and resolving `pf_alerts` with their events (the scheduler's watch and the
+//!   drill role).
 //! - [`outbox`]: events (and the scheduler's commands) written in the transaction of the state
 //!   change they report, relayed to the broker with publisher confirms.
 //! - [`notify`]: PostgreSQL LISTEN → in-process wake-ups (`dr_outbox`, `dr_jobs`, …).
@@ -18,6 +20,7 @@
 //!   signals that end it.
 //! - [`metrics`]: [`metrics::ProcessMetrics`], what each process implements over its own
 //!   counters for the session, `/ready` and `/metrics`.
+pub mod alerts;
 pub mod broker;
 pub mod http;
 pub mod metrics;

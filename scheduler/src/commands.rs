@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 
 use drfleet_infra::auth::{MintError, TokenMinter};
 use drfleet_protocol::OrganizationId;
-use drfleet_protocol::auth::{PERM_BACKUP_CREATE, PERM_BACKUP_RETENTION, PERM_BACKUP_VERIFY};
+use drfleet_protocol::auth::{
+    PERM_BACKUP_CREATE, PERM_BACKUP_RETENTION, PERM_BACKUP_VERIFY, PERM_DRILL_RUN,
+};
 use drfleet_protocol::command;
 use drfleet_protocol::events::timestamp;
 use drfleet_protocol::policy::{SlotKind, scheduled_command_id};
@@ -162,4 +164,22 @@ pub fn retention(
         PERM_BACKUP_RETENTION,
         body,
     )
+}
+
+/// The drill of one slot of a policy's drill schedule: its newest completed backup of `tier`,
+/// into the worker's drill target, against the policy's objectives and assertions.
+pub fn drill(
+    minter: &Minter,
+    t: &Target<'_>,
+    tier: &str,
+    slot: DateTime<Utc>,
+) -> Result<v1::CommandEnvelope, MintError> {
+    let body = Command::Drill(v1::DrillCommand {
+        tier: tier.to_string(),
+        selection: v1::DrillSelection::Latest as i32,
+        policy_id: t.policy_id.to_string(),
+        scheduled_for: Some(timestamp(slot)),
+        ..Default::default()
+    });
+    envelope(minter, t, SlotKind::Drill, slot, None, PERM_DRILL_RUN, body)
 }

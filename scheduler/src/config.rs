@@ -33,7 +33,8 @@ pub struct SchedulerCli {
     #[arg(long, env = "DR_SCHEDULER_TICK_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub tick_secs: u64,
 
-    /// Scheduled backup jobs queued or running at once, fleet-wide; due slots wait beyond it.
+    /// Scheduled jobs of each kind (backups, verifies, drills) queued or running at once,
+    /// fleet-wide; due slots wait beyond it.
     #[arg(long, env = "DR_SCHEDULER_MAX_IN_FLIGHT", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100000))]
     pub max_in_flight: u32,
 

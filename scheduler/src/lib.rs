@@ -8,10 +8,11 @@
 //!
 //! - [`config`]: flags/env → [`config::SchedulerConfig`].
 //! - [`tick`]: one evaluation, in one transaction: [`due::settle`] → [`due::publish_due`] →
-//!   [`verify::rotate`] → [`watch::watch`] → [`retention::publish`].
+//!   [`verify::rotate`] → [`drill::publish`] → [`watch::watch`] → [`retention::publish`].
 //! - [`due`]: backup slots — one command per slot, one catch-up after downtime, the fleet-wide
 //!   in-flight cap, fairness across organizations.
 //! - [`verify`]: rotating verification of retained backups.
+//! - [`drill`]: one DR drill per slot of each policy's drill schedule.
 //! - [`retention`]: one retention sweep per enabled policy per DR_RETENTION_INTERVAL_SECS.
 //! - [`watch`]: alerts (`RPO_BREACHED`, `BACKUP_FAILING`, `VERIFY_FAILED`), one per episode.
 //! - [`slots`]: recording slots and queueing their commands (one home for every kind).
@@ -24,6 +25,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod drill;
 pub mod due;
 pub mod metrics;
 pub mod retention;
@@ -143,6 +145,7 @@ async fn decide_loop(
                 metrics.record(&r, started.elapsed());
                 let queued = r.backups.published
                     + r.verifies.published
+                    + r.drills.published
                     + r.alerts.raised
                     + r.alerts.resolved;
                 if queued > 0 {
@@ -152,6 +155,7 @@ async fn decide_loop(
                         catch_ups = r.backups.catch_ups,
                         waiting = r.backups.waiting,
                         verifies = r.verifies.published,
+                        drills = r.drills.published,
                         alerts_raised = r.alerts.raised,
                         alerts_resolved = r.alerts.resolved,
                         took_ms = started.elapsed().as_millis() as u64,

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub backups_published: AtomicU64,
     pub catch_ups: AtomicU64,
     pub verifies_published: AtomicU64,
+    pub drills_published: AtomicU64,
     pub retentions_published: AtomicU64,
     pub alerts_raised: AtomicU64,
     pub alerts_resolved: AtomicU64,
@@ -35,6 +36,7 @@ impl Metrics {
         self.catch_ups.fetch_add(r.backups.catch_ups, Relaxed);
         self.verifies_published
             .fetch_add(r.verifies.published, Relaxed);
+        self.drills_published.fetch_add(r.drills.published, Relaxed);
         self.retentions_published
             .fetch_add(r.retention.published, Relaxed);
         self.alerts_raised.fetch_add(r.alerts.raised, Relaxed);
@@ -74,6 +76,11 @@ impl Metrics {
                 "drfleet_scheduler_verifies_published_total",
                 "Rotation verify commands queued for publishing.",
                 &self.verifies_published,
+            ),
+            (
+                "drfleet_scheduler_drills_published_total",
+                "Scheduled DR drill commands queued for publishing.",
+                &self.drills_published,
             ),
             (
                 "drfleet_scheduler_retentions_published_total",

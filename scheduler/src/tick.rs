@@ -1,5 +1,5 @@
-//! One evaluation: settle finished slots, publish due backups, rotate verifies, watch
-//! freshness — in ONE transaction under a transaction-scoped advisory lock, so schedulers
+//! One evaluation: settle finished slots, publish due backups, rotate verifies, publish due
+//! drills, watch freshness — in ONE transaction under a transaction-scoped advisory lock, so schedulers
 //! running side by side take turns (the in-flight count each one reads is exact) and a killed
 //! one releases its turn with its connection.
 
@@ -7,6 +7,7 @@ use chrono::Utc;
 use sqlx::PgPool;
 
 use crate::commands::Minter;
+use crate::drill::{self, DrillReport};
 use crate::due::{self, DueReport};
 use crate::retention::{self, RetentionReport};
 use crate::verify::{self, VerifyReport};
@@ -36,6 +37,7 @@ pub struct TickReport {
     pub settled: u64,
     pub backups: DueReport,
     pub verifies: VerifyReport,
+    pub drills: DrillReport,
     pub alerts: WatchReport,
     pub retention: RetentionReport,
 }
@@ -64,6 +66,7 @@ impl Decider {
         let settled = due::settle(&mut tx, self.lost_after).await?;
         let backups = due::publish_due(&mut tx, &self.minter, self.max_in_flight, now).await?;
         let verifies = verify::rotate(&mut tx, &self.minter, self.max_in_flight, now).await?;
+        let drills = drill::publish(&mut tx, &self.minter, self.max_in_flight, now).await?;
         let alerts = watch::watch(&mut tx, now).await?;
         let retention =
             retention::publish(&mut tx, &self.minter, self.retention_interval, now).await?;
@@ -72,6 +75,7 @@ impl Decider {
             settled,
             backups,
             verifies,
+            drills,
             alerts,
             retention,
         }))

@@ -5,15 +5,13 @@
 //! Kinds: `RPO_BREACHED` (the newest completed backup is older than the RPO objective, or
 //! none exists an RPO after the policy was created), `BACKUP_FAILING` (the last
 //! [`FAILING_AFTER`] finished backups all failed), `VERIFY_FAILED` (a completed backup's
-//! latest verify was not ok).
+//! latest verify was not ok). The drill kinds (raised and resolved by the drill role) are
+//! resolved here only when their policy is disabled or deleted.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
-use drfleet_protocol::events::{envelope_for, timestamp};
-use drfleet_protocol::tenant::TenantKey;
-use drfleet_protocol::v1::{self, event_envelope::Event};
-use drfleet_runtime::outbox;
+use drfleet_runtime::alerts::{self, Condition, Origin, Severity};
 
 /// Consecutive failed backups that raise `BACKUP_FAILING`.
 pub const FAILING_AFTER: i64 = 3;
@@ -36,12 +34,12 @@ impl Kind {
         }
     }
 
-    fn severity(self) -> &'static str {
+    fn severity(self) -> Severity {
         match self {
             // The objective is missed: an auditor's finding.
-            Kind::RpoBreached | Kind::VerifyFailed => "critical",
+            Kind::RpoBreached | Kind::VerifyFailed => Severity::Critical,
             // Not yet a missed objective; RPO_BREACHED follows if it goes on.
-            Kind::BackupFailing => "warning",
+            Kind::BackupFailing => Severity::Warning,
         }
     }
 
@@ -91,25 +89,13 @@ pub struct WatchReport {
 }
 
 type Cond = (uuid::Uuid, uuid::Uuid, String, Option<uuid::Uuid>, String);
-type AlertRow = (
-    uuid::Uuid,
-    String,
-    uuid::Uuid,
-    Option<uuid::Uuid>,
-    String,
-    DateTime<Utc>,
-);
 
-/// An event of a tenant whose key is `key` (as stored from the wire).
-fn event_of(key: &str, policy_id: uuid::Uuid, ev: Event) -> drfleet_protocol::v1::EventEnvelope {
-    let key = TenantKey::parse(key).ok();
-    envelope_for(key.as_ref(), &format!("policy:{policy_id}"), None, ev)
-}
-
-/// Evaluate every kind; raise and resolve in `tx`, with their events.
+/// Evaluate every kind; raise and resolve in `tx`, with their events (through
+/// [`drfleet_runtime::alerts`], as the drill role does).
 #[tracing::instrument(skip_all, err)]
 pub async fn watch(tx: &mut PgConnection, now: DateTime<Utc>) -> Result<WatchReport, sqlx::Error> {
     let mut report = WatchReport::default();
+    let origin = Origin::default();
     for kind in Kind::ALL {
         let mut q = sqlx::query_as::<_, Cond>(sqlx::AssertSqlSafe(kind.condition()));
         q = match kind {
@@ -117,71 +103,42 @@ pub async fn watch(tx: &mut PgConnection, now: DateTime<Utc>) -> Result<WatchRep
             Kind::BackupFailing => q.bind(FAILING_AFTER),
             Kind::VerifyFailed => q,
         };
-        let holds = q.fetch_all(&mut *tx).await?;
-        let ids: Vec<uuid::Uuid> = holds.iter().map(|c| c.0).collect();
-
+        let holds: Vec<Condition> = q
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(
+                |(policy_id, organization_id, tenant_key, backup_record_id, code)| Condition {
+                    organization_id,
+                    tenant_key,
+                    policy_id,
+                    backup_record_id,
+                    code,
+                },
+            )
+            .collect();
+        let ids: Vec<uuid::Uuid> = holds.iter().map(|c| c.policy_id).collect();
         // Clear first: an episode whose condition is gone ends.
-        let resolved: Vec<(uuid::Uuid, String, uuid::Uuid)> = sqlx::query_as(
-            "UPDATE pf_alerts SET resolved_at = $3 \
-              WHERE kind = $1 AND resolved_at IS NULL AND NOT (policy_id = ANY($2)) \
-             RETURNING id, tenant_key, policy_id",
-        )
-        .bind(kind.as_str())
-        .bind(&ids)
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (alert_id, key, policy_id) in resolved {
-            let ev = Event::AlertResolved(v1::AlertResolved {
-                alert_id: alert_id.to_string(),
-                kind: kind.as_str().into(),
-                policy_id: policy_id.to_string(),
-                resolved_at: Some(timestamp(now)),
-            });
-            outbox::enqueue(tx, &event_of(&key, policy_id, ev)).await?;
-            report.resolved += 1;
-        }
-
+        report.resolved += alerts::resolve_all_but(tx, kind.as_str(), &ids, now, &origin)
+            .await?
+            .len() as u64;
         // Raise: one open row per (policy, kind); an existing episode stays as it is.
-        let new_ids: Vec<uuid::Uuid> = holds.iter().map(|_| uuid::Uuid::now_v7()).collect();
-        let orgs: Vec<uuid::Uuid> = holds.iter().map(|c| c.1).collect();
-        let keys: Vec<String> = holds.iter().map(|c| c.2.clone()).collect();
-        let backups: Vec<Option<uuid::Uuid>> = holds.iter().map(|c| c.3).collect();
-        let codes: Vec<String> = holds.iter().map(|c| c.4.clone()).collect();
-        let raised: Vec<AlertRow> = sqlx::query_as(
-            "INSERT INTO pf_alerts \
-               (id, organization_id, tenant_key, kind, severity, policy_id, backup_record_id, \
-                code, raised_at) \
-             SELECT a, o, k, $5, $6, p, b, c, $7 \
-               FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $8::text[], \
-                           $9::text[]) AS x(a, o, p, b, c, k) \
-             ON CONFLICT (policy_id, kind) WHERE resolved_at IS NULL DO NOTHING \
-             RETURNING id, tenant_key, policy_id, backup_record_id, code, raised_at",
-        )
-        .bind(&new_ids)
-        .bind(&orgs)
-        .bind(&ids)
-        .bind(&backups)
-        .bind(kind.as_str())
-        .bind(kind.severity())
-        .bind(now)
-        .bind(&codes)
-        .bind(&keys)
-        .fetch_all(&mut *tx)
-        .await?;
-        for (alert_id, key, policy_id, backup, code, raised_at) in raised {
-            let ev = Event::AlertRaised(v1::AlertRaised {
-                alert_id: alert_id.to_string(),
-                kind: kind.as_str().into(),
-                severity: kind.severity().into(),
-                policy_id: policy_id.to_string(),
-                backup_record_id: backup.map(|b| b.to_string()).unwrap_or_default(),
-                code,
-                raised_at: Some(timestamp(raised_at)),
-            });
-            outbox::enqueue(tx, &event_of(&key, policy_id, ev)).await?;
-            report.raised += 1;
-        }
+        report.raised += alerts::raise_all(tx, kind.as_str(), kind.severity(), &holds, now, &origin)
+            .await?
+            .len() as u64;
+    }
+    // The drill role raises and resolves the drill kinds; an alert of a policy since disabled
+    // or deleted would wait for a drill that never comes.
+    let enabled: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT p.id FROM pf_backup_policies p WHERE p.enabled AND EXISTS \
+           (SELECT 1 FROM pf_alerts a WHERE a.policy_id = p.id AND a.resolved_at IS NULL)",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for kind in alerts::DRILL_KINDS {
+        report.resolved += alerts::resolve_all_but(tx, kind, &enabled, now, &origin)
+            .await?
+            .len() as u64;
     }
     report.open =
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pf_alerts WHERE resolved_at IS NULL")

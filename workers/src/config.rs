@@ -43,11 +43,6 @@ impl Role {
         }
     }
 
-    /// Whether this build implements the role (`all` means every available one).
-    pub fn available(self) -> bool {
-        !matches!(self, Role::Drill)
-    }
-
     /// Roles that touch artifacts (retention deletes them), and so get the artifact store and
     /// the master keys.
     pub fn needs_master_key(self) -> bool {
@@ -92,6 +87,16 @@ pub struct WorkerCli {
     /// Tenant data database; default DR_DATABASE_URL.
     #[arg(long, env = "DR_SOURCE_DATABASE_URL", hide_env_values = true)]
     pub source_database_url: Option<String>,
+    /// Named databases a restore (`RestoreCommand.target`) or a drill may write instead of
+    /// the source: `name=postgres://…,name2=postgres://…`; names `[a-z0-9_-]{1,32}`. Never
+    /// echoed.
+    #[arg(
+        long = "restore-targets",
+        env = "DR_RESTORE_TARGETS",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub restore_targets: String,
 
     /// Artifact store: file://<path> (default ./var/objects) or s3://bucket/prefix
     /// (credentials and endpoint from AWS_* variables, e.g. AWS_ENDPOINT_URL).
@@ -160,6 +165,16 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_STAGING_TTL", default_value = "24h")]
     pub staging_ttl: String,
 
+    /// Drill role: the restore target (a name of DR_RESTORE_TARGETS) a drill restores into
+    /// when the command names none. Never the source database. Unset: drills must name a
+    /// target, else they are rejected.
+    #[arg(long, env = "DR_DRILL_TARGET")]
+    pub drill_target: Option<String>,
+
+    /// Drill role: statement timeout of each drill assertion (a duration such as 30s or 5m).
+    #[arg(long, env = "DR_DRILL_ASSERTION_TIMEOUT", default_value = "30s")]
+    pub drill_assertion_timeout: String,
+
     /// Retention: a failed backup's leftover objects, and objects no backup record references
     /// (orphans), are removed by a sweep once older than this (a duration such as 12h or 7d).
     #[arg(long, env = "DR_RETENTION_ORPHAN_GRACE", default_value = "7d")]
@@ -198,6 +213,8 @@ pub struct WorkerConfig {
     pub amqp_url: String,
     pub database_url: Secret<String>,
     pub source_database_url: Secret<String>,
+    /// DR_RESTORE_TARGETS: name → database URL, by name.
+    pub restore_targets: std::collections::BTreeMap<String, Secret<String>>,
     pub object_store: ObjectStoreLocation,
     /// Present whenever a role that touches artifacts runs.
     pub master_keys: Option<MasterKeys>,
@@ -206,7 +223,7 @@ pub struct WorkerConfig {
     pub tenant_column: String,
     pub tenant_schema: String,
     /// DR_TENANT_ROOT.
-    pub tenant_root: Option<crate::roles::membership::TenantRoot>,
+    pub tenant_root: Option<crate::engine::membership::TenantRoot>,
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
     pub job_concurrency: usize,
@@ -219,6 +236,8 @@ pub struct WorkerConfig {
     pub staging_ttl: Duration,
     /// DR_RETENTION_ORPHAN_GRACE.
     pub retention_orphan_grace: Duration,
+    /// DR_DRILL_TARGET and DR_DRILL_ASSERTION_TIMEOUT.
+    pub drill: DrillSettings,
     pub shutdown_grace: Duration,
     pub worker_id: String,
     /// Poll interval of job runners and the outbox relay when no notification arrives.
@@ -231,7 +250,7 @@ impl WorkerConfig {
         let mut roles = Vec::new();
         for r in &cli.roles {
             match r.trim() {
-                "all" => roles.extend(Role::ALL.into_iter().filter(|r| r.available())),
+                "all" => roles.extend(Role::ALL),
                 s => {
                     let role = Role::ALL.into_iter().find(|x| x.as_str() == s).ok_or_else(
                         || {
@@ -241,12 +260,6 @@ impl WorkerConfig {
                             )
                         },
                     )?;
-                    if !role.available() {
-                        return Err(ConfigError::new(
-                            "DR_ROLE",
-                            format!("role {} is not available in this build", role.as_str()),
-                        ));
-                    }
                     roles.push(role);
                 }
             }
@@ -323,11 +336,22 @@ impl WorkerConfig {
         };
         let tenant_schema = cfg::sql_ident("DR_TENANT_SCHEMA", &cli.tenant_schema)?;
         let tenant_root = tenant_root(cli.tenant_root.as_deref(), &tenant_schema)?;
+        let restore_targets = restore_targets(&cli.restore_targets)?;
+        let drill = DrillSettings {
+            target: drill_target(cli.drill_target.as_deref(), &restore_targets)?,
+            sources: same_database_targets(&restore_targets, &source_database_url),
+            assertion_timeout: human_duration(
+                "DR_DRILL_ASSERTION_TIMEOUT",
+                &cli.drill_assertion_timeout,
+            )?,
+        };
         Ok(Self {
             roles,
             amqp_url: cfg::amqp_url("DR_AMQP_URL", &cli.broker.amqp_url)?,
             database_url,
             source_database_url,
+            drill,
+            restore_targets,
             object_store: cfg::object_store_url("DR_OBJECT_STORE_URL", &cli.object_store_url)?,
             master_keys,
             token_verifier,
@@ -352,15 +376,68 @@ impl WorkerConfig {
     }
 }
 
+/// What the drill role needs beyond the shared settings.
+#[derive(Debug, Clone, Default)]
+pub struct DrillSettings {
+    /// DR_DRILL_TARGET: the default restore target of drills.
+    pub target: Option<String>,
+    /// Names of DR_RESTORE_TARGETS that point at the source database: a drill never writes
+    /// there, whatever target it names.
+    pub sources: std::collections::BTreeSet<String>,
+    /// DR_DRILL_ASSERTION_TIMEOUT.
+    pub assertion_timeout: Duration,
+}
+
+/// DR_DRILL_TARGET, validated: a name of DR_RESTORE_TARGETS.
+pub fn drill_target(
+    value: Option<&str>,
+    targets: &std::collections::BTreeMap<String, Secret<String>>,
+) -> Result<Option<String>, ConfigError> {
+    let Some(name) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    if !targets.contains_key(name) {
+        return Err(ConfigError::new(
+            "DR_DRILL_TARGET",
+            "must name one of DR_RESTORE_TARGETS",
+        ));
+    }
+    Ok(Some(name.to_string()))
+}
+
+/// The targets whose URL names the source's database (same host, port and database): a
+/// drill refuses them, so the source is never written by a drill.
+pub fn same_database_targets(
+    targets: &std::collections::BTreeMap<String, Secret<String>>,
+    source: &Secret<String>,
+) -> std::collections::BTreeSet<String> {
+    use sqlx::postgres::PgConnectOptions;
+    let key = |url: &str| {
+        url.parse::<PgConnectOptions>().ok().map(|o| {
+            (
+                o.get_host().to_string(),
+                o.get_port(),
+                o.get_database().map(str::to_string),
+            )
+        })
+    };
+    let source = key(source.expose());
+    targets
+        .iter()
+        .filter(|(_, url)| source.is_none() || key(url.expose()) == source)
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 /// DR_TENANT_ROOT, validated: `schema.table(column)` of the tenant schema.
 pub fn tenant_root(
     value: Option<&str>,
     tenant_schema: &str,
-) -> Result<Option<crate::roles::membership::TenantRoot>, ConfigError> {
+) -> Result<Option<crate::engine::membership::TenantRoot>, ConfigError> {
     let Some(v) = value.filter(|v| !v.trim().is_empty()) else {
         return Ok(None);
     };
-    let root = crate::roles::membership::TenantRoot::parse(v)
+    let root = crate::engine::membership::TenantRoot::parse(v)
         .map_err(|e| ConfigError::new("DR_TENANT_ROOT", e))?;
     if root.schema != tenant_schema {
         return Err(ConfigError::new(
@@ -369,6 +446,57 @@ pub fn tenant_root(
         ));
     }
     Ok(Some(root))
+}
+
+/// DR_RESTORE_TARGETS: `name=postgres://…` entries separated by commas (a comma not followed
+/// by `name=` belongs to the URL, as in multi-host URLs). Errors name the entry's position,
+/// never a name or URL: a malformed entry may be a password.
+pub fn restore_targets(
+    value: &str,
+) -> Result<std::collections::BTreeMap<String, Secret<String>>, ConfigError> {
+    const SETTING: &str = "DR_RESTORE_TARGETS";
+    let mut out = std::collections::BTreeMap::new();
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(out);
+    }
+    // Entry starts: the beginning, and every comma followed by a valid `name=`.
+    let mut starts = vec![0];
+    for (i, _) in value.match_indices(',') {
+        let rest = &value[i + 1..];
+        if rest
+            .split_once('=')
+            .is_some_and(|(n, _)| valid_target_name(n.trim()))
+        {
+            starts.push(i + 1);
+        }
+    }
+    starts.push(value.len() + 1);
+    for (n, w) in starts.windows(2).enumerate() {
+        let entry = value[w[0]..w[1] - 1].trim();
+        let bad = |problem: &str| ConfigError::new(SETTING, format!("entry {}: {problem}", n + 1));
+        let Some((name, url)) = entry.split_once('=') else {
+            return Err(bad("must be name=postgres://…"));
+        };
+        let name = name.trim();
+        if !valid_target_name(name) {
+            return Err(bad("the name must be 1 to 32 of a-z, 0-9, _ and -"));
+        }
+        let url = cfg::postgres_url(SETTING, url.trim())
+            .map_err(|e| bad(e.to_string().rsplit(": ").next().unwrap_or("is invalid")))?;
+        if out.insert(name.to_string(), url).is_some() {
+            return Err(bad("repeats a name"));
+        }
+    }
+    Ok(out)
+}
+
+/// `[a-z0-9_-]{1,32}`: a restore target's name.
+pub fn valid_target_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 /// Longest accepted DR_STAGING_TTL: a year.
@@ -424,5 +552,36 @@ mod tests {
             let e = d(bad).unwrap_err();
             assert_eq!(e.setting, "DR_STAGING_TTL", "{bad}");
         }
+    }
+
+    #[test]
+    fn restore_targets_parse_and_never_echo() {
+        let t = restore_targets(
+            " scratch=postgres://u:pw@h/db , dr-site=postgresql://a,b:5433/x?sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["dr-site", "scratch"]);
+        assert_eq!(t["scratch"].expose(), "postgres://u:pw@h/db");
+        // A comma not followed by `name=` belongs to the URL (multi-host).
+        assert_eq!(
+            t["dr-site"].expose(),
+            "postgresql://a,b:5433/x?sslmode=disable"
+        );
+        assert!(restore_targets("").unwrap().is_empty());
+        for bad in [
+            "postgres://u:SECRETPW@h/db",
+            "Scratch=postgres://u:SECRETPW@h/db",
+            "a=postgres://u:SECRETPW@h/db,a=postgres://u:SECRETPW@h/db2",
+            "a=mysql://u:SECRETPW@h/db",
+            "=postgres://u:SECRETPW@h/db",
+            "x=postgres://u:SECRETPW@h:notaport/db",
+            "abcdefghijabcdefghijabcdefghijabc=postgres://u:SECRETPW@h/db",
+        ] {
+            let e = restore_targets(bad).unwrap_err();
+            assert_eq!(e.setting, "DR_RESTORE_TARGETS", "{bad}");
+            let line = e.to_string();
+            assert!(!line.contains("SECRETPW") && !line.contains("@h"), "{line}");
+        }
+        assert!(valid_target_name("a_b-9") && !valid_target_name("") && !valid_target_name("a.b"));
     }
 }

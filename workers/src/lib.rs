@@ -1,6 +1,6 @@
 //! # drfleet-workers — the worker roles on the shared runtime
 //!
-//! `drfleet-worker --role <backup|restore|drill|verify|policy|audit|all>` runs [`run`]. Layout:
+//! `drfleet-worker --role <backup|restore|drill|verify|policy|retention|audit|all>` runs [`run`]. Layout:
 //!
 //! - [`config`]: flags/env → validated [`config::WorkerConfig`].
 //! - [`intake`]: a command delivery → validated, authenticated, deduplicated → a durable job
@@ -12,6 +12,7 @@
 //! - [`faults`]: named fault points for tests (feature `fault-injection`, off in builds).
 //! - [`audit`]: the audit sink and hash-chain verification.
 //! - [`metrics`]: the worker's counters (`/metrics`).
+//! - [`engine`]: the engines the roles share (catalog, membership, staging, …); no role.
 //! - [`roles`]: the role implementations.
 //!
 //! From `drfleet-runtime` (shared with the scheduler): start-up retries, the broker session,
@@ -29,6 +30,7 @@ pub mod audit;
 pub mod config;
 pub mod consumers;
 pub mod deadletter;
+pub mod engine;
 pub mod faults;
 pub mod handler;
 pub mod intake;
@@ -110,6 +112,15 @@ pub async fn run_with_handlers(
     } else {
         None
     };
+    // The drill role also drops left-over scratch schemas (kept ones past keep_until).
+    let drill_sweeper = if config.roles.contains(&Role::Drill) {
+        let ctx = Arc::new(engine::RoleCtx::from_config(&config)?);
+        let every =
+            (config.poll_interval * 30).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        Some(roles::drill::sweep::Sweeper::new(pool.clone(), ctx, every))
+    } else {
+        None
+    };
     let kinds = handlers.kinds();
     let verifier = if kinds.is_empty() {
         None
@@ -170,6 +181,9 @@ pub async fn run_with_handlers(
         }
     }
     if let Some(s) = sweeper {
+        service.spawn(Stage::Intake, s.run(service.token(Stage::Intake)));
+    }
+    if let Some(s) = drill_sweeper {
         service.spawn(Stage::Intake, s.run(service.token(Stage::Intake)));
     }
 

@@ -47,6 +47,7 @@ fn spec(tier: &str, schedule: &str, timezone: &str) -> v1::PolicySpec {
         verify_cycle_seconds: 7 * 86_400,
         drill_schedule: String::new(),
         disabled: false,
+        drill_assertions: Vec::new(),
     }
 }
 

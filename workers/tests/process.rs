@@ -257,6 +257,41 @@ fn staging_ttl_and_master_key_errors_say_what_was_expected() {
     );
 }
 
+#[test]
+fn a_bad_restore_targets_setting_exits_2_without_echoing_the_url() {
+    let env = base_env();
+    for bad in [
+        "postgres://dr:S3cretPassw0rd@db.internal/tenant",
+        "Scratch=postgres://dr:S3cretPassw0rd@db.internal/tenant",
+        "ok=postgres://dr:S3cretPassw0rd@db.internal/tenant,ok=postgres://dr:S3cretPassw0rd@h/x",
+        "ok=mysql://dr:S3cretPassw0rd@db.internal/tenant",
+    ] {
+        let e = expect_config_error(
+            &with(&env, "DR_RESTORE_TARGETS", bad),
+            &["--role", "restore"],
+        );
+        assert!(e.contains("DR_RESTORE_TARGETS"), "{e}");
+        assert!(
+            !e.contains("S3cretPassw0rd") && !e.contains("db.internal"),
+            "{e}"
+        );
+    }
+    // The flag form is checked the same way.
+    let e = expect_config_error(
+        &env,
+        &[
+            "--role",
+            "restore",
+            "--restore-targets",
+            "x=postgres://dr:S3cretPassw0rd@db.internal:notaport/t",
+        ],
+    );
+    assert!(
+        e.contains("DR_RESTORE_TARGETS") && !e.contains("S3cretPassw0rd"),
+        "{e}"
+    );
+}
+
 fn sigterm(child: &std::process::Child) {
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
@@ -521,11 +556,26 @@ fn sigterm_during_startup_retries_exits_promptly_with_0() {
 }
 
 #[test]
-fn an_unavailable_role_is_a_configuration_error() {
-    let e = expect_config_error(&base_env(), &["--role", "drill"]);
-    assert!(e.contains("DR_ROLE") && e.contains("drill"), "{e}");
-    let e = expect_config_error(&base_env(), &["--role", "backup,drill"]);
-    assert!(e.contains("drill"), "{e}");
+fn an_unknown_role_or_drill_target_is_a_configuration_error() {
+    let e = expect_config_error(&base_env(), &["--role", "backup,drills"]);
+    assert!(e.contains("DR_ROLE"), "{e}");
+    // DR_DRILL_TARGET must name a configured restore target (never echoing their URLs).
+    let env = with(
+        &base_env(),
+        "DR_RESTORE_TARGETS",
+        "scratch=postgres://u:SECRETPW@127.0.0.1:5432/scratchdb",
+    );
+    let e = expect_config_error(
+        &with(&env, "DR_DRILL_TARGET", "elsewhere"),
+        &["--role", "drill"],
+    );
+    assert!(e.contains("DR_DRILL_TARGET"), "{e}");
+    assert!(!e.contains("SECRETPW"), "{e}");
+    let e = expect_config_error(
+        &with(&base_env(), "DR_DRILL_ASSERTION_TIMEOUT", "soon"),
+        &["--role", "drill"],
+    );
+    assert!(e.contains("DR_DRILL_ASSERTION_TIMEOUT"), "{e}");
 }
 
 #[tokio::test]
@@ -544,6 +594,7 @@ async fn role_all_starts_every_available_role_and_stops_cleanly() {
     for q in [
         "dr.backup",
         "dr.restore",
+        "dr.drill",
         "dr.verify",
         "dr.policy",
         "dr.retention",

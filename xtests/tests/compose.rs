@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml_ng::{Mapping, Value};
 
-// The roles this build has (`drill` joins when its role is built; a worker started with an
-// unavailable role exits 2).
-const COMMAND_ROLES: [&str; 3] = ["backup", "restore", "verify"];
-const ALL_ROLES: [&str; 6] = [
+// The roles this build has.
+const COMMAND_ROLES: [&str; 4] = ["backup", "restore", "drill", "verify"];
+const ALL_ROLES: [&str; 7] = [
     "backup",
     "restore",
+    "drill",
     "verify",
     "policy",
     "retention",

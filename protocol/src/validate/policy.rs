@@ -39,6 +39,30 @@ pub struct PolicySpec {
     /// Empty = no drills.
     pub drill_schedule: String,
     pub disabled: bool,
+    /// Run by every drill of the policy against its scratch copy; each must return no rows.
+    #[serde(default)]
+    pub drill_assertions: Vec<DrillAssertion>,
+}
+
+/// A named SQL query that must return zero rows (the dbt test convention).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DrillAssertion {
+    /// `[A-Za-z0-9._-]{1,64}`, unique within the policy.
+    pub name: String,
+    /// Non-empty, at most [`MAX_ASSERTION_SQL`] bytes.
+    pub sql: String,
+}
+
+/// Most assertions a policy may carry.
+pub const MAX_ASSERTIONS: usize = 50;
+/// Longest assertion SQL accepted (10 KB).
+pub const MAX_ASSERTION_SQL: usize = 10 * 1024;
+
+/// An assertion name: 1..=64 characters of `[A-Za-z0-9._-]`.
+pub fn is_valid_assertion_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -72,6 +96,14 @@ impl PolicySpec {
             verify_cycle_seconds: self.verify_cycle_seconds,
             drill_schedule: self.drill_schedule.clone(),
             disabled: self.disabled,
+            drill_assertions: self
+                .drill_assertions
+                .iter()
+                .map(|a| v1::DrillAssertion {
+                    name: a.name.clone(),
+                    sql: a.sql.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -152,8 +184,10 @@ fn spec(s: v1::PolicySpec) -> Result<PolicySpec, Invalid> {
         Schedule::parse("drill_schedule", &s.drill_schedule, &s.timezone)
             .map_err(|e| (field(e.field), e.what))?;
     }
+    let drill_assertions = assertions(s.drill_assertions)?;
     let r = s.retention.unwrap_or_default();
     Ok(PolicySpec {
+        drill_assertions,
         rpo_seconds: duration("rpo_seconds", s.rpo_seconds)?,
         rto_seconds: duration("rto_seconds", s.rto_seconds)?,
         verify_cycle_seconds: duration("verify_cycle_seconds", s.verify_cycle_seconds)?,
@@ -171,4 +205,38 @@ fn spec(s: v1::PolicySpec) -> Result<PolicySpec, Invalid> {
         drill_schedule: s.drill_schedule,
         disabled: s.disabled,
     })
+}
+
+fn assertions(list: Vec<v1::DrillAssertion>) -> Result<Vec<DrillAssertion>, Invalid> {
+    if list.len() > MAX_ASSERTIONS {
+        return Err((field("drill_assertions"), "must be at most 50"));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for a in list {
+        if !is_valid_assertion_name(&a.name) {
+            return Err((
+                field("drill_assertions.name"),
+                "must be 1 to 64 characters of [A-Za-z0-9._-]",
+            ));
+        }
+        if !seen.insert(a.name.clone()) {
+            return Err((field("drill_assertions.name"), "must be unique"));
+        }
+        if a.sql.trim().is_empty() {
+            return Err((field("drill_assertions.sql"), "must not be empty"));
+        }
+        if a.sql.len() > MAX_ASSERTION_SQL {
+            return Err((field("drill_assertions.sql"), "must be at most 10 KB"));
+        }
+        // NUL cannot reach PostgreSQL in a query string.
+        if a.sql.contains('\0') {
+            return Err((field("drill_assertions.sql"), "must not contain NUL"));
+        }
+        out.push(DrillAssertion {
+            name: a.name,
+            sql: a.sql,
+        });
+    }
+    Ok(out)
 }

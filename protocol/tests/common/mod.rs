@@ -55,6 +55,7 @@ pub fn drill(record: &str, tier: &str) -> Command {
     Command::Drill(v1::DrillCommand {
         backup_record_id: record.into(),
         tier: tier.into(),
+        ..Default::default()
     })
 }
 

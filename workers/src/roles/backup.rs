@@ -20,6 +20,7 @@ use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use tokio::sync::mpsc;
 
+use drfleet_artifact::ddl::SchemaDdl;
 use drfleet_artifact::{ArtifactBinding, ArtifactWriter, Manifest, TableHeader};
 use drfleet_infra::auth::Actor;
 use drfleet_protocol::events::timestamp;
@@ -28,9 +29,10 @@ use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand};
 use drfleet_storage::keys;
 
-use super::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
-use super::membership;
-use super::{RoleCtx, shrink, source_error};
+use crate::engine::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
+use crate::engine::membership;
+use crate::engine::schema::read::read_schema;
+use crate::engine::{RoleCtx, shrink, source_error};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
 use crate::outbox;
 
@@ -129,6 +131,8 @@ struct TenantSelect {
     org_lit: String,
     /// The tenant has no row in the root table at the snapshot.
     root_row_missing: bool,
+    /// What recreates the tables (the manifest's `schema`), read in the same snapshot.
+    ddl: SchemaDdl,
 }
 
 impl BackupHandler {
@@ -233,6 +237,7 @@ impl BackupHandler {
             (Ok(_), Ok(mut manifest)) => match upload.finish().await {
                 Ok(_) => {
                     manifest.snapshot_at = Some(snapshot_at);
+                    manifest.schema = Some(tenant.ddl.clone());
                     // How each table was reached, for the restore's checks and promotion.
                     for (m, t) in manifest.tables.iter_mut().zip(tables) {
                         m.reach = Some(t.reach.clone());
@@ -396,6 +401,9 @@ impl JobHandler for BackupHandler {
                         "the organization has no row in the tenant root table"
                     );
                 }
+                let named: Vec<(u32, String)> =
+                    tables.iter().map(|t| (t.oid, t.name.clone())).collect();
+                let ddl = read_schema(&mut src, &self.ctx.tenant_schema, &named).await?;
                 let exported = self
                     .export(
                         &mut src,
@@ -405,6 +413,7 @@ impl JobHandler for BackupHandler {
                         &TenantSelect {
                             org_lit,
                             root_row_missing,
+                            ddl,
                         },
                         &ctx.progress,
                     )

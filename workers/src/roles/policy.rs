@@ -143,8 +143,8 @@ async fn upsert(
         "INSERT INTO pf_backup_policies (id, organization_id, name, tier, schedule, timezone, \
            rpo_seconds, rto_seconds, keep_last, keep_daily, keep_weekly, keep_monthly, \
            keep_yearly, keep_within_seconds, verify_cycle_seconds, drill_schedule, enabled, \
-           tenant_key, next_due_at, updated_by) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20) \
+           tenant_key, next_due_at, updated_by, drill_assertions) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$22) \
          ON CONFLICT (organization_id, name) DO UPDATE SET \
            tier = EXCLUDED.tier, schedule = EXCLUDED.schedule, timezone = EXCLUDED.timezone, \
            rpo_seconds = EXCLUDED.rpo_seconds, rto_seconds = EXCLUDED.rto_seconds, \
@@ -153,6 +153,7 @@ async fn upsert(
            keep_yearly = EXCLUDED.keep_yearly, keep_within_seconds = EXCLUDED.keep_within_seconds, \
            verify_cycle_seconds = EXCLUDED.verify_cycle_seconds, \
            drill_schedule = EXCLUDED.drill_schedule, enabled = EXCLUDED.enabled, \
+           drill_assertions = EXCLUDED.drill_assertions, \
            tenant_key = EXCLUDED.tenant_key, next_due_at = EXCLUDED.next_due_at, \
            last_slot_at = CASE WHEN $21 THEN NULL ELSE pf_backup_policies.last_slot_at END, \
            updated_by = EXCLUDED.updated_by, updated_at = now() \
@@ -180,6 +181,7 @@ async fn upsert(
     .bind(next_due_at)
     .bind(&job.actor)
     .bind(clear_last_slot)
+    .bind(serde_json::json!(spec.drill_assertions))
     .fetch_one(&mut *tx)
     .await?;
     // The spec as stored (time zone named, crons trimmed), so the audit log says what the
@@ -329,6 +331,7 @@ mod tests {
             verify_cycle_seconds: 0,
             drill_schedule: String::new(),
             disabled,
+            drill_assertions: Vec::new(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The restore role: an artifact back into PostgreSQL, into a staging schema, optionally
 //! promoted over the tenant's live rows. The work is the staging engine's
-//! ([`super::staging`]); this role admits the command, runs the phases in order, and records
+//! ([`crate::engine::staging`]); this role admits the command, runs the phases in order, and records
 //! the outcome.
 //!
 //! 1. `restore_initiated`; the record must be the command's organization's and completed.
@@ -9,7 +9,12 @@
 //!    does not decompress, so it costs a fraction of the load).
 //! 3. PROMOTE: the worker's database role may set `session_replication_role` (else
 //!    `PROMOTE_PRIVILEGE_MISSING` now, not after the load).
-//! 4. Schema compatibility: a column added since the backup takes its default; a dropped or
+//! 4. The database written is the source, or the named target (`RestoreCommand.target`,
+//!    DR_RESTORE_TARGETS; an unknown name is refused at admission). A target lacking every
+//!    backed-up table gets them created from the manifest's DDL (types, sequences, tables;
+//!    `SCHEMA_NOT_RECORDED` for a format 1 manifest), their constraints and indexes after the
+//!    data (after the promotion, or at once for STAGING). Where the tables exist: schema
+//!    compatibility — a column added since the backup takes its default; a dropped or
 //!    retyped one fails the restore before staging exists.
 //! 5. Staging `dr_restore_<id>`, loaded and checked ([`staging::load`], [`staging::checks`]).
 //! 6. STAGING: the schema holds exactly the backup. PROMOTE: the swap
@@ -38,8 +43,10 @@ use drfleet_protocol::validate::{
     CommandBody, ReasonCode, Rejection, RestoreMode, RestoreSpec, ValidCommand,
 };
 
-use super::RoleCtx;
-use super::staging::{self, Check, Stage, checks, promote, src};
+use crate::engine::RoleCtx;
+use crate::engine::schema::{Placement, recreate};
+use crate::engine::staging::{self, Check, PhaseTimings, Stage, Tables, checks, promote, src};
+use crate::engine::tenant_key;
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use crate::outbox;
 
@@ -71,6 +78,78 @@ struct Restored {
     checks: Vec<Check>,
     /// Time the live tables were locked by the promotion (0 for STAGING).
     lock_ms: u64,
+    timings: PhaseTimings,
+    /// The tables were created from the manifest.
+    recreated: bool,
+}
+
+fn unknown_target() -> JobError {
+    JobError::permanent(
+        "RESTORE_TARGET_UNKNOWN",
+        "restore.target names no configured target",
+    )
+}
+
+/// The marker of tables a restore job created in a target, kept until their constraints
+/// exist: a retried job finds its half-made tables and finishes them.
+const RECREATIONS_SQL: &str = "CREATE SCHEMA IF NOT EXISTS drfleet_restore; \
+     CREATE TABLE IF NOT EXISTS drfleet_restore.recreations (restore_job_id uuid PRIMARY KEY, \
+       organization_id uuid NOT NULL, constraints_done boolean NOT NULL DEFAULT false, \
+       created_at timestamptz NOT NULL DEFAULT now())";
+
+/// How many of the manifest's tables exist in `schema`.
+async fn existing_tables(
+    conn: &mut PgConnection,
+    schema: &str,
+    manifest: &Manifest,
+) -> Result<i64, JobError> {
+    let names: Vec<&str> = manifest.tables.iter().map(|t| t.name.as_str()).collect();
+    src(sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')",
+    )
+    .bind(schema)
+    .bind(&names)
+    .fetch_one(&mut *conn)
+    .await)
+}
+
+/// `Some(done)` when this job created the tables (`done`: their constraints too).
+async fn recreation_of(
+    conn: &mut PgConnection,
+    job: uuid::Uuid,
+    org: uuid::Uuid,
+) -> Result<Option<bool>, JobError> {
+    src(sqlx::raw_sql(RECREATIONS_SQL).execute(&mut *conn).await)?;
+    src(sqlx::query_scalar(
+        "SELECT constraints_done FROM drfleet_restore.recreations WHERE restore_job_id = $1 AND organization_id = $2",
+    )
+    .bind(job)
+    .bind(org)
+    .fetch_optional(&mut *conn)
+    .await)
+}
+
+/// Phase 2 on the recreated live tables, marked done in the same transaction.
+async fn finish_recreation(
+    conn: &mut PgConnection,
+    manifest: &Manifest,
+    job: uuid::Uuid,
+) -> Result<u64, JobError> {
+    let ddl = manifest
+        .schema
+        .as_ref()
+        .ok_or_else(staging::schema_not_recorded)?;
+    let mut tx = src(conn.begin().await)?;
+    let t = recreate::create_constraints(&mut tx, ddl, &Placement::original()).await?;
+    src(sqlx::query(
+        "UPDATE drfleet_restore.recreations SET constraints_done = true WHERE restore_job_id = $1",
+    )
+    .bind(job)
+    .execute(&mut *tx)
+    .await)?;
+    src(tx.commit().await)?;
+    Ok(t.constraints_ms + t.indexes_ms + t.sequences_ms)
 }
 
 /// Longest failure message put into an event; the stored checks keep every detail.
@@ -140,27 +219,6 @@ async fn load_record(
 }
 
 impl RestoreHandler {
-    /// Pass 1: the stored object's SHA-256, size and every chunk's AEAD tag against the
-    /// recorded manifest, before a single row is written anywhere.
-    async fn verify_sealed(&self, ctx: &JobCtx, rec: &Record) -> Result<(), JobError> {
-        let (reader, pump) =
-            staging::object_reader(&self.ctx, &rec.object_key, &ctx.progress).await?;
-        let keyring = self.ctx.keyring.clone();
-        let manifest = rec.manifest.clone();
-        let check = tokio::task::spawn_blocking(move || {
-            drfleet_artifact::verify_sealed(reader, &keyring, &manifest)
-        });
-        let (pumped, checked) = tokio::join!(pump, check);
-        let checked = checked
-            .map_err(|_| JobError::permanent("ARTIFACT_READER_PANIC", "artifact reader failed"))?;
-        match (pumped, checked) {
-            (_, Ok(_)) => Ok(()),
-            // A store failure surfaces as the reader's I/O error: report the store's.
-            (Err(e), Err(_)) => Err(e),
-            (Ok(()), Err(e)) => Err(e.into()),
-        }
-    }
-
     async fn record_checks(&self, ctx: &JobCtx, checks: &[Check]) {
         let stored = sqlx::query(
             "UPDATE pf_restore_jobs SET checks = $3 WHERE id = $1 AND organization_id = $2",
@@ -191,6 +249,50 @@ impl RestoreHandler {
         err
     }
 
+    /// Where the tables are in the database written: `Ok(true)` when this job created them
+    /// from the manifest (now, or in an earlier attempt whose constraints are still to come).
+    async fn prepare_tables(
+        &self,
+        conn: &mut PgConnection,
+        job: &Job,
+        manifest: &Manifest,
+        timings: &mut PhaseTimings,
+    ) -> Result<bool, JobError> {
+        let started = Instant::now();
+        let (id, org) = (job.id.as_uuid(), job.organization_id.as_uuid());
+        if let Some(done) = recreation_of(conn, id, org).await? {
+            return Ok(!done);
+        }
+        if existing_tables(conn, &self.ctx.tenant_schema, manifest).await? > 0 {
+            return Ok(false);
+        }
+        let ddl = manifest
+            .schema
+            .as_ref()
+            .ok_or_else(staging::schema_not_recorded)?;
+        // Types, sequences and tables with the marker, all or nothing.
+        let p = Placement::original();
+        let mut tx = src(conn.begin().await)?;
+        recreate::create_types(&mut tx, ddl, &p).await?;
+        recreate::create_tables(&mut tx, ddl, &p, false).await?;
+        src(sqlx::query(
+            "INSERT INTO drfleet_restore.recreations (restore_job_id, organization_id) VALUES ($1, $2)",
+        )
+        .bind(id)
+        .bind(org)
+        .execute(&mut *tx)
+        .await)?;
+        src(tx.commit().await)?;
+        timings.schema_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            tables = ddl.tables.len(),
+            types = ddl.types.len(),
+            schema_ms = timings.schema_ms,
+            "restore target tables created from the manifest"
+        );
+        Ok(true)
+    }
+
     /// Steps 3–6 (see the module docs).
     async fn restore(
         &self,
@@ -199,13 +301,48 @@ impl RestoreHandler {
         r: &RestoreSpec,
     ) -> Result<Restored, JobError> {
         let job = &ctx.job;
-        let opts = self.ctx.source.connect_options();
+        let mut timings = PhaseTimings::default();
+        let db = self
+            .ctx
+            .database(r.target.as_deref())
+            .ok_or_else(unknown_target)?
+            .clone();
+        let opts = db.connect_options();
         let mut conn = src(PgConnection::connect_with(&opts).await)?;
-        // The key type as the catalog has it now; the job's key must fit it.
-        let key_type = self.ctx.job_key_type(&mut conn, &job.tenant_key).await?;
+        // A target lacking the tables gets them from the manifest (constraints later).
+        let recreated = if r.target.is_some() {
+            match self
+                .prepare_tables(&mut conn, job, &rec.manifest, &mut timings)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    self.record_checks(ctx, &[Check::failed("schema_recreated", &e)])
+                        .await;
+                    return Err(e);
+                }
+            }
+        } else {
+            false
+        };
+        // The key type as the catalog has it now; the job's key must fit it. (The source's
+        // is remembered for admission; a target's is not.)
+        let key_type = if r.target.is_some() {
+            let t = tenant_key::read_key_type(&mut conn, &self.ctx.layout()).await?;
+            let t = t.unwrap_or(drfleet_protocol::tenant::KeyType::Uuid);
+            tenant_key::check_job_key(t, &job.tenant_key)?;
+            t
+        } else {
+            self.ctx.job_key_type(&mut conn, &job.tenant_key).await?
+        };
         let stage = Stage {
             ctx: self.ctx.clone(),
+            db,
             schema: staging_schema(job),
+            tables: Tables::Like {
+                live_schema: self.ctx.tenant_schema.clone(),
+                recreated,
+            },
             org: job.organization_id.as_uuid(),
             key: job.tenant_key.clone(),
             key_type,
@@ -217,15 +354,22 @@ impl RestoreHandler {
                 promote::promoted_before(&mut conn, job.id.as_uuid(), stage.org).await?
             {
                 stage.drop().await;
-                let checks = vec![Check {
+                let mut checks = vec![Check {
                     name: "promoted",
                     passed: true,
                     detail: "promoted by an earlier attempt".into(),
                 }];
+                if recreated {
+                    timings.constraints_ms =
+                        finish_recreation(&mut conn, &rec.manifest, job.id.as_uuid()).await?;
+                    checks.push(recreated_check());
+                }
                 return Ok(Restored {
                     rows: rows as u64,
                     checks,
                     lock_ms: 0,
+                    timings,
+                    recreated,
                 });
             }
             if let Err(e) = promote::check_privilege(&mut conn).await {
@@ -233,7 +377,10 @@ impl RestoreHandler {
                 return Err(self.fail(ctx, &stage, Vec::new(), failed, e).await);
             }
         }
-        let schema = checks::schema_check(&self.ctx, &mut conn, &rec.manifest.tables).await?;
+        let started = Instant::now();
+        let schema =
+            checks::schema_check(&mut conn, &self.ctx.tenant_schema, &rec.manifest.tables).await?;
+        timings.schema_ms += started.elapsed().as_millis() as u64;
         if !schema.passed {
             let e = JobError::permanent(
                 "RESTORE_SCHEMA_INCOMPATIBLE",
@@ -249,9 +396,11 @@ impl RestoreHandler {
         // An earlier attempt of this job may have left its staging schema behind.
         stage.drop().await;
         let rows = match stage.build(&mut conn, &rec.object_key, &rec.manifest).await {
-            Ok((staged, rows)) => {
-                checks.extend(staged);
-                rows
+            Ok(built) => {
+                checks.extend(built.checks);
+                timings.load_ms = built.timings.load_ms;
+                timings.checks_ms = built.timings.checks_ms;
+                built.rows
             }
             Err(e) => {
                 drop(conn);
@@ -284,8 +433,9 @@ impl RestoreHandler {
             let started = Instant::now();
             match promote::promote(&stage, &mut conn, &rec.manifest, job.id.as_uuid(), rows).await {
                 Ok(p) => {
+                    timings.promote_ms = started.elapsed().as_millis() as u64;
                     tracing::info!(
-                        promote_ms = started.elapsed().as_millis() as u64,
+                        promote_ms = timings.promote_ms,
                         lock_ms = p.lock_ms,
                         lock_wait_ms = p.lock_wait_ms,
                         "restore promoted"
@@ -308,11 +458,35 @@ impl RestoreHandler {
                 }
             }
         }
+        if recreated {
+            // After the data (PROMOTE) or on the still empty live tables (STAGING).
+            match finish_recreation(&mut conn, &rec.manifest, job.id.as_uuid()).await {
+                Ok(ms) => {
+                    timings.constraints_ms = ms;
+                    checks.push(recreated_check());
+                }
+                Err(e) => {
+                    let failed = Check::failed("constraints_recreated", &e);
+                    return Err(self.fail(ctx, &stage, checks, failed, e).await);
+                }
+            }
+        }
         Ok(Restored {
             rows,
             checks,
             lock_ms,
+            timings,
+            recreated,
         })
+    }
+}
+
+fn recreated_check() -> Check {
+    Check {
+        name: "constraints_recreated",
+        passed: true,
+        detail: "tables created from the manifest; constraints and indexes added after the data"
+            .into(),
     }
 }
 
@@ -337,7 +511,9 @@ impl JobHandler for RestoreHandler {
                     "not a restore command",
                 )));
             };
-            if r.target.is_some() {
+            if let Some(t) = &r.target
+                && self.ctx.target(t).is_none()
+            {
                 return Err(AdmitError::Reject(Rejection::new(
                     ReasonCode::InvalidArgument,
                     "restore.target names no configured target",
@@ -373,7 +549,7 @@ impl JobHandler for RestoreHandler {
 
     fn run<'a>(&'a self, ctx: &'a JobCtx) -> BoxFuture<'a, Result<(), JobError>> {
         if let CommandBody::StagingDiscard(_) = &ctx.job.spec {
-            return super::staging_ttl::run_discard(&self.ctx.source, ctx);
+            return super::staging_ttl::run_discard(&self.ctx, ctx);
         }
         Box::pin(async move {
             let job = &ctx.job;
@@ -386,7 +562,7 @@ impl JobHandler for RestoreHandler {
             let rec = load_record(&mut tx, org, r.backup_record_id.as_uuid()).await?;
             let fresh = sqlx::query(
                 "INSERT INTO pf_restore_jobs (id, organization_id, command_id, backup_record_id, mode, target, operator, status, staging_schema) \
-                 VALUES ($1, $2, $3, $4, $5, '', $6, 'initiated', $7) ON CONFLICT (id) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $8, $6, 'initiated', $7) ON CONFLICT (id) DO NOTHING",
             )
             .bind(job.id.as_uuid())
             .bind(org)
@@ -395,6 +571,7 @@ impl JobHandler for RestoreHandler {
             .bind(r.mode.as_str())
             .bind(&job.actor)
             .bind(&staging)
+            .bind(r.target.as_deref().unwrap_or_default())
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -411,22 +588,31 @@ impl JobHandler for RestoreHandler {
             }
             tx.commit().await?;
 
-            let verify_started = Instant::now();
-            if let Err(e) = self.verify_sealed(ctx, &rec).await {
-                self.record_checks(ctx, &[Check::failed("sealed", &e)])
-                    .await;
-                return Err(e);
-            }
+            let fetch_ms = match staging::verify_sealed(
+                &self.ctx,
+                &rec.object_key,
+                &rec.manifest,
+                &ctx.progress,
+            )
+            .await
+            {
+                Ok(ms) => ms,
+                Err(e) => {
+                    self.record_checks(ctx, &[Check::failed("sealed", &e)])
+                        .await;
+                    return Err(e);
+                }
+            };
             ctx.progress.tick();
-            tracing::info!(
-                verify_ms = verify_started.elapsed().as_millis() as u64,
-                "restore artifact verified"
-            );
+            tracing::info!(verify_ms = fetch_ms, "restore artifact verified");
             let Restored {
                 rows,
                 checks,
                 lock_ms,
+                mut timings,
+                recreated,
             } = self.restore(ctx, &rec, r).await?;
+            timings.fetch_ms = fetch_ms;
 
             let finished_at = Utc::now();
             let staging_out = if r.mode == RestoreMode::Staging {
@@ -437,7 +623,8 @@ impl JobHandler for RestoreHandler {
             let mut tx = ctx.pool.begin().await?;
             sqlx::query(
                 "UPDATE pf_restore_jobs SET status = 'completed', checks = $3, row_count = $4, finished_at = now(), \
-                   staging_schema = NULLIF($5, ''), lock_ms = $6 WHERE id = $1 AND organization_id = $2",
+                   staging_schema = NULLIF($5, ''), lock_ms = $6, timings = $7, recreated = $8 \
+                 WHERE id = $1 AND organization_id = $2",
             )
             .bind(job.id.as_uuid())
             .bind(org)
@@ -445,6 +632,8 @@ impl JobHandler for RestoreHandler {
             .bind(rows as i64)
             .bind(&staging_out)
             .bind((r.mode == RestoreMode::Promote).then_some(lock_ms as i64))
+            .bind(json!(timings))
+            .bind(recreated)
             .execute(&mut *tx)
             .await?;
             super::staging_ttl::stamp_expiry(&mut tx, job.id, self.ctx.staging_ttl).await?;
@@ -458,11 +647,12 @@ impl JobHandler for RestoreHandler {
                 row_count: rows,
                 staging_schema: staging_out,
                 lock_ms,
+                target: r.target.clone().unwrap_or_default(),
             }));
             outbox::enqueue(&mut tx, &ev).await?;
             ctx.finish_in(&mut tx).await?;
             tx.commit().await?;
-            tracing::info!(restore_job_id = %job.id, mode = r.mode.as_str(), rows, "restore completed");
+            tracing::info!(restore_job_id = %job.id, mode = r.mode.as_str(), target = r.target.as_deref().unwrap_or(""), rows, ?timings, "restore completed");
             Ok(())
         })
     }
@@ -477,16 +667,22 @@ impl JobHandler for RestoreHandler {
             return super::staging_ttl::discard_failed(tx, job, err);
         }
         Box::pin(async move {
-            let (record, mode) = match spec(job) {
-                Ok(r) => (r.backup_record_id.to_string(), r.mode.as_str()),
-                Err(_) => (String::new(), "staging"),
+            let (record, mode, target) = match spec(job) {
+                Ok(r) => (
+                    r.backup_record_id.to_string(),
+                    r.mode.as_str(),
+                    r.target.clone(),
+                ),
+                Err(_) => (String::new(), "staging", None),
             };
             let record_uuid = uuid::Uuid::parse_str(&record).unwrap_or_default();
             // A job given up after its workers died may have left its staging schema.
-            staging::drop_schema(&self.ctx, &staging_schema(job)).await;
+            if let Some(db) = self.ctx.database(target.as_deref()) {
+                staging::drop_schema(db, &staging_schema(job)).await;
+            }
             sqlx::query(
-                "INSERT INTO pf_restore_jobs (id, organization_id, command_id, backup_record_id, mode, operator, status, error_code, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, now()) \
+                "INSERT INTO pf_restore_jobs (id, organization_id, command_id, backup_record_id, mode, operator, status, error_code, finished_at, target) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'failed', $7, now(), $8) \
                  ON CONFLICT (id) DO UPDATE SET status = 'failed', error_code = EXCLUDED.error_code, finished_at = now(), staging_schema = NULL \
                  WHERE pf_restore_jobs.organization_id = EXCLUDED.organization_id",
             )
@@ -497,6 +693,7 @@ impl JobHandler for RestoreHandler {
             .bind(mode)
             .bind(&job.actor)
             .bind(err.code.as_ref())
+            .bind(target.as_deref().unwrap_or_default())
             .execute(&mut *tx)
             .await?;
             let ev = job.event(Event::RestoreFailed(v1::RestoreFailed {

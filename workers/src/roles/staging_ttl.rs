@@ -30,10 +30,10 @@ use drfleet_protocol::validate::{
 };
 use drfleet_protocol::{CommandId, JobId, OrganizationId};
 
-use super::source_error;
-use super::staging::drop_sql as drop_staging_sql;
 use crate::RunError;
 use crate::config::WorkerConfig;
+use crate::engine::staging::drop_sql as drop_staging_sql;
+use crate::engine::{RoleCtx, source_error};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError};
 use crate::outbox;
 
@@ -146,11 +146,11 @@ pub(crate) fn admit_discard<'a>(
 }
 
 /// `backup_record_id, staging_schema` of a kept STAGING restore, locked for update.
-type KeptRow = (uuid::Uuid, String);
+type KeptRow = (uuid::Uuid, String, String);
 
 /// Drop the schema now; the row, the event and the job's success commit together.
 pub(crate) fn run_discard<'a>(
-    source: &'a PgPool,
+    engine: &'a RoleCtx,
     ctx: &'a JobCtx,
 ) -> BoxFuture<'a, Result<(), JobError>> {
     Box::pin(async move {
@@ -159,7 +159,7 @@ pub(crate) fn run_discard<'a>(
         let org = job.organization_id.as_uuid();
         let mut tx = ctx.pool.begin().await?;
         let row: Option<KeptRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT r.backup_record_id, r.staging_schema FROM pf_restore_jobs r \
+            "SELECT r.backup_record_id, r.staging_schema, r.target FROM pf_restore_jobs r \
              WHERE r.id = $1 AND r.organization_id = $2 AND {KEPT} FOR UPDATE"
         )))
         .bind(d.restore_job_id.as_uuid())
@@ -167,13 +167,22 @@ pub(crate) fn run_discard<'a>(
         .fetch_optional(&mut *tx)
         .await?;
         // Admitted, but expired (or discarded by a twin command) since.
-        let Some((record, schema)) = row else {
+        let Some((record, schema, target)) = row else {
             return Err(JobError::permanent(
                 "STAGING_NOT_KEPT",
                 "the restore job no longer keeps a staging schema",
             ));
         };
-        drop_schema(source, &schema).await?;
+        // The schema lives in the database the restore wrote.
+        let db = engine
+            .database(Some(target.as_str()).filter(|t| !t.is_empty()))
+            .ok_or_else(|| {
+                JobError::permanent(
+                    "RESTORE_TARGET_UNKNOWN",
+                    "the restore's target is no longer configured",
+                )
+            })?;
+        drop_schema(db, &schema).await?;
         let at: DateTime<Utc> = sqlx::query_scalar(
             "UPDATE pf_restore_jobs SET staging_dropped_at = now(), staging_drop_reason = 'discarded' \
              WHERE id = $1 RETURNING staging_dropped_at",
@@ -226,12 +235,15 @@ type ExpiredRow = (
     String,
     DateTime<Utc>,
     Option<String>,
+    String,
 );
 
 /// Drops expired STAGING schemas periodically; run by every restore worker.
 pub struct Sweeper {
     pool: PgPool,
     source: PgPool,
+    /// DR_RESTORE_TARGETS (STAGING restores into a target keep their schema there).
+    targets: std::collections::BTreeMap<String, PgPool>,
     ttl: Duration,
     interval: Duration,
 }
@@ -239,10 +251,17 @@ pub struct Sweeper {
 impl Sweeper {
     /// `pool` is the metadata database; the tenant database is opened lazily from `config`.
     pub fn new(config: &WorkerConfig, pool: PgPool) -> Result<Self, RunError> {
-        let source = super::source_pool(config, "drfleet-worker-staging-sweep", 1)?;
+        let source = crate::engine::source_pool(config, "drfleet-worker-staging-sweep", 1)?;
+        let mut targets = std::collections::BTreeMap::new();
+        for (name, url) in &config.restore_targets {
+            let pool = crate::engine::lazy_pool(url.expose(), "drfleet-worker-staging-sweep", 1)
+                .map_err(|_| RunError::Role("DR_RESTORE_TARGETS is invalid".into()))?;
+            targets.insert(name.clone(), pool);
+        }
         Ok(Self {
             pool,
             source,
+            targets,
             ttl: config.staging_ttl,
             // Often enough that a schema outlives its TTL by a small fraction of it.
             interval: (config.staging_ttl / 4)
@@ -266,6 +285,9 @@ impl Sweeper {
             }
         }
         self.source.close().await;
+        for t in self.targets.values() {
+            t.close().await;
+        }
     }
 
     /// Drop every expired kept schema, one transaction each; returns how many.
@@ -282,18 +304,22 @@ impl Sweeper {
         let row: Option<ExpiredRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "SELECT r.id, r.organization_id, r.backup_record_id, r.staging_schema, \
                COALESCE(r.staging_expires_at, r.finished_at + make_interval(secs => $1)) AS expires_at, \
-               j.correlation_id \
+               j.correlation_id, r.target \
              FROM pf_restore_jobs r LEFT JOIN pf_jobs j ON j.id = r.id \
              WHERE {KEPT} AND COALESCE(r.staging_expires_at, r.finished_at + make_interval(secs => $1)) <= now() \
+               AND (r.target = '' OR r.target = ANY($2)) \
              ORDER BY expires_at LIMIT 1 FOR UPDATE OF r SKIP LOCKED"
         )))
         .bind(self.ttl.as_secs_f64())
+        .bind(self.targets.keys().cloned().collect::<Vec<String>>())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((id, org, record, schema, expires_at, correlation)) = row else {
+        let Some((id, org, record, schema, expires_at, correlation, target)) = row else {
             return Ok(false);
         };
-        drop_schema(&self.source, &schema).await?;
+        // Schemas in a target no longer configured wait (the query skips them).
+        let db = self.targets.get(&target).unwrap_or(&self.source);
+        drop_schema(db, &schema).await?;
         let dropped_at: DateTime<Utc> = sqlx::query_scalar(
             "UPDATE pf_restore_jobs SET staging_dropped_at = now(), staging_drop_reason = 'expired', \
                staging_expires_at = $2 WHERE id = $1 RETURNING staging_dropped_at",

@@ -31,7 +31,7 @@ use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand, VerifySpec};
 use drfleet_storage::{StorageError, StorageErrorKind, keys};
 
-use super::{ChannelReader, RoleCtx};
+use crate::engine::{ChannelReader, RoleCtx};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
 use crate::outbox;
 

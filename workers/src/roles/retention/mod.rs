@@ -21,7 +21,7 @@ use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand};
 
-use super::RoleCtx;
+use crate::engine::RoleCtx;
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use crate::outbox;
 

@@ -23,10 +23,10 @@ use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{ReasonCode, Rejection, RetentionSpec, ValidCommand};
 use drfleet_storage::keys;
 
+use crate::engine::RoleCtx;
 use crate::faults;
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError};
 use crate::outbox;
-use crate::roles::RoleCtx;
 
 /// A policy of another organization is indistinguishable from no policy.
 const NOT_FOUND_MESSAGE: &str = "policy not found";

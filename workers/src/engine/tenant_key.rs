@@ -106,6 +106,26 @@ pub async fn read_key_type(
     key_type_of(&rows)
 }
 
+/// The key type as a manifest records it: the tenant column's type in its tables (for a
+/// database that may not have the tables yet, such as a drill's scratch). `uuid` when no
+/// table carries the column.
+pub fn manifest_key_type(
+    manifest: &drfleet_artifact::Manifest,
+    tenant_column: &str,
+) -> Result<KeyType, JobError> {
+    let rows: Vec<(String, String, String)> = manifest
+        .tables
+        .iter()
+        .flat_map(|t| {
+            t.columns
+                .iter()
+                .filter(|c| c.name == tenant_column)
+                .map(|c| (t.name.clone(), c.name.clone(), c.data_type.clone()))
+        })
+        .collect();
+    Ok(key_type_of(&rows)?.unwrap_or(KeyType::Uuid))
+}
+
 /// The job's key does not fit the column type (it was admitted while the type was unknown,
 /// or the schema changed since).
 pub fn check_job_key(ty: KeyType, key: &TenantKey) -> Result<(), JobError> {

@@ -23,16 +23,18 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
+use drfleet_artifact::ddl::SchemaDdl;
 use drfleet_artifact::{ArtifactReader, Manifest, ManifestCheck};
 
 use super::checks::{FkCount, count_dangling, read_back_rows};
-use super::{ForeignKey, Stage, object_reader, parts_schema};
+use super::{ForeignKey, Stage, Tables, object_reader, parts_schema};
+use crate::engine::catalog::{PIN_RENDERING, quote_ident};
+use crate::engine::membership;
+use crate::engine::rowset::{RowDigest, RowSet};
+use crate::engine::schema::recreate;
+use crate::engine::source_error;
 use crate::faults::{self, point};
 use crate::handler::JobError;
-use crate::roles::catalog::{PIN_RENDERING, quote_ident};
-use crate::roles::membership;
-use crate::roles::rowset::{RowDigest, RowSet};
-use crate::roles::source_error;
 
 const BUF: usize = 1 << 20;
 
@@ -106,7 +108,12 @@ pub(super) async fn load(
     let (reader, pump) = object_reader(&stage.ctx, object_key, &stage.progress).await?;
     let keyring = stage.ctx.keyring.clone();
     let manifest = manifest.clone();
-    let segment_bytes = stage.ctx.restore_segment_bytes;
+    // A recreated table gets its constraints after the load: one segment, no parts.
+    let segment_bytes = match stage.tables {
+        Tables::Recreate => usize::MAX,
+        Tables::Like { .. } => stage.ctx.restore_segment_bytes,
+    };
+    let ddl = manifest.schema.clone();
     let org = stage.org.to_string();
     let (tx, rx) = mpsc::channel::<Piece>(4);
     let decode = tokio::task::spawn_blocking(move || -> Result<(), JobError> {
@@ -170,7 +177,10 @@ pub(super) async fn load(
     });
     let decode = AbortOnDropHandle::new(decode);
     // `rx` moves into the loader: whatever way the loader ends, the channel closes with it.
-    let (pumped, loaded) = tokio::join!(pump, load_tables(stage, conn, rx, seed, fks, &scope));
+    let (pumped, loaded) = tokio::join!(
+        pump,
+        load_tables(stage, conn, rx, seed, fks, &scope, ddl.as_ref())
+    );
     let decoded = decode
         .await
         .map_err(|_| JobError::permanent("ARTIFACT_READER_PANIC", "artifact reader failed"))?;
@@ -189,12 +199,13 @@ async fn load_tables(
     seed: u64,
     fks: &[ForeignKey],
     scope: &HashMap<String, Option<String>>,
+    ddl: Option<&SchemaDdl>,
 ) -> Result<Vec<Loaded>, JobError> {
-    let ctx = &stage.ctx;
     let org = stage.org.to_string();
     let staging_q = quote_ident(&stage.schema);
     let parts_q = quote_ident(&parts_schema(&stage.schema));
-    let live = quote_ident(&ctx.tenant_schema);
+    let live = quote_ident(stage.live_schema());
+    let placement = stage.placement();
     // Read-backs in flight at once (each may use several connections).
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(2));
     let mut loaded: Vec<Loaded> = Vec::new();
@@ -218,13 +229,20 @@ async fn load_tables(
                 .await
                 .map_err(e)?;
             let target = if segment == 0 {
-                let sql = format!(
-                    "CREATE UNLOGGED TABLE {staging_q}.{table} (LIKE {live}.{table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)"
-                );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(e)?;
+                if let Tables::Recreate = stage.tables {
+                    let Some(t) = ddl.and_then(|d| d.table(&name).map(|t| (d, t))) else {
+                        return Err(super::schema_not_recorded());
+                    };
+                    recreate::create_table_in(&mut tx, t.0, &placement, t.1, true).await?;
+                } else {
+                    let sql = format!(
+                        "CREATE UNLOGGED TABLE {staging_q}.{table} (LIKE {live}.{table} INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED INCLUDING IDENTITY)"
+                    );
+                    sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(e)?;
+                }
                 format!("{staging_q}.{table}")
             } else {
                 let part = format!(

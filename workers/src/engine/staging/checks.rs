@@ -1,5 +1,5 @@
 //! Checks on a staging schema: the backup's columns still fit the live tables, the rows read
-//! back equal the rows sent (an order-independent digest, [`crate::roles::rowset`]), every row
+//! back equal the rows sent (an order-independent digest, [`crate::engine::rowset`]), every row
 //! carries the tenant's id, and foreign keys among the backed-up tables are closed.
 
 use std::collections::HashMap;
@@ -14,12 +14,11 @@ use drfleet_artifact::{Manifest, TableManifest};
 
 use super::load::Loaded;
 use super::{Check, ForeignKey, Stage, src};
+use crate::engine::catalog::{PIN_RENDERING, quote_ident};
+use crate::engine::membership::Reach;
+use crate::engine::rowset::{RowDigest, RowSet};
 use crate::faults::{self, point};
 use crate::handler::JobError;
-use crate::roles::RoleCtx;
-use crate::roles::catalog::{PIN_RENDERING, quote_ident};
-use crate::roles::membership::Reach;
-use crate::roles::rowset::{RowDigest, RowSet};
 
 /// Read-back slices of a large staging table, each on its own connection.
 const READBACK_SLICES: i64 = 2;
@@ -58,7 +57,7 @@ pub(super) async fn count_dangling(
         join.join(" AND ")
     );
     let n = src(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-        .fetch_one(&stage.ctx.source)
+        .fetch_one(&stage.db)
         .await)?;
     stage.progress.tick();
     Ok(n)
@@ -85,7 +84,6 @@ pub(super) async fn read_back_rows(
         .acquire_owned()
         .await
         .map_err(|_| JobError::permanent("RESTORE_READBACK_FAILED", "read-back cancelled"))?;
-    let ctx = &stage.ctx;
     let org = stage.org.to_string();
     faults::hit(&org, point::READ_BACK).await?;
     // Rows are compared as COPY renders them.
@@ -99,7 +97,7 @@ pub(super) async fn read_back_rows(
         "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::bigint",
     )
     .bind(&qualified)
-    .fetch_one(&ctx.source)
+    .fetch_one(&stage.db)
     .await)?;
     let slices = if last && blocks >= READBACK_SLICE_MIN_BLOCKS {
         READBACK_SLICES
@@ -127,7 +125,7 @@ pub(super) async fn read_back_rows(
         let sql = format!("COPY (SELECT {select} FROM ONLY {qualified}{filter}) TO STDOUT");
         let (stage, key_text) = (stage.clone(), key_text.clone());
         async move {
-            let mut conn = src(stage.ctx.source.acquire().await)?;
+            let mut conn = src(stage.db.acquire().await)?;
             let mut tx = src(conn.begin().await)?;
             src(sqlx::raw_sql(PIN_RENDERING).execute(&mut *tx).await)?;
             let mut digest = RowDigest::new(seed);
@@ -162,8 +160,8 @@ pub(super) async fn read_back_rows(
 
 /// The tenant database's live columns of `table`: name → (type, needs a value).
 async fn live_columns(
-    ctx: &RoleCtx,
     conn: &mut PgConnection,
+    schema: &str,
     table: &str,
 ) -> Result<Option<HashMap<String, (String, bool)>>, JobError> {
     let rows: Vec<(String, String, bool)> = src(sqlx::query_as(
@@ -172,23 +170,23 @@ async fn live_columns(
          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped",
     )
-    .bind(&ctx.tenant_schema)
+    .bind(schema)
     .bind(table)
     .fetch_all(&mut *conn)
     .await)?;
     Ok((!rows.is_empty()).then(|| rows.into_iter().map(|(n, t, req)| (n, (t, req))).collect()))
 }
 
-/// The backup's columns still fit the live tables: a column added since takes its default;
-/// a dropped or retyped one is an incompatibility, never a silent loss.
+/// The backup's columns still fit the live tables of `schema`: a column added since takes
+/// its default; a dropped or retyped one is an incompatibility, never a silent loss.
 pub async fn schema_check(
-    ctx: &RoleCtx,
     conn: &mut PgConnection,
+    schema: &str,
     tables: &[TableManifest],
 ) -> Result<Check, JobError> {
     let mut problems = Vec::new();
     for t in tables {
-        let Some(live) = live_columns(ctx, conn, &t.name).await? else {
+        let Some(live) = live_columns(conn, schema, &t.name).await? else {
             problems.push(format!("table {} no longer exists", t.name));
             continue;
         };
@@ -210,10 +208,11 @@ pub async fn schema_check(
     Ok(Check::new("schema_compatible", problems))
 }
 
-/// Foreign keys among the restored tables, as (child, child cols, parent, parent cols).
+/// Foreign keys among the restored tables of `schema`, as (child, child cols, parent, parent
+/// cols).
 pub(super) async fn foreign_keys(
-    ctx: &RoleCtx,
     conn: &mut PgConnection,
+    schema: &str,
     names: &[String],
 ) -> Result<Vec<ForeignKey>, JobError> {
     src(sqlx::query_as(
@@ -229,7 +228,7 @@ pub(super) async fn foreign_keys(
            AND cl.relname = ANY($2) AND pl.relname = ANY($2) \
          ORDER BY con.conname",
     )
-    .bind(&ctx.tenant_schema)
+    .bind(schema)
     .bind(names)
     .fetch_all(&mut *conn)
     .await)
@@ -372,7 +371,7 @@ async fn path_scope(stage: &Stage, manifest: &Manifest) -> Result<Vec<String>, J
             on.join(" AND ")
         );
         let n: i64 = src(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
-            .fetch_one(&stage.ctx.source)
+            .fetch_one(&stage.db)
             .await)?;
         stage.progress.tick();
         if n > 0 {

@@ -30,12 +30,12 @@ use sqlx::{Connection, PgConnection};
 
 use drfleet_artifact::{Manifest, TableManifest};
 
-use super::{Check, Stage, drop_sql, src};
+use super::{Check, Stage, Tables, drop_sql, src};
+use crate::engine::catalog::{PIN_RENDERING, quote_ident};
+use crate::engine::membership::{self, Reach};
+use crate::engine::source_error;
 use crate::faults::{self, point};
 use crate::handler::JobError;
-use crate::roles::catalog::{PIN_RENDERING, quote_ident};
-use crate::roles::membership::{self, Reach};
-use crate::roles::source_error;
 
 /// How a promotion went.
 #[derive(Debug, Clone, Copy)]
@@ -122,7 +122,7 @@ async fn promoted_oids(
         "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')",
     )
-    .bind(&stage.ctx.tenant_schema)
+    .bind(stage.live_schema())
     .bind(&names)
     .fetch_all(&mut *conn)
     .await)
@@ -232,9 +232,15 @@ pub async fn promote(
 ) -> Result<Promoted, JobError> {
     let ctx = &stage.ctx;
     let org = stage.org;
+    if matches!(stage.tables, Tables::Recreate) {
+        return Err(JobError::permanent(
+            "PROMOTE_NOT_APPLICABLE",
+            "a recreated stage has no live tables to promote into",
+        ));
+    }
     // The tenant key, bound as text and cast to the column type.
     let key_param = format!("$1::{}", stage.key_type.sql_type());
-    let live = quote_ident(&ctx.tenant_schema);
+    let live = quote_ident(stage.live_schema());
     let sq = quote_ident(&stage.schema);
     let mut tx = src(conn.begin().await)?;
     sqlx::query("SET LOCAL session_replication_role = replica")
