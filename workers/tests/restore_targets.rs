@@ -455,7 +455,7 @@ async fn targets_are_written_alone_unknown_ones_are_refused_and_format_1_manifes
         assert_eq!(done.target, "dr-site");
         assert_eq!(
             staging_schemas(&target).await,
-            [done.staging_schema.clone()]
+            vec![done.staging_schema.clone()]
         );
         assert!(staging_schemas(&env.pool).await.is_empty());
         let staged = rows_digest(&target, &done.staging_schema, "customers", "").await;

@@ -46,18 +46,17 @@ async fn existing_tables(
     .await)
 }
 
-/// `Some(done)` when this job created the tables (`done`: their constraints too).
-async fn recreation_of(
-    conn: &mut PgConnection,
-    job: uuid::Uuid,
-    org: uuid::Uuid,
-) -> Result<Option<bool>, JobError> {
+/// `Some(done)` when this job created the tables (`done`: their constraints too), or
+/// `Some(false)` when any job created them and failed for good before their constraints: the
+/// tables are shared, so this restore adopts them and adds what they owe.
+async fn recreation_of(conn: &mut PgConnection, job: uuid::Uuid) -> Result<Option<bool>, JobError> {
     src(sqlx::raw_sql(RECREATIONS_SQL).execute(&mut *conn).await)?;
     src(sqlx::query_scalar(
-        "SELECT constraints_done FROM drfleet_restore.recreations WHERE restore_job_id = $1 AND organization_id = $2",
+        "SELECT constraints_done FROM drfleet_restore.recreations \
+         WHERE restore_job_id = $1 OR NOT constraints_done \
+         ORDER BY restore_job_id = $1 DESC LIMIT 1",
     )
     .bind(job)
-    .bind(org)
     .fetch_optional(&mut *conn)
     .await)
 }
@@ -75,7 +74,8 @@ pub(super) async fn finish_recreation(
     let mut tx = src(conn.begin().await)?;
     let t = recreate::create_constraints(&mut tx, ddl, &Placement::original()).await?;
     src(sqlx::query(
-        "UPDATE drfleet_restore.recreations SET constraints_done = true WHERE restore_job_id = $1",
+        "UPDATE drfleet_restore.recreations SET constraints_done = true \
+         WHERE restore_job_id = $1 OR NOT constraints_done",
     )
     .bind(job)
     .execute(&mut *tx)
@@ -95,7 +95,7 @@ pub(super) async fn prepare_tables(
 ) -> Result<bool, JobError> {
     let started = Instant::now();
     let (id, org) = (job.id.as_uuid(), job.organization_id.as_uuid());
-    if let Some(done) = recreation_of(conn, id, org).await? {
+    if let Some(done) = recreation_of(conn, id).await? {
         return Ok(!done);
     }
     if existing_tables(conn, &ctx.tenant_schema, manifest).await? > 0 {
