@@ -66,7 +66,10 @@ pub async fn audit(i: Inputs<'_>, f: &mut Figures) -> anyhow::Result<()> {
     f.commands_expected_to_finish = expected.len() as u64;
     f.commands_accepted = accepted.len() as u64;
     f.scheduled_commands = slots.len() as u64;
-    f.dead_lettered_at_delivery_limit = expected.iter().filter(|c| i.delivery_limit.contains(c)).count() as u64;
+    f.dead_lettered_at_delivery_limit = expected
+        .iter()
+        .filter(|c| i.delivery_limit.contains(c))
+        .count() as u64;
     f.lost = lost.len() as u64;
     f.lost_ids = lost.iter().take(50).map(|c| c.to_string()).collect();
 
@@ -96,10 +99,22 @@ pub async fn audit(i: Inputs<'_>, f: &mut Figures) -> anyhow::Result<()> {
         }
     }
     for (what, q) in [
-        ("backup records", "SELECT command_id::text, count(*) FROM pf_backup_records WHERE status <> 'failed' GROUP BY 1 HAVING count(*) > 1"),
-        ("completed restores", "SELECT command_id::text, count(*) FROM pf_restore_jobs WHERE status = 'completed' GROUP BY 1 HAVING count(*) > 1"),
-        ("drill reports", "SELECT command_id::text, count(*) FROM pf_dr_drill_reports GROUP BY 1 HAVING count(*) > 1"),
-        ("jobs", "SELECT command_id::text, count(*) FROM pf_jobs GROUP BY 1 HAVING count(*) > 1"),
+        (
+            "backup records",
+            "SELECT command_id::text, count(*) FROM pf_backup_records WHERE status <> 'failed' GROUP BY 1 HAVING count(*) > 1",
+        ),
+        (
+            "completed restores",
+            "SELECT command_id::text, count(*) FROM pf_restore_jobs WHERE status = 'completed' GROUP BY 1 HAVING count(*) > 1",
+        ),
+        (
+            "drill reports",
+            "SELECT command_id::text, count(*) FROM pf_dr_drill_reports GROUP BY 1 HAVING count(*) > 1",
+        ),
+        (
+            "jobs",
+            "SELECT command_id::text, count(*) FROM pf_jobs GROUP BY 1 HAVING count(*) > 1",
+        ),
     ] {
         let rows: Vec<(String, i64)> = sqlx::query_as(q).fetch_all(i.meta).await?;
         dups.extend(rows.into_iter().map(|(c, n)| format!("{c}: {n} {what}")));
@@ -116,13 +131,20 @@ pub async fn audit(i: Inputs<'_>, f: &mut Figures) -> anyhow::Result<()> {
         .map(|(c, s)| (*c, s.rejections_allowed))
         .collect();
     let poison_ids: Vec<Uuid> = poison.iter().map(|(c, _)| *c).collect();
-    f.poison_accepted = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pf_jobs WHERE command_id = ANY($1)")
-        .bind(&poison_ids)
-        .fetch_one(i.meta)
-        .await? as u64;
+    f.poison_accepted =
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pf_jobs WHERE command_id = ANY($1)")
+            .bind(&poison_ids)
+            .fetch_one(i.meta)
+            .await? as u64;
     f.poison_unanswered = poison
         .iter()
-        .filter(|(c, allowed)| *allowed > 0 && by_cmd.get(c).and_then(|m| m.get("command_rejected")).is_none())
+        .filter(|(c, allowed)| {
+            *allowed > 0
+                && by_cmd
+                    .get(c)
+                    .and_then(|m| m.get("command_rejected"))
+                    .is_none()
+        })
         .count() as u64;
     drop(sent);
 
@@ -146,7 +168,10 @@ pub async fn audit(i: Inputs<'_>, f: &mut Figures) -> anyhow::Result<()> {
         }
         Err(b) => {
             f.chains_broken = 1;
-            f.chain_problem = Some(format!("chain {} at {}: {}", b.chain_org, b.chain_seq, b.problem));
+            f.chain_problem = Some(format!(
+                "chain {} at {}: {}",
+                b.chain_org, b.chain_seq, b.problem
+            ));
         }
     }
 
@@ -176,21 +201,26 @@ pub async fn audit(i: Inputs<'_>, f: &mut Figures) -> anyhow::Result<()> {
     )
     .fetch_one(i.src)
     .await? as u64;
-    f.unfinished_jobs = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pf_jobs WHERE state IN ('queued', 'running')")
-        .fetch_one(i.meta)
-        .await? as u64;
+    f.unfinished_jobs = sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pf_jobs WHERE state IN ('queued', 'running')",
+    )
+    .fetch_one(i.meta)
+    .await? as u64;
     leaked_objects(i.meta, i.store, f).await?;
     Ok(())
 }
 
 /// Objects no completed record points at: partial or stray attempts, objects of deleted,
 /// failed or unknown records.
-async fn leaked_objects(meta: &PgPool, store: &dyn object_store::ObjectStore, f: &mut Figures) -> anyhow::Result<()> {
-    let records: Vec<(Uuid, String, Option<String>, Option<String>)> = sqlx::query_as(
-        "SELECT id, status, object_key, manifest_key FROM pf_backup_records",
-    )
-    .fetch_all(meta)
-    .await?;
+async fn leaked_objects(
+    meta: &PgPool,
+    store: &dyn object_store::ObjectStore,
+    f: &mut Figures,
+) -> anyhow::Result<()> {
+    let records: Vec<(Uuid, String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT id, status, object_key, manifest_key FROM pf_backup_records")
+            .fetch_all(meta)
+            .await?;
     let by_id: HashMap<Uuid, (String, HashSet<String>)> = records
         .into_iter()
         .map(|(id, status, o, m)| (id, (status, o.into_iter().chain(m).collect())))
@@ -200,16 +230,25 @@ async fn leaked_objects(meta: &PgPool, store: &dyn object_store::ObjectStore, f:
     f.objects = objects.len() as u64;
     let mut leaked = Vec::new();
     for o in objects {
-        let key = o.location.as_ref().strip_prefix("artifacts/").unwrap_or(o.location.as_ref()).to_string();
+        let key = o
+            .location
+            .as_ref()
+            .strip_prefix("artifacts/")
+            .unwrap_or(o.location.as_ref())
+            .to_string();
         let rec = drfleet_storage::keys::parse(&key)
             .ok()
             .and_then(|p| drfleet_storage::keys::record_of(&p));
         let ok = match rec.and_then(|r| by_id.get(&r)) {
-            Some((status, keys)) if status == "completed" || status == "expiring" => keys.contains(&key),
+            Some((status, keys)) if status == "completed" || status == "expiring" => {
+                keys.contains(&key)
+            }
             _ => false,
         };
         if !ok {
-            let status = rec.and_then(|r| by_id.get(&r)).map_or("no record", |(s, _)| s.as_str());
+            let status = rec
+                .and_then(|r| by_id.get(&r))
+                .map_or("no record", |(s, _)| s.as_str());
             leaked.push(format!("{key} ({status})"));
         }
     }
@@ -229,7 +268,9 @@ pub async fn recovery(meta: &PgPool, faults: &mut [crate::faults::Injected]) -> 
     .await?;
     for f in faults.iter_mut() {
         let i = times.partition_point(|t| *t <= f.restored_at);
-        f.recovery_ms = times.get(i).map(|t| (*t - f.restored_at).num_milliseconds());
+        f.recovery_ms = times
+            .get(i)
+            .map(|t| (*t - f.restored_at).num_milliseconds());
     }
     Ok(())
 }

@@ -59,12 +59,21 @@ impl Bus {
 
     /// Publish until confirmed (a broker restart can take a while).
     pub async fn publish(&self, env: &CommandEnvelope) -> anyhow::Result<()> {
-        self.retry(|p| async move { drfleet_infra::amqp::publish_command(&p, env).await.map_err(Into::into) })
-            .await
+        self.retry(|p| async move {
+            drfleet_infra::amqp::publish_command(&p, env)
+                .await
+                .map_err(Into::into)
+        })
+        .await
     }
 
     /// Publish bytes as they are under `routing_key`, with a command's properties.
-    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], message_id: &str) -> anyhow::Result<()> {
+    pub async fn publish_raw(
+        &self,
+        routing_key: &str,
+        body: &[u8],
+        message_id: &str,
+    ) -> anyhow::Result<()> {
         self.retry(|p| async move {
             p.publish_confirmed(
                 COMMANDS_EXCHANGE,
@@ -137,7 +146,10 @@ pub async fn declare_tap(url: &str) -> anyhow::Result<()> {
 
 async fn declare_tap_queue(ch: &lapin::Channel) -> anyhow::Result<()> {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     ch.queue_declare(
         TAP_QUEUE.into(),
         QueueDeclareOptions {
@@ -206,18 +218,28 @@ async fn tap_once(
 /// What the dead-letter queue holds at the end: reason code → count, and the command ids
 /// dead-lettered at the delivery limit (by the intake, `dr-reason-code: DELIVERY_LIMIT`, or
 /// by RabbitMQ itself, `x-death` reason `delivery_limit`). Read with basic.get and acked.
-pub async fn drain_dead_letters(url: &str) -> anyhow::Result<(std::collections::BTreeMap<String, u64>, HashSet<uuid::Uuid>)> {
+pub async fn drain_dead_letters(
+    url: &str,
+) -> anyhow::Result<(std::collections::BTreeMap<String, u64>, HashSet<uuid::Uuid>)> {
     use lapin::options::BasicGetOptions;
     let conn = connect(url, "drfleet-chaos-dead-letters").await?;
     let ch = conn.create_channel().await?;
     let mut reasons = std::collections::BTreeMap::new();
     let mut limit = HashSet::new();
     while let Some(m) = ch
-        .basic_get(drfleet_protocol::topology::DEAD_LETTER_QUEUE.into(), BasicGetOptions::default())
+        .basic_get(
+            drfleet_protocol::topology::DEAD_LETTER_QUEUE.into(),
+            BasicGetOptions::default(),
+        )
         .await?
     {
         let d = m.delivery;
-        let headers = d.properties.headers().as_ref().map(|h| h.inner().clone()).unwrap_or_default();
+        let headers = d
+            .properties
+            .headers()
+            .as_ref()
+            .map(|h| h.inner().clone())
+            .unwrap_or_default();
         let text = |v: &AMQPValue| match v {
             AMQPValue::LongString(s) => Some(s.to_string()),
             AMQPValue::ShortString(s) => Some(s.to_string()),

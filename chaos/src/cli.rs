@@ -31,8 +31,8 @@ pub struct Cli {
     #[arg(long, env = "DR_CHAOS_BIN_DIR", default_value = "target/release")]
     pub bin_dir: PathBuf,
 
-    /// Tenants (at least 20 in the suite's profiles).
-    #[arg(long, env = "DR_CHAOS_TENANTS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    /// Tenants (20 or more).
+    #[arg(long, env = "DR_CHAOS_TENANTS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(20..=1000))]
     pub tenants: u32,
 
     /// Worker processes per command role (backup, restore, verify); policy, retention and
@@ -49,7 +49,7 @@ pub struct Cli {
     pub faults: Vec<FaultKind>,
 
     /// Milliseconds between two faults: a random pause in this range (`LO..HI`).
-    #[arg(long, env = "DR_CHAOS_FAULT_GAP_MS", default_value = "1200..3500")]
+    #[arg(long, env = "DR_CHAOS_FAULT_GAP_MS", default_value = "500..1500")]
     pub fault_gap_ms: String,
 
     /// Also stop and start the whole RabbitMQ application (`rabbitmqctl stop_app/start_app`).
@@ -79,18 +79,30 @@ pub struct Cli {
     pub keep: bool,
 
     /// PostgreSQL admin URL (creates and drops the run's databases).
-    #[arg(long, env = "DR_CHAOS_PG_ADMIN_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "DR_CHAOS_PG_ADMIN_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub pg_admin_url: String,
 
     /// RabbitMQ base URL without vhost; the run adds its own vhost.
-    #[arg(long, env = "DR_CHAOS_AMQP_BASE", default_value = "amqp://guest:guest@127.0.0.1:5672")]
+    #[arg(
+        long,
+        env = "DR_CHAOS_AMQP_BASE",
+        default_value = "amqp://guest:guest@127.0.0.1:5672"
+    )]
     pub amqp_base: String,
 
     #[arg(long, env = "DR_CHAOS_RABBITMQCTL", default_value = "rabbitmqctl")]
     pub rabbitmqctl: String,
 
     /// moto's S3 server (`scripts/s3-test-server.sh` installs it in .venv-moto).
-    #[arg(long, env = "DR_CHAOS_MOTO_SERVER", default_value = ".venv-moto/bin/moto_server")]
+    #[arg(
+        long,
+        env = "DR_CHAOS_MOTO_SERVER",
+        default_value = ".venv-moto/bin/moto_server"
+    )]
     pub moto_server: PathBuf,
 
     /// TEST ONLY, proves the suite can fail: runs the workers with the deliberately broken
@@ -143,7 +155,12 @@ impl Plan {
             .split_once("..")
             .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
             .filter(|(a, b): &(u64, u64)| a <= b && *b > 0)
-            .ok_or_else(|| format!("--fault-gap-ms: expected LO..HI milliseconds, got {:?}", cli.fault_gap_ms))?;
+            .ok_or_else(|| {
+                format!(
+                    "--fault-gap-ms: expected LO..HI milliseconds, got {:?}",
+                    cli.fault_gap_ms
+                )
+            })?;
         let mut faults = if cli.faults.is_empty() {
             FaultKind::ALL
                 .iter()
@@ -157,7 +174,9 @@ impl Plan {
             faults.push(FaultKind::BrokerRestart);
         }
         if faults.contains(&FaultKind::BrokerRestart) && !cli.broker_restart {
-            return Err("broker-restart faults need --broker-restart (it stops the whole broker)".into());
+            return Err(
+                "broker-restart faults need --broker-restart (it stops the whole broker)".into(),
+            );
         }
         let seed = cli.seed.unwrap_or_else(|| {
             let u = uuid::Uuid::new_v4().as_u128();
@@ -197,6 +216,11 @@ mod tests {
         assert!(plan.faults.contains(&FaultKind::BrokerRestart));
         assert_eq!(plan.seed, 5);
         let cli = Cli::try_parse_from(["c"]).unwrap();
-        assert!(!Plan::from_cli(&cli).unwrap().faults.contains(&FaultKind::BrokerRestart));
+        assert!(
+            !Plan::from_cli(&cli)
+                .unwrap()
+                .faults
+                .contains(&FaultKind::BrokerRestart)
+        );
     }
 }

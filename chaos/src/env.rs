@@ -90,7 +90,9 @@ async fn harness_pool(url: &str, max: u32) -> anyhow::Result<PgPool> {
 
 /// A free loopback port (bound and released; moto binds it right after).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Plain HTTP/1.1 request to moto (no client library needed for two calls).
@@ -124,17 +126,18 @@ impl Services {
 
         let admin_opts = PgConnectOptions::from_str(&cli.pg_admin_url)
             .context("--pg-admin-url is not a PostgreSQL URL")?;
-        let pg_target: SocketAddr = tokio::net::lookup_host((
-            admin_opts.get_host().to_string(),
-            admin_opts.get_port(),
-        ))
-        .await?
-        .next()
-        .context("PostgreSQL host does not resolve")?;
+        let pg_target: SocketAddr =
+            tokio::net::lookup_host((admin_opts.get_host().to_string(), admin_opts.get_port()))
+                .await?
+                .next()
+                .context("PostgreSQL host does not resolve")?;
         let mut admin = PgConnection::connect(&cli.pg_admin_url)
             .await
             .context("PostgreSQL admin connection")?;
-        let (meta_db, src_db) = (format!("drchaos_{run_id}_meta"), format!("drchaos_{run_id}_src"));
+        let (meta_db, src_db) = (
+            format!("drchaos_{run_id}_meta"),
+            format!("drchaos_{run_id}_src"),
+        );
         for db in [&meta_db, &src_db] {
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
                 .execute(&mut admin)
@@ -235,7 +238,10 @@ impl Services {
             ("DR_AMQP_URL", self.amqp_url.clone()),
             ("DR_DATABASE_URL", self.worker_meta_url.clone()),
             ("DR_SOURCE_DATABASE_URL", self.worker_src_url.clone()),
-            ("DR_OBJECT_STORE_URL", format!("s3://{}/artifacts", self.bucket)),
+            (
+                "DR_OBJECT_STORE_URL",
+                format!("s3://{}/artifacts", self.bucket),
+            ),
             ("AWS_ENDPOINT_URL", s3),
             ("AWS_ACCESS_KEY_ID", "test".into()),
             ("AWS_SECRET_ACCESS_KEY", "test".into()),
@@ -299,7 +305,10 @@ impl Services {
             Ok(mut admin) => {
                 for db in [&self.meta_db, &self.src_db] {
                     let q = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
-                    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(q)).execute(&mut admin).await {
+                    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(q))
+                        .execute(&mut admin)
+                        .await
+                    {
                         eprintln!("drfleet-chaos: cleanup: dropping {db}: {e}");
                     }
                 }

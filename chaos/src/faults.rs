@@ -17,7 +17,9 @@ use crate::procs::{Fleet, Kind};
 use crate::proxy::Mode;
 use crate::rng::Rng;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     /// SIGKILL a worker of a random role; restarted after a random delay.
@@ -101,7 +103,14 @@ pub struct Injector {
     pub pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
-const WORKER_ROLES: &[&str] = &["backup", "restore", "verify", "policy", "retention", "audit"];
+const WORKER_ROLES: &[&str] = &[
+    "backup",
+    "restore",
+    "verify",
+    "policy",
+    "retention",
+    "audit",
+];
 
 impl Injector {
     /// Inject faults until `stop`; every kind comes round in a shuffled cycle, so a short run
@@ -138,28 +147,47 @@ impl Injector {
         }
     }
 
-    async fn inject(self: Arc<Self>, kind: FaultKind, rng: &mut Rng) -> anyhow::Result<Option<Injected>> {
+    async fn inject(
+        self: Arc<Self>,
+        kind: FaultKind,
+        rng: &mut Rng,
+    ) -> anyhow::Result<Option<Injected>> {
         let at = Utc::now();
         let s = &self.services;
         let target = match kind {
             FaultKind::KillWorker => {
                 let role = *rng.pick(WORKER_ROLES).expect("roles");
                 let names = self.fleet.names(&Kind::Worker(role)).await;
-                let Some(name) = rng.pick(&names).cloned() else { return Ok(None) };
+                let Some(name) = rng.pick(&names).cloned() else {
+                    return Ok(None);
+                };
                 return Ok(self.kill_and_restart(kind, name, rng, at).await);
             }
             FaultKind::KillScheduler => {
                 let names = self.fleet.names(&Kind::Scheduler).await;
-                let Some(name) = rng.pick(&names).cloned() else { return Ok(None) };
+                let Some(name) = rng.pick(&names).cloned() else {
+                    return Ok(None);
+                };
                 return Ok(self.kill_and_restart(kind, name, rng, at).await);
             }
             FaultKind::KillMidPromote => {
-                let Some(owner) = self.running_promote_owner().await? else { return Ok(None) };
+                let Some(owner) = self.running_promote_owner().await? else {
+                    return Ok(None);
+                };
                 let name = Fleet::owner_name(&owner).to_string();
                 return Ok(self.kill_and_restart(kind, name, rng, Utc::now()).await);
             }
             FaultKind::CloseConnections => {
-                rabbitmqctl(&s.rabbitmqctl, &["close_all_connections", "-p", &s.vhost, "drfleet-chaos fault"]).await?;
+                rabbitmqctl(
+                    &s.rabbitmqctl,
+                    &[
+                        "close_all_connections",
+                        "-p",
+                        &s.vhost,
+                        "drfleet-chaos fault",
+                    ],
+                )
+                .await?;
                 s.vhost.clone()
             }
             FaultKind::BrokerRestart => {
@@ -263,9 +291,11 @@ impl Injector {
     }
 
     async fn job_running(&self) -> anyhow::Result<bool> {
-        Ok(sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM pf_jobs WHERE state = 'running')")
-            .fetch_one(&self.services.meta)
-            .await?)
+        Ok(sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pf_jobs WHERE state = 'running')",
+        )
+        .fetch_one(&self.services.meta)
+        .await?)
     }
 
     /// The lease owner of a running PROMOTE, waiting up to ~8 s for one.

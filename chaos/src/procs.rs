@@ -112,7 +112,10 @@ impl Fleet {
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        p.child = Some(cmd.spawn().with_context(|| format!("starting {}", p.name))?);
+        p.child = Some(
+            cmd.spawn()
+                .with_context(|| format!("starting {}", p.name))?,
+        );
         Ok(())
     }
 
@@ -205,7 +208,10 @@ impl Fleet {
                 Ok(Ok(s)) => bad.push((p.name.clone(), s.to_string())),
                 _ => {
                     let _ = child.kill().await;
-                    bad.push((p.name.clone(), "did not stop within the grace period".into()));
+                    bad.push((
+                        p.name.clone(),
+                        "did not stop within the grace period".into(),
+                    ));
                 }
             }
         }

@@ -233,7 +233,9 @@ mod tests {
     #[tokio::test]
     async fn forwards_resets_stalls_and_goes_down() {
         let stop = CancellationToken::new();
-        let p = Proxy::start(echo_server().await, stop.clone()).await.unwrap();
+        let p = Proxy::start(echo_server().await, stop.clone())
+            .await
+            .unwrap();
         assert_eq!(roundtrip(p.addr).await.unwrap(), b"ping");
 
         // An open connection is reset.
@@ -267,7 +269,9 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         };
-        let v = tokio::time::timeout(Duration::from_secs(5), back).await.unwrap();
+        let v = tokio::time::timeout(Duration::from_secs(5), back)
+            .await
+            .unwrap();
         assert_eq!(v, b"ping");
         stop.cancel();
     }

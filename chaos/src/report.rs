@@ -112,7 +112,13 @@ fn percentile(mut v: Vec<i64>, p: f64) -> Option<i64> {
     v.get(i).copied()
 }
 
-pub fn summarize(log: &[Injected], skipped: &[FaultKind]) -> (BTreeMap<&'static str, FaultSummary>, BTreeMap<&'static str, u64>) {
+pub fn summarize(
+    log: &[Injected],
+    skipped: &[FaultKind],
+) -> (
+    BTreeMap<&'static str, FaultSummary>,
+    BTreeMap<&'static str, u64>,
+) {
     let mut by: BTreeMap<&'static str, Vec<&Injected>> = BTreeMap::new();
     for f in log {
         by.entry(f.kind.name()).or_default().push(f);
@@ -142,7 +148,10 @@ impl Report {
     pub fn print(&self) {
         let f = &self.figures;
         println!();
-        println!("drfleet-chaos  seed {}  run {}  ({} s workload, {} s settle, {} tenants)", self.seed, self.run_id, self.duration_secs, self.settle_secs, self.tenants);
+        println!(
+            "drfleet-chaos  seed {}  run {}  ({} s workload, {} s settle, {} tenants)",
+            self.seed, self.run_id, self.duration_secs, self.settle_secs, self.tenants
+        );
         println!("replay: {}", self.replay);
         println!();
         println!("{:<34} {:>10}", "workload", "");
@@ -161,19 +170,33 @@ impl Report {
             ("chain rows verified", f.chain_rows_verified),
             ("objects in the store", f.objects),
             ("process starts", f.process_starts as u64),
-            ("dead-lettered at delivery limit", f.dead_lettered_at_delivery_limit),
+            (
+                "dead-lettered at delivery limit",
+                f.dead_lettered_at_delivery_limit,
+            ),
         ] {
             println!("{k:<34} {v:>10}");
         }
         println!();
-        println!("{:<20} {:>8} {:>14} {:>14}", "fault", "injected", "recovery p50", "recovery max");
+        println!(
+            "{:<20} {:>8} {:>14} {:>14}",
+            "fault", "injected", "recovery p50", "recovery max"
+        );
         for (k, s) in &self.faults {
             let ms = |v: Option<i64>| v.map_or("-".to_string(), |v| format!("{v} ms"));
-            println!("{k:<20} {:>8} {:>14} {:>14}", s.injected, ms(s.recovery_ms_p50), ms(s.recovery_ms_max));
+            println!(
+                "{k:<20} {:>8} {:>14} {:>14}",
+                s.injected,
+                ms(s.recovery_ms_p50),
+                ms(s.recovery_ms_max)
+            );
         }
         println!("{:<20} {:>8}", "total", self.faults_injected);
         if !self.faults_skipped.is_empty() {
-            println!("skipped (nothing to hit at that moment): {:?}", self.faults_skipped);
+            println!(
+                "skipped (nothing to hit at that moment): {:?}",
+                self.faults_skipped
+            );
         }
         println!();
         println!("{:<34} {:>10}", "must be 0", "");
@@ -181,7 +204,10 @@ impl Report {
             println!("{k:<34} {v:>10}{}", if v == 0 { "" } else { "   <-- FAIL" });
         }
         if !f.unexpected_exits.is_empty() {
-            println!("\nprocesses that exited by themselves: {:?}", f.unexpected_exits);
+            println!(
+                "\nprocesses that exited by themselves: {:?}",
+                f.unexpected_exits
+            );
         }
         for (what, list) in [
             ("lost commands", &f.lost_ids),
@@ -199,7 +225,14 @@ impl Report {
         if let Some(p) = &f.chain_problem {
             println!("\naudit chain: {p}");
         }
-        println!("\n{}", if self.ok { "PASS: every must-be-0 figure is 0" } else { "FAIL" });
+        println!(
+            "\n{}",
+            if self.ok {
+                "PASS: every must-be-0 figure is 0"
+            } else {
+                "FAIL"
+            }
+        );
     }
 }
 
@@ -220,7 +253,11 @@ mod tests {
             lost: 2,
             ..Default::default()
         };
-        let bad: Vec<_> = f.must_be_zero().into_iter().filter(|(_, v)| *v > 0).collect();
+        let bad: Vec<_> = f
+            .must_be_zero()
+            .into_iter()
+            .filter(|(_, v)| *v > 0)
+            .collect();
         assert_eq!(bad, vec![("lost", 2)]);
     }
 }

@@ -29,7 +29,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         plan.seed,
         plan.seed,
         plan.duration.as_secs(),
-        plan.faults.iter().map(|k| k.name()).collect::<Vec<_>>().join(",")
+        plan.faults
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let run_dir = cli.run_dir.clone().unwrap_or_else(|| {
         PathBuf::from("target/chaos").join(chrono::Utc::now().format("%Y%m%dT%H%M%S").to_string())
@@ -47,26 +51,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let res = drive(&cli, &plan, services.clone(), &run_dir).await;
     services.cleanup(cli.keep || res.is_err()).await;
     let report = res?;
-    let path = cli.report.clone().unwrap_or_else(|| run_dir.join("report.json"));
+    let path = cli
+        .report
+        .clone()
+        .unwrap_or_else(|| run_dir.join("report.json"));
     std::fs::write(&path, serde_json::to_vec_pretty(&report)?)?;
     report.print();
     println!("report: {}", path.display());
     Ok(report.ok)
 }
 
-async fn drive(cli: &Cli, plan: &Plan, s: Arc<Services>, run_dir: &std::path::Path) -> anyhow::Result<Report> {
+async fn drive(
+    cli: &Cli,
+    plan: &Plan,
+    s: Arc<Services>,
+    run_dir: &std::path::Path,
+) -> anyhow::Result<Report> {
     let mut rng = Rng::new(plan.seed);
     let started = Instant::now();
 
     // Tenants.
     tenants::create_schema(&s.src).await?;
     // The harness waits on events by command id; an index of its own keeps that cheap.
-    sqlx::query("CREATE INDEX IF NOT EXISTS chaos_audit_causation ON pf_audit_events (causation_id)")
-        .execute(&s.meta)
-        .await?;
+    sqlx::query(
+        "CREATE INDEX IF NOT EXISTS chaos_audit_causation ON pf_audit_events (causation_id)",
+    )
+    .execute(&s.meta)
+    .await?;
     let ids = Arc::new(Ids::new());
     let mut trng = rng.fork(1);
-    let n = cli.tenants.max(20);
+    let n = cli.tenants;
     let mut tenants_v = Vec::new();
     for size in tenants::sizes(&mut trng, n, plan.soak) {
         let org = Uuid::new_v4();
@@ -87,14 +101,26 @@ async fn drive(cli: &Cli, plan: &Plan, s: Arc<Services>, run_dir: &std::path::Pa
     bus::declare_tap(&s.amqp_url).await?;
     let tap_stop = CancellationToken::new();
     let tapped = Arc::new(std::sync::Mutex::new(bus::Tapped::default()));
-    let tap = tokio::spawn(bus::tap(s.amqp_url.clone(), tapped.clone(), tap_stop.clone()));
+    let tap = tokio::spawn(bus::tap(
+        s.amqp_url.clone(),
+        tapped.clone(),
+        tap_stop.clone(),
+    ));
 
     // The fleet.
     let mut wenv = s.worker_env();
     if let Some(n) = cli.broken_ack_one_in {
-        wenv.push((drfleet_workers::faults::ACK_BEFORE_DURABLE_ENV.into(), n.to_string()));
+        wenv.push((
+            drfleet_workers::faults::ACK_BEFORE_DURABLE_ENV.into(),
+            n.to_string(),
+        ));
     }
-    let fleet = Arc::new(Fleet::new(&cli.bin_dir, &run_dir.join("logs"), wenv, s.scheduler_env())?);
+    let fleet = Arc::new(Fleet::new(
+        &cli.bin_dir,
+        &run_dir.join("logs"),
+        wenv,
+        s.scheduler_env(),
+    )?);
     let per = cli.workers_per_role;
     for (role, count) in [
         ("backup", per),
@@ -105,11 +131,15 @@ async fn drive(cli: &Cli, plan: &Plan, s: Arc<Services>, run_dir: &std::path::Pa
         ("audit", per.saturating_sub(1).max(1)),
     ] {
         for i in 1..=count {
-            fleet.add(&format!("{role}-{i}"), Kind::Worker(role)).await?;
+            fleet
+                .add(&format!("{role}-{i}"), Kind::Worker(role))
+                .await?;
         }
     }
     for i in 1..=cli.schedulers {
-        fleet.add(&format!("scheduler-{i}"), Kind::Scheduler).await?;
+        fleet
+            .add(&format!("scheduler-{i}"), Kind::Scheduler)
+            .await?;
     }
     let reaper_stop = CancellationToken::new();
     let reaper = {
@@ -141,14 +171,25 @@ async fn drive(cli: &Cli, plan: &Plan, s: Arc<Services>, run_dir: &std::path::Pa
     });
     let mut prng = rng.fork(2);
     let policies = workload::policies(&ctx, &orgs, &mut prng).await?;
-    println!("drfleet-chaos: {} tenants seeded, {policies} policies set, fleet up; workload and faults start", orgs.len());
+    println!(
+        "drfleet-chaos: {} tenants seeded, {policies} policies set, fleet up; workload and faults start",
+        orgs.len()
+    );
 
     let workload_started = Instant::now();
     let mut lanes = Vec::new();
     for (i, t) in tenants_v.into_iter().enumerate() {
-        lanes.push(tokio::spawn(workload::lane(ctx.clone(), t, rng.fork(100 + i as u64))));
+        lanes.push(tokio::spawn(workload::lane(
+            ctx.clone(),
+            t,
+            rng.fork(100 + i as u64),
+        )));
     }
-    let poison = tokio::spawn(workload::poison_lane(ctx.clone(), orgs.clone(), rng.fork(3)));
+    let poison = tokio::spawn(workload::poison_lane(
+        ctx.clone(),
+        orgs.clone(),
+        rng.fork(3),
+    ));
     let injector = Arc::new(Injector {
         services: s.clone(),
         fleet: fleet.clone(),
@@ -191,7 +232,10 @@ async fn drive(cli: &Cli, plan: &Plan, s: Arc<Services>, run_dir: &std::path::Pa
     injector.finish().await;
     s.pg_proxy.set(Mode::Pass);
     s.s3_proxy.set(Mode::Pass);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.moto_pid), nix::sys::signal::Signal::SIGCONT);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.moto_pid),
+        nix::sys::signal::Signal::SIGCONT,
+    );
     fleet.ensure_all_running().await?;
     let _ = progress.await;
     let abandon = {
@@ -207,7 +251,9 @@ async fn drive(cli: &Cli, plan: &Plan, s: Arc<Services>, run_dir: &std::path::Pa
     }
     poison.await.context("poison lane")??;
     // Schedulers stop (SIGTERM: they drain their outbox) so nothing new is published.
-    let sched_exits = fleet.stop(Some(&Kind::Scheduler), Duration::from_secs(20)).await;
+    let sched_exits = fleet
+        .stop(Some(&Kind::Scheduler), Duration::from_secs(20))
+        .await;
     // Kept STAGING schemas are discarded, as an operator would; what remains is a leftover.
     let kept: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "SELECT id, organization_id FROM pf_restore_jobs WHERE status = 'completed' AND mode = 'staging' \
@@ -225,7 +271,10 @@ async fn drive(cli: &Cli, plan: &Plan, s: Arc<Services>, run_dir: &std::path::Pa
     abandon.abort();
     let settle_secs = settle_started.elapsed().as_secs();
     if !quiet {
-        println!("drfleet-chaos: did not settle within {} s; auditing as it stands", plan.settle_timeout.as_secs());
+        println!(
+            "drfleet-chaos: did not settle within {} s; auditing as it stands",
+            plan.settle_timeout.as_secs()
+        );
     }
 
     // Audit.
@@ -252,10 +301,16 @@ async fn drive(cli: &Cli, plan: &Plan, s: Arc<Services>, run_dir: &std::path::Pa
     crate::audit::recovery(&s.meta, &mut log).await?;
     f.unrecovered_faults = log.iter().filter(|x| x.recovery_ms.is_none()).count() as u64;
     f.commands_published = ledger.sent.lock().await.len() as u64;
-    f.duplicates_published = ledger.duplicates_published.load(std::sync::atomic::Ordering::Relaxed);
-    f.poison_published = ledger.poison_published.load(std::sync::atomic::Ordering::Relaxed);
+    f.duplicates_published = ledger
+        .duplicates_published
+        .load(std::sync::atomic::Ordering::Relaxed);
+    f.poison_published = ledger
+        .poison_published
+        .load(std::sync::atomic::Ordering::Relaxed);
     f.promotes = ledger.promotes.load(std::sync::atomic::Ordering::Relaxed);
-    f.promotes_completed = ledger.promotes_completed.load(std::sync::atomic::Ordering::Relaxed);
+    f.promotes_completed = ledger
+        .promotes_completed
+        .load(std::sync::atomic::Ordering::Relaxed);
     f.republished_after_cut = bus.republished.load(std::sync::atomic::Ordering::Relaxed);
     f.events_redelivered_to_tap = tapped.redelivered;
     reaper_stop.cancel();
@@ -268,7 +323,12 @@ async fn drive(cli: &Cli, plan: &Plan, s: Arc<Services>, run_dir: &std::path::Pa
         .map(|(n, st)| format!("{n}: {st}"))
         .collect();
     let final_exits = fleet.stop(None, Duration::from_secs(20)).await;
-    exits.extend(sched_exits.into_iter().chain(final_exits).map(|(n, st)| format!("{n} at stop: {st}")));
+    exits.extend(
+        sched_exits
+            .into_iter()
+            .chain(final_exits)
+            .map(|(n, st)| format!("{n} at stop: {st}")),
+    );
     f.unexpected_exits = exits;
     f.process_starts = fleet.starts().await;
 
@@ -313,7 +373,11 @@ async fn drive(cli: &Cli, plan: &Plan, s: Arc<Services>, run_dir: &std::path::Pa
 /// Wait until nothing is left to do: no queued or running job, the outbox drained, every
 /// command the harness or a scheduler published (and every accepted one) finished, and the
 /// run's queues empty. False if the deadline passed first.
-async fn wait_quiet(s: &Services, ledger: &Ledger, deadline: tokio::time::Instant) -> anyhow::Result<bool> {
+async fn wait_quiet(
+    s: &Services,
+    ledger: &Ledger,
+    deadline: tokio::time::Instant,
+) -> anyhow::Result<bool> {
     let terminal: Vec<String> = TERMINAL.iter().map(|x| x.to_string()).collect();
     loop {
         let valid: Vec<Uuid> = ledger
@@ -349,11 +413,17 @@ async fn wait_quiet(s: &Services, ledger: &Ledger, deadline: tokio::time::Instan
 
 /// Messages (ready + unacked) in the run's command queues, `dr.audit` and the tap.
 async fn queued_messages(s: &Services) -> anyhow::Result<u64> {
-    let out = rabbitmqctl(&s.rabbitmqctl, &["list_queues", "-q", "-p", &s.vhost, "name", "messages"]).await?;
+    let out = rabbitmqctl(
+        &s.rabbitmqctl,
+        &["list_queues", "-q", "-p", &s.vhost, "name", "messages"],
+    )
+    .await?;
     let mut total = 0;
     for line in out.lines() {
         let mut it = line.split_whitespace();
-        let (Some(name), Some(n)) = (it.next(), it.next()) else { continue };
+        let (Some(name), Some(n)) = (it.next(), it.next()) else {
+            continue;
+        };
         if name == drfleet_protocol::topology::DEAD_LETTER_QUEUE || name == "name" {
             continue;
         }

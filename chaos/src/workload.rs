@@ -131,7 +131,12 @@ impl Ctx {
 
     /// Record and publish `env`; sometimes publish it again (same id and content: the
     /// second copy must change nothing), immediately or with a fresh token a moment later.
-    pub async fn send(&self, kind: &'static str, env: &v1::CommandEnvelope, rng: &mut Rng) -> anyhow::Result<Uuid> {
+    pub async fn send(
+        &self,
+        kind: &'static str,
+        env: &v1::CommandEnvelope,
+        rng: &mut Rng,
+    ) -> anyhow::Result<Uuid> {
         let id = Uuid::parse_str(&env.command_id)?;
         let org = Uuid::parse_str(&env.organization_id)?;
         let dup = rng.chance(12);
@@ -153,7 +158,11 @@ impl Ctx {
             let mut copy = env.clone();
             if rng.chance(50) {
                 tokio::time::sleep(rng.millis(50, 400)).await;
-                let perm_kind = if kind == "restore" && is_promote(env) { "promote" } else { kind };
+                let perm_kind = if kind == "restore" && is_promote(env) {
+                    "promote"
+                } else {
+                    kind
+                };
                 copy.actor_token = self.token(org, &perms(perm_kind));
             }
             self.bus.publish(&copy).await?;
@@ -175,7 +184,10 @@ impl Ctx {
             .fetch_optional(&self.meta)
             .await;
             if let Ok(Some((event_type, payload))) = row {
-                return Some(Outcome { event_type, payload });
+                return Some(Outcome {
+                    event_type,
+                    payload,
+                });
             }
             if tokio::time::Instant::now() > deadline || self.abandon.is_cancelled() {
                 return None;
@@ -192,7 +204,12 @@ impl Ctx {
     }
 
     /// Send, wait, and remember the command as reusable for a CONFLICT poison.
-    async fn run(&self, kind: &'static str, env: v1::CommandEnvelope, rng: &mut Rng) -> anyhow::Result<Option<Outcome>> {
+    async fn run(
+        &self,
+        kind: &'static str,
+        env: v1::CommandEnvelope,
+        rng: &mut Rng,
+    ) -> anyhow::Result<Option<Outcome>> {
         let id = self.send(kind, &env, rng).await?;
         let out = self.wait(id).await;
         if out.is_some() {
@@ -230,7 +247,10 @@ pub fn discard_body(restore_job: Uuid) -> Command {
 }
 
 fn payload_uuid(o: &Outcome, field: &str) -> Option<Uuid> {
-    o.payload.get(field)?.as_str().and_then(|s| Uuid::parse_str(s).ok())
+    o.payload
+        .get(field)?
+        .as_str()
+        .and_then(|s| Uuid::parse_str(s).ok())
 }
 
 /// One tenant's lane: sequential, so the harness alone decides when its rows change.
@@ -243,9 +263,13 @@ pub async fn lane(ctx: Arc<Ctx>, mut t: Tenant, mut rng: Rng) -> anyhow::Result<
             }
             22..=35 => match rng.pick(&t.backups).cloned() {
                 Some((rec, _)) => {
-                    let env = ctx.envelope(t.org, "verify", Command::Verify(v1::VerifyCommand {
-                        backup_record_id: rec.to_string(),
-                    }));
+                    let env = ctx.envelope(
+                        t.org,
+                        "verify",
+                        Command::Verify(v1::VerifyCommand {
+                            backup_record_id: rec.to_string(),
+                        }),
+                    );
                     ctx.run("verify", env, &mut rng).await?;
                 }
                 None => {
@@ -254,7 +278,11 @@ pub async fn lane(ctx: Arc<Ctx>, mut t: Tenant, mut rng: Rng) -> anyhow::Result<
             },
             36..=49 => match rng.pick(&t.backups).cloned() {
                 Some((rec, _)) => {
-                    let env = ctx.envelope(t.org, "restore", restore_body(rec, v1::RestoreMode::Staging));
+                    let env = ctx.envelope(
+                        t.org,
+                        "restore",
+                        restore_body(rec, v1::RestoreMode::Staging),
+                    );
                     if let Some(o) = ctx.run("restore", env, &mut rng).await?
                         && o.event_type == "restore_completed"
                         && let Some(job) = payload_uuid(&o, "restore_job_id")
@@ -324,14 +352,20 @@ async fn promote_cycle(ctx: &Ctx, t: &mut Tenant, rng: &mut Rng) -> anyhow::Resu
     let d_k = t.expected.clone();
     change(ctx, t).await?;
     let d_next = t.expected.clone();
-    let env = ctx.envelope(t.org, "promote", restore_body(rec, v1::RestoreMode::Promote));
+    let env = ctx.envelope(
+        t.org,
+        "promote",
+        restore_body(rec, v1::RestoreMode::Promote),
+    );
     ctx.ledger
         .promotes
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let id = Uuid::parse_str(&env.command_id)?;
     let out = ctx.run("restore", env, rng).await?;
     let now = tenants::digest(&ctx.src, t.org).await?;
-    let outcome = out.as_ref().map_or("unfinished".to_string(), |o| o.event_type.clone());
+    let outcome = out
+        .as_ref()
+        .map_or("unfinished".to_string(), |o| o.event_type.clone());
     match out.as_ref().map(|o| o.event_type.as_str()) {
         Some("restore_completed") => {
             ctx.ledger
@@ -371,7 +405,9 @@ pub async fn poison_lane(ctx: Arc<Ctx>, orgs: Vec<Uuid>, mut rng: Rng) -> anyhow
         .expect("long enough secret");
     while !ctx.stop.is_cancelled() {
         let org = *rng.pick(&orgs).expect("tenants");
-        let other = *rng.pick(&orgs).expect("tenants");
+        // Another tenant's token (never the same one: that would be a valid command).
+        let i = orgs.iter().position(|o| *o == org).unwrap_or(0);
+        let other = orgs[(i + 1 + rng.range(0, orgs.len() as u64 - 2) as usize) % orgs.len()];
         let mut env = ctx.envelope(org, "backup", backup_body("poison"));
         let id = Uuid::parse_str(&env.command_id)?;
         let mut key = format!("backup.{org}");
@@ -383,9 +419,14 @@ pub async fn poison_lane(ctx: Arc<Ctx>, orgs: Vec<Uuid>, mut rng: Rng) -> anyhow
                 body = Some((0..n).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>());
                 rejections = 0; // no readable command id to hang the event on
             }
-            1 => env.actor_token = forged.mint("intruder", org, &perms("backup"), 600).expect("mint"),
+            1 => {
+                env.actor_token = forged
+                    .mint("intruder", org, &perms("backup"), 600)
+                    .expect("mint")
+            }
             2 => env.actor_token = ctx.token(other, &perms("backup")),
             3 => env.actor_token = ctx.token(org, &perms("verify")),
+            // A backup envelope routed to the restore queue: refused (INVALID_ARGUMENT).
             4 => key = format!("restore.{org}"),
             _ => {
                 let reuse = { ctx.ledger.finished.lock().await.last().cloned() };
@@ -409,9 +450,6 @@ pub async fn poison_lane(ctx: Arc<Ctx>, orgs: Vec<Uuid>, mut rng: Rng) -> anyhow
                     None => env.actor_token = "not.a.jwt".into(),
                 }
             }
-        }
-        if key.starts_with("restore.") {
-            // An envelope routed to a queue of another kind: refused (INVALID_ARGUMENT).
         }
         ctx.ledger.sent.lock().await.insert(
             id,
