@@ -207,11 +207,27 @@ pub async fn audit(i: Inputs<'_>, f: &mut Figures) -> anyhow::Result<()> {
     .fetch_one(i.meta)
     .await? as u64;
     leaked_objects(i.meta, i.store, f).await?;
+    let codes: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT event_type, coalesce(payload->>'error_code', payload->>'reason_code', payload->>'code', ''), count(*) \
+         FROM pf_audit_events WHERE event_type LIKE '%\\_failed' OR event_type = 'command_rejected' GROUP BY 1, 2",
+    )
+    .fetch_all(i.meta)
+    .await?;
+    f.failures_by_code = codes
+        .into_iter()
+        .map(|(t, c, n)| (format!("{t} {c}"), n as u64))
+        .collect();
     Ok(())
 }
 
-/// Objects no completed record points at: partial or stray attempts, objects of deleted,
-/// failed or unknown records.
+/// Objects no completed record points at, in two figures:
+/// - `leaked_objects` (must be 0): objects of no record, or of a record retention marked
+///   `deleted` — nothing will ever remove them;
+/// - `stray_attempt_objects` (reported): objects of an earlier or failed attempt under a known
+///   record's prefix (a worker killed or cut off after uploading, before its commit). The
+///   design removes them with the record when it expires, or after
+///   DR_RETENTION_ORPHAN_GRACE for a failed policy backup — never for a manual backup, which
+///   no policy expires.
 async fn leaked_objects(
     meta: &PgPool,
     store: &dyn object_store::ObjectStore,
@@ -228,7 +244,7 @@ async fn leaked_objects(
     let prefix = object_store::path::Path::from("artifacts");
     let objects: Vec<object_store::ObjectMeta> = store.list(Some(&prefix)).try_collect().await?;
     f.objects = objects.len() as u64;
-    let mut leaked = Vec::new();
+    let (mut leaked, mut stray) = (Vec::new(), Vec::new());
     for o in objects {
         let key = o
             .location
@@ -239,21 +255,23 @@ async fn leaked_objects(
         let rec = drfleet_storage::keys::parse(&key)
             .ok()
             .and_then(|p| drfleet_storage::keys::record_of(&p));
-        let ok = match rec.and_then(|r| by_id.get(&r)) {
+        match rec.and_then(|r| by_id.get(&r)) {
             Some((status, keys)) if status == "completed" || status == "expiring" => {
-                keys.contains(&key)
+                if !keys.contains(&key) {
+                    stray.push(format!("{key} ({status})"));
+                }
             }
-            _ => false,
-        };
-        if !ok {
-            let status = rec
-                .and_then(|r| by_id.get(&r))
-                .map_or("no record", |(s, _)| s.as_str());
-            leaked.push(format!("{key} ({status})"));
+            Some((status, _)) if status == "failed" || status == "started" => {
+                stray.push(format!("{key} ({status})"))
+            }
+            Some((status, _)) => leaked.push(format!("{key} ({status})")),
+            None => leaked.push(format!("{key} (no record)")),
         }
     }
     f.leaked_objects = leaked.len() as u64;
     f.leaked_examples = leaked.into_iter().take(20).collect();
+    f.stray_attempt_objects = stray.len() as u64;
+    f.stray_examples = stray.into_iter().take(20).collect();
     Ok(())
 }
 

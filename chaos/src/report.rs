@@ -44,14 +44,20 @@ pub struct Figures {
     pub events_redelivered_to_tap: u64,
     pub chain_rows_verified: u64,
     pub objects: u64,
+    /// Objects of earlier or failed attempts under a known record (see the audit).
+    pub stray_attempt_objects: u64,
     pub process_starts: u32,
     pub unexpected_exits: Vec<String>,
+    /// `*_failed` and `command_rejected` events by type and code (failures the faults caused
+    /// are expected; a new code is worth a look).
+    pub failures_by_code: BTreeMap<String, u64>,
     pub chain_problem: Option<String>,
     pub lost_ids: Vec<String>,
     pub duplicated_examples: Vec<String>,
     pub torn: Vec<Torn>,
     pub tenants_changed_ids: Vec<String>,
     pub leaked_examples: Vec<String>,
+    pub stray_examples: Vec<String>,
 }
 
 impl Figures {
@@ -169,6 +175,10 @@ impl Report {
             ("events stored (audit sink)", f.events_stored),
             ("chain rows verified", f.chain_rows_verified),
             ("objects in the store", f.objects),
+            (
+                "  stray attempt objects (see below)",
+                f.stray_attempt_objects,
+            ),
             ("process starts", f.process_starts as u64),
             (
                 "dead-lettered at delivery limit",
@@ -203,6 +213,12 @@ impl Report {
         for (k, v) in f.must_be_zero() {
             println!("{k:<34} {v:>10}{}", if v == 0 { "" } else { "   <-- FAIL" });
         }
+        if !f.failures_by_code.is_empty() {
+            println!("\nfailed or refused commands by code:");
+            for (k, v) in &f.failures_by_code {
+                println!("  {k:<50} {v:>6}");
+            }
+        }
         if !f.unexpected_exits.is_empty() {
             println!(
                 "\nprocesses that exited by themselves: {:?}",
@@ -214,6 +230,11 @@ impl Report {
             ("duplicated", &f.duplicated_examples),
             ("tenants changed", &f.tenants_changed_ids),
             ("leaked objects", &f.leaked_examples),
+            (
+                "stray attempt objects (not counted as leaked: removed when the record expires, \
+                 or after DR_RETENTION_ORPHAN_GRACE if it failed; never for a manual backup)",
+                &f.stray_examples,
+            ),
         ] {
             if !list.is_empty() {
                 println!("\n{what} (first {}):", list.len());

@@ -48,7 +48,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         services.meta_db,
         services.src_db
     );
-    let res = drive(&cli, &plan, services.clone(), &run_dir).await;
+    // Ctrl-C drops the run: its processes are killed (kill_on_drop), its services kept.
+    let res = tokio::select! {
+        r = drive(&cli, &plan, services.clone(), &run_dir) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     services.cleanup(cli.keep || res.is_err()).await;
     let report = res?;
     let path = cli

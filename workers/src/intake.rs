@@ -117,7 +117,11 @@ impl Intake {
         shutdown: &CancellationToken,
     ) -> Result<Disposition, SettleError> {
         // The deliberately broken intake (a test-only switch; inert without the feature).
-        let message_id = delivery.properties.message_id().as_ref().map(|m| m.as_str());
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str());
         if let Some(drop) = crate::faults::ack_before_durable(message_id.unwrap_or_default()) {
             delivery.ack(BasicAckOptions::default()).await?;
             if drop {
