@@ -123,9 +123,16 @@ pub struct Tapped {
 
 /// Consume the tap queue until `stop`, reconnecting after cuts.
 pub async fn tap(url: String, seen: Arc<std::sync::Mutex<Tapped>>, stop: CancellationToken) {
+    let mut quiet = false;
     while !stop.is_cancelled() {
-        if let Err(e) = tap_once(&url, &seen, &stop).await {
-            eprintln!("drfleet-chaos: event tap reconnecting ({e})");
+        match tap_once(&url, &seen, &stop).await {
+            // One line per outage, not one per retry.
+            Err(e) if !quiet => {
+                eprintln!("drfleet-chaos: event tap reconnecting ({e})");
+                quiet = true;
+            }
+            Err(_) => {}
+            Ok(()) => quiet = false,
         }
         tokio::select! {
             _ = stop.cancelled() => return,

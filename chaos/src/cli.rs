@@ -35,7 +35,7 @@ pub struct Cli {
     #[arg(long, env = "DR_CHAOS_TENANTS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(20..=1000))]
     pub tenants: u32,
 
-    /// Worker processes per command role (backup, restore, verify); policy, retention and
+    /// Worker processes of the backup and the restore role; verify, policy, retention and
     /// audit get one less (at least one).
     #[arg(long, env = "DR_CHAOS_WORKERS_PER_ROLE", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub workers_per_role: u32,

@@ -255,7 +255,9 @@ impl Services {
             ("DR_JOB_STALL_SECS", "120".into()),
             ("DR_SHUTDOWN_GRACE_SECS", "5".into()),
             ("DR_STAGING_TTL", "10m".into()),
-            ("DR_JOB_CONCURRENCY", "2".into()),
+            // One job per role per process: a fleet of ~10 processes stays well within
+            // PostgreSQL's default 100 connections (each worker pools up to 16 + 8).
+            ("DR_JOB_CONCURRENCY", "1".into()),
             ("DR_LOG_FORMAT", "text".into()),
         ]
         .into_iter()

@@ -129,7 +129,7 @@ async fn drive(
     for (role, count) in [
         ("backup", per),
         ("restore", per),
-        ("verify", per),
+        ("verify", per.saturating_sub(1).max(1)),
         ("policy", per.saturating_sub(1).max(1)),
         ("retention", per.saturating_sub(1).max(1)),
         ("audit", per.saturating_sub(1).max(1)),
