@@ -64,21 +64,39 @@ fn demo_runs_end_to_end_and_prints_its_summary() {
     assert!(stdout.contains("passed=t"), "drill did not pass:\n{stdout}");
     let rto = field(&stdout, "measured RTO");
     let rpo = field(&stdout, "measured RPO");
-    assert!(rto.ends_with("ms") && rto.split(' ').next().unwrap().parse::<u64>().is_ok(), "{rto}");
-    assert!(rpo.split(' ').next().unwrap().parse::<u64>().is_ok(), "{rpo}");
+    assert!(
+        rto.ends_with("ms") && rto.split(' ').next().unwrap().parse::<u64>().is_ok(),
+        "{rto}"
+    );
+    assert!(
+        rpo.split(' ').next().unwrap().parse::<u64>().is_ok(),
+        "{rpo}"
+    );
     assert!(stdout.contains("audit chain       intact"), "{stdout}");
-    assert!(stdout.contains("BACKUP_POLICY_EXISTS=COMPLIANT"), "{stdout}");
+    assert!(
+        stdout.contains("BACKUP_POLICY_EXISTS=COMPLIANT"),
+        "{stdout}"
+    );
     for f in ["evidence.json", "report.html", "SHA256SUMS"] {
-        assert!(dir.join("evidence").join(f).exists(), "evidence/{f} missing");
+        assert!(
+            dir.join("evidence").join(f).exists(),
+            "evidence/{f} missing"
+        );
     }
     // The secrets file is private and its values never reach the output.
     let secrets = std::fs::read_to_string(dir.join("secrets.env")).unwrap();
     for line in secrets.lines() {
         let value = line.split_once('=').unwrap().1;
-        assert!(!stdout.contains(value) && !stderr.contains(value), "a secret was printed");
+        assert!(
+            !stdout.contains(value) && !stderr.contains(value),
+            "a secret was printed"
+        );
     }
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.join("secrets.env")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.join("secrets.env"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "secrets.env is readable by others");
     let _ = std::fs::remove_dir_all(&dir);
 }
