@@ -24,6 +24,13 @@ pub enum Fault {
     Pause(std::time::Duration),
 }
 
+/// Env var of the deliberately broken intake, for proving that the fault-injection suite
+/// (`drfleet-chaos`) can fail: set to N (≥ 1) in a build with the `fault-injection` feature,
+/// the intake acks every delivery before its job is durable and then drops one delivery in N
+/// (chosen by the message id), as a worker killed between that early ack and its commit
+/// would. Builds without the feature ignore it.
+pub const ACK_BEFORE_DURABLE_ENV: &str = "DRFLEET_FAULT_ACK_BEFORE_DURABLE";
+
 /// Named points in the restore pipeline.
 pub mod point {
     /// Staging schema created, before the first segment's COPY.
@@ -101,6 +108,39 @@ fn injected(point: &'static str, fault: Fault) -> JobError {
     match fault {
         Fault::Transient => JobError::transient("INJECTED_FAULT", point),
         _ => JobError::permanent("INJECTED_FAULT", point),
+    }
+}
+
+/// The broken intake of [`ACK_BEFORE_DURABLE_ENV`]: `None` when it is off (always without the
+/// feature), else whether this delivery (by its message id) is the one in N that is dropped
+/// after the early ack.
+pub(crate) fn ack_before_durable(message_id: &str) -> Option<bool> {
+    #[cfg(feature = "fault-injection")]
+    {
+        use std::sync::OnceLock;
+        static ONE_IN: OnceLock<Option<u64>> = OnceLock::new();
+        let n = (*ONE_IN.get_or_init(|| {
+            let n = std::env::var(ACK_BEFORE_DURABLE_ENV)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|n| *n >= 1);
+            if let Some(n) = n {
+                tracing::warn!(
+                    one_in = n,
+                    "BROKEN BUILD: {ACK_BEFORE_DURABLE_ENV} is set; deliveries are acked before their job is durable and some are dropped"
+                );
+            }
+            n
+        }))?;
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(message_id.as_bytes());
+        let v = u64::from_be_bytes(h[..8].try_into().expect("8 bytes"));
+        Some(v % n == 0)
+    }
+    #[cfg(not(feature = "fault-injection"))]
+    {
+        let _ = message_id;
+        None
     }
 }
 

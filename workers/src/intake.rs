@@ -116,6 +116,24 @@ impl Intake {
         dead_letters: &ConfirmPublisher,
         shutdown: &CancellationToken,
     ) -> Result<Disposition, SettleError> {
+        // The deliberately broken intake (a test-only switch; inert without the feature).
+        let message_id = delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.as_str());
+        if let Some(drop) = crate::faults::ack_before_durable(message_id.unwrap_or_default()) {
+            delivery.ack(BasicAckOptions::default()).await?;
+            if drop {
+                return Ok(Disposition::Ack);
+            }
+            let disposition = self.process(&delivery, shutdown).await;
+            if let Disposition::DeadLetter(reason) = disposition {
+                let _ =
+                    deadletter::publish(dead_letters, &delivery, self.kind.queue(), reason).await;
+            }
+            return Ok(disposition);
+        }
         let disposition = self.process(&delivery, shutdown).await;
         match disposition {
             Disposition::Ack => delivery.ack(BasicAckOptions::default()).await?,

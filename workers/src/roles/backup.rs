@@ -136,6 +136,26 @@ struct TenantSelect {
 }
 
 impl BackupHandler {
+    /// Delete the artifact and manifest of `attempts` of a record, best effort: a store that
+    /// cannot be reached now leaves them to the retention sweep's orphan grace.
+    async fn remove_attempts(
+        &self,
+        org: uuid::Uuid,
+        record: uuid::Uuid,
+        attempts: std::ops::Range<u32>,
+    ) {
+        for a in attempts {
+            for key in [
+                keys::artifact(org, record, a),
+                keys::manifest(org, record, a),
+            ] {
+                if let Err(e) = self.ctx.store.delete(&key).await {
+                    tracing::warn!(backup_record_id = %record, attempt = a, error = %e, "could not remove an earlier attempt's object");
+                }
+            }
+        }
+    }
+
     /// Export `tables` inside the snapshot held by `src` into one artifact.
     async fn export(
         &self,
@@ -361,6 +381,12 @@ impl JobHandler for BackupHandler {
                 .await?
                 .ok_or_else(|| JobError::permanent("TIER_NOT_FOUND", "tier no longer exists"))?;
             tx.commit().await?;
+            // Earlier attempts of this job are dead (their lease ran out): what they uploaded
+            // (an artifact without manifest, or a whole one whose commit never came) goes now,
+            // so the completed record leaves no stray attempt behind.
+            let attempt = job.attempt.max(1) as u32;
+            self.remove_attempts(org, job.id.as_uuid(), 1..attempt)
+                .await;
 
             // One snapshot for every table.
             let mut src = self
@@ -500,7 +526,7 @@ impl JobHandler for BackupHandler {
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let tier = spec(job).map(|b| b.tier.clone()).unwrap_or_default();
-            sqlx::query(
+            let failed_now = sqlx::query(
                 "INSERT INTO pf_backup_records (id, organization_id, command_id, tier, status, error_code, completed_at, tenant_key) \
                  VALUES ($1, $2, $3, $4, 'failed', $5, now(), $6) \
                  ON CONFLICT (id) DO UPDATE SET status = 'failed', error_code = EXCLUDED.error_code, completed_at = now() \
@@ -513,7 +539,16 @@ impl JobHandler for BackupHandler {
             .bind(err.code.as_ref())
             .bind(job.tenant_key.as_str())
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected()
+                == 1;
+            if failed_now {
+                // A failed record counts nothing: every attempt's objects go (best effort; the
+                // retention sweep removes what is left after DR_RETENTION_ORPHAN_GRACE).
+                let org = job.organization_id.as_uuid();
+                self.remove_attempts(org, job.id.as_uuid(), 1..job.attempt.max(1) as u32 + 1)
+                    .await;
+            }
             let ev = job.event(Event::BackupFailed(v1::BackupFailed {
                 backup_record_id: job.id.to_string(),
                 tier,
