@@ -27,12 +27,13 @@ use drfleet_protocol::v1::{self, CommandEnvelope, EventEnvelope};
 use drfleet_protocol::validate::{ValidCommand, validate_envelope};
 
 use crate::cli::{
-    BackupArgs, CommandOpts, DiscardArgs, DrillArgs, HoldArgs, ModeArg, ReleaseArgs, RestoreArgs,
+    BackupArgs, CommandOpts, DbArgs, DiscardArgs, DrillArgs, HoldArgs, ModeArg, ReleaseArgs, RestoreArgs,
     VerifyArgs,
 };
 use crate::error::{Error, Outcome};
 use crate::notice;
 use crate::output::{event_line, print_line};
+use crate::progress::Follower;
 use crate::token;
 
 /// Shortest lifetime of a minted token: the command may wait in its queue for a while.
@@ -228,6 +229,17 @@ pub async fn open(amqp: &str) -> Result<(Connection, Channel), Error> {
 
 /// Build, validate, publish and (unless `--no-wait`) follow one command.
 pub async fn run(org: &TenantKey, body: Command, opts: &CommandOpts) -> Result<Outcome, Error> {
+    run_with_progress(org, body, opts, None).await
+}
+
+/// [`run`], showing the job's progress while waiting when `db` names the metadata database
+/// ([`crate::progress`]).
+pub async fn run_with_progress(
+    org: &TenantKey,
+    body: Command,
+    opts: &CommandOpts,
+    db: Option<&DbArgs>,
+) -> Result<Outcome, Error> {
     let env = new_envelope(org, opts.correlation_id.as_deref(), body);
     let (env, cmd) = prepare(opts, env)?;
     let kind = cmd.body.kind();
@@ -258,7 +270,17 @@ pub async fn run(org: &TenantKey, body: Command, opts: &CommandOpts) -> Result<O
             }))?;
             Ok(Outcome::Success)
         }
-        Some(consumer) => wait(consumer, &cmd, Duration::from_secs(opts.wait_secs)).await,
+        Some(consumer) => {
+            let follower = match db {
+                Some(db) => Follower::start(db, cmd.command_id).await,
+                None => None,
+            };
+            let outcome = wait(consumer, &cmd, Duration::from_secs(opts.wait_secs)).await;
+            if let Some(f) = follower {
+                f.finish().await;
+            }
+            outcome
+        }
     };
     let _ = conn.close(200, "drctl done".into()).await;
     outcome
