@@ -372,6 +372,7 @@ mod tests {
                 mode,
                 target: None,
                 opts: opts(None, None),
+                db: DbArgs::default(),
             },
             &backup,
         )
