@@ -88,10 +88,10 @@ mod tests {
         let mut reg = Registry::default();
         let c: Counter = Counter::default();
         c.inc_by(3);
-        reg.register("drfleet_things", "Things done.", c);
+        reg.register("drfleet_things", "Things done", c);
         let g: Gauge = Gauge::default();
         g.set(2);
-        reg.register("drfleet_open", "Open ones.", g);
+        reg.register("drfleet_open", "Open ones", g);
         let om = encode(&reg) + "# EOF\n";
         let text = to_text_format(&om);
         assert!(text.contains("# HELP drfleet_things_total Things done.\n"), "{text}");

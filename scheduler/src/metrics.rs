@@ -7,11 +7,12 @@
 //!   for capacity, counted at every tick that defers it), `drfleet_scheduler_catch_ups_total`
 //! - the per-kind counters of before (`drfleet_scheduler_backups_published_total`, …) and the
 //!   gauges of the last tick (`drfleet_scheduler_backups_in_flight`, `…_slots_waiting`,
-//!   `…_alerts_open`, `…_last_tick_milliseconds`), kept for existing dashboards
+//!   `…_alerts_open`), kept for existing dashboards; `drfleet_scheduler_last_tick_seconds`
+//!   (was `…_last_tick_milliseconds`: Prometheus' base unit is the second)
 //! - `drfleet_outbox_messages_relayed_total`, `drfleet_broker_connected`,
 //!   `drfleet_broker_reconnects_total`
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -48,7 +49,7 @@ pub struct Metrics {
     backups_in_flight: Gauge,
     slots_waiting: Gauge,
     alerts_open: Gauge,
-    last_tick_ms: Gauge,
+    last_tick: Gauge<f64, AtomicU64>,
     broker_up: Gauge,
     broker_connected: AtomicBool,
     broker_reconnects: Counter,
@@ -72,7 +73,7 @@ impl Default for Metrics {
             backups_in_flight: Gauge::default(),
             slots_waiting: Gauge::default(),
             alerts_open: Gauge::default(),
-            last_tick_ms: Gauge::default(),
+            last_tick: Gauge::default(),
             broker_up: Gauge::default(),
             broker_connected: AtomicBool::new(false),
             broker_reconnects: Counter::default(),
@@ -92,52 +93,52 @@ impl Metrics {
         let counters: [(&str, &str, &Counter); 10] = [
             (
                 "drfleet_scheduler_ticks",
-                "Evaluations this process ran.",
+                "Evaluations this process ran",
                 &self.ticks,
             ),
             (
                 "drfleet_scheduler_tick_errors",
-                "Evaluations that failed (retried next tick).",
+                "Evaluations that failed (retried next tick)",
                 &self.tick_errors,
             ),
             (
                 "drfleet_scheduler_backups_published",
-                "Scheduled backup commands queued for publishing.",
+                "Scheduled backup commands queued for publishing",
                 &self.backups_published,
             ),
             (
                 "drfleet_scheduler_catch_ups",
-                "Backup commands for the latest of several missed slots.",
+                "Backup commands for the latest of several missed slots",
                 &self.catch_ups,
             ),
             (
                 "drfleet_scheduler_verifies_published",
-                "Rotation verify commands queued for publishing.",
+                "Rotation verify commands queued for publishing",
                 &self.verifies_published,
             ),
             (
                 "drfleet_scheduler_retentions_published",
-                "Retention sweep commands published.",
+                "Retention sweep commands published",
                 &self.retentions_published,
             ),
             (
                 "drfleet_scheduler_alerts_raised",
-                "Alerts raised.",
+                "Alerts raised",
                 &self.alerts_raised,
             ),
             (
                 "drfleet_scheduler_alerts_resolved",
-                "Alerts resolved.",
+                "Alerts resolved",
                 &self.alerts_resolved,
             ),
             (
                 "drfleet_outbox_messages_relayed",
-                "Outbox messages this process published with confirms.",
+                "Outbox messages this process published with confirms",
                 &self.messages_relayed,
             ),
             (
                 "drfleet_broker_reconnects",
-                "Broker sessions started after a lost one.",
+                "Broker sessions started after a lost one",
                 &self.broker_reconnects,
             ),
         ];
@@ -146,38 +147,38 @@ impl Metrics {
         }
         r.register(
             "drfleet_scheduler_slots_published",
-            "Scheduled commands queued for publishing, by kind (backup, verify, retention).",
+            "Scheduled commands queued for publishing, by kind (backup, verify, retention)",
             self.slots_published.clone(),
         );
         r.register(
             "drfleet_scheduler_slots_deferred",
-            "Due backup slots left waiting for capacity (DR_SCHEDULER_MAX_IN_FLIGHT), counted at every tick that defers them.",
+            "Due backup slots left waiting for capacity (DR_SCHEDULER_MAX_IN_FLIGHT), counted at every tick that defers them",
             self.slots_deferred.clone(),
         );
-        let gauges: [(&str, &str, &Gauge); 5] = [
+        r.register(
+            "drfleet_scheduler_last_tick_seconds",
+            "Duration of the last evaluation",
+            self.last_tick.clone(),
+        );
+        let gauges: [(&str, &str, &Gauge); 4] = [
             (
                 "drfleet_scheduler_backups_in_flight",
-                "Scheduled backups queued or running (last tick).",
+                "Scheduled backups queued or running (last tick)",
                 &self.backups_in_flight,
             ),
             (
                 "drfleet_scheduler_slots_waiting",
-                "Due backup slots waiting for capacity (last tick).",
+                "Due backup slots waiting for capacity (last tick)",
                 &self.slots_waiting,
             ),
             (
                 "drfleet_scheduler_alerts_open",
-                "Open alerts (last tick).",
+                "Open alerts (last tick)",
                 &self.alerts_open,
             ),
             (
-                "drfleet_scheduler_last_tick_milliseconds",
-                "Duration of the last evaluation.",
-                &self.last_tick_ms,
-            ),
-            (
                 "drfleet_broker_connected",
-                "Whether the broker session is up.",
+                "Whether the broker session is up",
                 &self.broker_up,
             ),
         ];
@@ -212,7 +213,7 @@ impl Metrics {
             .set(gauge(r.backups.in_flight + r.backups.published));
         self.slots_waiting.set(gauge(r.backups.waiting));
         self.alerts_open.set(gauge(r.alerts.open));
-        self.last_tick_ms.set(gauge(took.as_millis() as u64));
+        self.last_tick.set(took.as_secs_f64());
     }
 
     /// The registry's OpenMetrics text (without `# EOF`).

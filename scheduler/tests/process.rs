@@ -106,7 +106,10 @@ async fn serves_health_ready_metrics_and_stops_on_sigterm() {
     assert_eq!(value("drfleet_alerts_open{kind=\"DRILL_FAILED\"}"), 0.0);
     assert_eq!(value("drfleet_jobs_queued{role=\"backup\"}"), 0.0);
     assert_eq!(value("drfleet_outbox_oldest_message_age_seconds"), 0.0);
-    assert!(value("drfleet_outbox_messages_relayed_total") >= 2.0, "command and alert event");
+    assert!(
+        value("drfleet_outbox_messages_relayed_total") >= 2.0,
+        "command and alert event: {metrics}"
+    );
     assert_eq!(value("drfleet_ready"), 1.0);
     assert_eq!(value("drfleet_health_check_failures"), 0.0);
     promtool_check_metrics(&metrics);

@@ -125,82 +125,82 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "drfleet_commands_accepted",
-            "Commands accepted (a durable job created), by role.",
+            "Commands accepted (a durable job created), by role",
             self.commands_accepted.clone(),
         );
         r.register(
             "drfleet_commands_duplicate",
-            "Commands delivered again and recognised as duplicates, by role.",
+            "Commands delivered again and recognised as duplicates, by role",
             self.commands_duplicate.clone(),
         );
         r.register(
             "drfleet_commands_rejected",
-            "Commands rejected (command_rejected + dead-letter), by role and reason code.",
+            "Commands rejected (command_rejected + dead-letter), by role and reason code",
             self.commands_rejected.clone(),
         );
         r.register(
             "drfleet_jobs_started",
-            "Job runs started (each attempt), by role.",
+            "Job runs started (each attempt), by role",
             self.jobs_started.clone(),
         );
         r.register(
             "drfleet_jobs_succeeded",
-            "Jobs succeeded, by role.",
+            "Jobs succeeded, by role",
             self.jobs_succeeded.clone(),
         );
         r.register(
             "drfleet_jobs_failed",
-            "Jobs failed for good, by role and error code.",
+            "Jobs failed for good, by role and error code",
             self.jobs_failed.clone(),
         );
         r.register(
             "drfleet_jobs_retried",
-            "Job attempts that failed transiently and were requeued, by role and error code.",
+            "Job attempts that failed transiently and were requeued, by role and error code",
             self.jobs_retried.clone(),
         );
         r.register(
             "drfleet_job_duration_seconds",
-            "Duration of job runs that ended (succeeded or failed for good), by role.",
+            "Duration of job runs that ended (succeeded or failed for good), by role",
             self.job_duration.clone(),
         );
         r.register(
             "drfleet_jobs_in_flight",
-            "Jobs this process is running now, by role.",
+            "Jobs this process is running now, by role",
             self.jobs_in_flight.clone(),
         );
         r.register(
             "drfleet_rows_processed",
-            "Tenant rows exported (backup) or loaded (restore, drill), by role.",
+            "Tenant rows exported (backup) or loaded (restore, drill), by role",
             self.rows.clone(),
         );
         r.register(
             "drfleet_bytes_processed",
-            "Tenant data bytes (COPY text) exported or loaded, by role.",
+            "Tenant data bytes (COPY text) exported or loaded, by role",
             self.bytes.clone(),
         );
         r.register(
             "drfleet_events_published",
-            "Outbox messages this process published with confirms.",
+            "Outbox messages this process published with confirms",
             self.events_published.clone(),
         );
         r.register(
             "drfleet_broker_reconnects",
-            "Broker sessions started after a lost one.",
+            "Broker sessions started after a lost one",
             self.broker_reconnects.clone(),
         );
         r.register(
             "drfleet_broker_connected",
-            "Whether the broker session is up.",
+            "Whether the broker session is up",
             self.broker_up.clone(),
         );
         r.register(
             "drfleet_restore_promote_lock_seconds",
-            "Seconds the live tables were locked by a promotion.",
+            "Seconds the live tables were locked by a promotion",
             PROMOTE_LOCK.clone(),
         );
         r.register(
             "drfleet_artifact_store_errors",
-            "Object store errors, by operation and kind (not_found, already_exists, unavailable, permanent).",
+            "Object store errors, by operation and kind (not_found, already_exists, unavailable, permanent)",
             drfleet_storage::metrics::ERRORS.clone(),
         );
     }

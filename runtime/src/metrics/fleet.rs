@@ -59,14 +59,14 @@ pub async fn render(pool: &PgPool) -> Result<String, sqlx::Error> {
     g.set(backlog);
     reg.register(
         "drfleet_outbox_backlog_messages",
-        "Events and commands in the outbox waiting to be relayed (fleet-wide).",
+        "Events and commands in the outbox waiting to be relayed (fleet-wide)",
         g,
     );
     let lag: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
     lag.set(oldest.max(0.0));
     reg.register(
         "drfleet_outbox_oldest_message_age_seconds",
-        "Age of the oldest outbox message: the relay's lag (0 when empty).",
+        "Age of the oldest outbox message: the relay's lag (0 when empty)",
         lag,
     );
     let open = Family::<KindLabel, Gauge>::default();
@@ -78,7 +78,7 @@ pub async fn render(pool: &PgPool) -> Result<String, sqlx::Error> {
     }
     reg.register(
         "drfleet_alerts_open",
-        "Open alerts (pf_alerts) by kind (fleet-wide).",
+        "Open alerts (pf_alerts) by kind (fleet-wide)",
         open,
     );
     let q = Family::<RoleLabel, Gauge>::default();
@@ -90,7 +90,7 @@ pub async fn render(pool: &PgPool) -> Result<String, sqlx::Error> {
     }
     reg.register(
         "drfleet_jobs_queued",
-        "Jobs waiting to be claimed, by role (fleet-wide).",
+        "Jobs waiting to be claimed, by role (fleet-wide)",
         q,
     );
     Ok(super::encode(&reg))
