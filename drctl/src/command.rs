@@ -27,8 +27,8 @@ use drfleet_protocol::v1::{self, CommandEnvelope, EventEnvelope};
 use drfleet_protocol::validate::{ValidCommand, validate_envelope};
 
 use crate::cli::{
-    BackupArgs, CommandOpts, DbArgs, DiscardArgs, DrillArgs, HoldArgs, ModeArg, ReleaseArgs, RestoreArgs,
-    VerifyArgs,
+    BackupArgs, CommandOpts, DbArgs, DiscardArgs, DrillArgs, HoldArgs, ModeArg, ReleaseArgs,
+    RestoreArgs, VerifyArgs,
 };
 use crate::error::{Error, Outcome};
 use crate::notice;

@@ -61,8 +61,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
             Ok(Outcome::Success)
         }
         Cmd::Backup(a) => {
-            command::run_with_progress(&a.org, command::backup_body(a), &a.opts, Some(&a.db))
-                .await
+            command::run_with_progress(&a.org, command::backup_body(a), &a.opts, Some(&a.db)).await
         }
         Cmd::Restore(RestoreArgs {
             action: Some(RestoreAction::Discard(d)),

@@ -171,7 +171,9 @@ const JOB_COLUMNS: &[Column] = &[
     ("KIND", |v| cell(v, "kind")),
     ("ORG", |v| cell(v, "organization_id")),
     ("STATE", |v| cell(v, "state")),
-    ("ATTEMPT", |v| format!("{}/{}", v["attempts"], v["max_attempts"])),
+    ("ATTEMPT", |v| {
+        format!("{}/{}", v["attempts"], v["max_attempts"])
+    }),
     ("WORKER", |v| cell(v, "worker")),
     ("SINCE", |v| match &v["started_at"] {
         Value::String(_) => cell(v, "started_at"),

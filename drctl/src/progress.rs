@@ -57,22 +57,30 @@ pub fn describe(p: &JobProgress) -> String {
 }
 
 async fn read(pool: &PgPool, command_id: CommandId) -> Result<Option<JobProgress>, sqlx::Error> {
-    let row: Option<(String, String, i32, Option<i64>, Option<i64>, Option<String>)> =
-        sqlx::query_as(
-            "SELECT kind, state, attempts, progress_rows, progress_bytes, progress_table \
+    let row: Option<(
+        String,
+        String,
+        i32,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+    )> = sqlx::query_as(
+        "SELECT kind, state, attempts, progress_rows, progress_bytes, progress_table \
              FROM pf_jobs WHERE command_id = $1",
-        )
-        .bind(command_id.as_uuid())
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.map(|(kind, state, attempts, rows, bytes, table)| JobProgress {
-        kind,
-        state,
-        attempts,
-        rows,
-        bytes,
-        table,
-    }))
+    )
+    .bind(command_id.as_uuid())
+    .fetch_optional(pool)
+    .await?;
+    Ok(
+        row.map(|(kind, state, attempts, rows, bytes, table)| JobProgress {
+            kind,
+            state,
+            attempts,
+            rows,
+            bytes,
+            table,
+        }),
+    )
 }
 
 /// Where progress goes: a spinner on a terminal, plain lines otherwise.

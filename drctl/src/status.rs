@@ -206,7 +206,12 @@ pub fn render_text(v: &Value) -> String {
                     cell(r, "newest_snapshot_at"),
                     secs("age_seconds"),
                     secs("rpo_seconds"),
-                    if r["ok"] == true { "ok" } else { "RPO BREACHED" }.to_string(),
+                    if r["ok"] == true {
+                        "ok"
+                    } else {
+                        "RPO BREACHED"
+                    }
+                    .to_string(),
                 ]
             })
             .collect(),
@@ -259,7 +264,10 @@ mod tests {
         assert!(t.contains("QUEUES\n  (broker unreachable)"), "{t}");
         assert!(t.contains("  w1-abc  2\n"), "{t}");
         assert!(t.contains("JOBS\n  (none)"), "{t}");
-        assert!(t.contains("42   daily   -                -    60m  RPO BREACHED"), "{t}");
+        assert!(
+            t.contains("42   daily   -                -    60m  RPO BREACHED"),
+            "{t}"
+        );
         assert_eq!(human_age(7200), "2h");
     }
 }

@@ -101,8 +101,12 @@ async fn listings_status_and_progress_of_a_running_restore() {
         .to_string();
 
     // drctl backups: the record, as JSON and as an aligned table.
-    let (code, stdout, stderr) =
-        drctl_out(&vhost, &db, &["backups", "--org", &org_s, "--output", "json"]).await;
+    let (code, stdout, stderr) = drctl_out(
+        &vhost,
+        &db,
+        &["backups", "--org", &org_s, "--output", "json"],
+    )
+    .await;
     assert_eq!(code, Some(0), "{stderr}");
     let backups = json_lines(&stdout);
     assert_eq!(backups.len(), 1, "{stdout}");
@@ -124,7 +128,15 @@ async fn listings_status_and_progress_of_a_running_restore() {
     assert!(lines[0].starts_with("ID "), "{stdout}");
     assert!(lines[1].starts_with(&record), "{stdout}");
     // Aligned: every column starts where its header does.
-    for h in ["TIER", "STATUS", "SNAPSHOT", "SIZE", "ROWS", "VERIFY", "RETENTION"] {
+    for h in [
+        "TIER",
+        "STATUS",
+        "SNAPSHOT",
+        "SIZE",
+        "ROWS",
+        "VERIFY",
+        "RETENTION",
+    ] {
         let at = lines[0].find(h).unwrap();
         assert_ne!(&lines[1][at..at + 1], " ", "{h} column aligned:\n{stdout}");
         assert_eq!(&lines[1][at - 1..at], " ", "{h} column aligned:\n{stdout}");
@@ -132,7 +144,12 @@ async fn listings_status_and_progress_of_a_running_restore() {
 
     // A restore held for 5 s inside its first segment's COPY: its progress (table, bytes)
     // is recorded within 2 s and shown while drctl waits.
-    faults::arm(&org_s, point::MID_SEGMENT, Fault::Pause(Duration::from_secs(5)), 1);
+    faults::arm(
+        &org_s,
+        point::MID_SEGMENT,
+        Fault::Pause(Duration::from_secs(5)),
+        1,
+    );
     let restore = {
         let (vhost_url, db_url) = (vhost.amqp_url.clone(), db.url.clone());
         let args = ["restore", "--org", &org_s, "--backup", &record].map(String::from);
@@ -156,7 +173,10 @@ async fn listings_status_and_progress_of_a_running_restore() {
         if let Some(j) = jobs.iter().find(|j| !j["progress"].is_null()) {
             break j.clone();
         }
-        assert!(tokio::time::Instant::now() < deadline, "progress recorded: {stdout}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "progress recorded: {stdout}"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(running["kind"], "restore");
@@ -165,12 +185,18 @@ async fn listings_status_and_progress_of_a_running_restore() {
     assert_eq!(running["attempts"], 1);
     assert!(running["worker"].as_str().is_some_and(|w| !w.is_empty()));
     assert_eq!(running["progress"]["table"], "items");
-    assert!(running["progress"]["bytes"].as_u64().unwrap() > 0, "{running}");
+    assert!(
+        running["progress"]["bytes"].as_u64().unwrap() > 0,
+        "{running}"
+    );
 
     // The text listing, and the status screen while the job runs.
     let (_, stdout, _) = drctl_out(&vhost, &db, &["jobs"]).await;
     assert!(stdout.starts_with("JOB "), "{stdout}");
-    assert!(stdout.contains(" restore ") && stdout.contains(" items "), "{stdout}");
+    assert!(
+        stdout.contains(" restore ") && stdout.contains(" items "),
+        "{stdout}"
+    );
     let (code, stdout, stderr) = drctl_out(&vhost, &db, &["status", "--output", "json"]).await;
     assert_eq!(code, Some(0), "{stderr}");
     let status: Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -186,7 +212,10 @@ async fn listings_status_and_progress_of_a_running_restore() {
     assert_eq!(queue("dr.restore")["consumers"], 1, "{status}");
     assert_eq!(queue("dr.restore")["messages"], 0, "{status}");
     assert_eq!(queue("dr.drill")["consumers"], 0, "{status}");
-    assert_eq!(status["workers"][0]["worker"], running["worker"], "{status}");
+    assert_eq!(
+        status["workers"][0]["worker"], running["worker"],
+        "{status}"
+    );
     assert_eq!(status["workers"][0]["running_jobs"], 1, "{status}");
     assert!(
         status["jobs"]
@@ -199,7 +228,13 @@ async fn listings_status_and_progress_of_a_running_restore() {
     assert_eq!(status["alerts"], serde_json::json!([]));
     let (code, stdout, _) = drctl_out(&vhost, &db, &["status"]).await;
     assert_eq!(code, Some(0));
-    for section in ["QUEUES", "WORKERS RUNNING JOBS", "JOBS", "OPEN ALERTS", "NEWEST BACKUP PER POLICY"] {
+    for section in [
+        "QUEUES",
+        "WORKERS RUNNING JOBS",
+        "JOBS",
+        "OPEN ALERTS",
+        "NEWEST BACKUP PER POLICY",
+    ] {
         assert!(stdout.contains(section), "{section} in\n{stdout}");
     }
 

@@ -57,7 +57,8 @@ async fn serve_metrics(State(s): State<AppState>, headers: HeaderMap) -> impl In
     if db == Some(true)
         && let Some(pool) = s.pool.get()
     {
-        match tokio::time::timeout(Duration::from_secs(5), crate::metrics::fleet::render(pool)).await
+        match tokio::time::timeout(Duration::from_secs(5), crate::metrics::fleet::render(pool))
+            .await
         {
             Ok(Ok(fleet)) => body.push_str(&fleet),
             Ok(Err(e)) => tracing::warn!(error = %e, "fleet gauges: database error"),

@@ -94,10 +94,19 @@ mod tests {
         reg.register("drfleet_open", "Open ones", g);
         let om = encode(&reg) + "# EOF\n";
         let text = to_text_format(&om);
-        assert!(text.contains("# HELP drfleet_things_total Things done.\n"), "{text}");
-        assert!(text.contains("# TYPE drfleet_things_total counter\n"), "{text}");
+        assert!(
+            text.contains("# HELP drfleet_things_total Things done.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE drfleet_things_total counter\n"),
+            "{text}"
+        );
         assert!(text.contains("drfleet_things_total 3\n"), "{text}");
-        assert!(text.contains("# TYPE drfleet_open gauge\ndrfleet_open 2\n"), "{text}");
+        assert!(
+            text.contains("# TYPE drfleet_open gauge\ndrfleet_open 2\n"),
+            "{text}"
+        );
         assert!(!text.contains("# EOF"), "{text}");
         // Plain text passes through.
         assert_eq!(to_text_format("x_total 1\n"), "x_total 1\n");

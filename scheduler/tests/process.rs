@@ -97,10 +97,20 @@ async fn serves_health_ready_metrics_and_stops_on_sigterm() {
     ] {
         assert!(metrics.contains(name), "{name} in {metrics}");
     }
-    let value = |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("{series} in {metrics}"));
-    assert_eq!(value("drfleet_scheduler_slots_published_total{kind=\"backup\"}"), 1.0);
-    assert_eq!(value("drfleet_scheduler_slots_published_total{kind=\"verify\"}"), 0.0);
-    assert_eq!(value("drfleet_scheduler_slots_deferred_total{kind=\"backup\"}"), 0.0);
+    let value =
+        |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("{series} in {metrics}"));
+    assert_eq!(
+        value("drfleet_scheduler_slots_published_total{kind=\"backup\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("drfleet_scheduler_slots_published_total{kind=\"verify\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("drfleet_scheduler_slots_deferred_total{kind=\"backup\"}"),
+        0.0
+    );
     // The fleet gauges, read from the database: the alert the tick raised, by kind.
     assert_eq!(value("drfleet_alerts_open{kind=\"RPO_BREACHED\"}"), 1.0);
     assert_eq!(value("drfleet_alerts_open{kind=\"DRILL_FAILED\"}"), 0.0);

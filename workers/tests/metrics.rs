@@ -29,7 +29,11 @@ fn get_openmetrics(addr: &str) -> (String, String) {
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
     let ctype = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(String::from))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(String::from)
+        })
         .unwrap();
     (ctype, body.to_string())
 }
@@ -59,13 +63,12 @@ async fn worker_metrics_after_real_work() {
 
     // A backup that succeeds.
     let record = backup(&env, &tap, &p, &org).await;
-    let (rows, size): (i64, i64) = sqlx::query_as(
-        "SELECT row_count, byte_size FROM pf_backup_records WHERE id = $1::uuid",
-    )
-    .bind(&record)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
+    let (rows, size): (i64, i64) =
+        sqlx::query_as("SELECT row_count, byte_size FROM pf_backup_records WHERE id = $1::uuid")
+            .bind(&record)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
 
     // A command refused at admission (no such tier).
     let cmd = backup_command(&org, "no-such-tier", &token(&org, &["pf.backup.create"]));
@@ -119,11 +122,16 @@ async fn worker_metrics_after_real_work() {
         })
     })
     .await;
-    let value = |series: &str| {
-        sample(&metrics, series).unwrap_or_else(|| panic!("{series} in\n{metrics}"))
-    };
-    assert_eq!(value(r#"drfleet_commands_accepted_total{role="backup"}"#), 1.0);
-    assert_eq!(value(r#"drfleet_commands_accepted_total{role="restore"}"#), 1.0);
+    let value =
+        |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("{series} in\n{metrics}"));
+    assert_eq!(
+        value(r#"drfleet_commands_accepted_total{role="backup"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"drfleet_commands_accepted_total{role="restore"}"#),
+        1.0
+    );
     assert_eq!(
         value(&format!(
             r#"drfleet_commands_rejected_total{{role="backup",reason="{reason}"}}"#
@@ -133,7 +141,10 @@ async fn worker_metrics_after_real_work() {
     assert_eq!(value(r#"drfleet_jobs_started_total{role="backup"}"#), 1.0);
     assert_eq!(value(r#"drfleet_jobs_succeeded_total{role="backup"}"#), 1.0);
     assert_eq!(value(r#"drfleet_jobs_started_total{role="restore"}"#), 1.0);
-    assert_eq!(value(r#"drfleet_jobs_succeeded_total{role="restore"}"#), 0.0);
+    assert_eq!(
+        value(r#"drfleet_jobs_succeeded_total{role="restore"}"#),
+        0.0
+    );
     assert_eq!(
         value(&format!(
             r#"drfleet_jobs_failed_total{{role="restore",code="{code}"}}"#
@@ -142,8 +153,14 @@ async fn worker_metrics_after_real_work() {
     );
     assert_eq!(value(r#"drfleet_jobs_in_flight{role="backup"}"#), 0.0);
     assert_eq!(value(r#"drfleet_jobs_in_flight{role="restore"}"#), 0.0);
-    assert_eq!(value(r#"drfleet_job_duration_seconds_count{role="backup"}"#), 1.0);
-    assert_eq!(value(r#"drfleet_job_duration_seconds_count{role="restore"}"#), 1.0);
+    assert_eq!(
+        value(r#"drfleet_job_duration_seconds_count{role="backup"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"drfleet_job_duration_seconds_count{role="restore"}"#),
+        1.0
+    );
     assert_eq!(
         value(r#"drfleet_job_duration_seconds_bucket{le="+Inf",role="backup"}"#),
         1.0
@@ -155,12 +172,17 @@ async fn worker_metrics_after_real_work() {
         rows as f64
     );
     assert!(value(r#"drfleet_bytes_processed_total{role="backup"}"#) >= size as f64);
-    assert_eq!(value(r#"drfleet_rows_processed_total{role="restore"}"#), 0.0);
+    assert_eq!(
+        value(r#"drfleet_rows_processed_total{role="restore"}"#),
+        0.0
+    );
     // The missing artifact, counted by the store.
     assert!(
-        metrics.lines().any(|l| l.starts_with("drfleet_artifact_store_errors_total{")
-            && l.contains(r#"kind="not_found""#)
-            && !l.ends_with(" 0")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("drfleet_artifact_store_errors_total{")
+                && l.contains(r#"kind="not_found""#)
+                && !l.ends_with(" 0")),
         "{metrics}"
     );
     // Events: backup started/completed, rejected, restore started?/failed — relayed and audited.
@@ -172,11 +194,20 @@ async fn worker_metrics_after_real_work() {
     // Fleet gauges from the database.
     assert_eq!(value(r#"drfleet_jobs_queued{role="backup"}"#), 0.0);
     assert_eq!(value(r#"drfleet_alerts_open{kind="RPO_BREACHED"}"#), 0.0);
-    assert_eq!(value(r#"drfleet_alerts_open{kind="DRILL_RTO_REGRESSED"}"#), 0.0);
+    assert_eq!(
+        value(r#"drfleet_alerts_open{kind="DRILL_RTO_REGRESSED"}"#),
+        0.0
+    );
     assert_eq!(value("drfleet_outbox_oldest_message_age_seconds"), 0.0);
     // Text format 0.0.4: counters typed under their sample names.
-    assert!(metrics.contains("# TYPE drfleet_jobs_failed_total counter\n"), "{metrics}");
-    assert!(metrics.contains("# TYPE drfleet_job_duration_seconds histogram\n"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE drfleet_jobs_failed_total counter\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# TYPE drfleet_job_duration_seconds histogram\n"),
+        "{metrics}"
+    );
     assert!(!metrics.contains("# EOF"));
     // No tenant content in the scrape.
     for marker in [MARKER, OTHER_MARKER, "order_notes"] {
@@ -188,8 +219,14 @@ async fn worker_metrics_after_real_work() {
     let (ctype, om) = get_openmetrics(&addr);
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
     assert!(om.ends_with("# EOF\n"), "{om}");
-    assert!(om.contains("# TYPE drfleet_jobs_succeeded counter\n"), "{om}");
-    assert!(om.contains("drfleet_jobs_succeeded_total{role=\"backup\"} 1\n"), "{om}");
+    assert!(
+        om.contains("# TYPE drfleet_jobs_succeeded counter\n"),
+        "{om}"
+    );
+    assert!(
+        om.contains("drfleet_jobs_succeeded_total{role=\"backup\"} 1\n"),
+        "{om}"
+    );
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

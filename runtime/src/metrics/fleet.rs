@@ -24,7 +24,14 @@ pub const ALERT_KINDS: [&str; 5] = [
 ];
 
 /// Job kinds reported even when none is queued.
-pub const JOB_ROLES: [&str; 6] = ["backup", "restore", "drill", "verify", "policy", "retention"];
+pub const JOB_ROLES: [&str; 6] = [
+    "backup",
+    "restore",
+    "drill",
+    "verify",
+    "policy",
+    "retention",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
