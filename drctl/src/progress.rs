@@ -56,15 +56,18 @@ pub fn describe(p: &JobProgress) -> String {
     s
 }
 
+/// kind, state, attempts, progress_rows, progress_bytes, progress_table.
+type JobRow = (
+    String,
+    String,
+    i32,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
+
 async fn read(pool: &PgPool, command_id: CommandId) -> Result<Option<JobProgress>, sqlx::Error> {
-    let row: Option<(
-        String,
-        String,
-        i32,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-    )> = sqlx::query_as(
+    let row: Option<JobRow> = sqlx::query_as(
         "SELECT kind, state, attempts, progress_rows, progress_bytes, progress_table \
              FROM pf_jobs WHERE command_id = $1",
     )

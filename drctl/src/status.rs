@@ -68,6 +68,9 @@ async fn queues(url: &str) -> Result<Vec<Value>, Error> {
     Ok(out)
 }
 
+/// Organization, policy name, RPO, newest completed snapshot, its age (or the policy's).
+type RpoRow = (String, String, Option<i64>, Option<DateTime<Utc>>, f64);
+
 async fn database_parts(pool: &sqlx::PgPool) -> Result<Value, Error> {
     let workers: Vec<(String, i64)> = sqlx::query_as(
         "SELECT lease_owner, count(*) FROM pf_jobs WHERE state = 'running' AND lease_owner IS NOT NULL \
@@ -90,7 +93,7 @@ async fn database_parts(pool: &sqlx::PgPool) -> Result<Value, Error> {
     .await?;
     // Each enabled policy's newest completed backup against its RPO (as the scheduler's
     // RPO_BREACHED watch reads it).
-    let rpo: Vec<(String, String, Option<i64>, Option<DateTime<Utc>>, f64)> = sqlx::query_as(
+    let rpo: Vec<RpoRow> = sqlx::query_as(
         "SELECT p.tenant_key, p.name, p.rpo_seconds, n.newest, \
            extract(epoch FROM now() - coalesce(n.newest, p.created_at))::float8 \
          FROM pf_backup_policies p \
