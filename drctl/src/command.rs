@@ -275,7 +275,8 @@ pub async fn run_with_progress(
                 Some(db) => Follower::start(db, cmd.command_id).await,
                 None => None,
             };
-            let outcome = wait(consumer, &cmd, Duration::from_secs(opts.wait_secs)).await;
+            let limit = Duration::from_secs(opts.wait_secs);
+            let outcome = wait_showing(consumer, &cmd, limit, follower.as_ref()).await;
             if let Some(f) = follower {
                 f.finish().await;
             }
@@ -288,10 +289,24 @@ pub async fn run_with_progress(
 
 /// Print every event of the command until a terminal one, or time out.
 pub async fn wait(
-    mut consumer: Consumer,
+    consumer: Consumer,
     cmd: &ValidCommand,
     limit: Duration,
 ) -> Result<Outcome, Error> {
+    wait_showing(consumer, cmd, limit, None).await
+}
+
+/// [`wait`], printing around a progress display (its spinner is hidden while a line prints).
+pub async fn wait_showing(
+    mut consumer: Consumer,
+    cmd: &ValidCommand,
+    limit: Duration,
+    progress: Option<&Follower>,
+) -> Result<Outcome, Error> {
+    let quiet = |f: &mut dyn FnMut()| match progress {
+        Some(p) => p.suspend(f),
+        None => f(),
+    };
     let kind = cmd.body.kind();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -314,10 +329,14 @@ pub async fn wait(
         if !belongs_to(&ev, cmd) {
             continue;
         }
-        print_line(&event_line(&ev))?;
-        if let Some(w) = ev.event.as_ref().and_then(notice::event_warning) {
-            eprintln!("{w}");
-        }
+        let mut printed = Ok(());
+        quiet(&mut || {
+            printed = print_line(&event_line(&ev));
+            if let Some(w) = ev.event.as_ref().and_then(notice::event_warning) {
+                eprintln!("{w}");
+            }
+        });
+        printed?;
         if let Some(outcome) = ev.event.as_ref().and_then(|e| terminal(kind, e)) {
             if outcome == Outcome::Failed {
                 let ty = ev.event.as_ref().map(event_type).unwrap_or("unknown");

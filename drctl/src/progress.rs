@@ -4,8 +4,9 @@
 //! 2 s), shown on stderr — an indicatif spinner line on a terminal, plain lines otherwise
 //! (one per change). Needs DR_DATABASE_URL; without it drctl waits silently as before.
 //!
-//! Reusable: [`Follower::start`] with the command id, [`Follower::finish`] once the outcome
-//! is in.
+//! Reusable: [`crate::command::run_with_progress`] does it all for a command; or
+//! [`Follower::start`] with the command id, [`Follower::suspend`] around printing, and
+//! [`Follower::finish`] once the outcome is in.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -87,6 +88,7 @@ async fn read(pool: &PgPool, command_id: CommandId) -> Result<Option<JobProgress
 }
 
 /// Where progress goes: a spinner on a terminal, plain lines otherwise.
+#[derive(Clone)]
 enum Display {
     Bar(ProgressBar),
     Lines,
@@ -124,6 +126,7 @@ impl Display {
 pub struct Follower {
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
+    display: Display,
 }
 
 impl Follower {
@@ -146,8 +149,10 @@ impl Follower {
             }
         };
         let (stop, mut stopped) = oneshot::channel();
+        let display = Display::new();
+        let shown_on = display.clone();
         let task = tokio::spawn(async move {
-            let display = Display::new();
+            let display = shown_on;
             let mut shown: Option<JobProgress> = None;
             loop {
                 if let Ok(Some(p)) = read(&pool, command_id).await
@@ -164,7 +169,19 @@ impl Follower {
             display.finish();
             pool.close().await;
         });
-        Some(Follower { stop, task })
+        Some(Follower {
+            stop,
+            task,
+            display,
+        })
+    }
+
+    /// Run `f` (which prints) with the spinner hidden.
+    pub fn suspend(&self, f: &mut dyn FnMut()) {
+        match &self.display {
+            Display::Bar(b) => b.suspend(f),
+            Display::Lines => f(),
+        }
     }
 
     /// Stop following and clear the spinner.
