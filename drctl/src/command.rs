@@ -240,6 +240,12 @@ pub async fn run_with_progress(
     opts: &CommandOpts,
     db: Option<&DbArgs>,
 ) -> Result<Outcome, Error> {
+    // A restore or drill of a known backup loads its rows: the display can show a bar.
+    let rows_of = match &body {
+        Command::Restore(r) => r.backup_record_id.parse::<uuid::Uuid>().ok(),
+        Command::Drill(d) => d.backup_record_id.parse::<uuid::Uuid>().ok(),
+        _ => None,
+    };
     let env = new_envelope(org, opts.correlation_id.as_deref(), body);
     let (env, cmd) = prepare(opts, env)?;
     let kind = cmd.body.kind();
@@ -272,7 +278,7 @@ pub async fn run_with_progress(
         }
         Some(consumer) => {
             let follower = match db {
-                Some(db) => Follower::start(db, cmd.command_id).await,
+                Some(db) => Follower::start(db, cmd.command_id, rows_of).await,
                 None => None,
             };
             let limit = Duration::from_secs(opts.wait_secs);

@@ -31,6 +31,8 @@ pub struct JobProgress {
     pub rows: Option<i64>,
     pub bytes: Option<i64>,
     pub table: Option<String>,
+    /// Rows the job will have done when finished, when known (the backup a restore loads).
+    pub total_rows: Option<i64>,
 }
 
 /// One line describing where the job is, e.g. `backup running: table orders, 12345 rows,
@@ -44,8 +46,13 @@ pub fn describe(p: &JobProgress) -> String {
     if let Some(t) = &p.table {
         parts.push(format!("table {t}"));
     }
-    if let Some(r) = p.rows {
-        parts.push(format!("{r} rows"));
+    match (p.rows, p.total_rows) {
+        (Some(r), Some(t)) if t > 0 => parts.push(format!(
+            "{r} of {t} rows ({}%)",
+            (r.max(0) * 100 / t).min(100)
+        )),
+        (Some(r), _) => parts.push(format!("{r} rows")),
+        (None, _) => {}
     }
     if let Some(b) = p.bytes {
         parts.push(human_bytes(b.max(0) as u64));
@@ -83,6 +90,7 @@ async fn read(pool: &PgPool, command_id: CommandId) -> Result<Option<JobProgress
             rows,
             bytes,
             table,
+            total_rows: None,
         }),
     )
 }
@@ -95,11 +103,16 @@ enum Display {
 }
 
 impl Display {
-    fn new() -> Self {
+    /// A bar of `total_rows` when known, else a spinner.
+    fn new(total_rows: Option<u64>) -> Self {
         if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
-                bar.set_style(style);
+            let bar = ProgressBar::with_draw_target(total_rows, ProgressDrawTarget::stderr());
+            let template = match total_rows {
+                Some(_) => "{spinner} [{bar:30}] {percent:>3}% {msg} [{elapsed}]",
+                None => "{spinner} {msg} [{elapsed}]",
+            };
+            if let Ok(style) = ProgressStyle::with_template(template) {
+                bar.set_style(style.progress_chars("=> "));
             }
             bar.enable_steady_tick(Duration::from_millis(120));
             Display::Bar(bar)
@@ -110,7 +123,12 @@ impl Display {
 
     fn show(&self, p: &JobProgress) {
         match self {
-            Display::Bar(b) => b.set_message(describe(p)),
+            Display::Bar(b) => {
+                if let Some(r) = p.rows {
+                    b.set_position(r.max(0) as u64);
+                }
+                b.set_message(describe(p));
+            }
             Display::Lines => eprintln!("drctl: progress: {}", describe(p)),
         }
     }
@@ -132,7 +150,11 @@ pub struct Follower {
 impl Follower {
     /// Start following `command_id`'s job; `None` (and a note on stderr) when the metadata
     /// database is not configured or cannot be reached: the wait goes on without progress.
-    pub async fn start(db: &DbArgs, command_id: CommandId) -> Option<Follower> {
+    pub async fn start(
+        db: &DbArgs,
+        command_id: CommandId,
+        rows_of: Option<uuid::Uuid>,
+    ) -> Option<Follower> {
         let url = db.database_url.as_deref().filter(|u| !u.is_empty())?;
         let url = match postgres_url("DR_DATABASE_URL", url) {
             Ok(u) => u,
@@ -148,22 +170,39 @@ impl Follower {
                 return None;
             }
         };
+        let total_rows: Option<i64> = match rows_of {
+            Some(record) => sqlx::query_scalar(
+                "SELECT row_count FROM pf_backup_records WHERE id = $1 AND status = 'completed'",
+            )
+            .bind(record)
+            .fetch_optional(&pool)
+            .await
+            .ok()
+            .flatten()
+            .flatten(),
+            None => None,
+        };
         let (stop, mut stopped) = oneshot::channel();
-        let display = Display::new();
+        let display = Display::new(total_rows.map(|t| t.max(0) as u64));
         let shown_on = display.clone();
         let task = tokio::spawn(async move {
             let display = shown_on;
             let mut shown: Option<JobProgress> = None;
             loop {
-                if let Ok(Some(p)) = read(&pool, command_id).await
-                    && shown.as_ref() != Some(&p)
-                {
-                    display.show(&p);
-                    shown = Some(p);
+                let last = tokio::select! {
+                    _ = &mut stopped => true,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => false,
+                };
+                // Read once more when stopped: a quick job still shows how it ended.
+                if let Ok(Some(mut p)) = read(&pool, command_id).await {
+                    p.total_rows = total_rows;
+                    if shown.as_ref() != Some(&p) {
+                        display.show(&p);
+                        shown = Some(p);
+                    }
                 }
-                tokio::select! {
-                    _ = &mut stopped => break,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                if last {
+                    break;
                 }
             }
             display.finish();
@@ -212,6 +251,12 @@ mod tests {
         assert_eq!(
             describe(&p),
             "backup running (attempt 2): table orders, 12345 rows, 3.0 MiB"
+        );
+        p.kind = "restore".into();
+        p.total_rows = Some(24690);
+        assert_eq!(
+            describe(&p),
+            "restore running (attempt 2): table orders, 12345 of 24690 rows (50%), 3.0 MiB"
         );
     }
 }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use common::*;
 use drfleet_protocol::OrganizationId;
+use drfleet_protocol::topology::CommandKind;
 use drfleet_workers::config::{WorkerCli, WorkerConfig};
 use drfleet_workers::faults::{self, Fault, point};
 
@@ -90,6 +91,16 @@ async fn listings_status_and_progress_of_a_running_restore() {
         shutdown.clone(),
     ));
     let org_s = org.to_string();
+    // Until the worker consumes, drctl would (rightly) warn that nobody does.
+    let (conn, _p) = vhost.publisher().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for kind in [CommandKind::Backup, CommandKind::Restore] {
+        while drctl::notice::consumer_count(&conn, kind).await.unwrap() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "worker consumes");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
 
     // A backup, waited for with the progress display on (stderr is no terminal: lines).
     let (code, stdout, stderr) = drctl_out(&vhost, &db, &["backup", "--org", &org_s]).await;
@@ -243,6 +254,15 @@ async fn listings_status_and_progress_of_a_running_restore() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
         stderr.contains("drctl: progress: restore running: table items, "),
+        "{stderr}"
+    );
+    // Lines only when the progress changes.
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("drctl: progress:"))
+        .collect();
+    assert!(
+        lines.windows(2).all(|w| w[0] != w[1]) && lines.len() < 10,
         "{stderr}"
     );
     let (_, stdout, _) = drctl_out(&vhost, &db, &["jobs", "--output", "json"]).await;
