@@ -63,6 +63,14 @@ pub enum Cmd {
     /// The open alerts (RPO breached, backups failing, verify failed, drill alerts), oldest
     /// first.
     Alerts(crate::alerts::AlertsArgs),
+    /// One organization's backups, newest first: tier, policy, status, snapshot, size,
+    /// verify and retention status.
+    Backups(crate::listings::BackupsArgs),
+    /// Queued and running jobs, running first, with their progress.
+    Jobs(crate::listings::JobsArgs),
+    /// One screen: queues, workers running jobs, jobs by kind, open alerts, each policy's
+    /// newest backup against its RPO.
+    Status(crate::status::StatusArgs),
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]
@@ -168,6 +176,9 @@ pub struct BackupArgs {
     pub reason: String,
     #[command(flatten)]
     pub opts: CommandOpts,
+    /// With DR_DATABASE_URL, the job's progress is shown while waiting.
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +207,9 @@ pub struct RestoreArgs {
     pub target: Option<String>,
     #[command(flatten)]
     pub opts: CommandOpts,
+    /// With DR_DATABASE_URL, the job's progress is shown while waiting.
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]

@@ -27,11 +27,13 @@ use drfleet_protocol::v1::{self, CommandEnvelope, EventEnvelope};
 use drfleet_protocol::validate::{ValidCommand, validate_envelope};
 
 use crate::cli::{
-    BackupArgs, CommandOpts, DiscardArgs, HoldArgs, ModeArg, ReleaseArgs, RestoreArgs, VerifyArgs,
+    BackupArgs, CommandOpts, DbArgs, DiscardArgs, HoldArgs, ModeArg, ReleaseArgs, RestoreArgs,
+    VerifyArgs,
 };
 use crate::error::{Error, Outcome};
 use crate::notice;
 use crate::output::{event_line, print_line};
+use crate::progress::Follower;
 use crate::token;
 
 /// Shortest lifetime of a minted token: the command may wait in its queue for a while.
@@ -231,16 +233,24 @@ pub enum Show {
 
 /// Build, validate, publish and (unless `--no-wait`) follow one command.
 pub async fn run(org: &TenantKey, body: Command, opts: &CommandOpts) -> Result<Outcome, Error> {
-    run_showing(org, body, opts, Show::Events).await
+    run_with(org, body, opts, Show::Events, None).await
 }
 
-/// [`run`], showing the events as `show` says.
-pub async fn run_showing(
+/// [`run`], showing the events as `show` says and, when `db` names the metadata database,
+/// the job's progress while waiting ([`crate::progress`]).
+pub async fn run_with(
     org: &TenantKey,
     body: Command,
     opts: &CommandOpts,
     show: Show,
+    db: Option<&DbArgs>,
 ) -> Result<Outcome, Error> {
+    // A restore or drill of a known backup loads its rows: the display can show a bar.
+    let rows_of = match &body {
+        Command::Restore(r) => r.backup_record_id.parse::<uuid::Uuid>().ok(),
+        Command::Drill(d) => d.backup_record_id.parse::<uuid::Uuid>().ok(),
+        _ => None,
+    };
     let env = new_envelope(org, opts.correlation_id.as_deref(), body);
     let (env, cmd) = prepare(opts, env)?;
     let kind = cmd.body.kind();
@@ -271,7 +281,18 @@ pub async fn run_showing(
             }))?;
             Ok(Outcome::Success)
         }
-        Some(consumer) => wait(consumer, &cmd, Duration::from_secs(opts.wait_secs), show).await,
+        Some(consumer) => {
+            let follower = match db {
+                Some(db) => Follower::start(db, cmd.command_id, rows_of).await,
+                None => None,
+            };
+            let limit = Duration::from_secs(opts.wait_secs);
+            let outcome = wait_showing(consumer, &cmd, limit, show, follower.as_ref()).await;
+            if let Some(f) = follower {
+                f.finish().await;
+            }
+            outcome
+        }
     };
     let _ = conn.close(200, "drctl done".into()).await;
     outcome
@@ -279,11 +300,26 @@ pub async fn run_showing(
 
 /// Print every event of the command until a terminal one, or time out.
 pub async fn wait(
-    mut consumer: Consumer,
+    consumer: Consumer,
     cmd: &ValidCommand,
     limit: Duration,
     show: Show,
 ) -> Result<Outcome, Error> {
+    wait_showing(consumer, cmd, limit, show, None).await
+}
+
+/// [`wait`], printing around a progress display (its spinner is hidden while a line prints).
+pub async fn wait_showing(
+    mut consumer: Consumer,
+    cmd: &ValidCommand,
+    limit: Duration,
+    show: Show,
+    progress: Option<&Follower>,
+) -> Result<Outcome, Error> {
+    let quiet = |f: &mut dyn FnMut()| match progress {
+        Some(p) => p.suspend(f),
+        None => f(),
+    };
     let kind = cmd.body.kind();
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -306,15 +342,19 @@ pub async fn wait(
         if !belongs_to(&ev, cmd) {
             continue;
         }
-        match (show, &ev.event) {
-            (Show::DrillMatrix, Some(Event::DrDrillCompleted(d))) => crate::drill::print_matrix(d)?,
-            // Only the outcome: the matrix or why there is none.
-            (Show::DrillMatrix, Some(e)) if terminal(kind, e).is_none() => {}
-            _ => print_line(&event_line(&ev))?,
-        }
-        if let Some(w) = ev.event.as_ref().and_then(notice::event_warning) {
-            eprintln!("{w}");
-        }
+        let mut printed = Ok(());
+        quiet(&mut || {
+            printed = match (show, &ev.event) {
+                (Show::DrillMatrix, Some(Event::DrDrillCompleted(d))) => crate::drill::print_matrix(d),
+                // Only the outcome: the matrix or why there is none.
+                (Show::DrillMatrix, Some(e)) if terminal(kind, e).is_none() => Ok(()),
+                _ => print_line(&event_line(&ev)),
+            };
+            if let Some(w) = ev.event.as_ref().and_then(notice::event_warning) {
+                eprintln!("{w}");
+            }
+        });
+        printed?;
         if let Some(outcome) = ev.event.as_ref().and_then(|e| terminal(kind, e)) {
             if outcome == Outcome::Failed {
                 let ty = ev.event.as_ref().map(event_type).unwrap_or("unknown");
@@ -369,6 +409,7 @@ mod tests {
                 mode,
                 target: None,
                 opts: opts(None, None),
+                db: DbArgs::default(),
             },
             &backup,
         )

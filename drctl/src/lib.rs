@@ -4,7 +4,7 @@
 //!
 //! - [`cli`]: the clap structs (`token`, `backup`, `restore`, `restore discard`, `verify`,
 //!   `drill`, `drills`, `retention plan|run`, `hold`, `release`, `events`, `audit verify|list`,
-//!   `tiers show`, `policy set|rm|list`, `alerts`).
+//!   `tiers show`, `policy set|rm|list`, `alerts`, `backups`, `jobs`, `status`).
 //! - [`retention`]: `retention plan` (the sweep's selection over the database, deleting
 //!   nothing) and the policy lookup of `retention run`.
 //! - [`token`]: minting actor tokens (HS256) with `DR_AUTH_JWT_SECRET`.
@@ -18,8 +18,11 @@
 //! - [`policy`]: `policy set|rm` (a `PolicyCommand`, waited for) and `policy list` (the
 //!   database).
 //! - [`alerts`]: `alerts`, the open alerts in the database.
+//! - [`listings`]: `backups` and `jobs` (with progress), from the database.
+//! - [`status`]: `status`, one screen of queues, workers, jobs, alerts and RPO.
+//! - [`progress`]: the job's progress while a command waits (spinner or plain lines).
 //! - [`output`]: the JSON line printed per event (one shape: `events`, command waits and
-//!   `audit list` alike).
+//!   `audit list` alike), aligned tables for listings.
 //! - [`notice`]: stderr notices: the broker and vhost, a queue nobody consumes, backups
 //!   that completed with a warning.
 //! - [`error`]: [`Error`], [`Outcome`] and the exit codes.
@@ -37,10 +40,13 @@ pub mod command;
 pub mod drill;
 pub mod error;
 pub mod events;
+pub mod listings;
 pub mod notice;
 pub mod output;
 pub mod policy;
+pub mod progress;
 pub mod retention;
+pub mod status;
 pub mod tiers;
 pub mod token;
 
@@ -57,7 +63,16 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
             output::print_token(&t)?;
             Ok(Outcome::Success)
         }
-        Cmd::Backup(a) => command::run(&a.org, command::backup_body(a), &a.opts).await,
+        Cmd::Backup(a) => {
+            command::run_with(
+                &a.org,
+                command::backup_body(a),
+                &a.opts,
+                command::Show::Events,
+                Some(&a.db),
+            )
+            .await
+        }
         Cmd::Restore(RestoreArgs {
             action: Some(RestoreAction::Discard(d)),
             ..
@@ -71,7 +86,14 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
                 )
                 .into());
             };
-            command::run(&org, command::restore_body(a, &backup), &a.opts).await
+            command::run_with(
+                &org,
+                command::restore_body(a, &backup),
+                &a.opts,
+                command::Show::Events,
+                Some(&a.db),
+            )
+            .await
         }
         Cmd::Verify(a) => command::run(&a.org, command::verify_body(a), &a.opts).await,
         Cmd::Drill(a) => {
@@ -80,7 +102,7 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
                 cli::OutputFormat::Text => command::Show::DrillMatrix,
                 cli::OutputFormat::Json => command::Show::Events,
             };
-            command::run_showing(&a.org, body, &a.opts, show).await
+            command::run_with(&a.org, body, &a.opts, show, Some(&a.db)).await
         }
         Cmd::Drills(a) => drill::list(a).await,
         Cmd::Retention(RetentionCmd::Plan(a)) => retention::plan(a).await,
@@ -108,5 +130,8 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         }
         Cmd::Policy(policy::PolicyCmd::List(a)) => policy::list(a).await,
         Cmd::Alerts(a) => alerts::list(a).await,
+        Cmd::Backups(a) => listings::backups(a).await,
+        Cmd::Jobs(a) => listings::jobs(a).await,
+        Cmd::Status(a) => status::status(a).await,
     }
 }

@@ -82,6 +82,85 @@ pub fn print_record(
     }
 }
 
+/// A column of a human listing: its header and how a record's JSON shows in it.
+pub type Column = (&'static str, fn(&Value) -> String);
+
+/// `v[key]` as a table cell: strings bare, null and "" as `-`.
+pub fn cell(v: &Value, key: &str) -> String {
+    match &v[key] {
+        Value::String(s) if !s.is_empty() => s.clone(),
+        Value::String(_) | Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Rows under headers, each column as wide as its widest cell (by characters), two spaces
+/// apart, the last column not padded.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let all = std::iter::once(headers.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+        .chain(rows.iter().cloned());
+    for cells in all {
+        let n = cells.len();
+        for (i, c) in cells.iter().enumerate() {
+            out.push_str(c);
+            if i + 1 < n {
+                let w = widths.get(i).copied().unwrap_or(0);
+                out.extend(std::iter::repeat_n(' ', w - c.chars().count().min(w) + 2));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A listing: one JSON line per record, or an aligned table of `columns` (nothing but the
+/// headers when empty). A closed pipe ends it quietly.
+pub fn print_listing(
+    output: crate::cli::OutputFormat,
+    records: &[Value],
+    columns: &[Column],
+) -> std::io::Result<()> {
+    let printed = match output {
+        crate::cli::OutputFormat::Json => records.iter().try_for_each(print_line),
+        crate::cli::OutputFormat::Text => {
+            let headers: Vec<&str> = columns.iter().map(|c| c.0).collect();
+            let rows: Vec<Vec<String>> = records
+                .iter()
+                .map(|r| columns.iter().map(|c| (c.1)(r)).collect())
+                .collect();
+            let mut out = std::io::stdout().lock();
+            out.write_all(table(&headers, &rows).as_bytes())
+                .and_then(|()| out.flush())
+        }
+    };
+    match printed {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Bytes for people: `512 B`, `1.5 KiB`, `3.2 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
 /// `drctl token`'s output: the token and a newline, nothing else.
 pub fn print_token(token: &str) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -95,6 +174,26 @@ mod tests {
     use drfleet_protocol::OrganizationId;
     use drfleet_protocol::events::envelope;
     use drfleet_protocol::v1::{VerifyCompleted, event_envelope::Event};
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(
+            &["ID", "STATUS", "SIZE"],
+            &[
+                vec!["a".into(), "completed".into(), "1.0 KiB".into()],
+                vec!["bbbb".into(), "-".into(), "12 B".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "ID    STATUS     SIZE\na     completed  1.0 KiB\nbbbb  -          12 B\n"
+        );
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(cell(&serde_json::json!({"a": null, "b": 3}), "a"), "-");
+        assert_eq!(cell(&serde_json::json!({"a": null, "b": 3}), "b"), "3");
+    }
 
     #[test]
     fn line_shape() {

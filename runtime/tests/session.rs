@@ -274,7 +274,12 @@ async fn a_publish_only_process_relays_queued_commands_and_stops_in_order() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (_, body) = get(addr, "/metrics").await.unwrap();
-    assert_eq!(body, "test_published_total 1\n");
+    // The process's own metrics first, then the health check and the fleet gauges.
+    assert!(body.starts_with("test_published_total 1\n"), "{body}");
+    assert!(
+        body.contains("drfleet_outbox_backlog_messages 0\n"),
+        "{body}"
+    );
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pf_outbox")
         .fetch_one(&pool)
         .await

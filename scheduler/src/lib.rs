@@ -36,7 +36,6 @@ pub mod watch;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -165,7 +164,7 @@ async fn decide_loop(
             }
             Ok(TickOutcome::NotOurTurn) => {}
             Err(e) => {
-                metrics.tick_errors.fetch_add(1, Relaxed);
+                metrics.tick_errors.inc();
                 tracing::warn!(error = %e, "tick failed; retrying at the next one");
             }
         }

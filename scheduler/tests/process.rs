@@ -58,6 +58,21 @@ fn bad_settings_exit_2_with_one_line_and_no_secret() {
 #[tokio::test]
 async fn serves_health_ready_metrics_and_stops_on_sigterm() {
     let env = TestEnv::new().await;
+    // Due now, and past its RPO: the first tick publishes its slot and raises RPO_BREACHED.
+    let org = drfleet_protocol::OrganizationId::new();
+    insert_policy(
+        &env,
+        &org,
+        "due-now",
+        "0 0 1 1 *",
+        PolicyOpts {
+            next_due_at: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
+            rpo_seconds: Some(60),
+            created_at: Some(chrono::Utc::now() - chrono::Duration::hours(1)),
+            ..Default::default()
+        },
+    )
+    .await;
     let addr = free_addr();
     let mut child = spawn_scheduler(&env, &[("DR_HTTP_ADDR", addr.clone())]);
     let ready = eventually(30, "/ready answers 200", || async {
@@ -66,19 +81,48 @@ async fn serves_health_ready_metrics_and_stops_on_sigterm() {
     .await;
     assert_eq!(ready.1, "database: ok\nbroker: ok\n");
     assert_eq!(http_get(&addr, "/health").unwrap().0, 200);
-    let metrics = eventually(10, "a tick is counted", || async {
-        http_get(&addr, "/metrics").filter(|(_, b)| !b.contains("drfleet_scheduler_ticks_total 0"))
+    let metrics = eventually(10, "a tick is counted and its events relayed", || async {
+        http_get(&addr, "/metrics").filter(|(_, b)| {
+            sample(b, "drfleet_scheduler_ticks_total").is_some_and(|n| n >= 1.0)
+                && sample(b, "drfleet_outbox_backlog_messages") == Some(0.0)
+        })
     })
     .await
     .1;
     for name in [
-        "drfleet_scheduler_ticks_total",
         "drfleet_scheduler_backups_in_flight",
         "drfleet_scheduler_alerts_open",
         "drfleet_broker_connected 1",
+        "# TYPE drfleet_scheduler_slots_deferred_total counter",
     ] {
         assert!(metrics.contains(name), "{name} in {metrics}");
     }
+    let value =
+        |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("{series} in {metrics}"));
+    assert_eq!(
+        value("drfleet_scheduler_slots_published_total{kind=\"backup\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("drfleet_scheduler_slots_published_total{kind=\"verify\"}"),
+        0.0
+    );
+    assert_eq!(
+        value("drfleet_scheduler_slots_deferred_total{kind=\"backup\"}"),
+        0.0
+    );
+    // The fleet gauges, read from the database: the alert the tick raised, by kind.
+    assert_eq!(value("drfleet_alerts_open{kind=\"RPO_BREACHED\"}"), 1.0);
+    assert_eq!(value("drfleet_alerts_open{kind=\"DRILL_FAILED\"}"), 0.0);
+    assert_eq!(value("drfleet_jobs_queued{role=\"backup\"}"), 0.0);
+    assert_eq!(value("drfleet_outbox_oldest_message_age_seconds"), 0.0);
+    assert!(
+        value("drfleet_outbox_messages_relayed_total") >= 2.0,
+        "command and alert event: {metrics}"
+    );
+    assert_eq!(value("drfleet_ready"), 1.0);
+    assert_eq!(value("drfleet_health_check_failures"), 0.0);
+    promtool_check_metrics(&metrics);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

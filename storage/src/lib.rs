@@ -9,6 +9,8 @@
 //!   create-only puts (manifests are never overwritten), streaming download, delete, listing
 //!   and deleting everything under a prefix (a backup's attempts).
 //!
+//! - [`metrics`]: errors counted by operation and kind (`drfleet_artifact_store_errors_total`).
+//!
 //! Errors ([`StorageError`]) carry a kind and say whether a retry can help; their Display
 //! never includes endpoints or credentials.
 
@@ -29,6 +31,7 @@ use object_store::{
 use drfleet_infra::config::ObjectStoreLocation;
 
 pub mod keys;
+pub mod metrics;
 
 /// Part size of multipart uploads (S3 needs ≥ 5 MiB for all but the last part).
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -80,6 +83,7 @@ fn classify(op: &'static str, e: object_store::Error) -> StorageError {
         _ => StorageErrorKind::Unavailable,
     };
     tracing::debug!(op, kind = ?kind, "object store error");
+    metrics::count(op, kind);
     StorageError { op, kind }
 }
 
@@ -91,9 +95,12 @@ fn file_stream(
     file: std::fs::File,
     range: std::ops::Range<u64>,
 ) -> BoxStream<'static, Result<Bytes, StorageError>> {
-    let unavailable = || StorageError {
-        op: "get",
-        kind: StorageErrorKind::Unavailable,
+    let unavailable = || {
+        metrics::count("get", StorageErrorKind::Unavailable);
+        StorageError {
+            op: "get",
+            kind: StorageErrorKind::Unavailable,
+        }
     };
     futures::stream::try_unfold((file, range.start), move |(mut file, pos)| async move {
         if pos >= range.end {

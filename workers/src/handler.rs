@@ -129,38 +129,8 @@ pub struct JobCtx {
     pub(crate) lease_owner: Arc<str>,
 }
 
-/// When a job last moved forward; cheap to clone and to tick from any task or thread.
-#[derive(Debug, Clone)]
-pub struct Progress {
-    start: std::time::Instant,
-    /// Milliseconds after `start` of the last tick.
-    last_ms: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Default for Progress {
-    fn default() -> Self {
-        Self {
-            start: std::time::Instant::now(),
-            last_ms: Arc::default(),
-        }
-    }
-}
-
-impl Progress {
-    pub fn tick(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_ms
-            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// Time since the last tick (or the start).
-    pub fn idle(&self) -> std::time::Duration {
-        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
-        self.start
-            .elapsed()
-            .saturating_sub(std::time::Duration::from_millis(last))
-    }
-}
+/// Moved to [`crate::progress`]; re-exported where the roles import it from.
+pub use crate::progress::Progress;
 
 impl JobCtx {
     /// Mark the job succeeded inside `tx`, the transaction that commits the job's final

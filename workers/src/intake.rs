@@ -17,7 +17,6 @@
 //!   stays free for the authentic command.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -321,9 +320,7 @@ impl Intake {
                 };
                 crate::jobs::insert(&mut tx, &job, &adm.concurrency_key).await?;
                 tx.commit().await?;
-                self.metrics
-                    .commands_accepted
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.command_accepted(self.kind);
                 self.job_wake.notify_one();
                 tracing::info!(job_id = %job_id, "command accepted");
                 Ok(Step::Done(Disposition::Ack))
@@ -368,9 +365,7 @@ impl Intake {
         if recorded.as_deref().is_some_and(|r| r != fp) {
             return Ok(None);
         }
-        self.metrics
-            .commands_duplicate
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.command_duplicate(self.kind);
         tracing::info!(
             command_id = %cmd.command_id,
             outcome = outcome.as_str(),
@@ -441,9 +436,7 @@ impl Intake {
     }
 
     fn after_reject(&self, rej: &Rejection) {
-        self.metrics
-            .commands_rejected
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.command_rejected(self.kind, rej.code.as_str());
         self.outbox_wake.notify_one();
         tracing::info!(
             command_id = rej.command_id.map(|c| c.to_string()).unwrap_or_default(),

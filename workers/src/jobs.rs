@@ -3,7 +3,6 @@
 //! worker; the lease guard on every final write makes its effects commit once.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool, Row};
@@ -15,7 +14,7 @@ use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::validate::CommandBody;
 
 use crate::handler::{Job, JobCtx, JobError, JobHandler};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RunOutcome};
 
 /// Insert a queued job (inside the transaction recording its command).
 pub async fn insert(
@@ -90,7 +89,8 @@ pub async fn claim(
            ORDER BY j.created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
          UPDATE pf_jobs j SET state = 'running', lease_owner = $2, \
            lease_expires_at = now() + make_interval(secs => $3), attempts = j.attempts + 1, \
-           started_at = COALESCE(j.started_at, now()) \
+           started_at = COALESCE(j.started_at, now()), \
+           progress_rows = NULL, progress_bytes = NULL, progress_table = NULL, progress_at = NULL \
          FROM c WHERE j.id = c.id RETURNING j.*",
     )
     .bind(kind.as_str())
@@ -252,12 +252,22 @@ async fn run_one(ctx: &RunnerCtx, handler: &dyn JobHandler, job: Job) {
     // A job that has used up its attempts (its workers keep dying) fails for good.
     if job.attempt > job.max_attempts {
         let err = JobError::permanent("ATTEMPTS_EXHAUSTED", "job failed on every attempt");
-        finish_failed(ctx, handler, &job, &err).await;
+        if finish_failed(ctx, handler, &job, &err).await {
+            ctx.metrics.job_failed(job.kind, &err.code);
+        }
         return;
     }
     tracing::info!("job started");
+    let run = ctx.metrics.job_started(job.kind);
     let cancel = ctx.abandon.child_token();
-    let progress = crate::handler::Progress::default();
+    let progress = run.progress.clone();
+    tokio::spawn(crate::progress::record(
+        ctx.pool.clone(),
+        job.id,
+        ctx.owner.clone(),
+        progress.clone(),
+        cancel.clone(),
+    ));
     let jctx = JobCtx {
         job: job.clone(),
         pool: ctx.pool.clone(),
@@ -325,6 +335,7 @@ async fn run_one(ctx: &RunnerCtx, handler: &dyn JobHandler, job: Job) {
                 tracing::warn!(error = %e, "could not hand the job back; its lease will expire");
             }
             tracing::info!("job handed back");
+            run.end(RunOutcome::HandedBack);
         }
         Some(Ok(())) => {
             // Handlers normally finish inside their last transaction; this covers those
@@ -344,32 +355,42 @@ async fn run_one(ctx: &RunnerCtx, handler: &dyn JobHandler, job: Job) {
             .bind(&*ctx.owner)
             .execute(&mut *conn)
             .await;
-            ctx.metrics.jobs_succeeded.fetch_add(1, Ordering::Relaxed);
+            run.end(RunOutcome::Succeeded);
             tracing::info!("job succeeded");
         }
         Some(Err(err)) if err.transient && job.attempt < job.max_attempts => {
             let delay = retry_delay(job.attempt);
             tracing::warn!(code = %err.code, retry_in_ms = delay.as_millis() as u64, "job failed transiently; will retry");
-            ctx.metrics.jobs_retried.fetch_add(1, Ordering::Relaxed);
+            run.end(RunOutcome::Retried(&err.code));
             if let Err(e) = release(&ctx.pool, &job, &ctx.owner, delay, true).await {
                 tracing::warn!(error = %e, "could not requeue the job; its lease will expire");
             }
         }
-        Some(Err(err)) => finish_failed(ctx, handler, &job, &err).await,
+        Some(Err(err)) => {
+            // Recorded by another worker (the job was taken over): not this run's outcome.
+            if finish_failed(ctx, handler, &job, &err).await {
+                run.end(RunOutcome::Failed(&err.code));
+            }
+        }
     }
 }
 
-async fn finish_failed(ctx: &RunnerCtx, handler: &dyn JobHandler, job: &Job, err: &JobError) {
+/// Record a final failure; whether this call recorded it.
+async fn finish_failed(
+    ctx: &RunnerCtx,
+    handler: &dyn JobHandler,
+    job: &Job,
+    err: &JobError,
+) -> bool {
     // The failure must be recorded; keep trying through short database outages.
     let mut delay = Duration::from_millis(200);
     for _ in 0..20 {
         match mark_failed(&ctx.pool, handler, job, Some(&ctx.owner), err).await {
             Ok(recorded) => {
                 if recorded {
-                    ctx.metrics.jobs_failed.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(code = %err.code, "job failed");
                 }
-                return;
+                return recorded;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not record the job failure; retrying");
@@ -378,4 +399,5 @@ async fn finish_failed(ctx: &RunnerCtx, handler: &dyn JobHandler, job: &Job, err
             }
         }
     }
+    false
 }

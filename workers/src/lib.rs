@@ -11,7 +11,8 @@
 //! - [`handler`]: the [`handler::JobHandler`] trait each role implements.
 //! - [`faults`]: named fault points for tests (feature `fault-injection`, off in builds).
 //! - [`audit`]: the audit sink and hash-chain verification.
-//! - [`metrics`]: the worker's counters (`/metrics`).
+//! - [`metrics`]: the worker's metrics (`/metrics`).
+//! - [`progress`]: a running job's progress (rows, bytes, table), recorded on its job row.
 //! - [`engine`]: the engines the roles share (catalog, membership, staging, …); no role.
 //! - [`roles`]: the role implementations.
 //!
@@ -36,6 +37,7 @@ pub mod handler;
 pub mod intake;
 pub mod jobs;
 pub mod metrics;
+pub mod progress;
 pub mod roles;
 
 /// The transactional outbox lives in the shared runtime; re-exported for the roles.
@@ -89,7 +91,7 @@ pub async fn run_with_handlers(
     handlers: Handlers,
     shutdown: CancellationToken,
 ) -> Result<(), RunError> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(&handlers.kinds()));
     let deps = Dependencies {
         database_url: &config.database_url,
         amqp_url: &config.amqp_url,

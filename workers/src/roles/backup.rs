@@ -212,6 +212,7 @@ impl BackupHandler {
         let schema = quote_ident(&self.ctx.tenant_schema);
         let producing = async move {
             for t in tables {
+                progress.set_table(&t.name);
                 piece_tx
                     .send(Piece::Begin(t.header()))
                     .await
@@ -229,9 +230,13 @@ impl BackupHandler {
                 let mut stream = src.copy_out_raw(&sql).await?;
                 // sqlx yields one item per row: coalesce before crossing threads.
                 let mut buf = Vec::with_capacity(BUF + 64 * 1024);
+                let mut rows = 0u64;
                 while let Some(chunk) = stream.next().await {
                     buf.extend_from_slice(&chunk?);
+                    rows += 1;
                     if buf.len() >= BUF {
+                        progress.add_rows(std::mem::take(&mut rows));
+                        progress.add_bytes(buf.len() as u64);
                         let full = std::mem::replace(&mut buf, Vec::with_capacity(BUF + 64 * 1024));
                         piece_tx
                             .send(Piece::Rows(full))
@@ -239,7 +244,9 @@ impl BackupHandler {
                             .map_err(|_| stopped())?;
                     }
                 }
+                progress.add_rows(rows);
                 if !buf.is_empty() {
+                    progress.add_bytes(buf.len() as u64);
                     piece_tx
                         .send(Piece::Rows(buf))
                         .await

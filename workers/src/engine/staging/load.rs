@@ -216,6 +216,7 @@ async fn load_tables(
                 "rows outside a table",
             ));
         };
+        stage.progress.set_table(&name);
         let table = quote_ident(&name);
         let quoted: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
         let (mut copied, mut read_back, mut segment) = (0, Vec::new(), 0);
@@ -272,8 +273,9 @@ async fn load_tables(
             while let Some(p) = rx.recv().await {
                 match p {
                     Piece::Rows(b) => {
+                        let n = b.len() as u64;
                         copy.send(b).await.map_err(e)?;
-                        stage.progress.tick();
+                        stage.progress.add_bytes(n);
                         pieces += 1;
                         if pieces == 1 {
                             faults::hit(&org, point::MID_SEGMENT).await?;
@@ -299,9 +301,10 @@ async fn load_tables(
                     "artifact ended inside a table",
                 ));
             };
-            copied += copy.finish().await.map_err(e)?;
+            let rows = copy.finish().await.map_err(e)?;
+            copied += rows;
             tx.commit().await.map_err(e)?;
-            stage.progress.tick();
+            stage.progress.add_rows(rows);
             tracing::debug!(
                 table = name,
                 segment,
