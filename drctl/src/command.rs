@@ -12,6 +12,7 @@ use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use prost::Message;
+use tracing::Instrument as _;
 
 use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, publish_command};
 use drfleet_infra::config::{ConfigError, amqp_url};
@@ -226,10 +227,25 @@ pub async fn open(amqp: &str) -> Result<(Connection, Channel), Error> {
     Ok((conn, ch))
 }
 
-/// Build, validate, publish and (unless `--no-wait`) follow one command.
+/// Build, validate, publish and (unless `--no-wait`) follow one command. The command starts
+/// a trace (`drctl.command`, open until the outcome arrives) when traces are exported.
 pub async fn run(org: &TenantKey, body: Command, opts: &CommandOpts) -> Result<Outcome, Error> {
     let env = new_envelope(org, opts.correlation_id.as_deref(), body);
     let (env, cmd) = prepare(opts, env)?;
+    let span = tracing::info_span!(
+        parent: None,
+        "drctl.command",
+        kind = cmd.body.kind().as_str(),
+        command_id = %cmd.command_id,
+    );
+    publish_and_follow(env, cmd, opts).instrument(span).await
+}
+
+async fn publish_and_follow(
+    env: CommandEnvelope,
+    cmd: ValidCommand,
+    opts: &CommandOpts,
+) -> Result<Outcome, Error> {
     let kind = cmd.body.kind();
     let routing_key = command_routing_key(kind, &cmd.tenant_key);
 

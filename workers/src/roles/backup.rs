@@ -10,6 +10,10 @@
 //! job id, so a retried job (worker crash, transient error) keeps its record; each attempt
 //! writes its own object keys and the manifest, written last and create-only, is what makes
 //! an artifact count.
+//!
+//! Spans of the job's trace: `backup.snapshot` (the snapshot and the catalog reads in it),
+//! `backup.export` per table, `backup.upload` (the object, while it streams and until it is
+//! complete), `backup.manifest`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +23,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use drfleet_artifact::{ArtifactBinding, ArtifactWriter, Manifest, TableHeader};
 use drfleet_infra::auth::Actor;
@@ -31,6 +36,7 @@ use drfleet_storage::keys;
 use super::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
 use super::membership;
 use super::{RoleCtx, shrink, source_error};
+use crate::faults::{self, point};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
 use crate::outbox;
 
@@ -177,17 +183,26 @@ impl BackupHandler {
             },
         );
 
-        let mut upload = self.ctx.store.upload(&akey).await?;
+        let upload_span = tracing::info_span!("backup.upload");
+        let mut upload = self
+            .ctx
+            .store
+            .upload(&akey)
+            .instrument(upload_span.clone())
+            .await?;
         let uploading = async {
             while let Some(buf) = out_rx.recv().await {
                 upload.write(&buf).await?;
                 progress.tick();
             }
             Ok::<_, JobError>(())
-        };
+        }
+        .instrument(upload_span.clone());
         let schema = quote_ident(&self.ctx.tenant_schema);
         let producing = async move {
             for t in tables {
+                let table_span = tracing::info_span!("backup.export", table = t.name.as_str());
+                async {
                 piece_tx
                     .send(Piece::Begin(t.header()))
                     .await
@@ -222,6 +237,10 @@ impl BackupHandler {
                         .map_err(|_| stopped())?;
                 }
                 piece_tx.send(Piece::End).await.map_err(|_| stopped())?;
+                Ok::<_, JobError>(())
+                }
+                .instrument(table_span)
+                .await?;
             }
             Ok::<_, JobError>(())
         };
@@ -230,7 +249,7 @@ impl BackupHandler {
             .await
             .map_err(|_| JobError::permanent("ARTIFACT_WRITER_PANIC", "artifact writer failed"))?;
         let outcome = match (joined, written) {
-            (Ok(_), Ok(mut manifest)) => match upload.finish().await {
+            (Ok(_), Ok(mut manifest)) => match upload.finish().instrument(upload_span).await {
                 Ok(_) => {
                     manifest.snapshot_at = Some(snapshot_at);
                     // How each table was reached, for the restore's checks and promotion.
@@ -245,6 +264,7 @@ impl BackupHandler {
                     self.ctx
                         .store
                         .put_create(&mkey, manifest.to_json().into())
+                        .instrument(tracing::info_span!("backup.manifest"))
                         .await
                         .map(|_| manifest)
                         .map_err(JobError::from)
@@ -358,17 +378,24 @@ impl JobHandler for BackupHandler {
             tx.commit().await?;
 
             // One snapshot for every table.
-            let mut src = self
-                .ctx
-                .source
-                .acquire()
-                .await
-                .map_err(|e| source_error(&e))?;
-            sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .execute(&mut *src)
-                .await
-                .map_err(|e| source_error(&e))?;
+            let snapshot_span = tracing::info_span!("backup.snapshot");
+            let mut src = async {
+                let mut src = self
+                    .ctx
+                    .source
+                    .acquire()
+                    .await
+                    .map_err(|e| source_error(&e))?;
+                sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .execute(&mut *src)
+                    .await
+                    .map_err(|e| source_error(&e))?;
+                Ok::<_, JobError>(src)
+            }
+            .instrument(snapshot_span.clone())
+            .await?;
             let result = async {
+                let snapshot = async {
                 sqlx::raw_sql(PIN_RENDERING)
                     .execute(&mut *src)
                     .await
@@ -396,6 +423,11 @@ impl JobHandler for BackupHandler {
                         "the organization has no row in the tenant root table"
                     );
                 }
+                Ok::<_, JobError>((snapshot_at, tables, org_lit, root_row_missing))
+                };
+                let (snapshot_at, tables, org_lit, root_row_missing) =
+                    snapshot.instrument(snapshot_span).await?;
+                faults::hit(&job.organization_id.to_string(), point::BACKUP_AFTER_SNAPSHOT).await?;
                 let exported = self
                     .export(
                         &mut src,

@@ -20,6 +20,9 @@
 //! error is transient or fails with `restore_failed` naming the failing check or table.
 //! A worker killed mid-load leaves its schema until the job's next attempt (which drops it
 //! before loading) or its final failure.
+//!
+//! Spans of the job's trace: `restore.sealed_pass`, `restore.load` and `restore.checks` (in
+//! the staging engine), `restore.promote`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +31,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
+use tracing::Instrument as _;
 
 use drfleet_artifact::Manifest;
 use drfleet_infra::auth::Actor;
@@ -282,7 +286,10 @@ impl RestoreHandler {
                 ..advice
             });
             let started = Instant::now();
-            match promote::promote(&stage, &mut conn, &rec.manifest, job.id.as_uuid(), rows).await {
+            let promoted = promote::promote(&stage, &mut conn, &rec.manifest, job.id.as_uuid(), rows)
+                .instrument(tracing::info_span!("restore.promote"))
+                .await;
+            match promoted {
                 Ok(p) => {
                     tracing::info!(
                         promote_ms = started.elapsed().as_millis() as u64,
@@ -412,7 +419,11 @@ impl JobHandler for RestoreHandler {
             tx.commit().await?;
 
             let verify_started = Instant::now();
-            if let Err(e) = self.verify_sealed(ctx, &rec).await {
+            if let Err(e) = self
+                .verify_sealed(ctx, &rec)
+                .instrument(tracing::info_span!("restore.sealed_pass"))
+                .await
+            {
                 self.record_checks(ctx, &[Check::failed("sealed", &e)])
                     .await;
                 return Err(e);

@@ -16,6 +16,7 @@
 //! bounded); every verify command still ends with one `verify_completed`, from
 //! [`JobHandler::on_failed`] if need be.
 
+use tracing::Instrument as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -260,7 +261,10 @@ impl JobHandler for VerifyHandler {
                     "backup record is not completed",
                 ));
             }
-            let verdict = self.check(org, record_id, record, &ctx.progress).await?;
+            let verdict = self
+                .check(org, record_id, record, &ctx.progress)
+                .instrument(tracing::info_span!("verify.check"))
+                .await?;
 
             let mut tx = ctx.pool.begin().await?;
             record_outcome(&mut tx, job, record_id, verdict).await?;

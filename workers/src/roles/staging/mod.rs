@@ -17,6 +17,7 @@ pub mod checks;
 pub mod load;
 pub mod promote;
 
+use tracing::Instrument as _;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -119,9 +120,13 @@ impl Stage {
         let seed = uuid::Uuid::new_v4().as_u64_pair().0;
         let names: Vec<String> = manifest.tables.iter().map(|t| t.name.clone()).collect();
         let fks = checks::foreign_keys(&self.ctx, conn, &names).await?;
-        let loaded = load::load(self, conn, object_key, manifest, seed, &fks).await?;
+        let loaded = load::load(self, conn, object_key, manifest, seed, &fks)
+            .instrument(tracing::info_span!("restore.load"))
+            .await?;
         let load_ms = started.elapsed().as_millis() as u64;
-        let out = checks::integrity_checks(self, manifest, loaded, &fks).await?;
+        let out = checks::integrity_checks(self, manifest, loaded, &fks)
+            .instrument(tracing::info_span!("restore.checks"))
+            .await?;
         tracing::info!(
             load_ms,
             checks_ms = started.elapsed().as_millis() as u64 - load_ms,
