@@ -240,9 +240,11 @@ async fn one_backup_is_one_trace_from_drctl_to_the_audit_rows_across_a_takeover(
         .unwrap();
 
     // Worker 1 took the snapshot and waits at the fault point: kill it there.
-    eventually(30, "worker 1 holds the backup after its snapshot", || async {
-        (faults::fired(&org_s, point::BACKUP_AFTER_SNAPSHOT) == 1).then_some(())
-    })
+    eventually(
+        30,
+        "worker 1 holds the backup after its snapshot",
+        || async { (faults::fired(&org_s, point::BACKUP_AFTER_SNAPSHOT) == 1).then_some(()) },
+    )
     .await;
     doomed.shutdown_background();
     let (state, attempts): (String, i32) =
@@ -331,7 +333,10 @@ async fn one_backup_is_one_trace_from_drctl_to_the_audit_rows_across_a_takeover(
     }
     let intake = one("command.intake");
     assert_eq!(intake.service, "drfleet-worker");
-    assert_eq!(intake.parent, root.span_id, "the intake continues drctl's span");
+    assert_eq!(
+        intake.parent, root.span_id,
+        "the intake continues drctl's span"
+    );
     let accept = one("accept");
     assert_eq!(accept.parent, intake.span_id);
     assert!(stored.starts_with(&format!("00-{trace}-{}-", accept.span_id)));
@@ -346,7 +351,10 @@ async fn one_backup_is_one_trace_from_drctl_to_the_audit_rows_across_a_takeover(
     };
     let (first, second) = (attempt("1"), attempt("2"));
     assert_eq!(first.parent, accept.span_id);
-    assert_eq!(second.parent, accept.span_id, "the takeover continues the trace");
+    assert_eq!(
+        second.parent, accept.span_id,
+        "the takeover continues the trace"
+    );
 
     // The phases: both attempts took a snapshot; only the second exported, uploaded and
     // wrote the manifest, with a span per table.
@@ -386,7 +394,10 @@ async fn one_backup_is_one_trace_from_drctl_to_the_audit_rows_across_a_takeover(
         let relay = by_id[audit.parent.as_str()];
         assert_eq!(relay.name, "outbox.relay");
         assert_eq!(relay.attrs["message_type"], EVENT_MESSAGE_TYPE);
-        assert_eq!(relay.parent, job.span_id, "{event} was written by its attempt");
+        assert_eq!(
+            relay.parent, job.span_id,
+            "{event} was written by its attempt"
+        );
         assert_eq!(
             chain(audit),
             [

@@ -54,7 +54,11 @@ impl OtelConfig {
         program: &str,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<Self>, ConfigError> {
-        let get = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let get = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
@@ -177,10 +181,9 @@ pub fn start(logs: Logs, otel: Option<&OtelConfig>) -> Result<Telemetry, ConfigE
         !(LAPIN_MUTED.load(Ordering::Relaxed) && meta.target().starts_with("lapin"))
     });
     let provider = otel.map(build_provider).transpose()?;
-    let otel_layer = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("drfleet"))
-    });
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("drfleet")));
     let log_layer = match logs {
         Logs::Off => None,
         Logs::Format(LogFormat::Json) => Some(
@@ -258,11 +261,17 @@ mod tests {
     #[test]
     fn tracing_is_off_unless_an_endpoint_is_set() {
         assert_eq!(config(&[]).unwrap(), None);
-        assert_eq!(config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]).unwrap(), None);
+        assert_eq!(
+            config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]).unwrap(),
+            None
+        );
         assert_eq!(config(&[("OTEL_SERVICE_NAME", "x")]).unwrap(), None);
         let ep = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
         assert_eq!(config(&[ep, ("OTEL_SDK_DISABLED", "TRUE")]).unwrap(), None);
-        assert_eq!(config(&[ep, ("OTEL_TRACES_EXPORTER", "none")]).unwrap(), None);
+        assert_eq!(
+            config(&[ep, ("OTEL_TRACES_EXPORTER", "none")]).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -288,12 +297,18 @@ mod tests {
     fn settings_this_build_cannot_honour_are_errors_naming_the_variable() {
         let ep = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318");
         for (vars, setting) in [
-            (vec![ep, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")], "OTEL_EXPORTER_OTLP_PROTOCOL"),
+            (
+                vec![ep, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ),
             (
                 vec![ep, ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")],
                 "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             ),
-            (vec![ep, ("OTEL_TRACES_EXPORTER", "jaeger")], "OTEL_TRACES_EXPORTER"),
+            (
+                vec![ep, ("OTEL_TRACES_EXPORTER", "jaeger")],
+                "OTEL_TRACES_EXPORTER",
+            ),
             (
                 vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "c:4318")],
                 "OTEL_EXPORTER_OTLP_ENDPOINT",

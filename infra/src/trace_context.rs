@@ -201,7 +201,10 @@ mod tests {
         // What is kept is re-serialized: no stray bytes of the input travel on.
         let smuggled = format!("{TP}\r\nx: y");
         let c = TraceContext::from_column(Some(&smuggled)).unwrap();
-        assert_eq!((c.traceparent.as_str(), c.tracestate.as_deref()), (TP, None));
+        assert_eq!(
+            (c.traceparent.as_str(), c.tracestate.as_deref()),
+            (TP, None)
+        );
         // An oversized tracestate is dropped, the traceparent kept.
         let big = "k=".to_string() + &"v".repeat(MAX_TRACESTATE);
         let c = TraceContext::from_pairs(Some(TP), Some(&big)).unwrap();

@@ -4,7 +4,8 @@
 //!
 //! Each row carries the W3C trace context of the span that queued it (`trace_context`; NULL
 //! when tracing is off); the relay publishes it in the message's headers, under a
-//! `outbox.relay` span of that trace, so the consumer continues the producer's trace.
+//! `outbox.relay` span of that trace (or, when the relaying process does not trace, the
+//! stored context as it is), so the consumer continues the producer's trace.
 //!
 //! One relay is active across the fleet at a time (a transaction-scoped advisory lock), so
 //! events leave in commit order. A crash between publish and delete republishes a batch:
@@ -187,7 +188,8 @@ pub async fn relay_once(
     // span of its trace, open until its confirm, whose context the message carries.
     let mut pending = Vec::with_capacity(rows.len());
     for (_, key, body, message_id, exchange, message_type, trace) in &rows {
-        let span = TraceContext::from_column(trace.as_deref()).map(|parent| {
+        let stored = TraceContext::from_column(trace.as_deref());
+        let span = stored.as_ref().map(|parent| {
             let span = tracing::info_span!(
                 parent: None,
                 "outbox.relay",
@@ -195,10 +197,12 @@ pub async fn relay_once(
                 routing_key = key.as_str(),
                 message_id = %message_id,
             );
-            continue_from(Some(&parent), &span);
+            continue_from(Some(parent), &span);
             span
         });
-        let sent = span.as_ref().and_then(TraceContext::of);
+        // A relay that does not trace forwards the stored context as it is: one relay serves
+        // the whole fleet, and a trace must not break on which process holds the lock.
+        let sent = span.as_ref().and_then(TraceContext::of).or(stored);
         let props = message_properties(message_type, &message_id.to_string(), sent.as_ref());
         pending.push((publisher.publish(exchange, key, body, props).await?, span));
     }

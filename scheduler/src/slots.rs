@@ -89,6 +89,7 @@ fn start_trace(kind: &str, command_id: &uuid::Uuid) -> Option<TraceContext> {
     if !drfleet_infra::telemetry::exporting() {
         return None;
     }
-    let span = tracing::info_span!(parent: None, "scheduler.publish", kind, command_id = %command_id);
+    let span =
+        tracing::info_span!(parent: None, "scheduler.publish", kind, command_id = %command_id);
     TraceContext::of(&span)
 }

@@ -367,8 +367,7 @@ async fn settle_batch(
             .and_then(AuditRecord::from_envelope)
         {
             Some(r) => {
-                if let Some(parent) = TraceContext::from_headers(d.properties.headers().as_ref())
-                {
+                if let Some(parent) = TraceContext::from_headers(d.properties.headers().as_ref()) {
                     let span = tracing::info_span!(
                         parent: None,
                         "audit.record",

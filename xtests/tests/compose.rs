@@ -191,9 +191,9 @@ fn expected_services_exist() {
         "otel-collector",
         "jaeger",
     ]
-        .into_iter()
-        .map(String::from)
-        .collect::<BTreeSet<_>>();
+    .into_iter()
+    .map(String::from)
+    .collect::<BTreeSet<_>>();
     expected.extend(ALL_ROLES.map(worker));
     let defined: BTreeSet<String> = services(&doc).keys().map(str_of).collect();
     let missing: Vec<_> = expected.difference(&defined).collect();
@@ -705,7 +705,10 @@ fn every_drfleet_process_sends_its_traces_to_the_collector_under_its_own_name() 
         assert!(endpoint.starts_with("http://"), "{name}: {endpoint}");
         let (host, port) = host_port(endpoint);
         assert_eq!((host.as_str(), port), ("otel-collector", 4318), "{name}");
-        for var in ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"] {
+        for var in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ] {
             if let Some(p) = env.get(var) {
                 assert_eq!(p, "http/protobuf", "{name}: {var}");
             }
@@ -717,8 +720,14 @@ fn every_drfleet_process_sends_its_traces_to_the_collector_under_its_own_name() 
         let service_name = env
             .get("OTEL_SERVICE_NAME")
             .unwrap_or_else(|| panic!("{name}: OTEL_SERVICE_NAME"));
-        assert!(service_name.starts_with("drfleet-"), "{name}: {service_name}");
-        assert!(names.insert(service_name.clone()), "{service_name} is used twice");
+        assert!(
+            service_name.starts_with("drfleet-"),
+            "{name}: {service_name}"
+        );
+        assert!(
+            names.insert(service_name.clone()),
+            "{service_name} is used twice"
+        );
     }
 }
 
@@ -742,7 +751,10 @@ fn the_collector_receives_otlp_http_and_forwards_traces_to_jaeger() {
         "otel-collector: --config={target} in {args:?}"
     );
     assert!(depends_on(collector).contains_key("jaeger"));
-    assert!(container_ports(collector).contains("4318"), "OTLP/HTTP published");
+    assert!(
+        container_ports(collector).contains("4318"),
+        "OTLP/HTTP published"
+    );
 
     let cfg = collector_config();
     let http = &cfg["receivers"]["otlp"]["protocols"]["http"]["endpoint"];
@@ -799,10 +811,17 @@ fn the_scheduler_runs_from_the_worker_image_with_its_settings() {
         "DR_AUTH_JWT_SECRET"
     ));
     for absent in ["DR_MASTER_KEY", "AWS_SECRET_ACCESS_KEY"] {
-        assert!(!env.contains_key(absent), "scheduler should not get {absent}");
+        assert!(
+            !env.contains_key(absent),
+            "scheduler should not get {absent}"
+        );
     }
     let deps = depends_on(svc);
     for dep in ["rabbitmq", "postgres"] {
-        assert_eq!(deps.get(dep).map(String::as_str), Some("service_healthy"), "{dep}");
+        assert_eq!(
+            deps.get(dep).map(String::as_str),
+            Some("service_healthy"),
+            "{dep}"
+        );
     }
 }

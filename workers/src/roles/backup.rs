@@ -203,41 +203,43 @@ impl BackupHandler {
             for t in tables {
                 let table_span = tracing::info_span!("backup.export", table = t.name.as_str());
                 async {
-                piece_tx
-                    .send(Piece::Begin(t.header()))
-                    .await
-                    .map_err(|_| stopped())?;
-                let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-                // The tenant key, a literal of the column's type (quotes doubled, no control
-                // characters: see TenantKey::sql_literal); the only value in the statement.
-                // A table reached by keys joins along its path, in the same snapshot.
-                let sql = format!(
-                    "COPY (SELECT {} FROM {schema}.{} t WHERE {}) TO STDOUT",
-                    cols.join(", "),
-                    quote_ident(&t.name),
-                    membership::predicate(&t.reach, &schema, "t", &tenant.org_lit)
-                );
-                let mut stream = src.copy_out_raw(&sql).await?;
-                // sqlx yields one item per row: coalesce before crossing threads.
-                let mut buf = Vec::with_capacity(BUF + 64 * 1024);
-                while let Some(chunk) = stream.next().await {
-                    buf.extend_from_slice(&chunk?);
-                    if buf.len() >= BUF {
-                        let full = std::mem::replace(&mut buf, Vec::with_capacity(BUF + 64 * 1024));
+                    piece_tx
+                        .send(Piece::Begin(t.header()))
+                        .await
+                        .map_err(|_| stopped())?;
+                    let cols: Vec<String> =
+                        t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+                    // The tenant key, a literal of the column's type (quotes doubled, no control
+                    // characters: see TenantKey::sql_literal); the only value in the statement.
+                    // A table reached by keys joins along its path, in the same snapshot.
+                    let sql = format!(
+                        "COPY (SELECT {} FROM {schema}.{} t WHERE {}) TO STDOUT",
+                        cols.join(", "),
+                        quote_ident(&t.name),
+                        membership::predicate(&t.reach, &schema, "t", &tenant.org_lit)
+                    );
+                    let mut stream = src.copy_out_raw(&sql).await?;
+                    // sqlx yields one item per row: coalesce before crossing threads.
+                    let mut buf = Vec::with_capacity(BUF + 64 * 1024);
+                    while let Some(chunk) = stream.next().await {
+                        buf.extend_from_slice(&chunk?);
+                        if buf.len() >= BUF {
+                            let full =
+                                std::mem::replace(&mut buf, Vec::with_capacity(BUF + 64 * 1024));
+                            piece_tx
+                                .send(Piece::Rows(full))
+                                .await
+                                .map_err(|_| stopped())?;
+                        }
+                    }
+                    if !buf.is_empty() {
                         piece_tx
-                            .send(Piece::Rows(full))
+                            .send(Piece::Rows(buf))
                             .await
                             .map_err(|_| stopped())?;
                     }
-                }
-                if !buf.is_empty() {
-                    piece_tx
-                        .send(Piece::Rows(buf))
-                        .await
-                        .map_err(|_| stopped())?;
-                }
-                piece_tx.send(Piece::End).await.map_err(|_| stopped())?;
-                Ok::<_, JobError>(())
+                    piece_tx.send(Piece::End).await.map_err(|_| stopped())?;
+                    Ok::<_, JobError>(())
                 }
                 .instrument(table_span)
                 .await?;
@@ -396,38 +398,43 @@ impl JobHandler for BackupHandler {
             .await?;
             let result = async {
                 let snapshot = async {
-                sqlx::raw_sql(PIN_RENDERING)
-                    .execute(&mut *src)
-                    .await
-                    .map_err(|e| source_error(&e))?;
-                let snapshot_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-                    .fetch_one(&mut *src)
-                    .await
-                    .map_err(|e| source_error(&e))?;
-                let layout = self.ctx.layout();
-                let tables =
-                    resolve_tables(&mut src, &layout, tier.all_tables, &tier.tables).await?;
-                // The key type as the catalog has it in this snapshot: every tenant column
-                // agrees, and the job's key fits it.
-                let key_type = self.ctx.job_key_type(&mut src, &job.tenant_key).await?;
-                let org_lit = job.tenant_key.sql_literal(key_type);
-                // No root row: the organization does not exist (or no longer does) at the
-                // snapshot. Visible in the manifest (`extra.tenant_root_row_missing`), the
-                // log, and the backup's `empty` flag: nothing of a tenant is protected.
-                let root_row_missing =
-                    membership::root_row_exists(&mut src, &layout, &org_lit).await? == Some(false);
-                if root_row_missing {
-                    tracing::warn!(
-                        code = "TENANT_ROOT_ROW_MISSING",
-                        backup_record_id = %job.id,
-                        "the organization has no row in the tenant root table"
-                    );
-                }
-                Ok::<_, JobError>((snapshot_at, tables, org_lit, root_row_missing))
+                    sqlx::raw_sql(PIN_RENDERING)
+                        .execute(&mut *src)
+                        .await
+                        .map_err(|e| source_error(&e))?;
+                    let snapshot_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+                        .fetch_one(&mut *src)
+                        .await
+                        .map_err(|e| source_error(&e))?;
+                    let layout = self.ctx.layout();
+                    let tables =
+                        resolve_tables(&mut src, &layout, tier.all_tables, &tier.tables).await?;
+                    // The key type as the catalog has it in this snapshot: every tenant column
+                    // agrees, and the job's key fits it.
+                    let key_type = self.ctx.job_key_type(&mut src, &job.tenant_key).await?;
+                    let org_lit = job.tenant_key.sql_literal(key_type);
+                    // No root row: the organization does not exist (or no longer does) at the
+                    // snapshot. Visible in the manifest (`extra.tenant_root_row_missing`), the
+                    // log, and the backup's `empty` flag: nothing of a tenant is protected.
+                    let root_row_missing = membership::root_row_exists(&mut src, &layout, &org_lit)
+                        .await?
+                        == Some(false);
+                    if root_row_missing {
+                        tracing::warn!(
+                            code = "TENANT_ROOT_ROW_MISSING",
+                            backup_record_id = %job.id,
+                            "the organization has no row in the tenant root table"
+                        );
+                    }
+                    Ok::<_, JobError>((snapshot_at, tables, org_lit, root_row_missing))
                 };
                 let (snapshot_at, tables, org_lit, root_row_missing) =
                     snapshot.instrument(snapshot_span).await?;
-                faults::hit(&job.organization_id.to_string(), point::BACKUP_AFTER_SNAPSHOT).await?;
+                faults::hit(
+                    &job.organization_id.to_string(),
+                    point::BACKUP_AFTER_SNAPSHOT,
+                )
+                .await?;
                 let exported = self
                     .export(
                         &mut src,

@@ -286,9 +286,10 @@ impl RestoreHandler {
                 ..advice
             });
             let started = Instant::now();
-            let promoted = promote::promote(&stage, &mut conn, &rec.manifest, job.id.as_uuid(), rows)
-                .instrument(tracing::info_span!("restore.promote"))
-                .await;
+            let promoted =
+                promote::promote(&stage, &mut conn, &rec.manifest, job.id.as_uuid(), rows)
+                    .instrument(tracing::info_span!("restore.promote"))
+                    .await;
             match promoted {
                 Ok(p) => {
                     tracing::info!(

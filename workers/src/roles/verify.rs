@@ -16,9 +16,9 @@
 //! bounded); every verify command still ends with one `verify_completed`, from
 //! [`JobHandler::on_failed`] if need be.
 
-use tracing::Instrument as _;
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;

@@ -17,8 +17,8 @@ pub mod checks;
 pub mod load;
 pub mod promote;
 
-use tracing::Instrument as _;
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use futures::StreamExt;
 use sqlx::PgConnection;
