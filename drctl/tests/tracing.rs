@@ -254,10 +254,10 @@ async fn one_backup_is_one_trace_from_drctl_to_the_audit_rows_across_a_takeover(
             .unwrap();
     assert_eq!((state.as_str(), attempts), ("running", 1), "left running");
 
-    // Worker 2 (backup and audit) takes the job over once the lease has run out.
+    // Worker 2 (backup, restore and audit) takes the job over once the lease has run out.
     let stop = CancellationToken::new();
     let survivor = tokio::spawn(drfleet_workers::run(
-        worker_config(&vhost, &db, "backup,audit"),
+        worker_config(&vhost, &db, "backup,restore,audit"),
         stop.clone(),
     ));
     let out = drctl.wait_with_output().await.unwrap();
@@ -410,6 +410,69 @@ async fn one_backup_is_one_trace_from_drctl_to_the_audit_rows_across_a_takeover(
             ]
         );
     }
+
+    // A restore of that backup, promoted: its own trace, with its phases.
+    let record = last["event"]["backup_record_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = drctl_async()
+        .args(["restore", "--org", &org_s, "--backup", &record])
+        .args(["--mode", "promote", "--wait-secs", "90"])
+        .env("DR_AMQP_URL", &vhost.amqp_url)
+        .env("DR_AUTH_JWT_SECRET", JWT_SECRET)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.base)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spans = eventually(60, "the restore's audit span", || {
+        exporter.flush();
+        let spans = receiver.spans();
+        let done = spans
+            .iter()
+            .any(|s| s.name == "audit.record" && s.attrs["event_type"] == "restore_completed");
+        async move { done.then_some(spans) }
+    })
+    .await;
+    let root = spans
+        .iter()
+        .find(|s| s.name == "drctl.command" && s.attrs["kind"] == "restore")
+        .expect("drctl's restore span");
+    let ours: Vec<&Rec> = spans
+        .iter()
+        .filter(|s| s.trace_id == root.trace_id)
+        .collect();
+    let job = ours
+        .iter()
+        .find(|s| s.name == "job")
+        .expect("the restore job's span");
+    assert_eq!(job.attrs["kind"], "restore");
+    let mut phases: Vec<&str> = ours
+        .iter()
+        .filter(|s| s.parent == job.span_id && s.name.starts_with("restore."))
+        .map(|s| s.name.as_str())
+        .collect();
+    phases.sort();
+    assert_eq!(
+        phases,
+        [
+            "restore.checks",
+            "restore.load",
+            "restore.promote",
+            "restore.sealed_pass"
+        ]
+    );
+    assert!(
+        ours.iter()
+            .any(|s| s.name == "audit.record" && s.attrs["event_type"] == "restore_completed"),
+        "the restore's events are audited in its trace"
+    );
 
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), survivor)

@@ -148,10 +148,10 @@ impl Telemetry {
 
     /// Export what is buffered and stop the exporter thread (bounded: 5 s). Blocking.
     pub fn shutdown(self) {
-        if let Some(p) = self.provider {
-            if let Err(e) = p.shutdown_with_timeout(Duration::from_secs(5)) {
-                eprintln!("telemetry: spans may be lost at exit: {e}");
-            }
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            eprintln!("telemetry: spans may be lost at exit: {e}");
         }
     }
 }
@@ -173,6 +173,10 @@ pub fn start(logs: Logs, otel: Option<&OtelConfig>) -> Result<Telemetry, ConfigE
         return Ok(Telemetry {
             provider: Some(p.clone()),
         });
+    }
+    if matches!(logs, Logs::Off) && otel.is_none() {
+        // Nothing to log, nothing to export: no subscriber at all.
+        return Ok(Telemetry { provider: None });
     }
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,lapin=warn,sqlx=warn"));
