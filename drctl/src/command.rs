@@ -12,6 +12,7 @@ use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions}
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use prost::Message;
+use tracing::Instrument as _;
 
 use drfleet_infra::amqp::{ConfirmPublisher, connect, declare_topology, publish_command};
 use drfleet_infra::config::{ConfigError, amqp_url};
@@ -231,7 +232,8 @@ pub enum Show {
     DrillMatrix,
 }
 
-/// Build, validate, publish and (unless `--no-wait`) follow one command.
+/// Build, validate, publish and (unless `--no-wait`) follow one command. The command starts
+/// a trace (`drctl.command`, open until the outcome arrives) when traces are exported.
 pub async fn run(org: &TenantKey, body: Command, opts: &CommandOpts) -> Result<Outcome, Error> {
     run_with(org, body, opts, Show::Events, None).await
 }
@@ -253,6 +255,30 @@ pub async fn run_with(
     };
     let env = new_envelope(org, opts.correlation_id.as_deref(), body);
     let (env, cmd) = prepare(opts, env)?;
+    let span = tracing::info_span!(
+        parent: None,
+        "drctl.command",
+        kind = cmd.body.kind().as_str(),
+        command_id = %cmd.command_id,
+    );
+    let follow = Follow { show, db, rows_of };
+    publish_and_follow(env, cmd, opts, follow).instrument(span).await
+}
+
+/// How [`publish_and_follow`] shows what it waits for.
+struct Follow<'a> {
+    show: Show,
+    db: Option<&'a DbArgs>,
+    rows_of: Option<uuid::Uuid>,
+}
+
+async fn publish_and_follow(
+    env: CommandEnvelope,
+    cmd: ValidCommand,
+    opts: &CommandOpts,
+    follow: Follow<'_>,
+) -> Result<Outcome, Error> {
+    let Follow { show, db, rows_of } = follow;
     let kind = cmd.body.kind();
     let routing_key = command_routing_key(kind, &cmd.tenant_key);
 

@@ -3,11 +3,20 @@
 use std::process::ExitCode;
 
 use drfleet_infra::config::{exit_config_error, parse_cli};
+use drfleet_infra::telemetry::{self, Logs, OtelConfig};
 
 const PROGRAM: &str = "drctl";
 
 fn main() -> ExitCode {
     let cli: drctl::Cli = parse_cli(PROGRAM);
+    // Traces only (stdout and stderr are drctl's interface): when the `OTEL_*` variables ask,
+    // a command drctl publishes starts a trace that the workers continue.
+    let telemetry = match OtelConfig::from_env(PROGRAM)
+        .and_then(|otel| telemetry::start(Logs::Off, otel.as_ref()))
+    {
+        Ok(t) => t,
+        Err(e) => exit_config_error(PROGRAM, &e),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -23,6 +32,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(drctl::run(cli));
     drop(runtime);
+    telemetry.shutdown();
     match result {
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(drctl::Error::Config(e)) => exit_config_error(PROGRAM, &e),

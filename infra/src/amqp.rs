@@ -18,6 +18,7 @@ use drfleet_protocol::v1::CommandEnvelope;
 use prost::Message as _;
 
 use crate::error::Retry;
+use crate::trace_context::TraceContext;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {
@@ -210,32 +211,39 @@ pub async fn declare_topology(ch: &Channel) -> Result<(), AmqpError> {
     Ok(())
 }
 
-/// Properties of every drfleet message.
+/// Properties of every drfleet message; `trace` becomes the W3C `traceparent`/`tracestate`
+/// headers.
 pub fn message_properties(
     message_type: &str,
     message_id: &str,
-    traceparent: Option<&str>,
+    trace: Option<&TraceContext>,
 ) -> BasicProperties {
     let mut props = BasicProperties::default()
         .with_content_type(CONTENT_TYPE.into())
         .with_type(message_type.into())
         .with_message_id(message_id.into())
         .with_delivery_mode(2);
-    if let Some(tp) = traceparent {
+    if let Some(t) = trace {
         let mut headers = FieldTable::default();
-        headers.insert("traceparent".into(), AMQPValue::LongString(tp.into()));
+        t.insert_into(&mut headers);
         props = props.with_headers(headers);
     }
     props
 }
 
-/// Properties of a command message: message_id = command_id.
+/// Properties of a command message: message_id = command_id, and the current span's trace
+/// context (none when tracing is off).
 pub fn command_properties(command: &CommandEnvelope) -> BasicProperties {
-    message_properties(COMMAND_MESSAGE_TYPE, &command.command_id, None)
+    message_properties(
+        COMMAND_MESSAGE_TYPE,
+        &command.command_id,
+        TraceContext::current().as_ref(),
+    )
 }
 
 /// Publish `command` to `dr.commands` with its routing key (`<kind>.<organization_id>`) and
-/// wait for the broker's confirm; a Nack or a return is an error.
+/// wait for the broker's confirm; a Nack or a return is an error. The current span's trace
+/// context goes with it: the intake continues that trace.
 pub async fn publish_command(
     publisher: &ConfirmPublisher,
     command: &CommandEnvelope,

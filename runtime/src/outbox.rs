@@ -2,6 +2,11 @@
 //! report and relayed to `dr.events` with publisher confirms. The scheduler's commands travel
 //! the same way (to `dr.commands`), so a slot is recorded and its command queued atomically.
 //!
+//! Each row carries the W3C trace context of the span that queued it (`trace_context`; NULL
+//! when tracing is off); the relay publishes it in the message's headers, under a
+//! `outbox.relay` span of that trace (or, when the relaying process does not trace, the
+//! stored context as it is), so the consumer continues the producer's trace.
+//!
 //! One relay is active across the fleet at a time (a transaction-scoped advisory lock), so
 //! events leave in commit order. A crash between publish and delete republishes a batch:
 //! delivery is at-least-once and consumers deduplicate by event_id.
@@ -15,6 +20,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use drfleet_infra::amqp::{ConfirmPublisher, message_properties, wait_confirm};
+use drfleet_infra::trace_context::{TraceContext, continue_from};
 use drfleet_protocol::events::routing_key;
 use drfleet_protocol::topology::{
     COMMAND_MESSAGE_TYPE, COMMANDS_EXCHANGE, EVENT_MESSAGE_TYPE, EVENTS_EXCHANGE,
@@ -25,7 +31,8 @@ use drfleet_protocol::v1::{CommandEnvelope, EventEnvelope};
 const RELAY_LOCK: i64 = 0x6472_666c_6f62;
 const BATCH: i64 = 500;
 
-/// Queue `event` for publishing; commits (or not) with `tx`.
+/// Queue `event` for publishing; commits (or not) with `tx`. The current span's trace
+/// context goes with it.
 pub async fn enqueue(tx: &mut PgConnection, event: &EventEnvelope) -> Result<(), sqlx::Error> {
     let event_id: uuid::Uuid = event
         .event_id
@@ -38,6 +45,7 @@ pub async fn enqueue(tx: &mut PgConnection, event: &EventEnvelope) -> Result<(),
         EVENT_MESSAGE_TYPE,
         &routing_key(event),
         event.encode_to_vec(),
+        TraceContext::current(),
     )
     .await?;
     Ok(())
@@ -45,8 +53,8 @@ pub async fn enqueue(tx: &mut PgConnection, event: &EventEnvelope) -> Result<(),
 
 /// Queue `command` for publishing to `dr.commands` with its routing key (`<kind>.<org>`,
 /// [`drfleet_protocol::command::routing_key`], as `publish_command` routes it); commits (or
-/// not) with `tx`. Returns false if a command with this id is already queued (a command id
-/// is published once).
+/// not) with `tx`, with the current span's trace context. Returns false if a command with
+/// this id is already queued (a command id is published once).
 pub async fn enqueue_command(
     tx: &mut PgConnection,
     command: &CommandEnvelope,
@@ -64,15 +72,17 @@ pub async fn enqueue_command(
         COMMAND_MESSAGE_TYPE,
         &routing_key,
         command.encode_to_vec(),
+        TraceContext::current(),
     )
     .await
 }
 
 /// Queue many commands at once, routed like [`enqueue_command`], in one statement; commits
-/// with `tx`. Commands whose id is already queued are skipped. Returns how many were queued.
+/// with `tx`. Each command has its own trace context (a scheduler starts one trace per
+/// command). Commands whose id is already queued are skipped. Returns how many were queued.
 pub async fn enqueue_commands(
     tx: &mut PgConnection,
-    commands: &[CommandEnvelope],
+    commands: &[(CommandEnvelope, Option<TraceContext>)],
 ) -> Result<u64, sqlx::Error> {
     if commands.is_empty() {
         return Ok(0);
@@ -80,7 +90,8 @@ pub async fn enqueue_commands(
     let mut ids = Vec::with_capacity(commands.len());
     let mut keys = Vec::with_capacity(commands.len());
     let mut bodies = Vec::with_capacity(commands.len());
-    for c in commands {
+    let mut traces = Vec::with_capacity(commands.len());
+    for (c, trace) in commands {
         ids.push(
             c.command_id
                 .parse::<uuid::Uuid>()
@@ -91,11 +102,12 @@ pub async fn enqueue_commands(
                 .ok_or_else(|| sqlx::Error::Protocol("command has no body".into()))?,
         );
         bodies.push(c.encode_to_vec());
+        traces.push(trace.as_ref().map(TraceContext::to_column));
     }
     let n = sqlx::query(
-        "INSERT INTO pf_outbox (event_id, exchange, message_type, routing_key, body) \
-         SELECT id, $4, $5, key, body FROM UNNEST($1::uuid[], $2::text[], $3::bytea[]) \
-           AS c(id, key, body) \
+        "INSERT INTO pf_outbox (event_id, exchange, message_type, routing_key, body, trace_context) \
+         SELECT id, $4, $5, key, body, trace FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $6::text[]) \
+           AS c(id, key, body, trace) \
          ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(&ids)
@@ -103,6 +115,7 @@ pub async fn enqueue_commands(
     .bind(&bodies)
     .bind(COMMANDS_EXCHANGE)
     .bind(COMMAND_MESSAGE_TYPE)
+    .bind(&traces)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -119,16 +132,18 @@ async fn insert(
     message_type: &str,
     routing_key: &str,
     body: Vec<u8>,
+    trace: Option<TraceContext>,
 ) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO pf_outbox (event_id, exchange, message_type, routing_key, body) \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+        "INSERT INTO pf_outbox (event_id, exchange, message_type, routing_key, body, trace_context) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
     )
     .bind(message_id)
     .bind(exchange)
     .bind(message_type)
     .bind(routing_key)
     .bind(body)
+    .bind(trace.as_ref().map(TraceContext::to_column))
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -159,9 +174,9 @@ pub async fn relay_once(
     if !leader {
         return Ok(RelayOutcome::NotLeader);
     }
-    let rows: Vec<(i64, String, Vec<u8>, uuid::Uuid, String, String)> = sqlx::query_as(
-        "SELECT seq, routing_key, body, event_id, exchange, message_type FROM pf_outbox \
-         ORDER BY seq LIMIT $1",
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "SELECT seq, routing_key, body, event_id, exchange, message_type, trace_context \
+         FROM pf_outbox ORDER BY seq LIMIT $1",
     )
     .bind(BATCH)
     .fetch_all(&mut *tx)
@@ -169,13 +184,29 @@ pub async fn relay_once(
     if rows.is_empty() {
         return Ok(RelayOutcome::Idle);
     }
-    // Pipeline: publish the whole batch, then wait for every confirm.
+    // Pipeline: publish the whole batch, then wait for every confirm. A traced row gets a
+    // span of its trace, open until its confirm, whose context the message carries.
     let mut pending = Vec::with_capacity(rows.len());
-    for (_, key, body, message_id, exchange, message_type) in &rows {
-        let props = message_properties(message_type, &message_id.to_string(), None);
-        pending.push(publisher.publish(exchange, key, body, props).await?);
+    for (_, key, body, message_id, exchange, message_type, trace) in &rows {
+        let stored = TraceContext::from_column(trace.as_deref());
+        let span = stored.as_ref().map(|parent| {
+            let span = tracing::info_span!(
+                parent: None,
+                "outbox.relay",
+                message_type = message_type.as_str(),
+                routing_key = key.as_str(),
+                message_id = %message_id,
+            );
+            continue_from(Some(parent), &span);
+            span
+        });
+        // A relay that does not trace forwards the stored context as it is: one relay serves
+        // the whole fleet, and a trace must not break on which process holds the lock.
+        let sent = span.as_ref().and_then(TraceContext::of).or(stored);
+        let props = message_properties(message_type, &message_id.to_string(), sent.as_ref());
+        pending.push((publisher.publish(exchange, key, body, props).await?, span));
     }
-    for p in pending {
+    for (p, _span) in pending {
         wait_confirm(p).await?;
     }
     let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
@@ -186,6 +217,17 @@ pub async fn relay_once(
     tx.commit().await?;
     Ok(RelayOutcome::Published(seqs.len()))
 }
+
+/// seq, routing_key, body, event_id, exchange, message_type, trace_context.
+type OutboxRow = (
+    i64,
+    String,
+    Vec<u8>,
+    uuid::Uuid,
+    String,
+    String,
+    Option<String>,
+);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {

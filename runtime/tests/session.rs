@@ -341,3 +341,100 @@ async fn a_missing_database_is_one_line_naming_the_setting() {
     stop.cancel();
     assert!(start_dependencies(&deps, &stop).await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn the_relay_sends_each_rows_trace_context_in_the_message_headers() {
+    use drfleet_infra::trace_context::{TRACEPARENT, TRACESTATE, TraceContext};
+    let (amqp_url, db_url, vhost) = isolated().await;
+    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+    drfleet_infra::db::migrate(&pool).await.unwrap();
+    let conn = drfleet_infra::amqp::connect(&amqp_url, "relay-test")
+        .await
+        .unwrap();
+    let publisher = drfleet_infra::amqp::ConfirmPublisher::new(&conn)
+        .await
+        .unwrap();
+    drfleet_infra::amqp::declare_topology(publisher.channel())
+        .await
+        .unwrap();
+
+    // A scheduler's batch: one command with a trace (and a tracestate), one without.
+    let traced = TraceContext::from_column(Some(
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\nvendor=1",
+    ))
+    .unwrap();
+    let org = OrganizationId::new();
+    let (with, without) = (backup(&org), backup(&org));
+    let mut tx = pool.begin().await.unwrap();
+    let queued = outbox::enqueue_commands(
+        &mut tx,
+        &[
+            (with.clone(), Some(traced.clone())),
+            (without.clone(), None),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(queued, 2);
+    tx.commit().await.unwrap();
+    let stored: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT trace_context FROM pf_outbox ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, [Some(traced.to_column()), None]);
+
+    // This process does not trace: the relay forwards the stored context unchanged.
+    assert!(matches!(
+        outbox::relay_once(&pool, &publisher).await.unwrap(),
+        outbox::RelayOutcome::Published(2)
+    ));
+    let ch = conn.create_channel().await.unwrap();
+    let mut reader = ch
+        .basic_consume(
+            "dr.backup".into(),
+            "reader".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut headers = HashMap::new();
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .expect("both commands arrive")
+            .unwrap()
+            .unwrap();
+        let env = CommandEnvelope::decode(d.data.as_slice()).unwrap();
+        headers.insert(
+            env.command_id,
+            TraceContext::from_headers(d.properties.headers().as_ref()),
+        );
+        let has = |k: &str| {
+            d.properties
+                .headers()
+                .as_ref()
+                .is_some_and(|h| h.inner().contains_key(k))
+        };
+        assert_eq!(has(TRACEPARENT), has(TRACESTATE));
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert_eq!(headers[&with.command_id], Some(traced));
+    assert_eq!(headers[&without.command_id], None);
+
+    let _ = conn.close(200, "done".into()).await;
+    pool.close().await;
+    cleanup(&vhost);
+    let admin_url = env_or(
+        "DR_TEST_PG_ADMIN_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    );
+    let mut admin = PgConnection::connect(&admin_url).await.unwrap();
+    let db = vhost.replace("drtest-", "drtest_");
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await;
+}

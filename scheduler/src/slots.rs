@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
+use drfleet_infra::trace_context::TraceContext;
 use drfleet_protocol::v1::CommandEnvelope;
 use drfleet_runtime::outbox;
 
@@ -67,13 +68,28 @@ impl SlotRows {
         .await?
         .into_iter()
         .collect();
-        let queued: Vec<CommandEnvelope> = self
+        let queued: Vec<(CommandEnvelope, Option<TraceContext>)> = self
             .commands
             .into_iter()
             .zip(&self.command_ids)
             .filter(|(_, id)| fresh.contains(id))
-            .map(|(c, _)| c)
+            .map(|(c, id)| {
+                let trace = start_trace(kind, id);
+                (c, trace)
+            })
             .collect();
         outbox::enqueue_commands(tx, &queued).await
     }
+}
+
+/// A new trace for one scheduled command (its root span, `scheduler.publish`); the outbox
+/// row keeps its context and the relay sends it with the command. Only when traces are
+/// exported: 10,000 due slots cost no spans otherwise.
+fn start_trace(kind: &str, command_id: &uuid::Uuid) -> Option<TraceContext> {
+    if !drfleet_infra::telemetry::exporting() {
+        return None;
+    }
+    let span =
+        tracing::info_span!(parent: None, "scheduler.publish", kind, command_id = %command_id);
+    TraceContext::of(&span)
 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use drfleet_infra::Retry;
+use drfleet_infra::trace_context::TraceContext;
 use drfleet_protocol::events::{event_json, event_type, from_timestamp};
 use drfleet_protocol::v1::EventEnvelope;
 
@@ -356,6 +357,9 @@ async fn settle_batch(
 ) -> Result<(), lapin::Error> {
     let mut records = Vec::with_capacity(batch.len());
     let mut good = Vec::with_capacity(batch.len());
+    // One span per traced event, in the event's trace, open until its row is committed and
+    // the delivery acked: the end of the trace of the command that caused the event.
+    let mut spans = Vec::new();
     for d in batch {
         match EventEnvelope::decode(d.data.as_slice())
             .ok()
@@ -363,6 +367,16 @@ async fn settle_batch(
             .and_then(AuditRecord::from_envelope)
         {
             Some(r) => {
+                if let Some(parent) = TraceContext::from_headers(d.properties.headers().as_ref()) {
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "audit.record",
+                        event_type = r.event_type.as_str(),
+                        event_id = %r.event_id,
+                    );
+                    parent.parent_of(&span);
+                    spans.push(span);
+                }
                 records.push(r);
                 good.push(d);
             }
@@ -406,5 +420,6 @@ async fn settle_batch(
     for d in good {
         d.ack(BasicAckOptions::default()).await?;
     }
+    drop(spans);
     Ok(())
 }

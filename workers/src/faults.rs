@@ -31,8 +31,10 @@ pub enum Fault {
 /// would. Builds without the feature ignore it.
 pub const ACK_BEFORE_DURABLE_ENV: &str = "DRFLEET_FAULT_ACK_BEFORE_DURABLE";
 
-/// Named points in the restore pipeline.
+/// Named points in the backup and restore pipelines.
 pub mod point {
+    /// Backup: the snapshot is taken and the tables resolved, before the first export.
+    pub const BACKUP_AFTER_SNAPSHOT: &str = "backup.after_snapshot";
     /// Staging schema created, before the first segment's COPY.
     pub const BEFORE_FIRST_SEGMENT: &str = "restore.before_first_segment";
     /// Inside a segment's COPY, after some rows were sent.

@@ -31,6 +31,9 @@ pub struct Job {
     /// 1 on the first run.
     pub attempt: i32,
     pub max_attempts: i32,
+    /// The trace of the command that created the job (`pf_jobs.trace_context`): every
+    /// attempt, on whichever worker, continues it.
+    pub trace: Option<drfleet_infra::trace_context::TraceContext>,
 }
 
 impl Job {

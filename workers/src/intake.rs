@@ -25,10 +25,12 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use drfleet_infra::Retry;
 use drfleet_infra::amqp::{AmqpError, ConfirmPublisher};
 use drfleet_infra::auth::{Actor, AuthError, TokenVerifier, authorize};
+use drfleet_infra::trace_context::{TraceContext, continue_from};
 use drfleet_protocol::JobId;
 use drfleet_protocol::auth::required_permissions;
 use drfleet_protocol::events::rejected;
@@ -133,7 +135,17 @@ impl Intake {
             }
             return Ok(disposition);
         }
-        let disposition = self.process(&delivery, shutdown).await;
+        // The sender's trace (drctl, the scheduler, any upstream service) continues here; the
+        // job row keeps this span's context for whichever worker runs the job.
+        let span = tracing::info_span!("command.intake", kind = self.kind.as_str());
+        continue_from(
+            TraceContext::from_headers(delivery.properties.headers().as_ref()).as_ref(),
+            &span,
+        );
+        let disposition = self
+            .process(&delivery, shutdown)
+            .instrument(span.clone())
+            .await;
         match disposition {
             Disposition::Ack => delivery.ack(BasicAckOptions::default()).await?,
             Disposition::DeadLetter(reason) => {
@@ -317,6 +329,7 @@ impl Intake {
                     spec: cmd.body.clone(),
                     attempt: 0,
                     max_attempts: self.max_attempts,
+                    trace: TraceContext::current(),
                 };
                 crate::jobs::insert(&mut tx, &job, &adm.concurrency_key).await?;
                 tx.commit().await?;

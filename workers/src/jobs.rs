@@ -8,7 +8,9 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
+use drfleet_infra::trace_context::{TraceContext, continue_from};
 use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::topology::CommandKind;
 use drfleet_protocol::validate::CommandBody;
@@ -24,7 +26,8 @@ pub async fn insert(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO pf_jobs (id, kind, organization_id, command_id, correlation_id, actor, spec, \
-         concurrency_key, state, max_attempts, tenant_key) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9,$10)",
+         concurrency_key, state, max_attempts, tenant_key, trace_context) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,'queued',$9,$10,$11)",
     )
     .bind(job.id.as_uuid())
     .bind(job.kind.as_str())
@@ -36,6 +39,7 @@ pub async fn insert(
     .bind(concurrency_key)
     .bind(job.max_attempts)
     .bind(job.tenant_key.as_str())
+    .bind(job.trace.as_ref().map(TraceContext::to_column))
     .execute(&mut *tx)
     .await?;
     sqlx::query("SELECT pg_notify('dr_jobs', $1)")
@@ -68,6 +72,7 @@ fn row_to_job(row: &sqlx::postgres::PgRow) -> Result<Job, sqlx::Error> {
         spec: spec.0,
         attempt: row.try_get("attempts")?,
         max_attempts: row.try_get("max_attempts")?,
+        trace: TraceContext::from_column(row.try_get::<Option<&str>, _>("trace_context")?),
     })
 }
 
@@ -231,7 +236,16 @@ pub async fn run_runner(ctx: RunnerCtx, handler: Arc<dyn JobHandler>, wake: Arc<
         }
         match claim(&ctx.pool, kind, &ctx.owner, ctx.lease).await {
             Ok(Some(job)) => {
-                run_one(&ctx, handler.as_ref(), job).await;
+                // A span of the command's trace, whichever worker and attempt this is.
+                let span = tracing::info_span!(
+                    "job",
+                    job_id = %job.id,
+                    kind = job.kind.as_str(),
+                    org = %job.organization_id,
+                    attempt = job.attempt,
+                );
+                continue_from(job.trace.as_ref(), &span);
+                run_one(&ctx, handler.as_ref(), job).instrument(span).await;
                 continue;
             }
             Ok(None) => {}
@@ -247,7 +261,6 @@ pub async fn run_runner(ctx: RunnerCtx, handler: Arc<dyn JobHandler>, wake: Arc<
     }
 }
 
-#[tracing::instrument(skip_all, fields(job_id = %job.id, kind = job.kind.as_str(), org = %job.organization_id, attempt = job.attempt))]
 async fn run_one(ctx: &RunnerCtx, handler: &dyn JobHandler, job: Job) {
     // A job that has used up its attempts (its workers keep dying) fails for good.
     if job.attempt > job.max_attempts {

@@ -524,6 +524,7 @@ async fn a_delete_that_finds_nothing_when_it_runs_fails_with_policy_failed() {
         }),
         attempt: 0,
         max_attempts: 3,
+        trace: None,
     };
     let mut tx = fx.env.pool.begin().await.unwrap();
     drfleet_workers::jobs::insert(&mut tx, &job, &format!("policy:{org}:gone"))

@@ -629,3 +629,68 @@ async fn two_workers_with_the_readme_settings_run_side_by_side() {
     assert_clean(code, &lines);
     env.cleanup().await;
 }
+
+/// Names of the process's threads (`/proc/<pid>/task/*/comm`, 15 characters at most).
+fn thread_names(child: &std::process::Child) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+/// The SDK's batch processor thread ("OpenTelemetry.Traces.BatchProcessor", truncated).
+fn exporter_threads(child: &std::process::Child) -> usize {
+    thread_names(child)
+        .iter()
+        .filter(|n| n.starts_with("OpenTelemetry"))
+        .count()
+}
+
+#[tokio::test]
+async fn without_otel_settings_no_exporter_runs_and_with_them_one_does() {
+    let env = TestEnv::new().await;
+    let shared = without(&env.worker_env("unused"), "DR_HTTP_ADDR");
+
+    // Unset (and blank, and disabled): no exporter thread.
+    for extra in [
+        vec![],
+        vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "")],
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ],
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ],
+    ] {
+        let mut envs = shared.clone();
+        envs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let mut w = Running::spawn(&envs, &["--role", "audit"]);
+        w.ready().await;
+        assert!(thread_names(&w.child).len() > 1, "threads are listed");
+        assert_eq!(exporter_threads(&w.child), 0, "{extra:?}");
+        let (code, lines) = w.stop();
+        assert_clean(code, &lines);
+    }
+
+    // Set: the exporter runs (nothing listens there; spans would be dropped, not the worker).
+    let set = with(&shared, "OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9");
+    let mut w = Running::spawn(&set, &["--role", "audit"]);
+    w.ready().await;
+    assert_eq!(exporter_threads(&w.child), 1);
+    let (code, lines) = w.stop();
+    assert_clean(code, &lines);
+
+    // What this build cannot honour is refused at start, naming the variable.
+    for (var, value) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_TRACES_EXPORTER", "zipkin"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+    ] {
+        let e = expect_config_error(&with(&set, var, value), &["--role", "audit"]);
+        assert!(e.contains(var), "{e}");
+    }
+    env.cleanup().await;
+}

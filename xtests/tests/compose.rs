@@ -182,10 +182,18 @@ fn the_worker_settings_are_shared_through_an_extension_field() {
 #[test]
 fn expected_services_exist() {
     let doc = compose();
-    let mut expected = vec!["rabbitmq", "postgres", "minio", "minio-init"]
-        .into_iter()
-        .map(String::from)
-        .collect::<BTreeSet<_>>();
+    let mut expected = vec![
+        "rabbitmq",
+        "postgres",
+        "minio",
+        "minio-init",
+        "scheduler",
+        "otel-collector",
+        "jaeger",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<BTreeSet<_>>();
     expected.extend(ALL_ROLES.map(worker));
     let defined: BTreeSet<String> = services(&doc).keys().map(str_of).collect();
     let missing: Vec<_> = expected.difference(&defined).collect();
@@ -213,6 +221,18 @@ fn images_are_named() {
         "{}",
         image("minio-init")
     );
+    // Pinned: a collector or viewer release that changes its config format must not break
+    // `docker compose up` unannounced.
+    for (name, repo) in [
+        ("otel-collector", "otel/opentelemetry-collector:"),
+        ("jaeger", "jaegertracing/jaeger:"),
+    ] {
+        let tag = image(name);
+        assert!(
+            tag.starts_with(repo) && !tag.ends_with(":latest"),
+            "{name}: {tag}"
+        );
+    }
     for (name, svc) in services(&doc) {
         let name = str_of(name);
         let has_image = svc.get("image").map(str_of).is_some_and(|i| !i.is_empty());
@@ -304,9 +324,10 @@ fn every_worker_reaches_the_broker_and_the_database() {
             Some("json"),
             "{w}"
         );
+        // drfleet's own settings, the object store's, and the standard OpenTelemetry ones.
         for key in env.keys() {
             assert!(
-                key.starts_with("DR_") || key.starts_with("AWS_"),
+                key.starts_with("DR_") || key.starts_with("AWS_") || key.starts_with("OTEL_"),
                 "{w}: unexpected setting {key}"
             );
         }
@@ -643,4 +664,164 @@ fn required_var_parser() {
     assert!(!is_required_var("${DR_MASTER_KEY:?}", "DR_MASTER_KEY"));
     assert!(!is_required_var("${DR_MASTER_KEY_ID:?x}", "DR_MASTER_KEY"));
     assert!(!is_required_var("literal", "DR_MASTER_KEY"));
+}
+
+/// Every drfleet process of the stack: the workers and the scheduler.
+fn drfleet_services() -> Vec<String> {
+    let mut names: Vec<String> = ALL_ROLES.map(worker).to_vec();
+    names.push("scheduler".into());
+    names
+}
+
+/// `host:port` of an `http://host:port[/path]` or `host:port` endpoint.
+fn host_port(endpoint: &str) -> (String, u16) {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .unwrap_or(endpoint)
+        .split('/')
+        .next()
+        .unwrap();
+    let (host, port) = rest
+        .rsplit_once(':')
+        .unwrap_or_else(|| panic!("{endpoint}: host:port"));
+    (host.to_string(), port.parse().expect("a port number"))
+}
+
+fn collector_config() -> Value {
+    serde_yaml_ng::from_str(&read("deploy/otel-collector.yaml"))
+        .expect("deploy/otel-collector.yaml is YAML")
+}
+
+#[test]
+fn every_drfleet_process_sends_its_traces_to_the_collector_under_its_own_name() {
+    let doc = compose();
+    let mut names = BTreeSet::new();
+    for name in drfleet_services() {
+        let env = env(service(&doc, &name));
+        let endpoint = env
+            .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .unwrap_or_else(|| panic!("{name}: OTEL_EXPORTER_OTLP_ENDPOINT"));
+        // The base URL (the exporter adds /v1/traces), OTLP/HTTP: the only protocol built.
+        assert!(endpoint.starts_with("http://"), "{name}: {endpoint}");
+        let (host, port) = host_port(endpoint);
+        assert_eq!((host.as_str(), port), ("otel-collector", 4318), "{name}");
+        for var in [
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ] {
+            if let Some(p) = env.get(var) {
+                assert_eq!(p, "http/protobuf", "{name}: {var}");
+            }
+        }
+        assert!(
+            !env.contains_key("OTEL_SDK_DISABLED") && !env.contains_key("OTEL_TRACES_EXPORTER"),
+            "{name}: traces are not switched off"
+        );
+        let service_name = env
+            .get("OTEL_SERVICE_NAME")
+            .unwrap_or_else(|| panic!("{name}: OTEL_SERVICE_NAME"));
+        assert!(
+            service_name.starts_with("drfleet-"),
+            "{name}: {service_name}"
+        );
+        assert!(
+            names.insert(service_name.clone()),
+            "{service_name} is used twice"
+        );
+    }
+}
+
+#[test]
+fn the_collector_receives_otlp_http_and_forwards_traces_to_jaeger() {
+    let doc = compose();
+    let collector = service(&doc, "otel-collector");
+    // Its configuration is the repository's file, where the image reads it.
+    let mounted = collector
+        .get("volumes")
+        .and_then(Value::as_sequence)
+        .expect("otel-collector: volumes")
+        .iter()
+        .map(str_of)
+        .find(|v| v.starts_with("./deploy/otel-collector.yaml:"))
+        .expect("otel-collector mounts deploy/otel-collector.yaml");
+    let target = mounted.split(':').nth(1).unwrap();
+    let args = words(collector.get("command"));
+    assert!(
+        args.contains(&format!("--config={target}")),
+        "otel-collector: --config={target} in {args:?}"
+    );
+    assert!(depends_on(collector).contains_key("jaeger"));
+    assert!(
+        container_ports(collector).contains("4318"),
+        "OTLP/HTTP published"
+    );
+
+    let cfg = collector_config();
+    let http = &cfg["receivers"]["otlp"]["protocols"]["http"]["endpoint"];
+    assert_eq!(host_port(&str_of(http)).1, 4318, "OTLP/HTTP receiver port");
+
+    // The traces pipeline: every component it names is defined; it ends at Jaeger.
+    let pipeline = &cfg["service"]["pipelines"]["traces"];
+    let names = |key: &str| -> Vec<String> {
+        pipeline[key]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("traces pipeline: {key}"))
+            .iter()
+            .map(str_of)
+            .collect()
+    };
+    for (key, section) in [
+        ("receivers", "receivers"),
+        ("processors", "processors"),
+        ("exporters", "exporters"),
+    ] {
+        for n in names(key) {
+            assert!(
+                cfg[section].get(n.as_str()).is_some(),
+                "traces pipeline: {n} is not defined under {section}"
+            );
+        }
+    }
+    assert!(names("receivers").contains(&"otlp".to_string()));
+    let to_jaeger = names("exporters")
+        .into_iter()
+        .map(|n| str_of(&cfg["exporters"][n.as_str()]["endpoint"]))
+        .any(|e| host_port(&e) == ("jaeger".to_string(), 4317));
+    assert!(to_jaeger, "the traces pipeline exports to jaeger:4317");
+}
+
+#[test]
+fn jaeger_serves_its_ui() {
+    let doc = compose();
+    assert!(container_ports(service(&doc, "jaeger")).contains("16686"));
+}
+
+#[test]
+fn the_scheduler_runs_from_the_worker_image_with_its_settings() {
+    let doc = compose();
+    let svc = service(&doc, "scheduler");
+    assert_eq!(words(svc.get("command")), ["drfleet-scheduler"]);
+    assert_eq!(
+        svc.get("image").map(str_of),
+        service(&doc, &worker("backup")).get("image").map(str_of)
+    );
+    let env = env(svc);
+    assert!(is_required_var(
+        &env["DR_AUTH_JWT_SECRET"],
+        "DR_AUTH_JWT_SECRET"
+    ));
+    for absent in ["DR_MASTER_KEY", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(
+            !env.contains_key(absent),
+            "scheduler should not get {absent}"
+        );
+    }
+    let deps = depends_on(svc);
+    for dep in ["rabbitmq", "postgres"] {
+        assert_eq!(
+            deps.get(dep).map(String::as_str),
+            Some("service_healthy"),
+            "{dep}"
+        );
+    }
 }

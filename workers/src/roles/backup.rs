@@ -10,6 +10,10 @@
 //! job id, so a retried job (worker crash, transient error) keeps its record; each attempt
 //! writes its own object keys and the manifest, written last and create-only, is what makes
 //! an artifact count.
+//!
+//! Spans of the job's trace: `backup.snapshot` (the snapshot and the catalog reads in it),
+//! `backup.export` per table, `backup.upload` (the object, while it streams and until it is
+//! complete), `backup.manifest`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +23,7 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
 use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
 use drfleet_artifact::ddl::SchemaDdl;
 use drfleet_artifact::{ArtifactBinding, ArtifactWriter, Manifest, TableHeader};
@@ -33,6 +38,7 @@ use crate::engine::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tabl
 use crate::engine::membership;
 use crate::engine::schema::read::read_schema;
 use crate::engine::{RoleCtx, shrink, source_error};
+use crate::faults::{self, point};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
 use crate::outbox;
 
@@ -201,58 +207,73 @@ impl BackupHandler {
             },
         );
 
-        let mut upload = self.ctx.store.upload(&akey).await?;
+        let upload_span = tracing::info_span!("backup.upload");
+        let mut upload = self
+            .ctx
+            .store
+            .upload(&akey)
+            .instrument(upload_span.clone())
+            .await?;
         let uploading = async {
             while let Some(buf) = out_rx.recv().await {
                 upload.write(&buf).await?;
                 progress.tick();
             }
             Ok::<_, JobError>(())
-        };
+        }
+        .instrument(upload_span.clone());
         let schema = quote_ident(&self.ctx.tenant_schema);
         let producing = async move {
             for t in tables {
                 progress.set_table(&t.name);
-                piece_tx
-                    .send(Piece::Begin(t.header()))
-                    .await
-                    .map_err(|_| stopped())?;
-                let cols: Vec<String> = t.columns.iter().map(|c| quote_ident(&c.name)).collect();
-                // The tenant key, a literal of the column's type (quotes doubled, no control
-                // characters: see TenantKey::sql_literal); the only value in the statement.
-                // A table reached by keys joins along its path, in the same snapshot.
-                let sql = format!(
-                    "COPY (SELECT {} FROM {schema}.{} t WHERE {}) TO STDOUT",
-                    cols.join(", "),
-                    quote_ident(&t.name),
-                    membership::predicate(&t.reach, &schema, "t", &tenant.org_lit)
-                );
-                let mut stream = src.copy_out_raw(&sql).await?;
-                // sqlx yields one item per row: coalesce before crossing threads.
-                let mut buf = Vec::with_capacity(BUF + 64 * 1024);
-                let mut rows = 0u64;
-                while let Some(chunk) = stream.next().await {
-                    buf.extend_from_slice(&chunk?);
-                    rows += 1;
-                    if buf.len() >= BUF {
-                        progress.add_rows(std::mem::take(&mut rows));
+                let table_span = tracing::info_span!("backup.export", table = t.name.as_str());
+                async {
+                    piece_tx
+                        .send(Piece::Begin(t.header()))
+                        .await
+                        .map_err(|_| stopped())?;
+                    let cols: Vec<String> =
+                        t.columns.iter().map(|c| quote_ident(&c.name)).collect();
+                    // The tenant key, a literal of the column's type (quotes doubled, no control
+                    // characters: see TenantKey::sql_literal); the only value in the statement.
+                    // A table reached by keys joins along its path, in the same snapshot.
+                    let sql = format!(
+                        "COPY (SELECT {} FROM {schema}.{} t WHERE {}) TO STDOUT",
+                        cols.join(", "),
+                        quote_ident(&t.name),
+                        membership::predicate(&t.reach, &schema, "t", &tenant.org_lit)
+                    );
+                    let mut stream = src.copy_out_raw(&sql).await?;
+                    // sqlx yields one item per row: coalesce before crossing threads.
+                    let mut buf = Vec::with_capacity(BUF + 64 * 1024);
+                    let mut rows = 0u64;
+                    while let Some(chunk) = stream.next().await {
+                        buf.extend_from_slice(&chunk?);
+                        rows += 1;
+                        if buf.len() >= BUF {
+                            progress.add_rows(std::mem::take(&mut rows));
+                            progress.add_bytes(buf.len() as u64);
+                            let full =
+                                std::mem::replace(&mut buf, Vec::with_capacity(BUF + 64 * 1024));
+                            piece_tx
+                                .send(Piece::Rows(full))
+                                .await
+                                .map_err(|_| stopped())?;
+                        }
+                    }
+                    progress.add_rows(rows);
+                    if !buf.is_empty() {
                         progress.add_bytes(buf.len() as u64);
-                        let full = std::mem::replace(&mut buf, Vec::with_capacity(BUF + 64 * 1024));
                         piece_tx
-                            .send(Piece::Rows(full))
+                            .send(Piece::Rows(buf))
                             .await
                             .map_err(|_| stopped())?;
                     }
+                    piece_tx.send(Piece::End).await.map_err(|_| stopped())?;
+                    Ok::<_, JobError>(())
                 }
-                progress.add_rows(rows);
-                if !buf.is_empty() {
-                    progress.add_bytes(buf.len() as u64);
-                    piece_tx
-                        .send(Piece::Rows(buf))
-                        .await
-                        .map_err(|_| stopped())?;
-                }
-                piece_tx.send(Piece::End).await.map_err(|_| stopped())?;
+                .instrument(table_span)
+                .await?;
             }
             Ok::<_, JobError>(())
         };
@@ -261,7 +282,7 @@ impl BackupHandler {
             .await
             .map_err(|_| JobError::permanent("ARTIFACT_WRITER_PANIC", "artifact writer failed"))?;
         let outcome = match (joined, written) {
-            (Ok(_), Ok(mut manifest)) => match upload.finish().await {
+            (Ok(_), Ok(mut manifest)) => match upload.finish().instrument(upload_span).await {
                 Ok(_) => {
                     manifest.snapshot_at = Some(snapshot_at);
                     manifest.schema = Some(tenant.ddl.clone());
@@ -277,6 +298,7 @@ impl BackupHandler {
                     self.ctx
                         .store
                         .put_create(&mkey, manifest.to_json().into())
+                        .instrument(tracing::info_span!("backup.manifest"))
                         .await
                         .map(|_| manifest)
                         .map_err(JobError::from)
@@ -396,47 +418,64 @@ impl JobHandler for BackupHandler {
                 .await;
 
             // One snapshot for every table.
-            let mut src = self
-                .ctx
-                .source
-                .acquire()
-                .await
-                .map_err(|e| source_error(&e))?;
-            sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .execute(&mut *src)
-                .await
-                .map_err(|e| source_error(&e))?;
-            let result = async {
-                sqlx::raw_sql(PIN_RENDERING)
+            let snapshot_span = tracing::info_span!("backup.snapshot");
+            let mut src = async {
+                let mut src = self
+                    .ctx
+                    .source
+                    .acquire()
+                    .await
+                    .map_err(|e| source_error(&e))?;
+                sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .execute(&mut *src)
                     .await
                     .map_err(|e| source_error(&e))?;
-                let snapshot_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
-                    .fetch_one(&mut *src)
-                    .await
-                    .map_err(|e| source_error(&e))?;
-                let layout = self.ctx.layout();
-                let tables =
-                    resolve_tables(&mut src, &layout, tier.all_tables, &tier.tables).await?;
-                // The key type as the catalog has it in this snapshot: every tenant column
-                // agrees, and the job's key fits it.
-                let key_type = self.ctx.job_key_type(&mut src, &job.tenant_key).await?;
-                let org_lit = job.tenant_key.sql_literal(key_type);
-                // No root row: the organization does not exist (or no longer does) at the
-                // snapshot. Visible in the manifest (`extra.tenant_root_row_missing`), the
-                // log, and the backup's `empty` flag: nothing of a tenant is protected.
-                let root_row_missing =
-                    membership::root_row_exists(&mut src, &layout, &org_lit).await? == Some(false);
-                if root_row_missing {
-                    tracing::warn!(
-                        code = "TENANT_ROOT_ROW_MISSING",
-                        backup_record_id = %job.id,
-                        "the organization has no row in the tenant root table"
-                    );
-                }
-                let named: Vec<(u32, String)> =
-                    tables.iter().map(|t| (t.oid, t.name.clone())).collect();
-                let ddl = read_schema(&mut src, &self.ctx.tenant_schema, &named).await?;
+                Ok::<_, JobError>(src)
+            }
+            .instrument(snapshot_span.clone())
+            .await?;
+            let result = async {
+                let snapshot = async {
+                    sqlx::raw_sql(PIN_RENDERING)
+                        .execute(&mut *src)
+                        .await
+                        .map_err(|e| source_error(&e))?;
+                    let snapshot_at: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+                        .fetch_one(&mut *src)
+                        .await
+                        .map_err(|e| source_error(&e))?;
+                    let layout = self.ctx.layout();
+                    let tables =
+                        resolve_tables(&mut src, &layout, tier.all_tables, &tier.tables).await?;
+                    // The key type as the catalog has it in this snapshot: every tenant column
+                    // agrees, and the job's key fits it.
+                    let key_type = self.ctx.job_key_type(&mut src, &job.tenant_key).await?;
+                    let org_lit = job.tenant_key.sql_literal(key_type);
+                    // No root row: the organization does not exist (or no longer does) at the
+                    // snapshot. Visible in the manifest (`extra.tenant_root_row_missing`), the
+                    // log, and the backup's `empty` flag: nothing of a tenant is protected.
+                    let root_row_missing = membership::root_row_exists(&mut src, &layout, &org_lit)
+                        .await?
+                        == Some(false);
+                    if root_row_missing {
+                        tracing::warn!(
+                            code = "TENANT_ROOT_ROW_MISSING",
+                            backup_record_id = %job.id,
+                            "the organization has no row in the tenant root table"
+                        );
+                    }
+                    let named: Vec<(u32, String)> =
+                        tables.iter().map(|t| (t.oid, t.name.clone())).collect();
+                    let ddl = read_schema(&mut src, &self.ctx.tenant_schema, &named).await?;
+                    Ok::<_, JobError>((snapshot_at, tables, org_lit, root_row_missing, ddl))
+                };
+                let (snapshot_at, tables, org_lit, root_row_missing, ddl) =
+                    snapshot.instrument(snapshot_span).await?;
+                faults::hit(
+                    &job.organization_id.to_string(),
+                    point::BACKUP_AFTER_SNAPSHOT,
+                )
+                .await?;
                 let exported = self
                     .export(
                         &mut src,

@@ -18,6 +18,7 @@
 
 use std::sync::Arc;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -260,7 +261,10 @@ impl JobHandler for VerifyHandler {
                     "backup record is not completed",
                 ));
             }
-            let verdict = self.check(org, record_id, record, &ctx.progress).await?;
+            let verdict = self
+                .check(org, record_id, record, &ctx.progress)
+                .instrument(tracing::info_span!("verify.check"))
+                .await?;
 
             let mut tx = ctx.pool.begin().await?;
             record_outcome(&mut tx, job, record_id, verdict).await?;

@@ -24,6 +24,8 @@ pub mod load;
 pub mod promote;
 
 use std::sync::Arc;
+
+use tracing::Instrument as _;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -225,10 +227,14 @@ impl Stage {
             (_, Some(ddl)) => manifest_foreign_keys(ddl),
             (_, None) => Vec::new(),
         };
-        let loaded = load::load(self, conn, object_key, manifest, seed, &fks).await?;
+        let loaded = load::load(self, conn, object_key, manifest, seed, &fks)
+            .instrument(tracing::info_span!("restore.load"))
+            .await?;
         timings.load_ms = started.elapsed().as_millis() as u64;
         let started = Instant::now();
-        let (staged, rows) = checks::integrity_checks(self, manifest, loaded, &fks).await?;
+        let (staged, rows) = checks::integrity_checks(self, manifest, loaded, &fks)
+            .instrument(tracing::info_span!("restore.checks"))
+            .await?;
         timings.checks_ms = started.elapsed().as_millis() as u64;
         checks.extend(staged);
         if let (true, Some(ddl)) = (recreate, ddl)

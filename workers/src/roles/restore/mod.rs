@@ -25,6 +25,9 @@
 //! error is transient or fails with `restore_failed` naming the failing check or table.
 //! A worker killed mid-load leaves its schema until the job's next attempt (which drops it
 //! before loading) or its final failure.
+//!
+//! Spans of the job's trace: `restore.sealed_pass`, `restore.load` and `restore.checks` (in
+//! the staging engine), `restore.promote`.
 
 mod target;
 
@@ -35,6 +38,7 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
+use tracing::Instrument as _;
 
 use drfleet_artifact::Manifest;
 use drfleet_infra::auth::Actor;
@@ -319,7 +323,11 @@ impl RestoreHandler {
                 ..advice
             });
             let started = Instant::now();
-            match promote::promote(&stage, &mut conn, &rec.manifest, job.id.as_uuid(), rows).await {
+            let promoted =
+                promote::promote(&stage, &mut conn, &rec.manifest, job.id.as_uuid(), rows)
+                    .instrument(tracing::info_span!("restore.promote"))
+                    .await;
+            match promoted {
                 Ok(p) => {
                     timings.promote_ms = started.elapsed().as_millis() as u64;
                     tracing::info!(
@@ -473,6 +481,7 @@ impl JobHandler for RestoreHandler {
                 &rec.manifest,
                 &ctx.progress,
             )
+            .instrument(tracing::info_span!("restore.sealed_pass"))
             .await
             {
                 Ok(ms) => ms,
