@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use drfleet_infra::config::postgres_url;
 use drfleet_protocol::OrganizationId;
-use drfleet_workers::audit::verify_chains;
+use drfleet_audit::verify_chains;
 
 use crate::cli::{DbArgs, OutputFormat};
 use crate::error::{Error, Outcome};
