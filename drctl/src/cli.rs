@@ -58,6 +58,10 @@ pub enum Cmd {
     Policy(crate::policy::PolicyCmd),
     /// The open alerts (RPO breached, backups failing, verify failed), oldest first.
     Alerts(crate::alerts::AlertsArgs),
+    /// Compliance evidence pack (evidence.json, report.html, SHA256SUMS, CHAIN_HEAD) of one
+    /// organization or of every one; `evidence check DIR` checks a pack against the audit
+    /// chain.
+    Evidence(crate::evidence::EvidenceArgs),
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]

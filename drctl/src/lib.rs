@@ -4,7 +4,7 @@
 //!
 //! - [`cli`]: the clap structs (`token`, `backup`, `restore`, `restore discard`, `verify`,
 //!   `drill`, `retention plan|run`, `hold`, `release`, `events`, `audit verify|list`,
-//!   `tiers show`, `policy set|rm|list`, `alerts`).
+//!   `tiers show`, `policy set|rm|list`, `alerts`, `evidence`, `evidence check`).
 //! - [`retention`]: `retention plan` (the sweep's selection over the database, deleting
 //!   nothing) and the policy lookup of `retention run`.
 //! - [`token`]: minting actor tokens (HS256) with `DR_AUTH_JWT_SECRET`.
@@ -16,6 +16,7 @@
 //! - [`policy`]: `policy set|rm` (a `PolicyCommand`, waited for) and `policy list` (the
 //!   database).
 //! - [`alerts`]: `alerts`, the open alerts in the database.
+//! - [`evidence`]: `evidence` (the compliance pack of `drfleet-evidence`) and `evidence check`.
 //! - [`output`]: the JSON line printed per event (one shape: `events`, command waits and
 //!   `audit list` alike).
 //! - [`notice`]: stderr notices: the broker and vhost, a queue nobody consumes, backups
@@ -34,6 +35,7 @@ pub mod cli;
 pub mod command;
 pub mod error;
 pub mod events;
+pub mod evidence;
 pub mod notice;
 pub mod output;
 pub mod policy;
@@ -97,5 +99,6 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         }
         Cmd::Policy(policy::PolicyCmd::List(a)) => policy::list(a).await,
         Cmd::Alerts(a) => alerts::list(a).await,
+        Cmd::Evidence(a) => evidence::run(a).await,
     }
 }
