@@ -5,9 +5,12 @@
 //! the first one's pack. The report is opened in a real headless Chromium.
 
 mod common;
+#[path = "support/cdp.rs"]
+mod cdp;
+#[path = "support/schema.rs"]
+mod schema;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use serde_json::{Value, json};
@@ -88,7 +91,7 @@ async fn backup(
         "INSERT INTO pf_backup_records (id, organization_id, command_id, tier, policy_id, status, key_id, \
            object_key, byte_size, checksum_sha256, snapshot_at, started_at, completed_at, error_code, \
            verify_status, last_verified_at, deleted_at, retention_reason, expiring_at, manifest, held_reason) \
-         VALUES ($1, $2, $3, 'full', $4, $5, $6, 'tenants/MARKER-OBJECT-KEY', $7, $8, $9, $16, $10, $11, $12, $13, $14, $15, $14, '{"tables": [{"name": "MARKER-TABLE-NAME", "rows": 5}]}', 'MARKER-HOLD-REASON')",
+         VALUES ($1, $2, $3, 'full', $4, $5, $6, 'tenants/MARKER-OBJECT-KEY', $7, $8, $9, $16, $10, $11, $12, $13, $14, $15, $14, $17, 'MARKER-HOLD-REASON')",
     )
     .bind(id)
     .bind(ids.org)
@@ -106,6 +109,7 @@ async fn backup(
     .bind(deleted.map(|d| d.0))
     .bind(deleted.map(|d| d.1))
     .bind(snap)
+    .bind(json!({"tables": [{"name": "MARKER-TABLE-NAME", "rows": 5}]}))
     .execute(&db.pool)
     .await
     .unwrap();
@@ -155,8 +159,7 @@ async fn policy(db: &TestDb, ids: &Ids, name: &str, enabled: bool, created: Date
     sqlx::query(
         "INSERT INTO pf_backup_policies (id, organization_id, name, tier, schedule, rpo_seconds, rto_seconds, \
            enabled, created_at, updated_at, keep_daily, verify_cycle_seconds, tenant_key, updated_by, drill_assertions) \
-         VALUES ($1, $2, $3, 'full', '0 */6 * * *', 21600, 600, $4, $5, $5, 30, 604800, $6, 'bob', \
-           '[{"name": "orders", "sql": "SELECT ''MARKER-ASSERTION-SQL''"}]')",
+         VALUES ($1, $2, $3, 'full', '0 */6 * * *', 21600, 600, $4, $5, $5, 30, 604800, $6, 'bob', $7)",
     )
     .bind(ids.policy)
     .bind(ids.org)
@@ -164,6 +167,7 @@ async fn policy(db: &TestDb, ids: &Ids, name: &str, enabled: bool, created: Date
     .bind(enabled)
     .bind(created)
     .bind(ids.org.to_string())
+    .bind(json!([{"name": "orders", "sql": "SELECT 'MARKER-ASSERTION-SQL'"}]))
     .execute(&db.pool)
     .await
     .unwrap();
@@ -314,16 +318,13 @@ fn read_json(p: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
+/// Violations of docs/evidence.schema.json.
 fn schema_errors(instance: &Value) -> Vec<String> {
-    let schema: Value = serde_json::from_str(include_str!("../../docs/evidence.schema.json")).unwrap();
-    let validator = jsonschema::options()
-        .should_validate_formats(true)
-        .build(&schema)
-        .unwrap();
-    validator
-        .iter_errors(instance)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect()
+    let schema: Value =
+        serde_json::from_str(include_str!("../../docs/evidence.schema.json")).unwrap();
+    let mut errors = Vec::new();
+    schema::validate(&schema, instance, "", &mut errors);
+    errors
 }
 
 use sha2::Digest as _;
@@ -547,72 +548,32 @@ async fn report_renders_in_chromium() {
     let _ = std::fs::remove_dir_all(&out);
 }
 
-fn browse(chrome: &Path, report: &Path, controls: &[(String, String)], points: &[(&str, usize)], artifacts: &Path) {
-    use headless_chrome::protocol::cdp::types::Event;
-    use headless_chrome::protocol::cdp::{Log, Network, Page, Runtime};
-    use headless_chrome::{Browser, LaunchOptions};
-
-    let browser = Browser::new(
-        LaunchOptions::default_builder()
-            .path(Some(chrome.to_path_buf()))
-            .headless(true)
-            .sandbox(false)
-            .window_size(Some((1280, 2000)))
-            .build()
-            .unwrap(),
-    )
-    .expect("chromium starts");
-    let tab = browser.new_tab().unwrap();
-    let errors: Arc<Mutex<Vec<String>>> = Arc::default();
-    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
-    let (errs, reqs) = (errors.clone(), requests.clone());
-    tab.add_event_listener(Arc::new(move |event: &Event| match event {
-        Event::LogEntryAdded(e) => {
-            if matches!(e.params.entry.level, Log::LogEntryLevel::Error) {
-                errs.lock().unwrap().push(format!("log: {}", e.params.entry.text));
-            }
-        }
-        Event::RuntimeConsoleAPICalled(e) => {
-            if matches!(e.params.Type, Runtime::ConsoleAPICalledTypeOption::Error) {
-                errs.lock().unwrap().push("console.error".into());
-            }
-        }
-        Event::RuntimeExceptionThrown(e) => {
-            errs.lock().unwrap().push(format!("exception: {}", e.params.exception_details.text));
-        }
-        Event::NetworkRequestWillBeSent(e) => {
-            reqs.lock().unwrap().push(e.params.request.url.clone());
-        }
-        _ => {}
-    }))
-    .unwrap();
-    tab.enable_log().unwrap().enable_runtime().unwrap();
-    tab.call_method(Network::Enable {
-        max_total_buffer_size: None,
-        max_resource_buffer_size: None,
-        max_post_data_size: None,
-        report_direct_socket_traffic: None,
-        enable_durable_messages: None,
-    })
-    .unwrap();
+fn browse(
+    chrome: &Path,
+    report: &Path,
+    controls: &[(String, String)],
+    points: &[(&str, usize)],
+    artifacts: &Path,
+) {
+    let mut b = cdp::Browser::launch(chrome);
+    b.open_page();
+    for domain in ["Runtime.enable", "Log.enable", "Network.enable", "Page.enable"] {
+        b.call(domain, json!({}));
+    }
     let url = format!("file://{}", report.canonicalize().unwrap().display());
-    tab.navigate_to(&url).unwrap().wait_until_navigated().unwrap();
-    tab.wait_for_element("footer").unwrap();
+    b.call("Page.navigate", json!({"url": url}));
+    b.wait_event("Page.loadEventFired");
 
-    let facts = tab
-        .evaluate(
-            r#"JSON.stringify({
-                controls: [...document.querySelectorAll('tr.control')].map(r => [r.dataset.control, r.dataset.status, r.querySelector('.badge').textContent.trim()]),
-                charts: [...document.querySelectorAll('svg.chart')].map(s => [s.id, s.querySelectorAll('.pt').length, Number(s.dataset.points), s.getBoundingClientRect().width, s.getBoundingClientRect().height]),
-                scripts: document.scripts.length,
-                resources: performance.getEntriesByType('resource').length,
-            })"#,
-            false,
-        )
-        .unwrap()
-        .value
-        .unwrap();
-    let facts: Value = serde_json::from_str(facts.as_str().unwrap()).unwrap();
+    let facts = b.call(
+        "Runtime.evaluate",
+        json!({"returnByValue": true, "expression": r#"JSON.stringify({
+            controls: [...document.querySelectorAll('tr.control')].map(r => [r.dataset.control, r.dataset.status, r.querySelector('.badge').textContent.trim()]),
+            charts: [...document.querySelectorAll('svg.chart')].map(s => [s.id, s.querySelectorAll('.pt').length, Number(s.dataset.points), s.getBoundingClientRect().width, s.getBoundingClientRect().height]),
+            scripts: document.scripts.length,
+            resources: performance.getEntriesByType('resource').length,
+        })"#}),
+    );
+    let facts: Value = serde_json::from_str(facts["result"]["value"].as_str().unwrap()).unwrap();
     let shown: Vec<(String, String)> = facts["controls"]
         .as_array()
         .unwrap()
@@ -626,27 +587,48 @@ fn browse(chrome: &Path, report: &Path, controls: &[(String, String)], points: &
     let charts = facts["charts"].as_array().unwrap();
     assert_eq!(charts.len(), points.len());
     for (id, n) in points {
-        let c = charts.iter().find(|c| c[0] == *id).unwrap_or_else(|| panic!("{id} missing"));
+        let c = charts
+            .iter()
+            .find(|c| c[0] == *id)
+            .unwrap_or_else(|| panic!("{id} missing"));
+        assert!(*n > 0, "{id} is not empty");
         assert_eq!(c[1].as_u64(), Some(*n as u64), "{id}: points drawn");
         assert_eq!(c[2].as_u64(), Some(*n as u64), "{id}: data-points");
-        assert!(c[3].as_f64().unwrap() > 100.0 && c[4].as_f64().unwrap() > 50.0, "{id} is laid out: {c}");
-        assert!(*n > 0, "{id} is not empty");
+        assert!(
+            c[3].as_f64().unwrap() > 100.0 && c[4].as_f64().unwrap() > 50.0,
+            "{id} is laid out: {c}"
+        );
     }
     assert_eq!(facts["scripts"], 0);
     assert_eq!(facts["resources"], 0, "nothing fetched");
 
-    let png = tab
-        .capture_screenshot(Page::CaptureScreenshotFormatOption::Png, None, None, true)
-        .unwrap();
-    assert!(png.len() > 10_000, "a real screenshot");
+    let png = b.screenshot_png();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
     std::fs::write(artifacts.join("evidence-report.png"), &png).unwrap();
-    let pdf = tab.print_to_pdf(None).unwrap();
+    let pdf = b.print_pdf();
     assert!(pdf.starts_with(b"%PDF"), "prints");
     std::fs::write(artifacts.join("evidence-report.pdf"), &pdf).unwrap();
 
-    let errors = errors.lock().unwrap().clone();
+    b.drain();
+    let mut errors = Vec::new();
+    let mut requests = Vec::new();
+    for e in &b.events {
+        let p = &e["params"];
+        match e["method"].as_str().unwrap_or_default() {
+            "Runtime.consoleAPICalled" if p["type"] == "error" => {
+                errors.push(format!("console.error {}", p["args"]))
+            }
+            "Runtime.exceptionThrown" => errors.push(format!("exception {}", p["exceptionDetails"])),
+            "Log.entryAdded" if p["entry"]["level"] == "error" => {
+                errors.push(format!("log {}", p["entry"]["text"]))
+            }
+            "Network.requestWillBeSent" => {
+                requests.push(p["request"]["url"].as_str().unwrap_or_default().to_string())
+            }
+            _ => {}
+        }
+    }
     assert!(errors.is_empty(), "console errors: {errors:?}");
-    let requests = requests.lock().unwrap().clone();
     assert!(
         requests.iter().all(|r| *r == url),
         "only the page itself is loaded, no network request: {requests:?}"
