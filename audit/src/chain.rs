@@ -101,7 +101,10 @@ mod tests {
         assert_eq!(a.canonical(3), b.canonical(3));
         assert_ne!(a.canonical(3), a.canonical(4));
         let text = String::from_utf8(a.canonical(1)).unwrap();
-        assert!(text.contains("\"occurred_at\":\"2023-11-14T22:13:20.123456Z\""), "{text}");
+        assert!(
+            text.contains("\"occurred_at\":\"2023-11-14T22:13:20.123456Z\""),
+            "{text}"
+        );
     }
 
     proptest! {

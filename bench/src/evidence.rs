@@ -23,7 +23,12 @@ pub struct Args {
     pub runs: usize,
 }
 
-async fn seed(pool: &PgPool, org: Uuid, a: &Args, now: chrono::DateTime<Utc>) -> anyhow::Result<()> {
+async fn seed(
+    pool: &PgPool,
+    org: Uuid,
+    a: &Args,
+    now: chrono::DateTime<Utc>,
+) -> anyhow::Result<()> {
     let policy = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO pf_backup_policies (id, organization_id, name, tier, schedule, rpo_seconds, rto_seconds, \
@@ -41,7 +46,7 @@ async fn seed(pool: &PgPool, org: Uuid, a: &Args, now: chrono::DateTime<Utc>) ->
            byte_size, checksum_sha256, snapshot_at, started_at, completed_at, verify_status, last_verified_at) \
          SELECT gen_random_uuid(), $1, gen_random_uuid(), 'full', $2, 'completed', 'key-1', \
            1000000 + i * 10, md5(i::text) || md5((i + 1)::text), t, t, t + interval '2 minutes', 'ok', $3 \
-         FROM generate_series(0, $4 - 1) AS i, LATERAL (SELECT $3 - make_interval(hours => 6 * i + 1) AS t) s",
+         FROM generate_series(0, $4 - 1) AS i, LATERAL (SELECT $3 - make_interval(hours => (6 * i + 1)::int) AS t) s",
     )
     .bind(org)
     .bind(policy.to_string())
@@ -54,8 +59,8 @@ async fn seed(pool: &PgPool, org: Uuid, a: &Args, now: chrono::DateTime<Utc>) ->
            rto_objective_ms, measured_rpo_ms, rpo_objective_ms, checks, phases, started_at, finished_at, policy_id) \
          SELECT gen_random_uuid(), $1, gen_random_uuid(), 'full', i % 3 <> 0, 200000 + i * 1000, 600000, \
            3600000, 21600000, '[{\"name\":\"row_counts\",\"passed\":true,\"detail\":\"ok\"}]', \
-           '[{\"name\":\"restore\",\"ms\":1000}]', $2 - make_interval(days => 45 * i + 1), \
-           $2 - make_interval(days => 45 * i + 1) + interval '5 minutes', $3 \
+           '[{\"name\":\"restore\",\"ms\":1000}]', $2 - make_interval(days => (45 * i + 1)::int), \
+           $2 - make_interval(days => (45 * i + 1)::int) + interval '5 minutes', $3 \
          FROM generate_series(0, $4 - 1) AS i",
     )
     .bind(org)
@@ -66,19 +71,27 @@ async fn seed(pool: &PgPool, org: Uuid, a: &Args, now: chrono::DateTime<Utc>) ->
     .await?;
     let mut batch = Vec::with_capacity(1000);
     for i in 0..a.events {
-        let at = now - Duration::days(365) + Duration::seconds(i * (365 * 86_400 / a.events.max(1)));
+        let at =
+            now - Duration::days(365) + Duration::seconds(i * (365 * 86_400 / a.events.max(1)));
         let (t, payload) = if i % 1000 == 0 {
-            ("policy_updated", serde_json::json!({"policy_id": policy.to_string(), "name": "six-hourly",
+            (
+                "policy_updated",
+                serde_json::json!({"policy_id": policy.to_string(), "name": "six-hourly",
                 "spec": {"tier": "full", "rpo_seconds": 21600, "retention": {"keep_daily": 30 + i / 1000}},
-                "operator": "bench", "created": i == 0}))
+                "operator": "bench", "created": i == 0}),
+            )
         } else {
-            ("backup_started", serde_json::json!({"backup_record_id": Uuid::now_v7().to_string(), "tier": "full"}))
+            (
+                "backup_started",
+                serde_json::json!({"backup_record_id": Uuid::now_v7().to_string(), "tier": "full"}),
+            )
         };
         batch.push(AuditRecord {
             event_id: Uuid::now_v7(),
             event_type: t.into(),
             organization_id: Some(org),
-            occurred_at: chrono::DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at),
+            occurred_at: chrono::DateTime::from_timestamp_micros(at.timestamp_micros())
+                .unwrap_or(at),
             causation_id: String::new(),
             correlation_id: String::new(),
             payload,
@@ -106,7 +119,16 @@ pub async fn run(pg_admin_url: &str, a: Args) -> anyhow::Result<()> {
     let t = Instant::now();
     seed(&pool, org, &a, now).await?;
     for _ in 0..a.other_orgs {
-        seed(&pool, Uuid::new_v4(), &Args { events: a.events / 10, ..a }, now).await?;
+        seed(
+            &pool,
+            Uuid::new_v4(),
+            &Args {
+                events: a.events / 10,
+                ..a
+            },
+            now,
+        )
+        .await?;
     }
     sqlx::query("ANALYZE").execute(&pool).await?;
     eprintln!("seeded in {:.1}s", t.elapsed().as_secs_f64());
@@ -120,7 +142,8 @@ pub async fn run(pg_admin_url: &str, a: Args) -> anyhow::Result<()> {
     let mut last = None;
     for _ in 0..a.runs {
         let t = Instant::now();
-        let e = drfleet_evidence::generate(&pool, org, window, &Parameters::default(), Utc::now()).await?;
+        let e = drfleet_evidence::generate(&pool, org, window, &Parameters::default(), Utc::now())
+            .await?;
         let generated = t.elapsed().as_secs_f64();
         drfleet_evidence::pack::write_pack(&dir, &e)?;
         let all = t.elapsed().as_secs_f64();

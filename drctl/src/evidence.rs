@@ -22,7 +22,11 @@ pub struct EvidenceArgs {
     #[command(subcommand)]
     pub action: Option<EvidenceAction>,
     /// Organization (tenant) key.
-    #[arg(long, required_unless_present = "all_orgs", conflicts_with = "all_orgs")]
+    #[arg(
+        long,
+        required_unless_present = "all_orgs",
+        conflicts_with = "all_orgs"
+    )]
     pub org: Option<TenantKey>,
     /// One pack per organization in DIR/<org>/, plus DIR/fleet-summary.json.
     #[arg(long)]
@@ -171,7 +175,12 @@ async fn one(
     Ok(entry)
 }
 
-async fn fleet(pool: &PgPool, window: Window, params: &Parameters, out: &Path) -> Result<(), Error> {
+async fn fleet(
+    pool: &PgPool,
+    window: Window,
+    params: &Parameters,
+    out: &Path,
+) -> Result<(), Error> {
     let orgs = drfleet_evidence::collect::organizations(pool)
         .await
         .map_err(evidence_error)?;

@@ -557,9 +557,7 @@ async fn events_and_audit_list_print_one_event_in_the_same_shape() {
 
     // What the audit sink stores for this envelope.
     let rec = drfleet_audit::AuditRecord::from_envelope(&ev).unwrap();
-    drfleet_audit::store_batch(&db.pool, &[rec])
-        .await
-        .unwrap();
+    drfleet_audit::store_batch(&db.pool, &[rec]).await.unwrap();
     let out = drctl_async()
         .args(["audit", "list", "--org", &org.to_string()])
         .env("DR_DATABASE_URL", &db.url)

@@ -4,9 +4,9 @@
 //! alert raised and resolved — and a second organization whose ids must appear nowhere in
 //! the first one's pack. The report is opened in a real headless Chromium.
 
-mod common;
 #[path = "support/cdp.rs"]
 mod cdp;
+mod common;
 #[path = "support/schema.rs"]
 mod schema;
 
@@ -190,24 +190,64 @@ async fn history(db: &TestDb) -> History {
     policy(db, &a, "six-hourly", true, now - Duration::days(29)).await;
 
     // An old recovery point from before the window, still retained.
-    backup(db, &mut a, from - Duration::days(3), "completed", Some(("ok", now - Duration::days(2))), None, 900).await;
+    backup(
+        db,
+        &mut a,
+        from - Duration::days(3),
+        "completed",
+        Some(("ok", now - Duration::days(2))),
+        None,
+        900,
+    )
+    .await;
     let mut last = Uuid::nil();
     let mut slot = from + Duration::hours(3);
     let mut i = 0;
     while slot < now {
-        let gap = slot >= from + Duration::days(10) && slot < from + Duration::days(10) + Duration::hours(12);
+        let gap = slot >= from + Duration::days(10)
+            && slot < from + Duration::days(10) + Duration::hours(12);
         if !gap {
-            let verify = if i == 7 { ("failed", now - Duration::days(1)) } else { ("ok", now - Duration::days(1)) };
-            last = backup(db, &mut a, slot, "completed", Some(verify), None, 1000 + i * 10).await;
+            let verify = if i == 7 {
+                ("failed", now - Duration::days(1))
+            } else {
+                ("ok", now - Duration::days(1))
+            };
+            last = backup(
+                db,
+                &mut a,
+                slot,
+                "completed",
+                Some(verify),
+                None,
+                1000 + i * 10,
+            )
+            .await;
             a.points_in_window += 1;
         }
         slot += Duration::hours(6);
         i += 1;
     }
     // Failed (no recovery point) and deleted by retention (a recovery point that existed).
-    backup(db, &mut a, from + Duration::days(2) + Duration::hours(3), "failed", None, None, 0).await;
-    backup(db, &mut a, from + Duration::days(1) + Duration::hours(2), "deleted", None,
-        Some((from + Duration::days(5), "not kept by keep_daily 30")), 700).await;
+    backup(
+        db,
+        &mut a,
+        from + Duration::days(2) + Duration::hours(3),
+        "failed",
+        None,
+        None,
+        0,
+    )
+    .await;
+    backup(
+        db,
+        &mut a,
+        from + Duration::days(1) + Duration::hours(2),
+        "deleted",
+        None,
+        Some((from + Duration::days(5), "not kept by keep_daily 30")),
+        700,
+    )
+    .await;
     a.points_in_window += 1;
 
     drill(db, &mut a, now - Duration::days(40), true, 200_000, last).await;
@@ -249,18 +289,38 @@ async fn history(db: &TestDb) -> History {
     // The audit log: policy history and some other events, in time order.
     let deleted_policy = Uuid::new_v4();
     let mut events = vec![
-        event(a.org, now - Duration::days(29), "policy_updated",
-            json!({"policy_id": a.policy.to_string(), "name": "six-hourly", "spec": spec(7), "operator": "alice", "created": true, "next_due_at": null})),
-        event(a.org, now - Duration::days(28), "policy_updated",
-            json!({"policy_id": deleted_policy.to_string(), "name": "scratch-hourly", "spec": spec(3), "operator": "alice", "created": true, "next_due_at": null})),
-        event(a.org, now - Duration::days(20), "policy_updated",
-            json!({"policy_id": a.policy.to_string(), "name": "six-hourly", "spec": spec(30), "operator": "bob", "created": false, "next_due_at": null})),
-        event(a.org, now - Duration::days(10), "policy_deleted",
-            json!({"policy_id": deleted_policy.to_string(), "name": "scratch-hourly", "operator": "carol"})),
+        event(
+            a.org,
+            now - Duration::days(29),
+            "policy_updated",
+            json!({"policy_id": a.policy.to_string(), "name": "six-hourly", "spec": spec(7), "operator": "alice", "created": true, "next_due_at": null}),
+        ),
+        event(
+            a.org,
+            now - Duration::days(28),
+            "policy_updated",
+            json!({"policy_id": deleted_policy.to_string(), "name": "scratch-hourly", "spec": spec(3), "operator": "alice", "created": true, "next_due_at": null}),
+        ),
+        event(
+            a.org,
+            now - Duration::days(20),
+            "policy_updated",
+            json!({"policy_id": a.policy.to_string(), "name": "six-hourly", "spec": spec(30), "operator": "bob", "created": false, "next_due_at": null}),
+        ),
+        event(
+            a.org,
+            now - Duration::days(10),
+            "policy_deleted",
+            json!({"policy_id": deleted_policy.to_string(), "name": "scratch-hourly", "operator": "carol"}),
+        ),
     ];
     for k in 0..20 {
-        events.push(event(a.org, now - Duration::days(9) + Duration::hours(k), "backup_started",
-            json!({"backup_record_id": Uuid::new_v4().to_string(), "tier": "full"})));
+        events.push(event(
+            a.org,
+            now - Duration::days(9) + Duration::hours(k),
+            "backup_started",
+            json!({"backup_record_id": Uuid::new_v4().to_string(), "tier": "full"}),
+        ));
     }
     events.sort_by_key(|e| e.occurred_at);
     a.all.push(deleted_policy.to_string());
@@ -274,7 +334,16 @@ async fn history(db: &TestDb) -> History {
     };
     b.all.extend([b.org.to_string(), b.policy.to_string()]);
     policy(db, &b, "b-nightly", false, now - Duration::days(20)).await;
-    let bb = backup(db, &mut b, now - Duration::days(4), "completed", None, None, 4242).await;
+    let bb = backup(
+        db,
+        &mut b,
+        now - Duration::days(4),
+        "completed",
+        None,
+        None,
+        4242,
+    )
+    .await;
     drill(db, &mut b, now - Duration::days(2), false, 1_000, bb).await;
     let b_alert = Uuid::new_v4();
     sqlx::query(
@@ -294,7 +363,8 @@ async fn history(db: &TestDb) -> History {
         .map(|k| event(b.org, now - Duration::days(3) + Duration::hours(k), "policy_updated",
             json!({"policy_id": b.policy.to_string(), "name": "b-nightly", "spec": spec(1), "operator": "mallory", "created": k == 0, "next_due_at": null})))
         .collect();
-    b.all.extend(b_events.iter().map(|e| e.event_id.to_string()));
+    b.all
+        .extend(b_events.iter().map(|e| e.event_id.to_string()));
     events.extend(b_events);
     store_batch(&db.pool, &events).await.unwrap();
     History { now, from, a, b }
@@ -337,7 +407,20 @@ async fn evidence_pack_of_a_history() {
     let org = h.a.org.to_string();
     let from = h.from.to_rfc3339();
     let to = (h.now + Duration::hours(1)).to_rfc3339();
-    let (code, stdout, stderr) = run(&db, &["evidence", "--org", &org, "--from", &from, "--to", &to, "--out", out.to_str().unwrap()]);
+    let (code, stdout, stderr) = run(
+        &db,
+        &[
+            "evidence",
+            "--org",
+            &org,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("9 controls"), "{stdout}");
 
@@ -359,39 +442,78 @@ async fn evidence_pack_of_a_history() {
         ("VERIFICATION_COVERAGE", "NON_COMPLIANT"),
         ("AUDIT_CHAIN_INTACT", "COMPLIANT"),
     ];
-    let expected: Vec<(String, String)> = expected.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     assert_eq!(statuses(&e), expected);
     let gap = e["controls"][3]["evidence"]["measured"]["longest_gap_seconds"].as_i64();
     assert_eq!(gap, Some(18 * 3600));
-    assert_eq!(e["controls"][4]["evidence"]["measured"]["measured_rto_ms"], 900_000);
+    assert_eq!(
+        e["controls"][4]["evidence"]["measured"]["measured_rto_ms"],
+        900_000
+    );
     for c in e["controls"].as_array().unwrap() {
-        assert!(c["evaluated_at"].is_string() && c["parameters"].is_object(), "{c}");
+        assert!(
+            c["evaluated_at"].is_string() && c["parameters"].is_object(),
+            "{c}"
+        );
     }
 
     // The series and the lists.
-    assert_eq!(e["achieved_rpo"].as_array().unwrap().len(), h.a.points_in_window - 1);
+    assert_eq!(
+        e["achieved_rpo"].as_array().unwrap().len(),
+        h.a.points_in_window - 1
+    );
     let changes = e["policy_changes"].as_array().unwrap();
     let summary: Vec<(String, String, String)> = changes
         .iter()
-        .map(|c| (c["operator"].as_str().unwrap().into(), c["action"].as_str().unwrap().into(), c["name"].as_str().unwrap().into()))
+        .map(|c| {
+            (
+                c["operator"].as_str().unwrap().into(),
+                c["action"].as_str().unwrap().into(),
+                c["name"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert_eq!(summary, vec![
-        ("alice".into(), "created".into(), "six-hourly".into()),
-        ("alice".into(), "created".into(), "scratch-hourly".into()),
-        ("bob".into(), "updated".into(), "six-hourly".into()),
-        ("carol".into(), "deleted".into(), "scratch-hourly".into()),
-    ]);
-    assert_eq!(changes[2]["changes"], json!([{"field": "retention.keep_daily", "from": 7, "to": 30}]));
+    assert_eq!(
+        summary,
+        vec![
+            ("alice".into(), "created".into(), "six-hourly".into()),
+            ("alice".into(), "created".into(), "scratch-hourly".into()),
+            ("bob".into(), "updated".into(), "six-hourly".into()),
+            ("carol".into(), "deleted".into(), "scratch-hourly".into()),
+        ]
+    );
+    assert_eq!(
+        changes[2]["changes"],
+        json!([{"field": "retention.keep_daily", "from": 7, "to": 30}])
+    );
     let policies = e["policies"].as_array().unwrap();
-    assert_eq!(policies.len(), 2, "the deleted policy was in force during the window");
-    assert!(policies.iter().any(|p| p["name"] == "scratch-hourly" && p["deleted_at"].is_string()));
+    assert_eq!(
+        policies.len(),
+        2,
+        "the deleted policy was in force during the window"
+    );
+    assert!(
+        policies
+            .iter()
+            .any(|p| p["name"] == "scratch-hourly" && p["deleted_at"].is_string())
+    );
     let backups = e["backups"].as_array().unwrap();
     let deleted = backups.iter().find(|b| b["status"] == "deleted").unwrap();
     assert_eq!(deleted["deletion_reason"], "not kept by keep_daily 30");
-    assert!(backups.iter().any(|b| b["status"] == "failed" && b["error_code"] == "SOURCE_UNAVAILABLE"));
+    assert!(
+        backups
+            .iter()
+            .any(|b| b["status"] == "failed" && b["error_code"] == "SOURCE_UNAVAILABLE")
+    );
     assert_eq!(e["drills"].as_array().unwrap().len(), 3);
     assert_eq!(e["drills"][2]["rto_met"], false);
-    assert_eq!(e["drills"][2]["checks"][1], json!({"name": "fk_integrity", "passed": false, "detail": "3 orphan rows"}));
+    assert_eq!(
+        e["drills"][2]["checks"][1],
+        json!({"name": "fk_integrity", "passed": false, "detail": "3 orphan rows"})
+    );
     assert_eq!(e["restores"][0]["operator"], "dave");
     assert_eq!(e["restores"][0]["target"], "dr-replica");
     assert_eq!(e["alerts"][0]["duration_seconds"], 6 * 3600);
@@ -402,7 +524,10 @@ async fn evidence_pack_of_a_history() {
     for name in ["evidence.json", "report.html", "CHAIN_HEAD", "SHA256SUMS"] {
         let text = std::fs::read_to_string(out.join(name)).unwrap();
         for id in &h.b.all {
-            assert!(!text.contains(id.as_str()), "{name} holds {id} of another organization");
+            assert!(
+                !text.contains(id.as_str()),
+                "{name} holds {id} of another organization"
+            );
         }
         assert!(!text.contains("mallory"), "{name}");
         // Row content and stored texts that are not evidence (object keys, manifests, hold
@@ -411,7 +536,13 @@ async fn evidence_pack_of_a_history() {
     }
     // ... and A's own ids are there.
     let text = std::fs::read_to_string(out.join("evidence.json")).unwrap();
-    assert!(h.a.all.iter().filter(|id| text.contains(id.as_str())).count() > 100);
+    assert!(
+        h.a.all
+            .iter()
+            .filter(|id| text.contains(id.as_str()))
+            .count()
+            > 100
+    );
 
     // The digests and the chain head check out; one edited byte does not.
     let (code, stdout, _) = run(&db, &["evidence", "check", out.to_str().unwrap()]);
@@ -425,10 +556,24 @@ async fn evidence_pack_of_a_history() {
     std::fs::write(&path, &edited).unwrap();
     let (code, stdout, _) = run(&db, &["evidence", "check", out.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{stdout}");
-    assert!(stdout.starts_with("mismatch: ") && stdout.contains("evidence.json: digest does not match SHA256SUMS"), "{stdout}");
+    assert!(
+        stdout.starts_with("mismatch: ")
+            && stdout.contains("evidence.json: digest does not match SHA256SUMS"),
+        "{stdout}"
+    );
     std::fs::write(&path, &original).unwrap();
     // Events appended since leave the recorded head in the chain.
-    store_batch(&db.pool, &[event(h.a.org, h.now, "backup_started", json!({"tier": "full"}))]).await.unwrap();
+    store_batch(
+        &db.pool,
+        &[event(
+            h.a.org,
+            h.now,
+            "backup_started",
+            json!({"tier": "full"}),
+        )],
+    )
+    .await
+    .unwrap();
     let (code, stdout, _) = run(&db, &["evidence", "check", out.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stdout}");
     // A rewritten chain does not.
@@ -441,16 +586,61 @@ async fn evidence_pack_of_a_history() {
     assert_eq!(code, Some(1), "{stdout}");
     assert!(stdout.contains("broken at position 3"), "{stdout}");
     let out2 = out_dir("broken");
-    let (code, _, stderr) = run(&db, &["evidence", "--org", &org, "--from", &from, "--to", &to, "--out", out2.to_str().unwrap()]);
+    let (code, _, stderr) = run(
+        &db,
+        &[
+            "evidence",
+            "--org",
+            &org,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--out",
+            out2.to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, Some(0), "{stderr}");
     let e2 = read_json(&out2.join("evidence.json"));
-    assert_eq!(statuses(&e2)[8], ("AUDIT_CHAIN_INTACT".to_string(), "NON_COMPLIANT".to_string()));
+    assert_eq!(
+        statuses(&e2)[8],
+        (
+            "AUDIT_CHAIN_INTACT".to_string(),
+            "NON_COMPLIANT".to_string()
+        )
+    );
     assert_eq!(e2["audit_chain"]["broken_at"]["chain_seq"], 3);
 
     // Bad input: a clear line and exit 2.
-    let (code, _, stderr) = run(&db, &["evidence", "--org", &org, "--from", "2026-02-01", "--to", "2026-01-01", "--out", "/tmp/x"]);
+    let (code, _, stderr) = run(
+        &db,
+        &[
+            "evidence",
+            "--org",
+            &org,
+            "--from",
+            "2026-02-01",
+            "--to",
+            "2026-01-01",
+            "--out",
+            "/tmp/x",
+        ],
+    );
     assert_eq!(code, Some(2), "{stderr}");
-    let (code, _, stderr) = run(&db, &["evidence", "--org", &org, "--from", "yesterday", "--to", "2026-01-01", "--out", "/tmp/x"]);
+    let (code, _, stderr) = run(
+        &db,
+        &[
+            "evidence",
+            "--org",
+            &org,
+            "--from",
+            "yesterday",
+            "--to",
+            "2026-01-01",
+            "--out",
+            "/tmp/x",
+        ],
+    );
     assert_eq!(code, Some(2), "{stderr}");
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&out2);
@@ -462,10 +652,27 @@ async fn evidence_for_all_organizations() {
     let h = history(&db).await;
     let out = out_dir("fleet");
     let day = |t: DateTime<Utc>| t.format("%Y-%m-%d").to_string();
-    let (code, stdout, stderr) = run(&db, &["evidence", "--all-orgs", "--from", &day(h.from), "--to", &day(h.now), "--out", out.to_str().unwrap()]);
+    let (code, stdout, stderr) = run(
+        &db,
+        &[
+            "evidence",
+            "--all-orgs",
+            "--from",
+            &day(h.from),
+            "--to",
+            &day(h.now),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     let summary = read_json(&out.join("fleet-summary.json"));
-    let orgs: Vec<&str> = summary["organizations"].as_array().unwrap().iter().map(|o| o["organization_id"].as_str().unwrap()).collect();
+    let orgs: Vec<&str> = summary["organizations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["organization_id"].as_str().unwrap())
+        .collect();
     let mut want = vec![h.a.org.to_string(), h.b.org.to_string()];
     want.sort();
     assert_eq!(orgs, want);
@@ -489,7 +696,8 @@ async fn evidence_for_all_organizations() {
     .collect();
     assert_eq!(statuses(&b), expected);
     for id in &h.a.all {
-        let text = std::fs::read_to_string(out.join(h.b.org.to_string()).join("evidence.json")).unwrap();
+        let text =
+            std::fs::read_to_string(out.join(h.b.org.to_string()).join("evidence.json")).unwrap();
         assert!(!text.contains(id.as_str()), "B's pack holds {id} of A");
     }
     let (code, stdout, _) = run(&db, &["evidence", "check", out.to_str().unwrap()]);
@@ -501,7 +709,10 @@ async fn evidence_for_all_organizations() {
     std::fs::write(&report, &bytes).unwrap();
     let (code, stdout, _) = run(&db, &["evidence", "check", out.to_str().unwrap()]);
     assert_eq!(code, Some(1), "{stdout}");
-    assert!(stdout.contains("report.html: digest does not match"), "{stdout}");
+    assert!(
+        stdout.contains("report.html: digest does not match"),
+        "{stdout}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -510,10 +721,14 @@ fn chromium() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("DR_TEST_CHROMIUM") {
         return Some(p.into());
     }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 #[tokio::test]
@@ -523,13 +738,28 @@ async fn report_renders_in_chromium() {
             std::env::var_os("DR_REQUIRE_CHROMIUM").is_none(),
             "DR_REQUIRE_CHROMIUM is set but no chromium was found"
         );
-        eprintln!("\n!!!!!!!! SKIPPED report_renders_in_chromium: chromium is not installed (apt-get install chromium; CI sets DR_REQUIRE_CHROMIUM=1) !!!!!!!!\n");
+        eprintln!(
+            "\n!!!!!!!! SKIPPED report_renders_in_chromium: chromium is not installed (apt-get install chromium; CI sets DR_REQUIRE_CHROMIUM=1) !!!!!!!!\n"
+        );
         return;
     };
     let db = TestDb::new().await;
     let h = history(&db).await;
     let out = out_dir("html");
-    let (code, stdout, stderr) = run(&db, &["evidence", "--org", &h.a.org.to_string(), "--from", &h.from.to_rfc3339(), "--to", &(h.now + Duration::hours(1)).to_rfc3339(), "--out", out.to_str().unwrap()]);
+    let (code, stdout, stderr) = run(
+        &db,
+        &[
+            "evidence",
+            "--org",
+            &h.a.org.to_string(),
+            "--from",
+            &h.from.to_rfc3339(),
+            "--to",
+            &(h.now + Duration::hours(1)).to_rfc3339(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     let e = read_json(&out.join("evidence.json"));
     let report = out.join("report.html");
@@ -540,11 +770,14 @@ async fn report_renders_in_chromium() {
         ("chart-verification", 5),
     ];
     let controls = statuses(&e);
-    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    let artifacts =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    tokio::task::spawn_blocking(move || browse(&chrome, &report, &controls, &expect_points, &artifacts))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        browse(&chrome, &report, &controls, &expect_points, &artifacts)
+    })
+    .await
+    .unwrap();
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -557,7 +790,12 @@ fn browse(
 ) {
     let mut b = cdp::Browser::launch(chrome);
     b.open_page();
-    for domain in ["Runtime.enable", "Log.enable", "Network.enable", "Page.enable"] {
+    for domain in [
+        "Runtime.enable",
+        "Log.enable",
+        "Network.enable",
+        "Page.enable",
+    ] {
         b.call(domain, json!({}));
     }
     let url = format!("file://{}", report.canonicalize().unwrap().display());
@@ -580,7 +818,10 @@ fn browse(
         .iter()
         .map(|c| {
             assert_eq!(c[1], c[2], "badge text is the status");
-            (c[0].as_str().unwrap().to_string(), c[1].as_str().unwrap().to_string())
+            (
+                c[0].as_str().unwrap().to_string(),
+                c[1].as_str().unwrap().to_string(),
+            )
         })
         .collect();
     assert_eq!(shown, controls, "every control with its status");
@@ -603,7 +844,10 @@ fn browse(
     assert_eq!(facts["resources"], 0, "nothing fetched");
 
     let png = b.screenshot_png();
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a real screenshot"
+    );
     std::fs::write(artifacts.join("evidence-report.png"), &png).unwrap();
     let pdf = b.print_pdf();
     assert!(pdf.starts_with(b"%PDF"), "prints");
@@ -618,7 +862,9 @@ fn browse(
             "Runtime.consoleAPICalled" if p["type"] == "error" => {
                 errors.push(format!("console.error {}", p["args"]))
             }
-            "Runtime.exceptionThrown" => errors.push(format!("exception {}", p["exceptionDetails"])),
+            "Runtime.exceptionThrown" => {
+                errors.push(format!("exception {}", p["exceptionDetails"]))
+            }
             "Log.entryAdded" if p["entry"]["level"] == "error" => {
                 errors.push(format!("log {}", p["entry"]["text"]))
             }

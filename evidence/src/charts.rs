@@ -194,7 +194,12 @@ pub fn achieved_rpo(window: &Window, points: &[RpoPoint], objective: Option<i64>
     );
     axes(&mut s, &f, window, &seconds);
     if let Some(o) = objective {
-        objective_line(&mut s, &f, o as f64, &format!("objective {}", seconds(o as f64)));
+        objective_line(
+            &mut s,
+            &f,
+            o as f64,
+            &format!("objective {}", seconds(o as f64)),
+        );
     }
     if points.is_empty() {
         empty_note(&mut s, "fewer than two recovery points in the window");
@@ -203,7 +208,11 @@ pub fn achieved_rpo(window: &Window, points: &[RpoPoint], objective: Option<i64>
             .iter()
             .map(|p| format!("{:.1},{:.1}", f.x(p.at), f.y(p.gap_seconds as f64)))
             .collect();
-        let _ = write!(s, "<polyline class=\"series\" points=\"{}\"/>", path.join(" "));
+        let _ = write!(
+            s,
+            "<polyline class=\"series\" points=\"{}\"/>",
+            path.join(" ")
+        );
     }
     for p in points {
         let over = objective.is_some_and(|o| p.gap_seconds > o);
@@ -259,14 +268,21 @@ pub fn drill_rto(window: &Window, drills: &[&Drill], policy_objective_ms: Option
                 )
             })
             .collect();
-        let _ = write!(s, "<polyline class=\"series\" points=\"{}\"/>", path.join(" "));
+        let _ = write!(
+            s,
+            "<polyline class=\"series\" points=\"{}\"/>",
+            path.join(" ")
+        );
     }
     for d in drills {
         let at = d.finished_at.unwrap_or(d.started_at);
         let rto = d.measured_rto_ms.unwrap_or(0) as f64 / 1000.0;
         let over = obj(d).is_some_and(|o| d.measured_rto_ms.unwrap_or(0) > o);
         // A drill's own objective, when it differs from the policy's: a short mark.
-        if let Some(o) = d.rto_objective_ms.filter(|o| Some(*o) != policy_objective_ms) {
+        if let Some(o) = d
+            .rto_objective_ms
+            .filter(|o| Some(*o) != policy_objective_ms)
+        {
             let (x, y) = (f.x(at), f.y(o as f64 / 1000.0));
             let _ = write!(
                 s,

@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::model::{
-    Alert, AuditChain, Backup, BrokenAt, Drill, DrillCheck, FieldChange, Parameters, Phase,
-    Policy, PolicyChange, Restore, Retention, Window,
+    Alert, AuditChain, Backup, BrokenAt, Drill, DrillCheck, FieldChange, Parameters, Phase, Policy,
+    PolicyChange, Restore, Retention, Window,
 };
 
 /// Everything the pack reports, before the controls are evaluated.
@@ -172,7 +172,10 @@ async fn policies(
             let spec = last_spec.remove(&policy_id);
             // Deleted since the window began: it was in force during (part of) it.
             if at >= window.from {
-                if let Some(p) = spec.as_ref().and_then(|s| policy_from_spec(&payload, s, at)) {
+                if let Some(p) = spec
+                    .as_ref()
+                    .and_then(|s| policy_from_spec(&payload, s, at))
+                {
                     if !current.iter().any(|c| c.policy_id == p.policy_id) {
                         deleted.push(p);
                     }

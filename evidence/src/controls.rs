@@ -515,7 +515,9 @@ pub fn artifacts_encrypted_and_checksummed(f: &Facts) -> Control {
         .iter()
         .filter(|b| {
             b.key_id.as_deref().is_none_or(str::is_empty)
-                || b.checksum_sha256.as_deref().is_none_or(|c| !is_sha256_hex(c))
+                || b.checksum_sha256
+                    .as_deref()
+                    .is_none_or(|c| !is_sha256_hex(c))
         })
         .map(|b| b.backup_record_id.to_string())
         .collect();
@@ -533,7 +535,9 @@ pub fn artifacts_encrypted_and_checksummed(f: &Facts) -> Control {
     };
     let ok = bad.is_empty();
     let records = if ok {
-        kept.iter().map(|b| b.backup_record_id.to_string()).collect()
+        kept.iter()
+            .map(|b| b.backup_record_id.to_string())
+            .collect()
     } else {
         bad.clone()
     };

@@ -150,7 +150,11 @@ pub fn write_fleet_summary(
     let mut json = serde_json::to_vec_pretty(&s).expect("summary serializes");
     json.push(b'\n');
     let digest = write(dir, FLEET_SUMMARY, &json)?;
-    write(dir, SHA256SUMS, sums(&[(FLEET_SUMMARY, &digest)]).as_bytes())?;
+    write(
+        dir,
+        SHA256SUMS,
+        sums(&[(FLEET_SUMMARY, &digest)]).as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -178,7 +182,10 @@ fn check_sums(dir: &Path, required: &[&str]) -> Result<Result<(), String>, Error
     let mut listed = Vec::new();
     for line in sums.lines().filter(|l| !l.trim().is_empty()) {
         let Some((digest, name)) = line.split_once("  ") else {
-            return Ok(Err(format!("{}: SHA256SUMS: malformed line", dir.display())));
+            return Ok(Err(format!(
+                "{}: SHA256SUMS: malformed line",
+                dir.display()
+            )));
         };
         // Plain names only: a pack never points outside its directory.
         if name.contains('/') || name.contains('\\') || name.starts_with('.') {

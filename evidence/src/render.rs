@@ -164,7 +164,10 @@ pub fn render(e: &Evidence) -> Result<String, askama::Error> {
         },
         Chart {
             title: "Drill RTO trend vs objective",
-            caption: format!("{} drills measured a restore time in the window", measured.len()),
+            caption: format!(
+                "{} drills measured a restore time in the window",
+                measured.len()
+            ),
             svg: charts::drill_rto(&e.window, &measured, rto_policy_ms),
         },
         Chart {
@@ -204,8 +207,17 @@ fn tables(e: &Evidence) -> Vec<Table> {
         title: "Policies in force",
         note: "as stored now; deleted ones as their last change described them".into(),
         headers: headers(&[
-            "Policy", "Name", "Enabled", "Schedule", "RPO", "RTO", "Retention", "Verify cycle",
-            "Drills", "Updated", "Deleted",
+            "Policy",
+            "Name",
+            "Enabled",
+            "Schedule",
+            "RPO",
+            "RTO",
+            "Retention",
+            "Verify cycle",
+            "Drills",
+            "Updated",
+            "Deleted",
         ]),
         rows: e
             .policies
@@ -238,7 +250,9 @@ fn tables(e: &Evidence) -> Vec<Table> {
                     } else {
                         rules.join(", ")
                     }),
-                    cell(opt(p.verify_cycle_seconds.map(|s| charts::seconds(s as f64)))),
+                    cell(opt(p
+                        .verify_cycle_seconds
+                        .map(|s| charts::seconds(s as f64)))),
                     cell(opt(p.drill_schedule.clone())),
                     cell(format!("{} {}", opt_time(p.updated_at), p.updated_by)),
                     cell(opt_time(p.deleted_at)),
@@ -250,7 +264,14 @@ fn tables(e: &Evidence) -> Vec<Table> {
         id: "policy-changes",
         title: "Policy changes",
         note: "from the audit log (policy_updated, policy_deleted)".into(),
-        headers: headers(&["When", "Who", "Policy", "Action", "What changed", "Audit position"]),
+        headers: headers(&[
+            "When",
+            "Who",
+            "Policy",
+            "Action",
+            "What changed",
+            "Audit position",
+        ]),
         rows: e
             .policy_changes
             .iter()
@@ -280,15 +301,26 @@ fn tables(e: &Evidence) -> Vec<Table> {
         title: "Drills",
         note: "RTO and RPO against the objectives, and the phases".into(),
         headers: headers(&[
-            "Drill", "Finished", "Backup", "Result", "RTO", "RTO objective", "RPO",
-            "RPO objective", "Phases", "Error",
+            "Drill",
+            "Finished",
+            "Backup",
+            "Result",
+            "RTO",
+            "RTO objective",
+            "RPO",
+            "RPO objective",
+            "Phases",
+            "Error",
         ]),
         rows: e
             .drills
             .iter()
             .map(|d| {
-                let phases: Vec<String> =
-                    d.phases.iter().map(|p| format!("{} {} ms", p.name, p.ms)).collect();
+                let phases: Vec<String> = d
+                    .phases
+                    .iter()
+                    .map(|p| format!("{} {} ms", p.name, p.ms))
+                    .collect();
                 vec![
                     cell(d.drill_report_id.to_string()),
                     cell(opt_time(d.finished_at)),
@@ -425,8 +457,15 @@ fn tables(e: &Evidence) -> Vec<Table> {
         title: "Backups",
         note: "started in the window, and earlier recovery points still present in it".into(),
         headers: headers(&[
-            "Backup", "Snapshot", "Size", "Checksum (SHA-256)", "Key id", "Verify",
-            "Retention", "Deleted", "Reason",
+            "Backup",
+            "Snapshot",
+            "Size",
+            "Checksum (SHA-256)",
+            "Key id",
+            "Verify",
+            "Retention",
+            "Deleted",
+            "Reason",
         ]),
         rows: e
             .backups
@@ -520,7 +559,10 @@ mod tests {
             c,
         );
         let html = super::render(&e).unwrap();
-        assert!(!html.contains("<script"), "no script, and shown text is escaped");
+        assert!(
+            !html.contains("<script"),
+            "no script, and shown text is escaped"
+        );
         assert!(html.contains("&lt;script&gt;"));
         for fetch in ["src=", "href=", "url(", "@import", "<link", "<img"] {
             assert!(!html.contains(fetch), "{fetch}");

@@ -9,12 +9,12 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use common::*;
+use drfleet_audit::verify_chains;
 use drfleet_infra::amqp::message_properties;
 use drfleet_protocol::OrganizationId;
 use drfleet_protocol::events::{envelope, routing_key};
 use drfleet_protocol::topology::{EVENT_MESSAGE_TYPE, EVENTS_EXCHANGE};
 use drfleet_protocol::v1::{self, event_envelope::Event};
-use drfleet_audit::verify_chains;
 use drfleet_workers::handler::Handlers;
 
 fn start_audit(env: &TestEnv) -> (CancellationToken, tokio::task::JoinHandle<()>) {

@@ -79,7 +79,10 @@ impl Browser {
         unsafe {
             cmd.pre_exec(move || {
                 // Out of the way first, so that neither lands on the other's target.
-                let (a, b) = (libc::fcntl(r3, libc::F_DUPFD, 10), libc::fcntl(w4, libc::F_DUPFD, 10));
+                let (a, b) = (
+                    libc::fcntl(r3, libc::F_DUPFD, 10),
+                    libc::fcntl(w4, libc::F_DUPFD, 10),
+                );
                 if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }

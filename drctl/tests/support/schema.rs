@@ -6,9 +6,24 @@
 use serde_json::Value;
 
 const KNOWN: &[&str] = &[
-    "$schema", "$id", "title", "description", "type", "required", "properties",
-    "additionalProperties", "items", "enum", "const", "oneOf", "minimum", "maximum",
-    "minItems", "maxItems", "format", "pattern",
+    "$schema",
+    "$id",
+    "title",
+    "description",
+    "type",
+    "required",
+    "properties",
+    "additionalProperties",
+    "items",
+    "enum",
+    "const",
+    "oneOf",
+    "minimum",
+    "maximum",
+    "minItems",
+    "maxItems",
+    "format",
+    "pattern",
 ];
 
 fn type_ok(t: &str, v: &Value) -> bool {
@@ -38,7 +53,10 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>)
         return;
     };
     for k in s.keys() {
-        assert!(KNOWN.contains(&k.as_str()), "schema keyword {k} not checked");
+        assert!(
+            KNOWN.contains(&k.as_str()),
+            "schema keyword {k} not checked"
+        );
     }
     let mut err = |m: String| errors.push(format!("{path}: {m}"));
     if let Some(t) = s.get("type") {
@@ -69,15 +87,25 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>)
     }
     if let (Some(p), Some(sv)) = (s.get("pattern").and_then(Value::as_str), v.as_str()) {
         assert_eq!(p, "^[0-9a-f]{64}$", "pattern not checked");
-        if !(sv.len() == 64 && sv.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))) {
+        if !(sv.len() == 64
+            && sv
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
             err(format!("{sv} does not match {p}"));
         }
     }
     if let Some(n) = v.as_f64() {
-        if s.get("minimum").and_then(Value::as_f64).is_some_and(|m| n < m) {
+        if s.get("minimum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| n < m)
+        {
             err(format!("{n} below minimum"));
         }
-        if s.get("maximum").and_then(Value::as_f64).is_some_and(|m| n > m) {
+        if s.get("maximum")
+            .and_then(Value::as_f64)
+            .is_some_and(|m| n > m)
+        {
             err(format!("{n} above maximum"));
         }
     }
@@ -95,7 +123,12 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>)
         }
     }
     if let Some(o) = v.as_object() {
-        for r in s.get("required").and_then(Value::as_array).into_iter().flatten() {
+        for r in s
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if !o.contains_key(r.as_str().unwrap()) {
                 errors.push(format!("{path}: missing {r}"));
             }
@@ -112,10 +145,16 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>)
         }
     }
     if let Some(a) = v.as_array() {
-        if s.get("minItems").and_then(Value::as_u64).is_some_and(|m| (a.len() as u64) < m) {
+        if s.get("minItems")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| (a.len() as u64) < m)
+        {
             errors.push(format!("{path}: fewer than minItems"));
         }
-        if s.get("maxItems").and_then(Value::as_u64).is_some_and(|m| (a.len() as u64) > m) {
+        if s.get("maxItems")
+            .and_then(Value::as_u64)
+            .is_some_and(|m| (a.len() as u64) > m)
+        {
             errors.push(format!("{path}: more than maxItems"));
         }
         if let Some(items) = s.get("items") {

@@ -140,7 +140,13 @@ fn a_healthy_history_is_compliant_everywhere() {
     let controls = evaluate(&w.facts(), &Parameters::default());
     assert_eq!(controls.len(), CONTROLS.len());
     for c in &controls {
-        assert_eq!(c.status, Status::Compliant, "{}: {}", c.control, c.evidence.summary);
+        assert_eq!(
+            c.status,
+            Status::Compliant,
+            "{}: {}",
+            c.control,
+            c.evidence.summary
+        );
         assert_eq!(c.evaluated_at, w.now);
     }
 }
@@ -151,8 +157,14 @@ fn no_enabled_policy() {
     w.policies[0].enabled = false;
     assert_eq!(w.status(BACKUP_POLICY_EXISTS), Status::NonCompliant);
     assert_eq!(w.status(MIN_FREQUENCY_AND_RETENTION), Status::NotApplicable);
-    assert_eq!(w.status(LAST_RECOVERY_POINT_WITHIN_RPO), Status::NotApplicable);
-    assert_eq!(w.status(ACHIEVED_RPO_WITHIN_OBJECTIVE), Status::NotApplicable);
+    assert_eq!(
+        w.status(LAST_RECOVERY_POINT_WITHIN_RPO),
+        Status::NotApplicable
+    );
+    assert_eq!(
+        w.status(ACHIEVED_RPO_WITHIN_OBJECTIVE),
+        Status::NotApplicable
+    );
     assert_eq!(w.status(DRILL_WITHIN_90_DAYS), Status::NotApplicable);
     assert_eq!(w.status(VERIFICATION_COVERAGE), Status::NotApplicable);
     // A policy deleted before the window's end is not in force either.
@@ -200,7 +212,10 @@ fn last_recovery_point_and_achieved_rpo() {
     // The newest recovery point is 18 h before the window's end.
     let mut w = World::good();
     w.backups.truncate(37);
-    assert_eq!(w.status(LAST_RECOVERY_POINT_WITHIN_RPO), Status::NonCompliant);
+    assert_eq!(
+        w.status(LAST_RECOVERY_POINT_WITHIN_RPO),
+        Status::NonCompliant
+    );
     assert_eq!(w.status(ACHIEVED_RPO_WITHIN_OBJECTIVE), Status::Compliant);
     // A gap of 12 h inside the window.
     let mut w = World::good();
@@ -219,19 +234,31 @@ fn last_recovery_point_and_achieved_rpo() {
     let mut w = World::good();
     w.backups[39].completed_at = None;
     w.backups[39].status = "failed".into();
-    assert_eq!(w.status(LAST_RECOVERY_POINT_WITHIN_RPO), Status::NonCompliant);
+    assert_eq!(
+        w.status(LAST_RECOVERY_POINT_WITHIN_RPO),
+        Status::NonCompliant
+    );
     // A recovery point deleted before the window's end no longer counts as the last one.
     let mut w = World::good();
     w.backups[39].status = "deleted".into();
     w.backups[39].deleted_at = Some(t(235));
-    assert_eq!(w.status(LAST_RECOVERY_POINT_WITHIN_RPO), Status::NonCompliant);
+    assert_eq!(
+        w.status(LAST_RECOVERY_POINT_WITHIN_RPO),
+        Status::NonCompliant
+    );
     // ... but still counts for the achieved RPO while it existed.
     assert_eq!(w.status(ACHIEVED_RPO_WITHIN_OBJECTIVE), Status::Compliant);
     // No RPO objective.
     let mut w = World::good();
     w.policies[0].rpo_seconds = None;
-    assert_eq!(w.status(LAST_RECOVERY_POINT_WITHIN_RPO), Status::NotApplicable);
-    assert_eq!(w.status(ACHIEVED_RPO_WITHIN_OBJECTIVE), Status::NotApplicable);
+    assert_eq!(
+        w.status(LAST_RECOVERY_POINT_WITHIN_RPO),
+        Status::NotApplicable
+    );
+    assert_eq!(
+        w.status(ACHIEVED_RPO_WITHIN_OBJECTIVE),
+        Status::NotApplicable
+    );
 }
 
 #[test]
@@ -261,17 +288,26 @@ fn drills() {
 fn artifacts_and_verification() {
     let mut w = World::good();
     w.backups[3].key_id = None;
-    assert_eq!(w.status(ARTIFACTS_ENCRYPTED_AND_CHECKSUMMED), Status::NonCompliant);
+    assert_eq!(
+        w.status(ARTIFACTS_ENCRYPTED_AND_CHECKSUMMED),
+        Status::NonCompliant
+    );
     let mut w = World::good();
     w.backups[3].checksum_sha256 = Some("xyz".into());
-    assert_eq!(w.status(ARTIFACTS_ENCRYPTED_AND_CHECKSUMMED), Status::NonCompliant);
+    assert_eq!(
+        w.status(ARTIFACTS_ENCRYPTED_AND_CHECKSUMMED),
+        Status::NonCompliant
+    );
     // Deleted artifacts are not retained: nothing to check.
     let mut w = World::good();
     for b in &mut w.backups {
         b.status = "deleted".into();
         b.deleted_at = Some(t(241));
     }
-    assert_eq!(w.status(ARTIFACTS_ENCRYPTED_AND_CHECKSUMMED), Status::NotApplicable);
+    assert_eq!(
+        w.status(ARTIFACTS_ENCRYPTED_AND_CHECKSUMMED),
+        Status::NotApplicable
+    );
 
     // Verified long ago (older than the 7-day cycle) → stale.
     let mut w = World::good();
