@@ -23,6 +23,7 @@ use drfleet_infra::amqp::{
 use drfleet_protocol::{OrganizationId, v1};
 
 mod drill;
+mod evidence;
 mod promote;
 mod retention;
 mod scheduler;
@@ -145,6 +146,27 @@ enum Cli {
         )]
         pg_admin_url: String,
     },
+    /// Evidence pack of one organization: a year of 6-hourly backups, drills and audit
+    /// events (beside other organizations' rows), generated and written.
+    Evidence {
+        #[arg(long, default_value_t = 1460)]
+        backups: i64,
+        #[arg(long, default_value_t = 8)]
+        drills: i64,
+        #[arg(long, default_value_t = 20_000)]
+        events: i64,
+        /// Other organizations with the same backups and drills and a tenth of the events.
+        #[arg(long, default_value_t = 20)]
+        other_orgs: i64,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        #[arg(
+            long,
+            env = "DR_BENCH_PG_ADMIN_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        pg_admin_url: String,
+    },
     /// Audit sink: events/s persisted end to end (published with confirms → rows committed).
     Audit {
         #[arg(long, default_value_t = 50_000)]
@@ -177,6 +199,23 @@ async fn main() -> anyhow::Result<()> {
             orgs,
             pg_admin_url,
         } => return audit_bench(events, orgs, &pg_admin_url).await,
+        Cli::Evidence {
+            backups,
+            drills,
+            events,
+            other_orgs,
+            runs,
+            pg_admin_url,
+        } => {
+            let args = evidence::Args {
+                backups,
+                drills,
+                events,
+                other_orgs,
+                runs: runs.max(1),
+            };
+            return evidence::run(&pg_admin_url, args).await;
+        }
         Cli::Restore {
             size_mb,
             pg_admin_url,

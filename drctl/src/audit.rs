@@ -6,9 +6,9 @@ use serde_json::json;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use drfleet_audit::verify_chains;
 use drfleet_infra::config::postgres_url;
 use drfleet_protocol::OrganizationId;
-use drfleet_workers::audit::verify_chains;
 
 use crate::cli::{DbArgs, OutputFormat};
 use crate::error::{Error, Outcome};

@@ -71,6 +71,10 @@ pub enum Cmd {
     /// One screen: queues, workers running jobs, jobs by kind, open alerts, each policy's
     /// newest backup against its RPO.
     Status(crate::status::StatusArgs),
+    /// Compliance evidence pack (evidence.json, report.html, SHA256SUMS, CHAIN_HEAD) of one
+    /// organization or of every one; `evidence check DIR` checks a pack against the audit
+    /// chain.
+    Evidence(crate::evidence::EvidenceArgs),
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]

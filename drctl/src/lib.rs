@@ -4,7 +4,8 @@
 //!
 //! - [`cli`]: the clap structs (`token`, `backup`, `restore`, `restore discard`, `verify`,
 //!   `drill`, `drills`, `retention plan|run`, `hold`, `release`, `events`, `audit verify|list`,
-//!   `tiers show`, `policy set|rm|list`, `alerts`, `backups`, `jobs`, `status`).
+//!   `tiers show`, `policy set|rm|list`, `alerts`, `backups`, `jobs`, `status`, `evidence`,
+//!   `evidence check`).
 //! - [`retention`]: `retention plan` (the sweep's selection over the database, deleting
 //!   nothing) and the policy lookup of `retention run`.
 //! - [`token`]: minting actor tokens (HS256) with `DR_AUTH_JWT_SECRET`.
@@ -21,6 +22,7 @@
 //! - [`listings`]: `backups` and `jobs` (with progress), from the database.
 //! - [`status`]: `status`, one screen of queues, workers, jobs, alerts and RPO.
 //! - [`progress`]: the job's progress while a command waits (spinner or plain lines).
+//! - [`evidence`]: `evidence` (the compliance pack of `drfleet-evidence`) and `evidence check`.
 //! - [`output`]: the JSON line printed per event (one shape: `events`, command waits and
 //!   `audit list` alike), aligned tables for listings.
 //! - [`notice`]: stderr notices: the broker and vhost, a queue nobody consumes, backups
@@ -41,6 +43,7 @@ pub mod drill;
 pub mod error;
 pub mod events;
 pub mod listings;
+pub mod evidence;
 pub mod notice;
 pub mod output;
 pub mod policy;
@@ -133,5 +136,6 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         Cmd::Backups(a) => listings::backups(a).await,
         Cmd::Jobs(a) => listings::jobs(a).await,
         Cmd::Status(a) => status::status(a).await,
+        Cmd::Evidence(a) => evidence::run(a).await,
     }
 }

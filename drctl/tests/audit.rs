@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use common::{TestDb, drctl};
+use drfleet_audit::{AuditRecord, store_batch};
 use drfleet_protocol::OrganizationId;
-use drfleet_workers::audit::{AuditRecord, store_batch};
 
 fn record(org: &OrganizationId, i: i64) -> AuditRecord {
     // PostgreSQL keeps microseconds.

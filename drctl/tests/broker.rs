@@ -556,10 +556,8 @@ async fn events_and_audit_list_print_one_event_in_the_same_shape() {
         serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
 
     // What the audit sink stores for this envelope.
-    let rec = drfleet_workers::audit::AuditRecord::from_envelope(&ev).unwrap();
-    drfleet_workers::audit::store_batch(&db.pool, &[rec])
-        .await
-        .unwrap();
+    let rec = drfleet_audit::AuditRecord::from_envelope(&ev).unwrap();
+    drfleet_audit::store_batch(&db.pool, &[rec]).await.unwrap();
     let out = drctl_async()
         .args(["audit", "list", "--org", &org.to_string()])
         .env("DR_DATABASE_URL", &db.url)

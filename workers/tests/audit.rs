@@ -9,12 +9,12 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use common::*;
+use drfleet_audit::verify_chains;
 use drfleet_infra::amqp::message_properties;
 use drfleet_protocol::OrganizationId;
 use drfleet_protocol::events::{envelope, routing_key};
 use drfleet_protocol::topology::{EVENT_MESSAGE_TYPE, EVENTS_EXCHANGE};
 use drfleet_protocol::v1::{self, event_envelope::Event};
-use drfleet_workers::audit::verify_chains;
 use drfleet_workers::handler::Handlers;
 
 fn start_audit(env: &TestEnv) -> (CancellationToken, tokio::task::JoinHandle<()>) {
@@ -145,16 +145,16 @@ async fn chain_verification_detects_update_and_delete() {
     let env = TestEnv::new().await;
     let org = OrganizationId::new();
     let records: Vec<_> = (0..10)
-        .map(|i| drfleet_workers::audit::AuditRecord::from_envelope(&event(&org, i)).unwrap())
+        .map(|i| drfleet_audit::AuditRecord::from_envelope(&event(&org, i)).unwrap())
         .collect();
     assert_eq!(
-        drfleet_workers::audit::store_batch(&env.pool, &records[..4])
+        drfleet_audit::store_batch(&env.pool, &records[..4])
             .await
             .unwrap(),
         4
     );
     assert_eq!(
-        drfleet_workers::audit::store_batch(&env.pool, &records)
+        drfleet_audit::store_batch(&env.pool, &records)
             .await
             .unwrap(),
         6,
@@ -180,7 +180,7 @@ async fn chain_verification_detects_update_and_delete() {
         .execute(&env.pool)
         .await
         .unwrap();
-    drfleet_workers::audit::store_batch(&env.pool, &records)
+    drfleet_audit::store_batch(&env.pool, &records)
         .await
         .unwrap();
     assert_eq!(verify_chains(&env.pool, org_u).await.unwrap(), Ok(10));
@@ -206,7 +206,7 @@ async fn chain_verification_detects_update_and_delete() {
         .execute(&env.pool)
         .await
         .unwrap();
-    drfleet_workers::audit::store_batch(&env.pool, &records)
+    drfleet_audit::store_batch(&env.pool, &records)
         .await
         .unwrap();
     sqlx::query("DELETE FROM pf_audit_events WHERE chain_seq = 10")
@@ -228,7 +228,7 @@ async fn chain_verification_detects_update_and_delete() {
         .execute(&env.pool)
         .await
         .unwrap();
-    drfleet_workers::audit::store_batch(&env.pool, &records)
+    drfleet_audit::store_batch(&env.pool, &records)
         .await
         .unwrap();
     sqlx::query("UPDATE pf_audit_events SET hash = sha256(hash) WHERE chain_seq = 2")

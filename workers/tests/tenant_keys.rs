@@ -286,7 +286,7 @@ async fn round_trip(ty: &str, key: &str, other: &str, misfit: Option<&str>) {
     }
     // The audit sink's chain id for the key is the metadata's.
     assert_eq!(
-        drfleet_workers::audit::AuditRecord::from_envelope(&last(&events_of(&tap, key)).env)
+        drfleet_audit::AuditRecord::from_envelope(&last(&events_of(&tap, key)).env)
             .unwrap()
             .organization_id,
         Some(org)
