@@ -112,32 +112,44 @@ async fn drop_db(env: &TestEnv, name: &str, pool: PgPool) {
 /// NOT NULL, default, identity, generated, collation, owned sequence), constraints, indexes,
 /// enum labels, domains and composite attributes.
 async fn catalog(pool: &PgPool, tables: &[&str]) -> Vec<String> {
+    catalog_in(pool, "public", &["public", "lib"], tables).await
+}
+
+/// [`catalog`] of `schema`, with the types of `type_schemas`.
+async fn catalog_in(
+    pool: &PgPool,
+    schema: &str,
+    type_schemas: &[&str],
+    tables: &[&str],
+) -> Vec<String> {
     let q = |sql: &'static str| async move {
         sqlx::query_scalar::<_, String>(sql)
             .bind(tables)
+            .bind(schema)
+            .bind(type_schemas)
             .fetch_all(pool)
             .await
             .unwrap()
     };
     let mut out = q("SELECT format('col %s.%s %s notnull=%s default=%s identity=%s generated=%s collation=%s seq=%s', \
            c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid), \
-           a.attidentity, a.attgenerated, co.collname, pg_get_serial_sequence(format('public.%I', c.relname), a.attname) IS NOT NULL) \
+           a.attidentity, a.attgenerated, co.collname, pg_get_serial_sequence(format('%I.%I', $2::text, c.relname), a.attname) IS NOT NULL) \
          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
          LEFT JOIN pg_collation co ON co.oid = a.attcollation \
-         WHERE n.nspname = 'public' AND c.relname = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1")
+         WHERE n.nspname = $2 AND c.relname = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1")
     .await;
     out.extend(
         q("SELECT format('con %s.%s %s', c.relname, con.conname, pg_get_constraintdef(con.oid)) \
            FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-           WHERE n.nspname = 'public' AND c.relname = ANY($1) ORDER BY 1")
+           WHERE n.nspname = $2 AND c.relname = ANY($1) ORDER BY 1")
         .await,
     );
     out.extend(
         q(
             "SELECT format('idx %s', pg_get_indexdef(i.indexrelid)) FROM pg_index i \
            JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-           WHERE n.nspname = 'public' AND c.relname = ANY($1) ORDER BY 1",
+           WHERE n.nspname = $2 AND c.relname = ANY($1) ORDER BY 1",
         )
         .await,
     );
@@ -149,7 +161,7 @@ async fn catalog(pool: &PgPool, tables: &[&str]) -> Vec<String> {
              (SELECT string_agg(a.attname || ' ' || format_type(a.atttypid, a.atttypmod), ',' ORDER BY a.attnum) \
                 FROM pg_attribute a JOIN pg_class r ON r.oid = a.attrelid AND r.relkind = 'c' WHERE a.attrelid = t.typrelid AND a.attnum > 0)) \
            FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
-           WHERE n.nspname IN ('public', 'lib') AND t.typtype IN ('e', 'd', 'c') AND $1::text[] IS NOT NULL \
+           WHERE n.nspname = ANY($3) AND t.typtype IN ('e', 'd', 'c') AND $1::text[] IS NOT NULL AND $2::text IS NOT NULL \
              AND (t.typtype <> 'c' OR EXISTS (SELECT 1 FROM pg_class r WHERE r.oid = t.typrelid AND r.relkind = 'c')) ORDER BY 1")
         .await,
     );
@@ -274,6 +286,120 @@ async fn a_promote_into_an_empty_target_recreates_every_table_with_the_backups_r
 }
 
 #[tokio::test]
+async fn a_recreated_stage_puts_every_object_in_one_scratch_schema_with_the_backups_rows() {
+    use drfleet_workers::engine::staging::{self, Stage, Tables};
+    use drfleet_workers::engine::{RoleCtx, tenant_key};
+    use drfleet_workers::handler::Progress;
+
+    let env = TestEnv::new().await;
+    let (org, other) = (OrganizationId::new(), OrganizationId::new());
+    seed_rich(&env, &org, &other).await;
+    let (tname, turl, target) = new_db(&env, "scratch").await;
+    let targets = [("DR_RESTORE_TARGETS", format!("scratch={turl}"))];
+    let tap = EventTap::new(&env).await;
+    let (shutdown, task) = start_with(&env, &targets);
+    let (_c, p) = env.publisher().await;
+    let record = backup(&env, &tap, &p, &org).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let source_rows = all_rows(&env.pool).await;
+
+    // What a drill does: the engine alone, into a scratch schema of the target.
+    let ctx = std::sync::Arc::new(
+        RoleCtx::from_config(&env.config_with("backup,restore", &targets)).unwrap(),
+    );
+    let (key, manifest): (String, serde_json::Value) =
+        sqlx::query_as("SELECT object_key, manifest FROM pf_backup_records WHERE id = $1::uuid")
+            .bind(&record)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let manifest: drfleet_artifact::Manifest = serde_json::from_value(manifest).unwrap();
+    assert_eq!(manifest.format_version, 2);
+    let progress = Progress::default();
+    staging::verify_sealed(&ctx, &key, &manifest, &progress)
+        .await
+        .unwrap();
+    let key_type = tenant_key::manifest_key_type(&manifest, &ctx.tenant_column).unwrap();
+    let db = ctx.target("scratch").unwrap().clone();
+    let stage = Stage {
+        ctx: ctx.clone(),
+        db: db.clone(),
+        schema: "dr_drill_t1".into(),
+        tables: Tables::Recreate,
+        org: org.as_uuid(),
+        key: (&org).into(),
+        key_type,
+        progress,
+    };
+    let mut conn = db.acquire().await.unwrap();
+    let built = stage.build(&mut conn, &key, &manifest).await.unwrap();
+    drop(conn);
+    let names: Vec<&str> = built.checks.iter().map(|c| c.name).collect();
+    assert_eq!(
+        names,
+        [
+            "schema_recreated",
+            "row_counts",
+            "content_hashes",
+            "tenant_scoped",
+            "foreign_keys_closed",
+            "constraints_recreated"
+        ]
+    );
+    assert!(built.passed(), "{:?}", built.checks);
+    assert_eq!(built.rows, manifest.row_count);
+
+    // Everything sits in the scratch schema, relocated: the same catalog once the schema
+    // names are set aside, and the tenant's rows exactly.
+    let plain = |v: Vec<String>| -> Vec<String> {
+        let mut v: Vec<String> = v
+            .into_iter()
+            .map(|l| {
+                l.replace("dr_drill_t1.", "")
+                    .replace("lib.", "")
+                    .replace("public.", "")
+                    .replace("type dr_drill_t1.", "type ")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let scratch = plain(catalog_in(&target, "dr_drill_t1", &["dr_drill_t1"], &ALL_TABLES).await);
+    let source = plain(catalog(&env.pool, &ALL_TABLES).await);
+    assert_eq!(scratch, source);
+    for t in ALL_TABLES {
+        let filter = format!("t.organization_id = '{org}'");
+        assert_eq!(
+            rows_digest(&target, "dr_drill_t1", t, &filter).await,
+            rows_digest(&env.pool, "public", t, &filter).await,
+            "{t}"
+        );
+    }
+    // Nothing outside the scratch schema in the target; the source untouched.
+    let outside: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname IN ('public', 'lib')",
+    )
+    .fetch_one(&target)
+    .await
+    .unwrap();
+    assert_eq!(outside, 0);
+    assert_eq!(all_rows(&env.pool).await, source_rows);
+
+    stage.drop().await;
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'dr_drill_t1%'")
+            .fetch_one(&target)
+            .await
+            .unwrap();
+    assert_eq!(left, 0);
+    drop(stage);
+    drop(ctx);
+    drop_db(&env, &tname, target).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
 async fn targets_are_written_alone_unknown_ones_are_refused_and_format_1_manifests_still_restore() {
     let env = TestEnv::new().await;
     let (org, other) = (OrganizationId::new(), OrganizationId::new());
@@ -329,7 +455,7 @@ async fn targets_are_written_alone_unknown_ones_are_refused_and_format_1_manifes
         assert_eq!(done.target, "dr-site");
         assert_eq!(
             staging_schemas(&target).await,
-            [done.staging_schema.clone()]
+            vec![done.staging_schema.clone()]
         );
         assert!(staging_schemas(&env.pool).await.is_empty());
         let staged = rows_digest(&target, &done.staging_schema, "customers", "").await;
@@ -362,6 +488,36 @@ async fn targets_are_written_alone_unknown_ones_are_refused_and_format_1_manifes
     .await
     .unwrap();
     assert_eq!(pk, 1, "STAGING into an empty target adds the keys at once");
+
+    // A type in the way: the recreation fails as a whole, naming the type, never its SQL.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TYPE mood AS ENUM ('{MARKER}')"
+    )))
+    .execute(&empty)
+    .await
+    .unwrap();
+    let events = run_command(
+        &tap,
+        &p,
+        &restore_to(&org, &record, v1::RestoreMode::Promote, "empty_2"),
+    )
+    .await;
+    match &events.last().unwrap().env.event {
+        Some(Event::RestoreFailed(f)) => {
+            assert_eq!(f.error_code, "SCHEMA_RECREATE_FAILED");
+            assert!(f.message.contains("type public.mood"), "{}", f.message);
+            assert!(
+                !f.message.contains(MARKER) && !f.message.contains("CREATE"),
+                "{}",
+                f.message
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    sqlx::raw_sql("DROP TYPE mood")
+        .execute(&empty)
+        .await
+        .unwrap();
 
     // A format 1 manifest (no DDL), as written before this change.
     sqlx::query(

@@ -47,6 +47,8 @@ const SCHEMAS_SQL: &str = "WITH RECURSIVE ty(oid) AS ( \
 #[derive(sqlx::FromRow)]
 struct ColumnRow {
     name: String,
+    /// `format_type` of the column (used as is for a catalog type).
+    rendered: String,
     typid: Oid,
     typmod: i32,
     not_null: bool,
@@ -61,7 +63,7 @@ struct ColumnRow {
     is_nextval: Option<bool>,
 }
 
-const COLUMNS_SQL: &str = "SELECT a.attname::text AS name, a.atttypid AS typid, a.atttypmod AS typmod, \
+const COLUMNS_SQL: &str = "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS rendered, a.atttypid AS typid, a.atttypmod AS typmod, \
        a.attnotnull AS not_null, a.attidentity::text AS identity, a.attgenerated::text AS generated, \
        cn.nspname::text AS coll_schema, co.collname::text AS coll_name, \
        pg_get_expr(d.adbin, d.adrelid) AS default_expr, \
@@ -207,7 +209,13 @@ impl Reader<'_> {
     }
 
     /// The reference to a type (`typid` with `typmod`), recording the user types it needs.
-    fn type_ref(&mut self, typid: Oid, typmod: i32) -> BoxFuture<'_, Result<TypeRef, JobError>> {
+    /// `rendered`: its `format_type`, when the caller read it already.
+    fn type_ref(
+        &mut self,
+        typid: Oid,
+        typmod: i32,
+        rendered: Option<String>,
+    ) -> BoxFuture<'_, Result<TypeRef, JobError>> {
         Box::pin(async move {
             let t = self.type_row(typid).await?;
             let (elem, dims) = if t.category == "A" && t.elem.0 != 0 {
@@ -217,6 +225,9 @@ impl Reader<'_> {
             };
             let e = self.type_row(elem).await?;
             if e.schema == "pg_catalog" {
+                if let Some(sql) = rendered {
+                    return Ok(TypeRef::Builtin { sql });
+                }
                 let sql: String = src(sqlx::query_scalar("SELECT format_type($1, $2)")
                     .bind(typid)
                     .bind(typmod)
@@ -267,7 +278,7 @@ impl Reader<'_> {
                 .await)?,
             },
             "d" => {
-                let base = self.type_ref(t.base, t.base_typmod).await?;
+                let base = self.type_ref(t.base, t.base_typmod, None).await?;
                 let base_row = self.type_row(t.base).await?;
                 let collation = if t.collation.0 != 0 && t.collation != base_row.collation {
                     self.collation(t.collation).await?
@@ -303,7 +314,7 @@ impl Reader<'_> {
                 .await)?;
                 let mut attributes = Vec::with_capacity(attrs.len());
                 for (name, typid, typmod, coll, type_coll) in attrs {
-                    let ty = self.type_ref(typid, typmod).await?;
+                    let ty = self.type_ref(typid, typmod, None).await?;
                     let collation = if coll.0 != 0 && coll != type_coll {
                         self.collation(coll).await?
                     } else {
@@ -427,7 +438,7 @@ async fn read_tables(
             .await)?;
         let mut columns = Vec::with_capacity(rows.len());
         for c in rows {
-            let ty = r.type_ref(c.typid, c.typmod).await?;
+            let ty = r.type_ref(c.typid, c.typmod, Some(c.rendered)).await?;
             let collation = match (c.coll_schema, c.coll_name) {
                 (Some(schema), Some(name)) => Some(QualifiedName { schema, name }),
                 _ => None,

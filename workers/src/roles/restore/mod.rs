@@ -26,6 +26,8 @@
 //! A worker killed mid-load leaves its schema until the job's next attempt (which drops it
 //! before loading) or its final failure.
 
+mod target;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -44,7 +46,6 @@ use drfleet_protocol::validate::{
 };
 
 use crate::engine::RoleCtx;
-use crate::engine::schema::{Placement, recreate};
 use crate::engine::staging::{self, Check, PhaseTimings, Stage, Tables, checks, promote, src};
 use crate::engine::tenant_key;
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
@@ -81,75 +82,6 @@ struct Restored {
     timings: PhaseTimings,
     /// The tables were created from the manifest.
     recreated: bool,
-}
-
-fn unknown_target() -> JobError {
-    JobError::permanent(
-        "RESTORE_TARGET_UNKNOWN",
-        "restore.target names no configured target",
-    )
-}
-
-/// The marker of tables a restore job created in a target, kept until their constraints
-/// exist: a retried job finds its half-made tables and finishes them.
-const RECREATIONS_SQL: &str = "CREATE SCHEMA IF NOT EXISTS drfleet_restore; \
-     CREATE TABLE IF NOT EXISTS drfleet_restore.recreations (restore_job_id uuid PRIMARY KEY, \
-       organization_id uuid NOT NULL, constraints_done boolean NOT NULL DEFAULT false, \
-       created_at timestamptz NOT NULL DEFAULT now())";
-
-/// How many of the manifest's tables exist in `schema`.
-async fn existing_tables(
-    conn: &mut PgConnection,
-    schema: &str,
-    manifest: &Manifest,
-) -> Result<i64, JobError> {
-    let names: Vec<&str> = manifest.tables.iter().map(|t| t.name.as_str()).collect();
-    src(sqlx::query_scalar(
-        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE n.nspname = $1 AND c.relname = ANY($2) AND c.relkind IN ('r', 'p')",
-    )
-    .bind(schema)
-    .bind(&names)
-    .fetch_one(&mut *conn)
-    .await)
-}
-
-/// `Some(done)` when this job created the tables (`done`: their constraints too).
-async fn recreation_of(
-    conn: &mut PgConnection,
-    job: uuid::Uuid,
-    org: uuid::Uuid,
-) -> Result<Option<bool>, JobError> {
-    src(sqlx::raw_sql(RECREATIONS_SQL).execute(&mut *conn).await)?;
-    src(sqlx::query_scalar(
-        "SELECT constraints_done FROM drfleet_restore.recreations WHERE restore_job_id = $1 AND organization_id = $2",
-    )
-    .bind(job)
-    .bind(org)
-    .fetch_optional(&mut *conn)
-    .await)
-}
-
-/// Phase 2 on the recreated live tables, marked done in the same transaction.
-async fn finish_recreation(
-    conn: &mut PgConnection,
-    manifest: &Manifest,
-    job: uuid::Uuid,
-) -> Result<u64, JobError> {
-    let ddl = manifest
-        .schema
-        .as_ref()
-        .ok_or_else(staging::schema_not_recorded)?;
-    let mut tx = src(conn.begin().await)?;
-    let t = recreate::create_constraints(&mut tx, ddl, &Placement::original()).await?;
-    src(sqlx::query(
-        "UPDATE drfleet_restore.recreations SET constraints_done = true WHERE restore_job_id = $1",
-    )
-    .bind(job)
-    .execute(&mut *tx)
-    .await)?;
-    src(tx.commit().await)?;
-    Ok(t.constraints_ms + t.indexes_ms + t.sequences_ms)
 }
 
 /// Longest failure message put into an event; the stored checks keep every detail.
@@ -249,50 +181,6 @@ impl RestoreHandler {
         err
     }
 
-    /// Where the tables are in the database written: `Ok(true)` when this job created them
-    /// from the manifest (now, or in an earlier attempt whose constraints are still to come).
-    async fn prepare_tables(
-        &self,
-        conn: &mut PgConnection,
-        job: &Job,
-        manifest: &Manifest,
-        timings: &mut PhaseTimings,
-    ) -> Result<bool, JobError> {
-        let started = Instant::now();
-        let (id, org) = (job.id.as_uuid(), job.organization_id.as_uuid());
-        if let Some(done) = recreation_of(conn, id, org).await? {
-            return Ok(!done);
-        }
-        if existing_tables(conn, &self.ctx.tenant_schema, manifest).await? > 0 {
-            return Ok(false);
-        }
-        let ddl = manifest
-            .schema
-            .as_ref()
-            .ok_or_else(staging::schema_not_recorded)?;
-        // Types, sequences and tables with the marker, all or nothing.
-        let p = Placement::original();
-        let mut tx = src(conn.begin().await)?;
-        recreate::create_types(&mut tx, ddl, &p).await?;
-        recreate::create_tables(&mut tx, ddl, &p, false).await?;
-        src(sqlx::query(
-            "INSERT INTO drfleet_restore.recreations (restore_job_id, organization_id) VALUES ($1, $2)",
-        )
-        .bind(id)
-        .bind(org)
-        .execute(&mut *tx)
-        .await)?;
-        src(tx.commit().await)?;
-        timings.schema_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(
-            tables = ddl.tables.len(),
-            types = ddl.types.len(),
-            schema_ms = timings.schema_ms,
-            "restore target tables created from the manifest"
-        );
-        Ok(true)
-    }
-
     /// Steps 3–6 (see the module docs).
     async fn restore(
         &self,
@@ -305,14 +193,13 @@ impl RestoreHandler {
         let db = self
             .ctx
             .database(r.target.as_deref())
-            .ok_or_else(unknown_target)?
+            .ok_or_else(target::unknown_target)?
             .clone();
         let opts = db.connect_options();
         let mut conn = src(PgConnection::connect_with(&opts).await)?;
         // A target lacking the tables gets them from the manifest (constraints later).
         let recreated = if r.target.is_some() {
-            match self
-                .prepare_tables(&mut conn, job, &rec.manifest, &mut timings)
+            match target::prepare_tables(&self.ctx, &mut conn, job, &rec.manifest, &mut timings)
                 .await
             {
                 Ok(r) => r,
@@ -361,8 +248,9 @@ impl RestoreHandler {
                 }];
                 if recreated {
                     timings.constraints_ms =
-                        finish_recreation(&mut conn, &rec.manifest, job.id.as_uuid()).await?;
-                    checks.push(recreated_check());
+                        target::finish_recreation(&mut conn, &rec.manifest, job.id.as_uuid())
+                            .await?;
+                    checks.push(target::recreated_check());
                 }
                 return Ok(Restored {
                     rows: rows as u64,
@@ -460,10 +348,10 @@ impl RestoreHandler {
         }
         if recreated {
             // After the data (PROMOTE) or on the still empty live tables (STAGING).
-            match finish_recreation(&mut conn, &rec.manifest, job.id.as_uuid()).await {
+            match target::finish_recreation(&mut conn, &rec.manifest, job.id.as_uuid()).await {
                 Ok(ms) => {
                     timings.constraints_ms = ms;
-                    checks.push(recreated_check());
+                    checks.push(target::recreated_check());
                 }
                 Err(e) => {
                     let failed = Check::failed("constraints_recreated", &e);
@@ -478,15 +366,6 @@ impl RestoreHandler {
             timings,
             recreated,
         })
-    }
-}
-
-fn recreated_check() -> Check {
-    Check {
-        name: "constraints_recreated",
-        passed: true,
-        detail: "tables created from the manifest; constraints and indexes added after the data"
-            .into(),
     }
 }
 
