@@ -164,7 +164,7 @@ pub fn event_json(event: &Event) -> serde_json::Value {
         Event::RestoreCompleted(e) => json!({"restore_job_id": e.restore_job_id,
             "backup_record_id": e.backup_record_id, "operator": e.operator, "mode": mode_json(e.mode),
             "started_at": ts_json(&e.started_at), "finished_at": ts_json(&e.finished_at),
-            "row_count": e.row_count, "staging_schema": e.staging_schema, "lock_ms": e.lock_ms}),
+            "row_count": e.row_count, "staging_schema": e.staging_schema, "lock_ms": e.lock_ms, "target": e.target}),
         Event::RestoreFailed(e) => json!({"restore_job_id": e.restore_job_id,
             "backup_record_id": e.backup_record_id, "operator": e.operator,
             "error_code": e.error_code, "message": e.message}),
