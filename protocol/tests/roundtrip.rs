@@ -136,7 +136,7 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
                 target: Some("scratch".into()),
                 keep_hours: 2,
                 policy_id: Some("0190f1a2-3b4c-7d5e-8f60-0000000000dd".parse().unwrap()),
-                scheduled_for: chrono::DateTime::from_timestamp(1_760_000_100, 0),
+                scheduled_for: ts(1_760_000_100).as_ref().and_then(events::from_timestamp),
             }),
         ),
         (

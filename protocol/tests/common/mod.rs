@@ -51,10 +51,18 @@ pub fn restore(mode: i32, target: &str) -> Command {
     })
 }
 
+/// A drill of `record` (RECORD), or of the newest backup (LATEST) when it is empty; the
+/// selection explicit, as `to_envelope` writes it.
 pub fn drill(record: &str, tier: &str) -> Command {
+    let selection = if record.is_empty() {
+        v1::DrillSelection::Latest
+    } else {
+        v1::DrillSelection::Record
+    };
     Command::Drill(v1::DrillCommand {
         backup_record_id: record.into(),
         tier: tier.into(),
+        selection: selection as i32,
         ..Default::default()
     })
 }

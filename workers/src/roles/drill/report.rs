@@ -77,14 +77,17 @@ pub struct Started {
     pub snapshot_at: Option<DateTime<Utc>>,
 }
 
+/// `id, backup_record_id, tier, snapshot_at` of a report row.
+type StartedRow = (
+    uuid::Uuid,
+    Option<uuid::Uuid>,
+    String,
+    Option<DateTime<Utc>>,
+);
+
 /// The report row of this drill command, if an earlier attempt started one with a backup.
 pub async fn existing(conn: &mut PgConnection, job: &Job) -> Result<Option<Started>, JobError> {
-    let row: Option<(
-        uuid::Uuid,
-        Option<uuid::Uuid>,
-        String,
-        Option<DateTime<Utc>>,
-    )> = sqlx::query_as(
+    let row: Option<StartedRow> = sqlx::query_as(
         "SELECT id, backup_record_id, tier, snapshot_at FROM pf_dr_drill_reports \
               WHERE command_id = $1 AND organization_id = $2",
     )
@@ -117,12 +120,7 @@ pub struct Start<'a> {
 /// Write the report row (once per command: a later attempt finds it and keeps its backup).
 pub async fn start(conn: &mut PgConnection, s: Start<'_>) -> Result<Started, JobError> {
     let objective = |f: fn(&Policy) -> u64| s.policy.map(f).filter(|v| *v > 0).map(|v| v as i64);
-    let (id, backup_record_id, tier, snapshot_at): (
-        uuid::Uuid,
-        Option<uuid::Uuid>,
-        String,
-        Option<DateTime<Utc>>,
-    ) = sqlx::query_as(
+    let (id, backup_record_id, tier, snapshot_at): StartedRow = sqlx::query_as(
         "INSERT INTO pf_dr_drill_reports (id, organization_id, command_id, job_id, \
            backup_record_id, tier, policy_id, selection, target, scratch_schema, snapshot_at, \
            tenant_key, rto_objective_ms, rpo_objective_ms) \
