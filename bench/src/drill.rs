@@ -94,14 +94,13 @@ async fn drill(
     .await?;
     let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
-        let row: Option<(Option<bool>, Option<i64>, serde_json::Value, Option<String>)> =
-            sqlx::query_as(
-                "SELECT passed, measured_rto_ms, phases, error_code FROM pf_dr_drill_reports \
+        let row: Option<ReportRow> = sqlx::query_as(
+            "SELECT passed, measured_rto_ms, phases, error_code FROM pf_dr_drill_reports \
                   WHERE command_id = $1::uuid AND finished_at IS NOT NULL",
-            )
-            .bind(&cmd)
-            .fetch_optional(&mut *meta)
-            .await?;
+        )
+        .bind(&cmd)
+        .fetch_optional(&mut *meta)
+        .await?;
         match row {
             Some((Some(true), Some(rto), phases, _)) => {
                 let phases = phases
@@ -244,3 +243,6 @@ pub async fn drill_bench(
     );
     Ok(())
 }
+
+/// passed, measured_rto_ms, phases, error_code of a finished drill report.
+type ReportRow = (Option<bool>, Option<i64>, serde_json::Value, Option<String>);

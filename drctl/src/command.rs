@@ -262,7 +262,9 @@ pub async fn run_with(
         command_id = %cmd.command_id,
     );
     let follow = Follow { show, db, rows_of };
-    publish_and_follow(env, cmd, opts, follow).instrument(span).await
+    publish_and_follow(env, cmd, opts, follow)
+        .instrument(span)
+        .await
 }
 
 /// How [`publish_and_follow`] shows what it waits for.
@@ -371,7 +373,9 @@ pub async fn wait_showing(
         let mut printed = Ok(());
         quiet(&mut || {
             printed = match (show, &ev.event) {
-                (Show::DrillMatrix, Some(Event::DrDrillCompleted(d))) => crate::drill::print_matrix(d),
+                (Show::DrillMatrix, Some(Event::DrDrillCompleted(d))) => {
+                    crate::drill::print_matrix(d)
+                }
                 // Only the outcome: the matrix or why there is none.
                 (Show::DrillMatrix, Some(e)) if terminal(kind, e).is_none() => Ok(()),
                 _ => print_line(&event_line(&ev)),

@@ -309,7 +309,10 @@ async fn a_drill_into_an_empty_database_recreates_every_table_passes_and_leaves_
     );
     assert!(!d.scratch_dropped);
     let scratch = d.scratch_schema.clone();
-    assert_eq!(target.scratch_schemas().await, [scratch.clone()]);
+    assert_eq!(
+        target.scratch_schemas().await,
+        std::slice::from_ref(&scratch)
+    );
 
     // Every table with exactly the tenant's rows; the types and keys recreated.
     for table in ["customers", "orders", "order_notes", "categories"] {

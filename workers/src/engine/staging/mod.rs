@@ -25,8 +25,8 @@ pub mod promote;
 
 use std::sync::Arc;
 
-use tracing::Instrument as _;
 use std::time::Instant;
+use tracing::Instrument as _;
 
 use futures::StreamExt;
 use sqlx::{PgConnection, PgPool};

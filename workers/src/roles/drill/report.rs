@@ -77,14 +77,17 @@ pub struct Started {
     pub snapshot_at: Option<DateTime<Utc>>,
 }
 
+/// id, backup_record_id, tier, snapshot_at of a report row.
+type StartedRow = (
+    uuid::Uuid,
+    Option<uuid::Uuid>,
+    String,
+    Option<DateTime<Utc>>,
+);
+
 /// The report row of this drill command, if an earlier attempt started one with a backup.
 pub async fn existing(conn: &mut PgConnection, job: &Job) -> Result<Option<Started>, JobError> {
-    let row: Option<(
-        uuid::Uuid,
-        Option<uuid::Uuid>,
-        String,
-        Option<DateTime<Utc>>,
-    )> = sqlx::query_as(
+    let row: Option<StartedRow> = sqlx::query_as(
         "SELECT id, backup_record_id, tier, snapshot_at FROM pf_dr_drill_reports \
               WHERE command_id = $1 AND organization_id = $2",
     )
