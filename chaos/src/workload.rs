@@ -504,6 +504,7 @@ pub async fn policies(ctx: &Ctx, orgs: &[Uuid], rng: &mut Rng) -> anyhow::Result
                     verify_cycle_seconds: 60,
                     drill_schedule: String::new(),
                     disabled: false,
+                    ..Default::default()
                 }),
             }),
         );
