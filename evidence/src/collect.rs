@@ -171,15 +171,13 @@ async fn policies(
         let (action, diff) = if event_type == "policy_deleted" {
             let spec = last_spec.remove(&policy_id);
             // Deleted since the window began: it was in force during (part of) it.
-            if at >= window.from {
-                if let Some(p) = spec
+            if at >= window.from
+                && let Some(p) = spec
                     .as_ref()
                     .and_then(|s| policy_from_spec(&payload, s, at))
-                {
-                    if !current.iter().any(|c| c.policy_id == p.policy_id) {
-                        deleted.push(p);
-                    }
-                }
+                && !current.iter().any(|c| c.policy_id == p.policy_id)
+            {
+                deleted.push(p);
             }
             ("deleted", Vec::new())
         } else {
