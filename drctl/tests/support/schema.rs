@@ -70,20 +70,20 @@ pub fn validate(schema: &Value, v: &Value, path: &str, errors: &mut Vec<String>)
             return;
         }
     }
-    if let Some(Value::Array(e)) = s.get("enum") {
-        if !e.contains(v) {
-            err(format!("{v} not in {e:?}"));
-        }
+    if let Some(Value::Array(e)) = s.get("enum")
+        && !e.contains(v)
+    {
+        err(format!("{v} not in {e:?}"));
     }
-    if let Some(c) = s.get("const") {
-        if c != v {
-            err(format!("{v} is not {c}"));
-        }
+    if let Some(c) = s.get("const")
+        && c != v
+    {
+        err(format!("{v} is not {c}"));
     }
-    if let (Some(f), Some(sv)) = (s.get("format").and_then(Value::as_str), v.as_str()) {
-        if !format_ok(f, sv) {
-            err(format!("{sv} is not a {f}"));
-        }
+    if let (Some(f), Some(sv)) = (s.get("format").and_then(Value::as_str), v.as_str())
+        && !format_ok(f, sv)
+    {
+        err(format!("{sv} is not a {f}"));
     }
     if let (Some(p), Some(sv)) = (s.get("pattern").and_then(Value::as_str), v.as_str()) {
         assert_eq!(p, "^[0-9a-f]{64}$", "pattern not checked");
