@@ -246,6 +246,3 @@ pub async fn drill_bench(
     );
     Ok(())
 }
-
-/// passed, measured_rto_ms, phases, error_code of a finished drill report.
-type ReportRow = (Option<bool>, Option<i64>, serde_json::Value, Option<String>);
