@@ -4,51 +4,10 @@
 
 mod common;
 
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use common::*;
 use drfleet_protocol::OrganizationId;
-use drfleet_workers::config::{WorkerCli, WorkerConfig};
-
-const MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
-
-fn worker_config(vhost: &TestVhost, db: &TestDb, target: &TestDb) -> WorkerConfig {
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let store = format!("file:///tmp/drfleet-test-objects/{}", db.name);
-    let targets = format!("scratch={}", target.url);
-    let cli = WorkerCli::try_parse_from([
-        "drfleet-worker",
-        "--role",
-        "backup,policy,drill",
-        "--amqp-url",
-        &vhost.amqp_url,
-        "--database-url",
-        &db.url,
-        "--master-key",
-        MASTER_KEY,
-        "--master-key-id",
-        "k1",
-        "--auth-jwt-secret",
-        JWT_SECRET,
-        "--http-addr",
-        &http,
-        "--object-store-url",
-        &store,
-        "--restore-targets",
-        &targets,
-        "--drill-target",
-        "scratch",
-    ])
-    .unwrap();
-    let mut cfg = WorkerConfig::from_cli(cli).unwrap();
-    cfg.poll_interval = std::time::Duration::from_millis(200);
-    cfg
-}
 
 /// `drctl <args>`; exit code, stdout, stderr.
 async fn run(vhost: &TestVhost, db: &TestDb, args: &[&str]) -> (Option<i32>, String, String) {
@@ -89,7 +48,17 @@ async fn drill_prints_the_matrix_exits_1_on_failure_and_drills_lists_the_reports
     .unwrap();
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(drfleet_workers::run(
-        worker_config(&vhost, &db, &target),
+        common::worker_config(
+            &vhost,
+            &db,
+            "backup,policy,drill",
+            &[
+                "--restore-targets",
+                &format!("scratch={}", target.url),
+                "--drill-target",
+                "scratch",
+            ],
+        ),
         shutdown.clone(),
     ));
     let o = org.to_string();

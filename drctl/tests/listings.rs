@@ -5,43 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use clap::Parser;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use common::*;
 use drfleet_protocol::OrganizationId;
 use drfleet_protocol::topology::CommandKind;
-use drfleet_workers::config::{WorkerCli, WorkerConfig};
 use drfleet_workers::faults::{self, Fault, point};
-
-/// Base64 of 32 bytes of 42.
-const MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
-
-fn worker_config(vhost: &TestVhost, db: &TestDb) -> WorkerConfig {
-    let store = format!("file:///tmp/drfleet-test-objects/{}", db.name);
-    let cli = WorkerCli::try_parse_from([
-        "drfleet-worker",
-        "--role",
-        "backup,restore",
-        "--amqp-url",
-        &vhost.amqp_url,
-        "--database-url",
-        &db.url,
-        "--master-key",
-        MASTER_KEY,
-        "--master-key-id",
-        "k1",
-        "--auth-jwt-secret",
-        JWT_SECRET,
-        "--object-store-url",
-        &store,
-    ])
-    .unwrap();
-    let mut cfg = WorkerConfig::from_cli(cli).unwrap();
-    cfg.poll_interval = Duration::from_millis(200);
-    cfg
-}
 
 /// `drctl <args>` with the broker, database and secret of this test.
 async fn drctl_out(vhost: &TestVhost, db: &TestDb, args: &[&str]) -> (Option<i32>, String, String) {
@@ -87,7 +57,7 @@ async fn listings_status_and_progress_of_a_running_restore() {
     .unwrap();
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(drfleet_workers::run(
-        worker_config(&vhost, &db),
+        common::worker_config(&vhost, &db, "backup,restore", &[]),
         shutdown.clone(),
     ));
     let org_s = org.to_string();

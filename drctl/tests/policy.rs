@@ -3,39 +3,11 @@
 
 mod common;
 
-use clap::Parser;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use common::*;
 use drfleet_protocol::OrganizationId;
-use drfleet_workers::config::{WorkerCli, WorkerConfig};
-
-/// A `policy,audit` worker: no master key needed.
-fn worker_config(vhost: &TestVhost, db: &TestDb) -> WorkerConfig {
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let cli = WorkerCli::try_parse_from([
-        "drfleet-worker",
-        "--role",
-        "policy,audit",
-        "--amqp-url",
-        &vhost.amqp_url,
-        "--database-url",
-        &db.url,
-        "--auth-jwt-secret",
-        JWT_SECRET,
-        "--http-addr",
-        &http,
-    ])
-    .unwrap();
-    let mut cfg = WorkerConfig::from_cli(cli).unwrap();
-    cfg.poll_interval = std::time::Duration::from_millis(200);
-    cfg
-}
 
 /// `drctl <args>` against this vhost and database; exit code, stdout lines, stderr.
 async fn run(vhost: &TestVhost, db: &TestDb, args: &[&str]) -> (Option<i32>, Vec<String>, String) {
@@ -72,7 +44,7 @@ async fn policy_set_list_rm_end_to_end() {
     let db = TestDb::new().await;
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(drfleet_workers::run(
-        worker_config(&vhost, &db),
+        common::worker_config(&vhost, &db, "policy,audit", &[]),
         shutdown.clone(),
     ));
     let org = OrganizationId::new();

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use clap::Parser;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -26,11 +25,8 @@ use common::*;
 use drfleet_infra::telemetry::{self, Logs, OtelConfig};
 use drfleet_protocol::OrganizationId;
 use drfleet_protocol::topology::{CommandKind, EVENT_MESSAGE_TYPE};
-use drfleet_workers::config::{WorkerCli, WorkerConfig};
+use drfleet_workers::config::WorkerConfig;
 use drfleet_workers::faults::{self, Fault, point};
-
-/// Base64 of 32 bytes of 42.
-const MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
 /// One received span, ids in hex.
 #[derive(Debug, Clone)]
@@ -117,41 +113,6 @@ fn text(v: Option<&Value>) -> String {
     }
 }
 
-fn worker_config(vhost: &TestVhost, db: &TestDb, roles: &str) -> WorkerConfig {
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let store = format!("file:///tmp/drfleet-test-objects/{}", db.name);
-    let cli = WorkerCli::try_parse_from([
-        "drfleet-worker",
-        "--role",
-        roles,
-        "--amqp-url",
-        &vhost.amqp_url,
-        "--database-url",
-        &db.url,
-        "--master-key",
-        MASTER_KEY,
-        "--master-key-id",
-        "k1",
-        "--auth-jwt-secret",
-        JWT_SECRET,
-        "--http-addr",
-        &http,
-        "--object-store-url",
-        &store,
-        // The shortest lease: the killed worker's job is free again 3 s after its last beat.
-        "--job-lease-secs",
-        "3",
-    ])
-    .unwrap();
-    let mut cfg = WorkerConfig::from_cli(cli).unwrap();
-    cfg.poll_interval = Duration::from_millis(200);
-    cfg
-}
-
 async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
@@ -215,7 +176,7 @@ async fn one_backup_is_one_trace_from_drctl_to_the_audit_rows_across_a_takeover(
         .build()
         .unwrap();
     doomed.spawn(drfleet_workers::run(
-        worker_config(&vhost, &db, "backup"),
+        tracing_worker(&vhost, &db, "backup"),
         CancellationToken::new(),
     ));
     let (conn, _p) = vhost.publisher().await;
@@ -257,7 +218,7 @@ async fn one_backup_is_one_trace_from_drctl_to_the_audit_rows_across_a_takeover(
     // Worker 2 (backup, restore and audit) takes the job over once the lease has run out.
     let stop = CancellationToken::new();
     let survivor = tokio::spawn(drfleet_workers::run(
-        worker_config(&vhost, &db, "backup,restore,audit"),
+        tracing_worker(&vhost, &db, "backup,restore,audit"),
         stop.clone(),
     ));
     let out = drctl.wait_with_output().await.unwrap();
@@ -481,4 +442,10 @@ async fn one_backup_is_one_trace_from_drctl_to_the_audit_rows_across_a_takeover(
         .unwrap()
         .unwrap();
     let _ = conn.close(200, "done".into()).await;
+}
+
+/// A worker of `roles` with the shortest lease: the killed worker's job is free again 3 s
+/// after its last beat.
+fn tracing_worker(vhost: &TestVhost, db: &TestDb, roles: &str) -> WorkerConfig {
+    common::worker_config(vhost, db, roles, &["--job-lease-secs", "3"])
 }

@@ -3,48 +3,11 @@
 
 mod common;
 
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use common::*;
 use drfleet_protocol::OrganizationId;
 use drfleet_protocol::topology::CommandKind;
-use drfleet_workers::config::{WorkerCli, WorkerConfig};
-
-/// Base64 of 32 bytes of 42.
-const MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
-
-fn worker_config(vhost: &TestVhost, db: &TestDb) -> WorkerConfig {
-    let http = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
-    let store = format!("file:///tmp/drfleet-test-objects/{}", db.name);
-    let cli = WorkerCli::try_parse_from([
-        "drfleet-worker",
-        "--role",
-        "backup,restore",
-        "--amqp-url",
-        &vhost.amqp_url,
-        "--database-url",
-        &db.url,
-        "--master-key",
-        MASTER_KEY,
-        "--master-key-id",
-        "k1",
-        "--auth-jwt-secret",
-        JWT_SECRET,
-        "--http-addr",
-        &http,
-        "--object-store-url",
-        &store,
-    ])
-    .unwrap();
-    let mut cfg = WorkerConfig::from_cli(cli).unwrap();
-    cfg.poll_interval = std::time::Duration::from_millis(200);
-    cfg
-}
 
 /// `drctl <args>` against this vhost; exit code, stdout JSON lines, stderr.
 async fn drctl_run(
@@ -91,7 +54,7 @@ async fn backup_warns_about_an_empty_tenant_and_restore_discard_drops_staging() 
     .unwrap();
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(drfleet_workers::run(
-        worker_config(&vhost, &db),
+        common::worker_config(&vhost, &db, "backup,restore", &[]),
         shutdown.clone(),
     ));
 
@@ -226,7 +189,7 @@ async fn keyed_worker(
     .unwrap();
     let shutdown = CancellationToken::new();
     let worker = tokio::spawn(drfleet_workers::run(
-        worker_config(vhost, db),
+        common::worker_config(vhost, db, "backup,restore", &[]),
         shutdown.clone(),
     ));
     let (conn, _p) = vhost.publisher().await;

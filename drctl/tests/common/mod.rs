@@ -190,3 +190,48 @@ impl Drop for TestDb {
         .join();
     }
 }
+
+/// Test master key (32 bytes, base64) of the in-process workers.
+pub const MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+
+/// The config of an in-process worker of `roles` on this vhost and database: test secrets, a
+/// free http port, a local object store of the database's own, a 200 ms poll, plus `extra`
+/// flags.
+pub fn worker_config(
+    vhost: &TestVhost,
+    db: &TestDb,
+    roles: &str,
+    extra: &[&str],
+) -> drfleet_workers::config::WorkerConfig {
+    use clap::Parser as _;
+    let http = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let store = format!("file:///tmp/drfleet-test-objects/{}", db.name);
+    let mut args = vec![
+        "drfleet-worker",
+        "--role",
+        roles,
+        "--amqp-url",
+        &vhost.amqp_url,
+        "--database-url",
+        &db.url,
+        "--master-key",
+        MASTER_KEY,
+        "--master-key-id",
+        "k1",
+        "--auth-jwt-secret",
+        JWT_SECRET,
+        "--http-addr",
+        &http,
+        "--object-store-url",
+        &store,
+    ];
+    args.extend_from_slice(extra);
+    let cli = drfleet_workers::config::WorkerCli::try_parse_from(args).unwrap();
+    let mut cfg = drfleet_workers::config::WorkerConfig::from_cli(cli).unwrap();
+    cfg.poll_interval = Duration::from_millis(200);
+    cfg
+}
