@@ -3,7 +3,7 @@
 #
 #   scripts/rabbitmq-users.sh [--vhost /] [--prefix drfleet]
 #
-# Users: <prefix>-backup, -restore, -drill, -verify, -policy, -retention, -audit, -scheduler,
+# Users: <prefix>-backup, -restore, -drill, -verify, -policy, -retention, -keys, -audit, -scheduler,
 # -publisher, -monitor.
 # Passwords come from DRFLEET_RMQ_PASSWORD_<USER> (upper case, '-' → '_', e.g.
 # DRFLEET_RMQ_PASSWORD_DRFLEET_BACKUP), else DRFLEET_RMQ_PASSWORD; a missing one is generated
@@ -29,8 +29,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-TOPOLOGY='^dr\.(commands|events|dead-letter|backup|restore|drill|verify|policy|retention|audit)$'
-BIND_WRITE='^dr\.(backup|restore|drill|verify|policy|retention|audit|dead-letter|events)$'
+TOPOLOGY='^dr\.(commands|events|dead-letter|backup|restore|drill|verify|policy|retention|keys|audit)$'
+BIND_WRITE='^dr\.(backup|restore|drill|verify|policy|retention|keys|audit|dead-letter|events)$'
 EXCHANGES='dr\.commands|dr\.events|dr\.dead-letter'
 
 user() { # user NAME CONFIGURE WRITE READ
@@ -49,14 +49,14 @@ user() { # user NAME CONFIGURE WRITE READ
   rabbitmqctl -q set_permissions -p "$VHOST" "$name" "$2" "$3" "$4" >/dev/null
 }
 
-for role in backup restore drill verify policy retention; do
+for role in backup restore drill verify policy retention keys; do
   user "$PREFIX-$role" "$TOPOLOGY" "$BIND_WRITE" "^(dr\\.$role|$EXCHANGES)\$"
 done
 user "$PREFIX-audit" "$TOPOLOGY" "$BIND_WRITE" "^(dr\\.audit|$EXCHANGES)\$"
 # The scheduler: declares the topology, publishes commands and (its outbox relay) events. It
 # never consumes; read on the queues is what RabbitMQ asks of whoever declares a queue with a
 # dead-letter exchange, and the scheduler may start before any worker.
-user "$PREFIX-scheduler" "$TOPOLOGY" '^dr\.(backup|restore|drill|verify|policy|retention|audit|dead-letter|events|commands)$' "^(dr\\.(backup|restore|drill|verify|policy|retention|audit)|$EXCHANGES)\$"
+user "$PREFIX-scheduler" "$TOPOLOGY" '^dr\.(backup|restore|drill|verify|policy|retention|keys|audit|dead-letter|events|commands)$' "^(dr\\.(backup|restore|drill|verify|policy|retention|keys|audit)|$EXCHANGES)\$"
 # Upstream services: publish commands, nothing else.
 user "$PREFIX-publisher" '^$' '^dr\.commands$' '^$'
 # Security monitoring: its own server-named queues bound to dr.events.

@@ -21,7 +21,7 @@ use crate::error::ArtifactError;
 use crate::hashing::{HashingReader, HashingWriter, Sha256};
 use crate::keys::{DataKey, TAG_LEN, WRAPPED_KEY_LEN, WrappedKey};
 use crate::manifest::ArtifactBinding;
-use crate::{CIPHER_NAME, COMPRESSION_NAME, FORMAT_VERSION};
+use crate::{CIPHER_NAME, COMPRESSION_NAME, FORMAT_VERSIONS_READ};
 
 /// First 8 bytes of every artifact.
 pub const MAGIC: &[u8; 8] = b"DRFLART1";
@@ -61,6 +61,8 @@ struct HeaderJson {
 
 /// Parsed, validated header.
 pub(crate) struct ContainerHeader {
+    /// 1: the data key is wrapped by a master key; 2: by a tenant key.
+    pub version: u16,
     pub binding: ArtifactBinding,
     pub key_id: String,
     pub wrapped: WrappedKey,
@@ -76,6 +78,7 @@ fn b64() -> base64::engine::GeneralPurpose {
 
 /// Serializes the header; returns the bytes to store (prefix + JSON).
 pub(crate) fn encode_header(
+    version: u16,
     binding: ArtifactBinding,
     key_id: &str,
     wrapped: &WrappedKey,
@@ -94,7 +97,7 @@ pub(crate) fn encode_header(
     let json = serde_json::to_vec(&json).expect("header serializes to JSON");
     let mut out = Vec::with_capacity(PREFIX_LEN + json.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+    out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(&(json.len() as u32).to_be_bytes());
     out.extend_from_slice(&json);
     out
@@ -110,7 +113,7 @@ pub(crate) fn read_header<R: Read>(source: &mut R) -> Result<ContainerHeader, Ar
     }
     read_exact_or(source, &mut prefix[8..], "header")?;
     let version = u16::from_be_bytes([prefix[8], prefix[9]]);
-    if version != FORMAT_VERSION {
+    if !FORMAT_VERSIONS_READ.contains(&version) {
         return Err(ArtifactError::UnsupportedVersion { found: version });
     }
     let header_len = u32::from_be_bytes([prefix[10], prefix[11], prefix[12], prefix[13]]);
@@ -151,6 +154,7 @@ pub(crate) fn read_header<R: Read>(source: &mut R) -> Result<ContainerHeader, Ar
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| corrupt("malformed wrapped key"))?;
     Ok(ContainerHeader {
+        version,
         binding: ArtifactBinding {
             organization_id: parsed.organization_id,
             backup_record_id: parsed.backup_record_id,

@@ -1,10 +1,20 @@
-//! Master keys, the keyring, and per-artifact data keys.
+//! The key hierarchy: master keys, per-tenant key-encryption keys, and per-artifact data
+//! keys.
 //!
-//! Every artifact is encrypted under a fresh random 256-bit *data key*
-//! (DEK). The DEK is stored in the artifact header "wrapped" (AES-256-GCM
-//! sealed) under a long-lived *master key* identified by a key id. Rotation
-//! therefore never touches stored artifacts: new artifacts use the keyring's
-//! current key, old ones are still opened with a previous key.
+//! Every artifact is encrypted under a fresh random 256-bit *data key* (DEK), stored in the
+//! artifact header "wrapped" (AES-256-GCM sealed) under a *wrapping key* named by a key id:
+//!
+//! - format 2 (today's writers): the organization's **tenant key** (a random KEK,
+//!   [`KeyScope::Tenant`]), itself stored only wrapped by a master key ([`TenantKey::wrap`])
+//!   in the metadata database. Destroying every copy of a tenant key makes all of that
+//!   tenant's artifacts undecryptable (crypto-shredding); rotating the master key re-wraps
+//!   tenant keys and touches no artifact.
+//! - format 1 (artifacts written before tenant keys): the **master key** itself
+//!   ([`KeyScope::Master`]).
+//!
+//! A [`Keyring`] holds the current wrapping key (the writer's) and older ones still accepted
+//! for unwrapping; each key carries its scope, and a reader only accepts a key of the scope its
+//! container version names.
 
 use std::fmt;
 
@@ -26,20 +36,55 @@ pub(crate) const DEK_AAD_PREFIX: &[u8] = b"drfleet-dek-v1";
 /// Longest accepted key id (bytes).
 pub const MAX_KEY_ID_LEN: usize = 256;
 
-/// A 32-byte AES-256 master key with an id. The key bytes are zeroized on
-/// drop and never printed.
+/// Domain separation prefix of the data-key wrapping AAD under a tenant key (format 2).
+pub(crate) const DEK_AAD_PREFIX_V2: &[u8] = b"drfleet-dek-v2";
+/// Domain separation prefix of the tenant-key wrapping AAD.
+pub(crate) const KEK_AAD_PREFIX: &[u8] = b"drfleet-kek-v1";
+/// Key ids of tenant keys, as artifact headers and manifests record them: this prefix and the
+/// key's UUID.
+pub const TENANT_KEY_ID_PREFIX: &str = "tenant:";
+
+/// What a wrapping key is: which container version its data keys belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyScope {
+    /// A master key (DR_MASTER_KEY): wraps data keys of format-1 artifacts, and tenant keys.
+    Master,
+    /// An organization's key-encryption key: wraps data keys of format-2 artifacts.
+    Tenant,
+}
+
+/// A 32-byte AES-256 wrapping key with an id and a scope. The key bytes are zeroized on
+/// drop and never printed. (Named for its first use; tenant keys are built with
+/// [`MasterKey::tenant`].)
 #[derive(Clone)]
 pub struct MasterKey {
     id: String,
     bytes: [u8; KEY_LEN],
+    scope: KeyScope,
 }
 
 impl MasterKey {
+    /// A master key.
     pub fn new(id: impl Into<String>, bytes: [u8; KEY_LEN]) -> Self {
         Self {
             id: id.into(),
             bytes,
+            scope: KeyScope::Master,
         }
+    }
+
+    /// An unwrapped tenant key as a wrapping key of format-2 artifacts; its id is
+    /// [`tenant_key_id`] of the key's UUID.
+    pub fn tenant(key: &TenantKey) -> Self {
+        Self {
+            id: tenant_key_id(key.id),
+            bytes: *key.bytes,
+            scope: KeyScope::Tenant,
+        }
+    }
+
+    pub fn scope(&self) -> KeyScope {
+        self.scope
     }
 
     /// Decodes standard base64 (padding optional, surrounding whitespace
@@ -85,6 +130,7 @@ impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MasterKey")
             .field("id", &self.id)
+            .field("scope", &self.scope)
             .field("bytes", &"<redacted>")
             .finish()
     }
@@ -111,11 +157,22 @@ impl Keyring {
         &self.current
     }
 
-    /// All keys carrying `key_id`, current first.
-    fn candidates<'a>(&'a self, key_id: &'a str) -> impl Iterator<Item = &'a MasterKey> + 'a {
+    /// All keys of `scope` carrying `key_id`, current first.
+    fn candidates<'a>(
+        &'a self,
+        key_id: &'a str,
+        scope: KeyScope,
+    ) -> impl Iterator<Item = &'a MasterKey> + 'a {
         std::iter::once(&self.current)
             .chain(self.previous.iter())
-            .filter(move |k| k.id == key_id)
+            .filter(move |k| k.id == key_id && k.scope == scope)
+    }
+
+    /// The master key named `key_id` (current or previous), if the keyring has it.
+    pub fn master(&self, key_id: &str) -> Option<&MasterKey> {
+        std::iter::once(&self.current)
+            .chain(self.previous.iter())
+            .find(|k| k.id == key_id && k.scope == KeyScope::Master)
     }
 }
 
@@ -181,7 +238,7 @@ impl DataKey {
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| ArtifactError::InvalidState {
             detail: "system random number generator failed",
         })?;
-        let aad = dek_aad(organization_id, backup_record_id, master.id());
+        let aad = dek_aad(master.scope, organization_id, backup_record_id, master.id());
         let mut sealed = [0u8; WRAPPED_KEY_LEN];
         sealed[..KEY_LEN].copy_from_slice(self.raw.as_ref());
         let tag = master
@@ -198,17 +255,18 @@ impl DataKey {
         Ok(WrappedKey { nonce, sealed })
     }
 
-    /// Unwraps with the keyring key(s) named `key_id`.
+    /// Unwraps with the keyring key(s) of `scope` named `key_id`.
     pub(crate) fn unwrap(
         keyring: &Keyring,
+        scope: KeyScope,
         key_id: &str,
         wrapped: &WrappedKey,
         organization_id: Uuid,
         backup_record_id: Uuid,
     ) -> Result<Self, ArtifactError> {
-        let aad = dek_aad(organization_id, backup_record_id, key_id);
+        let aad = dek_aad(scope, organization_id, backup_record_id, key_id);
         let mut found = false;
-        for master in keyring.candidates(key_id) {
+        for master in keyring.candidates(key_id, scope) {
             found = true;
             let mut buf = Zeroizing::new(wrapped.sealed);
             if let Ok(plain) = master.aead_key().open_in_place(
@@ -230,13 +288,150 @@ impl DataKey {
     }
 }
 
-/// `"drfleet-dek-v1" || org (16) || record (16) || key_id bytes`.
-fn dek_aad(organization_id: Uuid, backup_record_id: Uuid, key_id: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(DEK_AAD_PREFIX.len() + 32 + key_id.len());
-    aad.extend_from_slice(DEK_AAD_PREFIX);
+/// `"drfleet-dek-v1"` (master) or `"drfleet-dek-v2"` (tenant key) `|| org (16) || record (16)
+/// || key_id bytes`.
+fn dek_aad(scope: KeyScope, organization_id: Uuid, backup_record_id: Uuid, key_id: &str) -> Vec<u8> {
+    let prefix = match scope {
+        KeyScope::Master => DEK_AAD_PREFIX,
+        KeyScope::Tenant => DEK_AAD_PREFIX_V2,
+    };
+    let mut aad = Vec::with_capacity(prefix.len() + 32 + key_id.len());
+    aad.extend_from_slice(prefix);
     aad.extend_from_slice(organization_id.as_bytes());
     aad.extend_from_slice(backup_record_id.as_bytes());
     aad.extend_from_slice(key_id.as_bytes());
+    aad
+}
+
+/// The key id artifacts record for the tenant key `id`: `tenant:<uuid>`.
+pub fn tenant_key_id(id: Uuid) -> String {
+    format!("{TENANT_KEY_ID_PREFIX}{id}")
+}
+
+/// The tenant key's UUID named by an artifact key id, or `None` for a master key id.
+pub fn parse_tenant_key_id(key_id: &str) -> Option<Uuid> {
+    key_id
+        .strip_prefix(TENANT_KEY_ID_PREFIX)
+        .and_then(|u| Uuid::parse_str(u).ok())
+}
+
+/// A tenant key as the metadata database stores it: sealed under a master key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WrappedTenantKey {
+    pub nonce: [u8; NONCE_LEN],
+    /// Ciphertext || tag (48 bytes).
+    pub sealed: [u8; WRAPPED_KEY_LEN],
+    /// The master key that sealed it.
+    pub master_key_id: String,
+}
+
+/// An organization's key-encryption key, unwrapped: held in memory only by the job that uses
+/// it; zeroized on drop, never printed.
+pub struct TenantKey {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    bytes: Zeroizing<[u8; KEY_LEN]>,
+}
+
+impl fmt::Debug for TenantKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantKey")
+            .field("id", &self.id)
+            .field("organization_id", &self.organization_id)
+            .field("bytes", &"<redacted>")
+            .finish()
+    }
+}
+
+impl TenantKey {
+    /// A fresh random key for `organization_id`.
+    pub fn generate(id: Uuid, organization_id: Uuid) -> Result<Self, ArtifactError> {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        aws_lc_rs::rand::fill(bytes.as_mut()).map_err(|_| ArtifactError::InvalidState {
+            detail: "system random number generator failed",
+        })?;
+        Ok(Self {
+            id,
+            organization_id,
+            bytes,
+        })
+    }
+
+    /// Seals this key under `master` (a [`KeyScope::Master`] key) with a random nonce, bound to
+    /// the organization, the key id and the master key id.
+    pub fn wrap(&self, master: &MasterKey) -> Result<WrappedTenantKey, ArtifactError> {
+        if master.scope != KeyScope::Master {
+            return Err(ArtifactError::InvalidArgument {
+                detail: "tenant keys are wrapped by a master key",
+            });
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| ArtifactError::InvalidState {
+            detail: "system random number generator failed",
+        })?;
+        let aad = kek_aad(self.organization_id, self.id, master.id());
+        let mut sealed = [0u8; WRAPPED_KEY_LEN];
+        sealed[..KEY_LEN].copy_from_slice(self.bytes.as_ref());
+        let tag = master
+            .aead_key()
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&aad),
+                &mut sealed[..KEY_LEN],
+            )
+            .map_err(|_| ArtifactError::InvalidState {
+                detail: "tenant key wrapping failed",
+            })?;
+        sealed[KEY_LEN..].copy_from_slice(tag.as_ref());
+        Ok(WrappedTenantKey {
+            nonce,
+            sealed,
+            master_key_id: master.id().to_owned(),
+        })
+    }
+
+    /// Opens a stored tenant key with the keyring's master key named in it.
+    pub fn unwrap(
+        keyring: &Keyring,
+        id: Uuid,
+        organization_id: Uuid,
+        wrapped: &WrappedTenantKey,
+    ) -> Result<Self, ArtifactError> {
+        let aad = kek_aad(organization_id, id, &wrapped.master_key_id);
+        let mut found = false;
+        for master in keyring.candidates(&wrapped.master_key_id, KeyScope::Master) {
+            found = true;
+            let mut buf = Zeroizing::new(wrapped.sealed);
+            if let Ok(plain) = master.aead_key().open_in_place(
+                Nonce::assume_unique_for_key(wrapped.nonce),
+                Aad::from(&aad),
+                buf.as_mut(),
+            ) {
+                let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+                bytes.copy_from_slice(plain);
+                return Ok(Self {
+                    id,
+                    organization_id,
+                    bytes,
+                });
+            }
+        }
+        let key_id = printable_key_id(&wrapped.master_key_id);
+        if found {
+            Err(ArtifactError::KeyUnwrapFailed { key_id })
+        } else {
+            Err(ArtifactError::UnknownKeyId { key_id })
+        }
+    }
+}
+
+/// `"drfleet-kek-v1" || org (16) || tenant key id (16) || master key id bytes`.
+fn kek_aad(organization_id: Uuid, tenant_key_id: Uuid, master_key_id: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(KEK_AAD_PREFIX.len() + 32 + master_key_id.len());
+    aad.extend_from_slice(KEK_AAD_PREFIX);
+    aad.extend_from_slice(organization_id.as_bytes());
+    aad.extend_from_slice(tenant_key_id.as_bytes());
+    aad.extend_from_slice(master_key_id.as_bytes());
     aad
 }
 
@@ -280,18 +475,24 @@ mod tests {
         let ring = Keyring::new(MasterKey::new("k1", [1; 32]), vec![]);
         let dek = DataKey::generate().unwrap();
         let wrapped = dek.wrap(ring.current(), org, rec).unwrap();
-        let back = DataKey::unwrap(&ring, "k1", &wrapped, org, rec).unwrap();
+        let m = KeyScope::Master;
+        let back = DataKey::unwrap(&ring, m, "k1", &wrapped, org, rec).unwrap();
         assert_eq!(*back.raw, *dek.raw);
         // Any other org/record/key id breaks the AAD.
-        let e = DataKey::unwrap(&ring, "k1", &wrapped, Uuid::from_u128(3), rec)
+        let e = DataKey::unwrap(&ring, m, "k1", &wrapped, Uuid::from_u128(3), rec)
             .err()
             .unwrap();
         assert_eq!(e.code(), "ARTIFACT_KEY_UNWRAP_FAILED");
-        let e = DataKey::unwrap(&ring, "k1", &wrapped, org, Uuid::from_u128(3))
+        let e = DataKey::unwrap(&ring, m, "k1", &wrapped, org, Uuid::from_u128(3))
             .err()
             .unwrap();
         assert_eq!(e.code(), "ARTIFACT_KEY_UNWRAP_FAILED");
-        let e = DataKey::unwrap(&ring, "k2", &wrapped, org, rec)
+        // A key of the other scope with the same id is not a candidate.
+        let e = DataKey::unwrap(&ring, KeyScope::Tenant, "k1", &wrapped, org, rec)
+            .err()
+            .unwrap();
+        assert_eq!(e.code(), "ARTIFACT_UNKNOWN_KEY_ID");
+        let e = DataKey::unwrap(&ring, m, "k2", &wrapped, org, rec)
             .err()
             .unwrap();
         assert_eq!(e.code(), "ARTIFACT_UNKNOWN_KEY_ID");
@@ -300,6 +501,44 @@ mod tests {
             MasterKey::new("k1", [5; 32]),
             vec![MasterKey::new("k1", [1; 32])],
         );
-        assert!(DataKey::unwrap(&ring2, "k1", &wrapped, org, rec).is_ok());
+        assert!(DataKey::unwrap(&ring2, m, "k1", &wrapped, org, rec).is_ok());
+    }
+
+    #[test]
+    fn tenant_keys_wrap_under_a_master_key_and_bind_their_ids() {
+        let org = Uuid::from_u128(1);
+        let id = Uuid::from_u128(9);
+        let ring = Keyring::new(
+            MasterKey::new("m2", [2; 32]),
+            vec![MasterKey::new("m1", [1; 32])],
+        );
+        let key = TenantKey::generate(id, org).unwrap();
+        let wrapped = key.wrap(ring.master("m1").unwrap()).unwrap();
+        assert_eq!(wrapped.master_key_id, "m1");
+        let back = TenantKey::unwrap(&ring, id, org, &wrapped).unwrap();
+        assert_eq!(*back.bytes, *key.bytes);
+        // Re-wrapping under the current master key: same key, new envelope.
+        let rewrapped = back.wrap(ring.master("m2").unwrap()).unwrap();
+        let only_m2 = Keyring::new(MasterKey::new("m2", [2; 32]), vec![]);
+        let again = TenantKey::unwrap(&only_m2, id, org, &rewrapped).unwrap();
+        assert_eq!(*again.bytes, *key.bytes);
+        assert_eq!(
+            TenantKey::unwrap(&only_m2, id, org, &wrapped).unwrap_err().code(),
+            "ARTIFACT_UNKNOWN_KEY_ID"
+        );
+        // Bound to the organization and the key id.
+        for (i, o) in [(id, Uuid::from_u128(2)), (Uuid::from_u128(8), org)] {
+            assert_eq!(
+                TenantKey::unwrap(&ring, i, o, &wrapped).unwrap_err().code(),
+                "ARTIFACT_KEY_UNWRAP_FAILED"
+            );
+        }
+        // A tenant key never wraps another tenant key, and never prints its bytes.
+        let as_wrapping = MasterKey::tenant(&key);
+        assert_eq!(as_wrapping.scope(), KeyScope::Tenant);
+        assert_eq!(parse_tenant_key_id(as_wrapping.id()), Some(id));
+        assert!(key.wrap(&as_wrapping).is_err());
+        assert!(!format!("{key:?}").contains(&format!("{:?}", &key.bytes[..4])));
+        assert_eq!(parse_tenant_key_id("k1"), None);
     }
 }

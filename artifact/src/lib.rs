@@ -1,4 +1,4 @@
-//! drfleet backup artifact format (version 1): a pure, synchronous,
+//! drfleet backup artifact format (container versions 1 and 2): a pure, synchronous,
 //! streaming encoder/decoder for per-tenant PostgreSQL backups.
 //!
 //! The backup worker feeds tables' `COPY ... TO STDOUT` (TEXT) bytes into an
@@ -51,8 +51,10 @@
 //!   `Display` never contains key bytes or row data.
 //! - [`hashing`]: SHA-256 helpers and [`HashingWriter`] / [`HashingReader`]
 //!   (one-pass size + checksum of the stored bytes).
-//! - [`keys`]: [`MasterKey`], [`Keyring`] (current + previous keys, for
-//!   rotation) and the per-artifact data key wrapping.
+//! - [`keys`]: the key hierarchy — master keys, tenant keys ([`TenantKey`], stored wrapped
+//!   by a master key), [`Keyring`] (current + previous wrapping keys, for rotation) and the
+//!   per-artifact data key wrapping (container version 2 under a tenant key, 1 under a
+//!   master key).
 //! - [`manifest`]: [`ArtifactBinding`], [`TableHeader`], [`TableManifest`],
 //!   [`Manifest`] — plain serde types shared with the workers.
 //! - [`ddl`]: [`ddl::SchemaDdl`], the manifest's record of what recreates the tables
@@ -83,7 +85,9 @@ mod testutil;
 
 pub use error::ArtifactError;
 pub use hashing::{HashingReader, HashingWriter};
-pub use keys::{Keyring, MasterKey};
+pub use keys::{
+    KeyScope, Keyring, MasterKey, TenantKey, WrappedTenantKey, parse_tenant_key_id, tenant_key_id,
+};
 pub use manifest::{
     ArtifactBinding, ColumnDef, Manifest, ReachHop, TableHeader, TableManifest, TableReach,
 };
@@ -93,10 +97,22 @@ pub use reader::{
 };
 pub use writer::ArtifactWriter;
 
-/// Container format version written in every artifact's fixed prefix.
-pub const FORMAT_VERSION: u16 = 1;
+/// Container format version written by this build when the data key is wrapped by a tenant
+/// key ([`keys::KeyScope::Tenant`]); 1 when a master key wraps it (artifacts written before
+/// tenant keys, and writers given a master key).
+pub const FORMAT_VERSION: u16 = 2;
+/// Container format versions this build reads.
+pub const FORMAT_VERSIONS_READ: std::ops::RangeInclusive<u16> = 1..=FORMAT_VERSION;
+
+/// The container version whose data keys `scope` wraps.
+pub fn container_version(scope: keys::KeyScope) -> u16 {
+    match scope {
+        keys::KeyScope::Master => 1,
+        keys::KeyScope::Tenant => 2,
+    }
+}
 /// Manifest format version written by this build: 2 added `schema` ([`ddl::SchemaDdl`]).
-/// The container layout did not change, so its version stays [`FORMAT_VERSION`].
+/// Independent of the container's [`FORMAT_VERSION`].
 pub const MANIFEST_VERSION: u16 = 2;
 /// Manifest format versions this build reads.
 pub const MANIFEST_VERSIONS_READ: std::ops::RangeInclusive<u16> = 1..=MANIFEST_VERSION;

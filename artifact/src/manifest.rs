@@ -108,7 +108,8 @@ pub struct Manifest {
     pub format_version: u16,
     pub organization_id: Uuid,
     pub backup_record_id: Uuid,
-    /// Id of the master key that wrapped the data key.
+    /// Id of the key that wrapped the data key: a tenant key (`tenant:<uuid>`, container
+    /// format 2) or a master key (format 1).
     pub key_id: String,
     /// In the order written (= FK order).
     pub tables: Vec<TableManifest>,

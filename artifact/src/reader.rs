@@ -16,7 +16,7 @@ use crate::frames::{
     TAG_ROWS, TAG_STREAM_END, TAG_TABLE_BEGIN, TAG_TABLE_END,
 };
 use crate::hashing::{HashingReader, Sha256};
-use crate::keys::{DataKey, Keyring};
+use crate::keys::{DataKey, KeyScope, Keyring};
 use crate::manifest::{ArtifactBinding, Manifest, TableHeader, TableManifest};
 use crate::{CIPHER_NAME, COMPRESSION_NAME};
 
@@ -298,8 +298,13 @@ fn open_container<R: Read>(
             found_backup_record_id: header.binding.backup_record_id,
         });
     }
+    let scope = match header.version {
+        1 => KeyScope::Master,
+        _ => KeyScope::Tenant,
+    };
     let data_key = DataKey::unwrap(
         keyring,
+        scope,
         &header.key_id,
         &header.wrapped,
         header.binding.organization_id,

@@ -35,7 +35,7 @@ pub(crate) fn seal_compressed(
             binding.backup_record_id,
         )
         .unwrap();
-    let header = encode_header(binding, keyring.current_id(), &wrapped, chunk_size);
+    let header = encode_header(1, binding, keyring.current_id(), &wrapped, chunk_size);
     let mut sealer = ChunkSealer::new(Vec::new(), dek, binding, &header, chunk_size).unwrap();
     let mut rest = compressed;
     while !rest.is_empty() {

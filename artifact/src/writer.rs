@@ -105,7 +105,8 @@ impl<W: Write> ArtifactWriter<W> {
             detail: "zstd encoder could not be created",
         })?;
         let wrapped = data_key.wrap(master, binding.organization_id, binding.backup_record_id)?;
-        let header = encode_header(binding, master.id(), &wrapped, chunk_size);
+        let version = crate::container_version(master.scope());
+        let header = encode_header(version, binding, master.id(), &wrapped, chunk_size);
         let sealer = ChunkSealer::new(sink, data_key, binding, &header, chunk_size)?;
         Ok(Self {
             sealer,

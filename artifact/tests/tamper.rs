@@ -316,9 +316,9 @@ fn bad_magic_and_version() {
     t[..8].copy_from_slice(b"PGDMP\0\0\0");
     assert_eq!(read_code(&t), "ARTIFACT_BAD_MAGIC");
     let mut t = stored.clone();
-    t[8..10].copy_from_slice(&2u16.to_be_bytes());
+    t[8..10].copy_from_slice(&3u16.to_be_bytes());
     let e = read_all(&t, &ring(), binding()).unwrap_err();
-    assert_eq!(e, ArtifactError::UnsupportedVersion { found: 2 });
+    assert_eq!(e, ArtifactError::UnsupportedVersion { found: 3 });
     // Oversized header length is rejected without reading it.
     let mut t = stored[..14].to_vec();
     t[10..14].copy_from_slice(&u32::MAX.to_be_bytes());

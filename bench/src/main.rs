@@ -24,6 +24,7 @@ use drfleet_protocol::{OrganizationId, v1};
 
 mod drill;
 mod evidence;
+mod keys;
 mod promote;
 mod retention;
 mod scheduler;
@@ -90,6 +91,22 @@ enum Cli {
     Artifact {
         #[arg(long, default_value_t = 1024)]
         size_mb: u64,
+    },
+    /// A master key rotation over N tenants' keys by a keys worker (no artifact touched),
+    /// beside the same re-wrap in process.
+    Keys {
+        #[arg(long, default_value_t = 1000)]
+        tenants: u32,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[arg(
+            long,
+            env = "DR_BENCH_PG_ADMIN_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+        )]
+        pg_admin_url: String,
+        #[arg(long, default_value = "/tmp/drfleet-bench-objects")]
+        objects: String,
     },
     /// Promotion on a schema shaped like the Citus multi-tenant tutorial: the time the live
     /// tables are locked against a raw swap with keys off, and another tenant's INSERT waits.
@@ -262,6 +279,12 @@ async fn main() -> anyhow::Result<()> {
             )
             .await;
         }
+        Cli::Keys {
+            tenants,
+            runs,
+            pg_admin_url,
+            objects,
+        } => return keys::run(tenants, runs.max(1), &pg_admin_url, &objects).await,
         Cli::Promote {
             tenants,
             ads,

@@ -7,17 +7,13 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use drfleet_audit::verify_chains;
-use drfleet_infra::config::postgres_url;
 use drfleet_protocol::OrganizationId;
 
 use crate::cli::{DbArgs, OutputFormat};
 use crate::error::{Error, Outcome};
 use crate::output::{EventFields, event_object, instant, print_line};
 
-async fn pool(db: &DbArgs) -> Result<PgPool, Error> {
-    let url = postgres_url("DR_DATABASE_URL", db.database_url.as_deref().unwrap_or(""))?;
-    Ok(drfleet_infra::db::connect(&url, "drctl", 2).await?)
-}
+use crate::db::pool;
 
 /// `ok: N events verified` (Success) or `broken: chain <org> at position <seq>: <problem>`
 /// (Failed); with `--output json` one object: `{"ok": true, "events_verified": N}` or

@@ -49,6 +49,13 @@ pub enum Cmd {
     Hold(HoldArgs),
     /// Release the legal hold of one backup.
     Release(ReleaseArgs),
+    /// Tenant keys: `rotate-master` (re-wrap every tenant key under the current master key),
+    /// `rotate` (a new key for the organization's next backups), `list`, `certificate`.
+    #[command(subcommand)]
+    Keys(crate::keys::KeysCmd),
+    /// Crypto-shred the organization: every tenant key destroyed, so none of its backups can
+    /// be decrypted again. Takes effect when two different subjects request it within 24 hours.
+    Shred(Box<crate::keys::ShredArgs>),
     /// Tail dr.events, one JSON line per event, until Ctrl-C / SIGTERM or --limit.
     Events(EventsArgs),
     /// The audit log (pf_audit_events).

@@ -162,6 +162,14 @@ pub fn terminal(kind: CommandKind, event: &Event) -> Option<Outcome> {
         (CommandKind::Retention, Event::RetentionCompleted(_)) => done(true),
         (CommandKind::Retention, Event::BackupHoldChanged(_)) => done(true),
         (CommandKind::Retention, Event::RetentionFailed(_)) => done(false),
+        (
+            CommandKind::Keys,
+            Event::MasterKeyRotated(_)
+            | Event::TenantKeyRotated(_)
+            | Event::TenantShredRequested(_)
+            | Event::TenantShredded(_),
+        ) => done(true),
+        (CommandKind::Keys, Event::KeysFailed(_)) => done(false),
         _ => None,
     }
 }

@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use drfleet_infra::config::{ConfigError, postgres_url};
+use drfleet_infra::config::ConfigError;
 use drfleet_protocol::BackupRecordId;
 use drfleet_protocol::policy::parse_duration;
 use drfleet_protocol::tenant::TenantKey;
@@ -129,10 +129,7 @@ pub async fn policy_id(a: &DrillArgs) -> Result<Option<uuid::Uuid>, Error> {
         .ok_or_else(|| ConfigError::new("--policy", "names no policy of this organization").into())
 }
 
-async fn pool(db: &DbArgs) -> Result<sqlx::PgPool, Error> {
-    let url = postgres_url("DR_DATABASE_URL", db.database_url.as_deref().unwrap_or(""))?;
-    Ok(drfleet_infra::db::connect(&url, "drctl", 2).await?)
-}
+use crate::db::pool;
 
 /// The pass/fail matrix of a completed drill, as printed by `drctl drill`.
 pub fn matrix(d: &v1::DrillCompleted) -> String {

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 use drfleet_evidence::pack::{self, Verdict};
 use drfleet_evidence::{Parameters, Status, Window};
-use drfleet_infra::config::{ConfigError, postgres_url};
+use drfleet_infra::config::ConfigError;
 use drfleet_protocol::tenant::TenantKey;
 
 use crate::cli::DbArgs;
@@ -104,10 +104,7 @@ fn parse_share(s: &str) -> Result<f64, &'static str> {
         .ok_or("must be a number from 0 to 1")
 }
 
-async fn pool(db: &DbArgs) -> Result<PgPool, Error> {
-    let url = postgres_url("DR_DATABASE_URL", db.database_url.as_deref().unwrap_or(""))?;
-    Ok(drfleet_infra::db::connect(&url, "drctl", 2).await?)
-}
+use crate::db::pool;
 
 fn evidence_error(e: drfleet_evidence::Error) -> Error {
     match e {

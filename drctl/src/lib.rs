@@ -5,7 +5,7 @@
 //! - [`cli`]: the clap structs (`token`, `backup`, `restore`, `restore discard`, `verify`,
 //!   `drill`, `drills`, `retention plan|run`, `hold`, `release`, `events`, `audit verify|list`,
 //!   `tiers show`, `policy set|rm|list`, `alerts`, `backups`, `jobs`, `status`, `evidence`,
-//!   `evidence check`).
+//!   `evidence check`, `keys rotate-master|rotate|list|certificate`, `shred`).
 //! - [`retention`]: `retention plan` (the sweep's selection over the database, deleting
 //!   nothing) and the policy lookup of `retention run`.
 //! - [`token`]: minting actor tokens (HS256) with `DR_AUTH_JWT_SECRET`.
@@ -23,6 +23,9 @@
 //! - [`status`]: `status`, one screen of queues, workers, jobs, alerts and RPO.
 //! - [`progress`]: the job's progress while a command waits (spinner or plain lines).
 //! - [`evidence`]: `evidence` (the compliance pack of `drfleet-evidence`) and `evidence check`.
+//! - [`keys`]: `keys …` and `shred` (the key hierarchy's commands, tenant keys, shred
+//!   certificates).
+//! - [`db`]: the metadata database pool of the subcommands that read it.
 //! - [`output`]: the JSON line printed per event (one shape: `events`, command waits and
 //!   `audit list` alike), aligned tables for listings.
 //! - [`notice`]: stderr notices: the broker and vhost, a queue nobody consumes, backups
@@ -39,10 +42,12 @@ pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod command;
+pub mod db;
 pub mod drill;
 pub mod error;
 pub mod events;
 pub mod evidence;
+pub mod keys;
 pub mod listings;
 pub mod notice;
 pub mod output;
@@ -114,6 +119,15 @@ pub async fn run(cli: Cli) -> Result<Outcome, Error> {
         }
         Cmd::Hold(a) => command::run(&a.org, command::hold_body(a), &a.opts).await,
         Cmd::Release(a) => command::run(&a.org, command::release_body(a), &a.opts).await,
+        Cmd::Keys(keys::KeysCmd::RotateMaster(a)) => {
+            command::run(&a.org, keys::rotate_master_body(), &a.opts).await
+        }
+        Cmd::Keys(keys::KeysCmd::Rotate(a)) => {
+            command::run(&a.org, keys::rotate_body(), &a.opts).await
+        }
+        Cmd::Keys(keys::KeysCmd::List(a)) => keys::list(a).await,
+        Cmd::Keys(keys::KeysCmd::Certificate(a)) => keys::certificate(a).await,
+        Cmd::Shred(a) => keys::shred(a).await,
         Cmd::Events(a) => events::tail(a).await,
         Cmd::Audit(AuditCmd::Verify { db, org, output }) => {
             audit::verify(db, org.as_ref().map(|k| k.organization_id()), *output).await

@@ -9,20 +9,17 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::PgPool;
 
-use drfleet_infra::config::{ConfigError, postgres_url};
+use drfleet_infra::config::ConfigError;
 use drfleet_infra::metadata::StoredRetention;
 use drfleet_protocol::retention::{Candidate, Decision, Rules, select};
 use drfleet_protocol::tenant::TenantKey;
 use drfleet_protocol::v1::{self, command_envelope::Command};
 
-use crate::cli::{DbArgs, OutputFormat, RetentionPlanArgs, RetentionRunArgs};
+use crate::cli::{OutputFormat, RetentionPlanArgs, RetentionRunArgs};
 use crate::error::{Error, Outcome};
 use crate::output::{instant, print_line};
 
-async fn pool(db: &DbArgs) -> Result<PgPool, Error> {
-    let url = postgres_url("DR_DATABASE_URL", db.database_url.as_deref().unwrap_or(""))?;
-    Ok(drfleet_infra::db::connect(&url, "drctl", 2).await?)
-}
+use crate::db::pool;
 
 #[derive(sqlx::FromRow)]
 struct PolicyRow {

@@ -13,6 +13,8 @@
 //! - [`charts`] and [`render`]: the self-contained `report.html` (askama, inline SVG).
 //! - [`pack`]: writing a pack (`evidence.json`, `report.html`, `CHAIN_HEAD`, `SHA256SUMS`),
 //!   the fleet summary, and checking a pack against the chain.
+//! - [`shred`]: the shred certificate (`certificate.json`, `CHAIN_HEAD`, `SHA256SUMS`) of a
+//!   crypto-shredded organization.
 
 pub mod charts;
 pub mod collect;
@@ -20,6 +22,7 @@ pub mod controls;
 pub mod model;
 pub mod pack;
 pub mod render;
+pub mod shred;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;

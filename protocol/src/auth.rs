@@ -12,6 +12,10 @@ pub const PERM_DRILL_RUN: &str = "pf.dr-drill.run";
 pub const PERM_BACKUP_POLICY: &str = "pf.backup.policy";
 pub const PERM_BACKUP_RETENTION: &str = "pf.backup.retention";
 pub const PERM_BACKUP_HOLD: &str = "pf.backup.hold";
+/// Rotate the master key (fleet-wide) or an organization's tenant key.
+pub const PERM_BACKUP_KEYS: &str = "pf.backup.keys";
+/// Request (and, with a second requester, perform) an organization's crypto-shred.
+pub const PERM_BACKUP_SHRED: &str = "pf.backup.shred";
 
 /// The permission keys a command needs, all of them.
 pub fn required_permissions(body: &CommandBody) -> &'static [&'static str] {
@@ -28,6 +32,8 @@ pub fn required_permissions(body: &CommandBody) -> &'static [&'static str] {
         CommandBody::Policy(_) => &[PERM_BACKUP_POLICY],
         CommandBody::Retention(_) => &[PERM_BACKUP_RETENTION],
         CommandBody::BackupHold(_) => &[PERM_BACKUP_HOLD],
+        CommandBody::Keys(_) => &[PERM_BACKUP_KEYS],
+        CommandBody::Shred(_) => &[PERM_BACKUP_SHRED],
     }
 }
 

@@ -44,11 +44,16 @@ pub fn event_type(event: &Event) -> &'static str {
         Event::RetentionCompleted(_) => "retention_completed",
         Event::RetentionFailed(_) => "retention_failed",
         Event::DrDrillFailed(_) => "dr_drill_failed",
+        Event::TenantShredRequested(_) => "tenant_shred_requested",
+        Event::TenantShredded(_) => "tenant_shredded",
+        Event::MasterKeyRotated(_) => "master_key_rotated",
+        Event::TenantKeyRotated(_) => "tenant_key_rotated",
+        Event::KeysFailed(_) => "keys_failed",
     }
 }
 
 /// Every event type name, in field order.
-pub const EVENT_TYPES: [&str; 21] = [
+pub const EVENT_TYPES: [&str; 26] = [
     "backup_started",
     "backup_completed",
     "backup_failed",
@@ -70,6 +75,11 @@ pub const EVENT_TYPES: [&str; 21] = [
     "retention_completed",
     "retention_failed",
     "dr_drill_failed",
+    "tenant_shred_requested",
+    "tenant_shredded",
+    "master_key_rotated",
+    "tenant_key_rotated",
+    "keys_failed",
 ];
 
 /// A fresh envelope around `event`, for a uuid tenant.
@@ -215,6 +225,19 @@ pub fn event_json(event: &Event) -> serde_json::Value {
             "orphans_removed": e.orphans_removed}),
         Event::RetentionFailed(e) => json!({"policy_id": e.policy_id,
             "backup_record_id": e.backup_record_id, "error_code": e.error_code,
+            "message": e.message}),
+        Event::TenantShredRequested(e) => json!({"requesters": e.requesters,
+            "expires_at": ts_json(&e.expires_at)}),
+        Event::TenantShredded(e) => json!({"organization_id": e.organization_id,
+            "keys_destroyed": e.keys_destroyed, "artifacts_affected": e.artifacts_affected,
+            "objects_deleted": e.objects_deleted, "objects_remaining": e.objects_remaining,
+            "shred_id": e.shred_id}),
+        Event::MasterKeyRotated(e) => json!({"master_key_id": e.master_key_id,
+            "tenant_keys_rewrapped": e.tenant_keys_rewrapped,
+            "tenant_keys_total": e.tenant_keys_total,
+            "legacy_master_key_ids": e.legacy_master_key_ids}),
+        Event::TenantKeyRotated(e) => json!({"retired_key_id": e.retired_key_id}),
+        Event::KeysFailed(e) => json!({"action": e.action, "error_code": e.error_code,
             "message": e.message}),
     }
 }

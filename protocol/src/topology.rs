@@ -35,16 +35,18 @@ pub enum CommandKind {
     Verify,
     Policy,
     Retention,
+    Keys,
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 6] = [
+    pub const ALL: [CommandKind; 7] = [
         Self::Backup,
         Self::Restore,
         Self::Drill,
         Self::Verify,
         Self::Policy,
         Self::Retention,
+        Self::Keys,
     ];
 
     /// The kind (and so the queue and routing-key prefix) of a command body.
@@ -57,10 +59,12 @@ impl CommandKind {
             Command::Verify(_) => Self::Verify,
             Command::Policy(_) => Self::Policy,
             Command::Retention(_) | Command::BackupHold(_) => Self::Retention,
+            Command::Keys(_) | Command::Shred(_) => Self::Keys,
         }
     }
 
-    /// `backup`, `restore`, `drill`, `verify`, `policy` or `retention`: the routing-key prefix.
+    /// `backup`, `restore`, `drill`, `verify`, `policy`, `retention` or `keys`: the routing-key
+    /// prefix.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Backup => "backup",
@@ -69,6 +73,7 @@ impl CommandKind {
             Self::Verify => "verify",
             Self::Policy => "policy",
             Self::Retention => "retention",
+            Self::Keys => "keys",
         }
     }
 
@@ -85,6 +90,7 @@ impl CommandKind {
             Self::Verify => "dr.verify",
             Self::Policy => "dr.policy",
             Self::Retention => "dr.retention",
+            Self::Keys => "dr.keys",
         }
     }
 

@@ -228,6 +228,39 @@ pub struct BackupHoldSpec {
 /// Longest hold reason accepted.
 pub const MAX_HOLD_REASON: usize = 500;
 
+/// A key-management action (queue `dr.keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeysAction {
+    /// Re-wrap every tenant key under the current master key (fleet-wide).
+    RotateMaster,
+    /// Retire the organization's active tenant key.
+    RotateTenant,
+}
+
+impl KeysAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RotateMaster => "rotate_master",
+            Self::RotateTenant => "rotate_tenant",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeysSpec {
+    pub action: KeysAction,
+}
+
+/// Crypto-shred the organization (queue `dr.keys`, two-person rule).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShredSpec {
+    pub reason: String,
+}
+
+/// Longest shred reason accepted.
+pub const MAX_SHRED_REASON: usize = 500;
+
 /// Drop a kept STAGING schema now (a `restore`-kind command: routed to `dr.restore`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StagingDiscardSpec {
@@ -246,6 +279,8 @@ pub enum CommandBody {
     Policy(PolicyChangeSpec),
     Retention(RetentionSpec),
     BackupHold(BackupHoldSpec),
+    Keys(KeysSpec),
+    Shred(ShredSpec),
 }
 
 impl CommandBody {
@@ -258,6 +293,7 @@ impl CommandBody {
             Self::StagingDiscard(_) => CommandKind::Restore,
             Self::Policy(_) => CommandKind::Policy,
             Self::Retention(_) | Self::BackupHold(_) => CommandKind::Retention,
+            Self::Keys(_) | Self::Shred(_) => CommandKind::Keys,
         }
     }
 }
@@ -386,7 +422,7 @@ pub fn validate_envelope(
     let Some(command) = env.command else {
         return Err(with_ctx(invalid(
             "command",
-            "is not set (one of backup, restore, drill, verify, staging_discard, policy, retention, backup_hold)",
+            "is not set (one of backup, restore, drill, verify, staging_discard, policy, retention, backup_hold, keys, shred)",
         )));
     };
     let body =
@@ -490,6 +526,30 @@ pub fn validate_envelope(
                     hold: h.hold,
                     reason: h.reason,
                 })
+            }
+            Command::Keys(k) => CommandBody::Keys(KeysSpec {
+                action: match v1::keys_command::Action::try_from(k.action) {
+                    Ok(v1::keys_command::Action::RotateMaster) => KeysAction::RotateMaster,
+                    Ok(v1::keys_command::Action::RotateTenant) => KeysAction::RotateTenant,
+                    _ => {
+                        return Err(with_ctx(invalid(
+                            "keys.action",
+                            "must be ROTATE_MASTER or ROTATE_TENANT",
+                        )));
+                    }
+                },
+            }),
+            Command::Shred(sh) => {
+                if sh.reason.trim().is_empty()
+                    || sh.reason.len() > MAX_SHRED_REASON
+                    || sh.reason.chars().any(char::is_control)
+                {
+                    return Err(with_ctx(invalid(
+                        "shred.reason",
+                        "is required: at most 500 bytes without control characters",
+                    )));
+                }
+                CommandBody::Shred(ShredSpec { reason: sh.reason })
             }
         };
     if let Some(expected) = expected
@@ -691,6 +751,15 @@ impl ValidCommand {
                 backup_record_id: h.backup_record_id.to_string(),
                 hold: h.hold,
                 reason: h.reason.clone(),
+            }),
+            CommandBody::Keys(k) => Command::Keys(v1::KeysCommand {
+                action: match k.action {
+                    KeysAction::RotateMaster => v1::keys_command::Action::RotateMaster,
+                    KeysAction::RotateTenant => v1::keys_command::Action::RotateTenant,
+                } as i32,
+            }),
+            CommandBody::Shred(sh) => Command::Shred(v1::ShredCommand {
+                reason: sh.reason.clone(),
             }),
         };
         v1::CommandEnvelope {

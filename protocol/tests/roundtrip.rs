@@ -14,7 +14,7 @@ use drfleet_protocol::validate::{
     PolicySpec, ReasonCode, Rejection, RestoreMode, RestoreSpec, RetentionRules,
     StagingDiscardSpec, VerifySpec,
 };
-use drfleet_protocol::validate::{BackupHoldSpec, RetentionSpec};
+use drfleet_protocol::validate::{BackupHoldSpec, KeysAction, KeysSpec, RetentionSpec, ShredSpec};
 use drfleet_protocol::{BackupRecordId, CommandId, OrganizationId};
 use prost::Message;
 use prost_types::{FileDescriptorProto, FileDescriptorSet, Timestamp};
@@ -286,6 +286,33 @@ fn command_cases() -> Vec<(&'static str, v1::CommandEnvelope, CommandBody)> {
                 reason: String::new(),
             }),
         ),
+        (
+            "rotate master key",
+            envelope(v1::command_envelope::Command::Keys(v1::KeysCommand {
+                action: v1::keys_command::Action::RotateMaster as i32,
+            })),
+            CommandBody::Keys(KeysSpec {
+                action: KeysAction::RotateMaster,
+            }),
+        ),
+        (
+            "rotate tenant key",
+            envelope(v1::command_envelope::Command::Keys(v1::KeysCommand {
+                action: v1::keys_command::Action::RotateTenant as i32,
+            })),
+            CommandBody::Keys(KeysSpec {
+                action: KeysAction::RotateTenant,
+            }),
+        ),
+        (
+            "shred",
+            envelope(v1::command_envelope::Command::Shred(v1::ShredCommand {
+                reason: "ERASURE-7".into(),
+            })),
+            CommandBody::Shred(ShredSpec {
+                reason: "ERASURE-7".into(),
+            }),
+        ),
     ]
 }
 
@@ -348,6 +375,7 @@ fn command_body_json_is_tagged_by_kind_and_round_trips() {
         let tag = match body {
             CommandBody::StagingDiscard(_) => "staging_discard",
             CommandBody::BackupHold(_) => "backup_hold",
+            CommandBody::Shred(_) => "shred",
             _ => body.kind().as_str(),
         };
         assert_eq!(json["kind"], tag, "{name}: {json}");
@@ -673,6 +701,47 @@ fn sample_events() -> Vec<(&'static str, Event)> {
                 policy_id: "0190f1a2-3b4c-7d5e-8f60-0000000000dd".into(),
             }),
         ),
+        (
+            "tenant_shred_requested",
+            Event::TenantShredRequested(v1::TenantShredRequested {
+                requesters: 1,
+                expires_at: ts(1_760_086_400),
+            }),
+        ),
+        (
+            "tenant_shredded",
+            Event::TenantShredded(v1::TenantShredded {
+                organization_id: ORG_ID.into(),
+                keys_destroyed: 2,
+                artifacts_affected: 3,
+                objects_deleted: 6,
+                objects_remaining: 0,
+                shred_id: "0190f1a2-3b4c-7d5e-8f60-0000000000ab".into(),
+            }),
+        ),
+        (
+            "master_key_rotated",
+            Event::MasterKeyRotated(v1::MasterKeyRotated {
+                master_key_id: "k-2026-12".into(),
+                tenant_keys_rewrapped: 1000,
+                tenant_keys_total: 1000,
+                legacy_master_key_ids: vec!["k-2026-01".into()],
+            }),
+        ),
+        (
+            "tenant_key_rotated",
+            Event::TenantKeyRotated(v1::TenantKeyRotated {
+                retired_key_id: "tenant:0190f1a2-3b4c-7d5e-8f60-0000000000ac".into(),
+            }),
+        ),
+        (
+            "keys_failed",
+            Event::KeysFailed(v1::KeysFailed {
+                action: "rotate_master".into(),
+                error_code: "MASTER_KEY_MISSING".into(),
+                message: "a tenant key is wrapped by a master key this worker does not have".into(),
+            }),
+        ),
     ]
 }
 
@@ -700,6 +769,11 @@ fn _exhaustive(e: &Event) {
         | Event::RetentionCompleted(_)
         | Event::RetentionFailed(_)
         | Event::DrDrillFailed(_) => {}
+        Event::TenantShredRequested(_)
+        | Event::TenantShredded(_)
+        | Event::MasterKeyRotated(_)
+        | Event::TenantKeyRotated(_)
+        | Event::KeysFailed(_) => {}
     }
 }
 

@@ -17,17 +17,19 @@ pub enum Role {
     Verify,
     Policy,
     Retention,
+    Keys,
     Audit,
 }
 
 impl Role {
-    pub const ALL: [Role; 7] = [
+    pub const ALL: [Role; 8] = [
         Role::Backup,
         Role::Restore,
         Role::Drill,
         Role::Verify,
         Role::Policy,
         Role::Retention,
+        Role::Keys,
         Role::Audit,
     ];
 
@@ -39,16 +41,22 @@ impl Role {
             Role::Verify => "verify",
             Role::Policy => "policy",
             Role::Retention => "retention",
+            Role::Keys => "keys",
             Role::Audit => "audit",
         }
     }
 
-    /// Roles that touch artifacts (retention deletes them), and so get the artifact store and
-    /// the master keys.
+    /// Roles that touch artifacts or keys (retention and shredding delete artifacts; the keys
+    /// role re-wraps tenant keys), and so get the artifact store and the master keys.
     pub fn needs_master_key(self) -> bool {
         matches!(
             self,
-            Role::Backup | Role::Restore | Role::Drill | Role::Verify | Role::Retention
+            Role::Backup
+                | Role::Restore
+                | Role::Drill
+                | Role::Verify
+                | Role::Retention
+                | Role::Keys
         )
     }
 
@@ -62,6 +70,7 @@ impl Role {
             Role::Verify => Some(K::Verify),
             Role::Policy => Some(K::Policy),
             Role::Retention => Some(K::Retention),
+            Role::Keys => Some(K::Keys),
             Role::Audit => None,
         }
     }
@@ -71,7 +80,7 @@ impl Role {
 #[derive(clap::Parser, Debug, Clone)]
 #[command(name = "drfleet-worker", version, about)]
 pub struct WorkerCli {
-    /// Role(s) to run: backup, restore, drill, verify, policy, retention, audit, or all
+    /// Role(s) to run: backup, restore, drill, verify, policy, retention, keys, audit, or all
     /// (development: every role this build has).
     /// Repeat the flag, or comma-separate in DR_ROLE.
     #[arg(long = "role", env = "DR_ROLE", value_delimiter = ',', required = true)]

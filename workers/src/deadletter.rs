@@ -117,6 +117,8 @@ pub fn redact_body(data: &[u8]) -> Vec<u8> {
                     d.restore_job_id = scrub_text(&d.restore_job_id)
                 }
                 Some(Command::Retention(r)) => r.policy_id = scrub_text(&r.policy_id),
+                Some(Command::Shred(s)) => s.reason = scrub_text(&s.reason),
+                Some(Command::Keys(_)) => {}
                 Some(Command::BackupHold(h)) => {
                     for s in [&mut h.backup_record_id, &mut h.reason] {
                         *s = scrub_text(s);

@@ -1,6 +1,6 @@
 //! # drfleet-workers — the worker roles on the shared runtime
 //!
-//! `drfleet-worker --role <backup|restore|drill|verify|policy|retention|audit|all>` runs [`run`]. Layout:
+//! `drfleet-worker --role <backup|restore|drill|verify|policy|retention|keys|audit|all>` runs [`run`]. Layout:
 //!
 //! - [`config`]: flags/env → validated [`config::WorkerConfig`].
 //! - [`intake`]: a command delivery → validated, authenticated, deduplicated → a durable job

@@ -598,6 +598,7 @@ async fn role_all_starts_every_available_role_and_stops_cleanly() {
         "dr.verify",
         "dr.policy",
         "dr.retention",
+        "dr.keys",
         "dr.audit",
     ] {
         assert!(queues.contains(q), "consumes {q}: {queues:?}");

@@ -317,7 +317,10 @@ async fn a_recreated_stage_puts_every_object_in_one_scratch_schema_with_the_back
     let manifest: drfleet_artifact::Manifest = serde_json::from_value(manifest).unwrap();
     assert_eq!(manifest.format_version, 2);
     let progress = Progress::default();
-    staging::verify_sealed(&ctx, &key, &manifest, &progress)
+    // The backup's tenant key, as the drill role resolves it.
+    assert!(manifest.key_id.starts_with("tenant:"));
+    let keyring = ctx.reading_keyring(&env.pool, &manifest).await.unwrap();
+    staging::verify_sealed(&ctx, &keyring, &key, &manifest, &progress)
         .await
         .unwrap();
     let key_type = tenant_key::manifest_key_type(&manifest, &ctx.tenant_column).unwrap();
@@ -330,6 +333,7 @@ async fn a_recreated_stage_puts_every_object_in_one_scratch_schema_with_the_back
         org: org.as_uuid(),
         key: (&org).into(),
         key_type,
+        keyring,
         progress,
     };
     let mut conn = db.acquire().await.unwrap();

@@ -203,6 +203,17 @@ pub fn worker_config(
     roles: &str,
     extra: &[&str],
 ) -> drfleet_workers::config::WorkerConfig {
+    worker_config_keyed(vhost, db, roles, (MASTER_KEY, "k1"), extra)
+}
+
+/// [`worker_config`] with the master key `(base64, id)` instead of the test one.
+pub fn worker_config_keyed(
+    vhost: &TestVhost,
+    db: &TestDb,
+    roles: &str,
+    master: (&str, &str),
+    extra: &[&str],
+) -> drfleet_workers::config::WorkerConfig {
     use clap::Parser as _;
     let http = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -219,9 +230,9 @@ pub fn worker_config(
         "--database-url",
         &db.url,
         "--master-key",
-        MASTER_KEY,
+        master.0,
         "--master-key-id",
-        "k1",
+        master.1,
         "--auth-jwt-secret",
         JWT_SECRET,
         "--http-addr",

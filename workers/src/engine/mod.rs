@@ -8,11 +8,13 @@
 //! - [`schema`]: the manifest's DDL of the backed-up tables, read from the catalog and
 //!   recreated (types, tables; then constraints and indexes), relocatable.
 //! - [`staging`]: an artifact loaded into a staging schema, checked, optionally promoted.
+//! - [`key_store`]: tenant keys, the middle of the key hierarchy (master → tenant → data key).
 //!
 //! [`RoleCtx`] holds what command roles and engines share: the tenant-data pool, the artifact
 //! store, the master keys and the tenant layout settings.
 
 pub mod catalog;
+pub mod key_store;
 pub mod membership;
 pub mod rowset;
 pub mod schema;
@@ -72,6 +74,8 @@ pub struct RoleCtx {
     /// DR_RESTORE_TARGETS: a lazy pool per named database a restore or drill may write.
     pub targets: std::collections::BTreeMap<String, sqlx::PgPool>,
     pub store: ArtifactStore,
+    /// The master keys (current + previous). They wrap tenant keys ([`key_store`]) and open
+    /// format-1 artifacts; a job wanting an artifact's key asks [`RoleCtx::reading_keyring`].
     pub keyring: Arc<Keyring>,
     pub tenant_column: String,
     pub tenant_schema: String,

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use drfleet_artifact::ddl::SchemaDdl;
-use drfleet_artifact::{ArtifactBinding, ArtifactWriter, Manifest, TableHeader};
+use drfleet_artifact::{ArtifactBinding, ArtifactWriter, Keyring, Manifest, TableHeader};
 use drfleet_infra::auth::Actor;
 use drfleet_protocol::events::timestamp;
 use drfleet_protocol::topology::CommandKind;
@@ -37,7 +37,7 @@ use drfleet_storage::keys;
 use crate::engine::catalog::{PIN_RENDERING, TableInfo, quote_ident, resolve_tables};
 use crate::engine::membership;
 use crate::engine::schema::read::read_schema;
-use crate::engine::{RoleCtx, shrink, source_error};
+use crate::engine::{RoleCtx, key_store, shrink, source_error};
 use crate::faults::{self, point};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
 use crate::outbox;
@@ -170,6 +170,7 @@ impl BackupHandler {
         tables: &[TableInfo],
         snapshot_at: DateTime<Utc>,
         tenant: &TenantSelect,
+        keyring: Arc<Keyring>,
         progress: &Progress,
     ) -> Result<Exported, JobError> {
         let org = job.organization_id.as_uuid();
@@ -184,7 +185,6 @@ impl BackupHandler {
 
         let (piece_tx, mut piece_rx) = mpsc::channel::<Piece>(DEPTH);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(DEPTH);
-        let keyring = self.ctx.keyring.clone();
         let writer = tokio::task::spawn_blocking(
             move || -> Result<Manifest, drfleet_artifact::ArtifactError> {
                 let sink = ChannelSink {
@@ -416,6 +416,9 @@ impl JobHandler for BackupHandler {
             let attempt = job.attempt.max(1) as u32;
             self.remove_attempts(org, job.id.as_uuid(), 1..attempt)
                 .await;
+            // The organization's tenant key (created on its first backup, or after a shred):
+            // the artifact's data key is wrapped by it. Unwrapped for this job only.
+            let (keyring, tenant_key) = self.ctx.writing_keyring(&ctx.pool, org).await?;
 
             // One snapshot for every table.
             let snapshot_span = tracing::info_span!("backup.snapshot");
@@ -487,6 +490,7 @@ impl JobHandler for BackupHandler {
                             root_row_missing,
                             ddl,
                         },
+                        keyring,
                         &ctx.progress,
                     )
                     .await?;
@@ -498,6 +502,17 @@ impl JobHandler for BackupHandler {
             let m = &exported.manifest;
 
             let mut tx = ctx.pool.begin().await?;
+            // A shred that destroyed the key meanwhile wins: the artifact is unreadable, so
+            // the backup fails. (The lock holds a concurrent shred until this commits; it
+            // then marks this record shredded too.)
+            let key_alive: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM pf_tenant_keys WHERE id = $1 FOR SHARE")
+                    .bind(tenant_key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if key_alive.is_none() {
+                return Err(key_store::key_destroyed());
+            }
             sqlx::query(
                 "UPDATE pf_backup_records SET status = 'completed', key_id = $3, object_key = $4, manifest_key = $5, \
                    manifest = $6, byte_size = $7, checksum_sha256 = $8, row_count = $9, table_count = $10, snapshot_at = $11, \

@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod drill;
+pub mod keys;
 pub mod policy;
 pub mod restore;
 pub mod retention;
@@ -52,6 +53,11 @@ pub async fn handlers_for(config: &WorkerConfig) -> Result<Handlers, RunError> {
             }
             Role::Retention => {
                 handlers = handlers.with(retention::RetentionHandler::new(
+                    ctx.clone().expect("command role ctx"),
+                ))
+            }
+            Role::Keys => {
+                handlers = handlers.with(keys::KeysHandler::new(
                     ctx.clone().expect("command role ctx"),
                 ))
             }

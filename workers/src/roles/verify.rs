@@ -87,6 +87,7 @@ impl VerifyHandler {
     /// Verify the artifact of `record` (of organization `org`, id `record_id`).
     async fn check(
         &self,
+        meta: &sqlx::PgPool,
         org: uuid::Uuid,
         record_id: uuid::Uuid,
         record: Record,
@@ -122,13 +123,21 @@ impl VerifyHandler {
             Err(e) => return Ok(Some(e.code())),
         }
 
+        // The backup's key, for this job only: a destroyed (shredded) or missing tenant key is
+        // the verdict, not a retry.
+        let keyring = match self.ctx.reading_keyring(meta, &manifest).await {
+            Ok(k) => k,
+            Err(e) if e.code == "KEY_DESTROYED" => return Ok(Some("KEY_DESTROYED")),
+            Err(e) if e.code == "TENANT_KEY_MISSING" => return Ok(Some("TENANT_KEY_MISSING")),
+            Err(e) => return Err(e),
+        };
+
         // Stream the artifact through the reader.
         let mut stream = match self.ctx.store.get_stream(&akey).await {
             Ok(s) => s,
             Err(e) => return storage_verdict(e),
         };
         let (tx, rx) = mpsc::channel(DEPTH);
-        let keyring = self.ctx.keyring.clone();
         let reading = tokio::task::spawn_blocking(move || {
             let source = ChannelReader::new(rx);
             verify_against_manifest_threaded(source, &keyring, &manifest)
@@ -262,7 +271,7 @@ impl JobHandler for VerifyHandler {
                 ));
             }
             let verdict = self
-                .check(org, record_id, record, &ctx.progress)
+                .check(&ctx.pool, org, record_id, record, &ctx.progress)
                 .instrument(tracing::info_span!("verify.check"))
                 .await?;
 

@@ -106,7 +106,7 @@ pub(super) async fn load(
         })
         .collect();
     let (reader, pump) = object_reader(&stage.ctx, object_key, &stage.progress).await?;
-    let keyring = stage.ctx.keyring.clone();
+    let keyring = stage.keyring.clone();
     let manifest = manifest.clone();
     // A recreated table gets its constraints after the load: one segment, no parts.
     let segment_bytes = match stage.tables {

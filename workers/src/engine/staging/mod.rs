@@ -155,6 +155,8 @@ pub struct Stage {
     /// The tenant key and its column type: what selects and checks the tenant's rows.
     pub key: drfleet_protocol::tenant::TenantKey,
     pub key_type: drfleet_protocol::tenant::KeyType,
+    /// Opens the artifact ([`RoleCtx::reading_keyring`]): held for this job only.
+    pub keyring: Arc<drfleet_artifact::Keyring>,
     pub progress: Progress,
 }
 
@@ -329,13 +331,14 @@ pub async fn drop_schema(db: &PgPool, staging: &str) {
 /// before a single row is written anywhere. Returns its ms (fetch included).
 pub async fn verify_sealed(
     ctx: &RoleCtx,
+    keyring: &Arc<drfleet_artifact::Keyring>,
     object_key: &str,
     manifest: &Manifest,
     progress: &Progress,
 ) -> Result<u64, JobError> {
     let started = Instant::now();
     let (reader, pump) = object_reader(ctx, object_key, progress).await?;
-    let keyring = ctx.keyring.clone();
+    let keyring = keyring.clone();
     let manifest = manifest.clone();
     let check = tokio::task::spawn_blocking(move || {
         drfleet_artifact::verify_sealed(reader, &keyring, &manifest)

@@ -178,8 +178,16 @@ impl DrillHandler {
             rto_ms: 0,
             restored: false,
         };
-        let fetch =
-            staging::verify_sealed(&self.ctx, &rec.object_key, &rec.manifest, &ctx.progress).await;
+        // KEY_DESTROYED (a shredded organization) fails the drill, not a finding.
+        let keyring = self.ctx.reading_keyring(&ctx.pool, &rec.manifest).await?;
+        let fetch = staging::verify_sealed(
+            &self.ctx,
+            &keyring,
+            &rec.object_key,
+            &rec.manifest,
+            &ctx.progress,
+        )
+        .await;
         match fetch {
             Ok(ms) => {
                 v.phases.push(Phase {
@@ -214,6 +222,7 @@ impl DrillHandler {
             org: job.organization_id.as_uuid(),
             key: job.tenant_key.clone(),
             key_type,
+            keyring,
             progress: ctx.progress.clone(),
         };
         // An earlier attempt of this drill may have left its scratch schema behind.

@@ -40,7 +40,7 @@ use serde_json::json;
 use sqlx::{Connection, PgConnection};
 use tracing::Instrument as _;
 
-use drfleet_artifact::Manifest;
+use drfleet_artifact::{Keyring, Manifest};
 use drfleet_infra::auth::Actor;
 use drfleet_protocol::events::timestamp;
 use drfleet_protocol::topology::CommandKind;
@@ -191,6 +191,7 @@ impl RestoreHandler {
         ctx: &JobCtx,
         rec: &Record,
         r: &RestoreSpec,
+        keyring: Arc<Keyring>,
     ) -> Result<Restored, JobError> {
         let job = &ctx.job;
         let mut timings = PhaseTimings::default();
@@ -237,6 +238,7 @@ impl RestoreHandler {
             org: job.organization_id.as_uuid(),
             key: job.tenant_key.clone(),
             key_type,
+            keyring,
             progress: ctx.progress.clone(),
         };
         if r.mode == RestoreMode::Promote {
@@ -475,8 +477,18 @@ impl JobHandler for RestoreHandler {
             }
             tx.commit().await?;
 
+            // The backup's key, for this job only (KEY_DESTROYED after a shred).
+            let keyring = match self.ctx.reading_keyring(&ctx.pool, &rec.manifest).await {
+                Ok(k) => k,
+                Err(e) => {
+                    self.record_checks(ctx, &[Check::failed("sealed", &e)])
+                        .await;
+                    return Err(e);
+                }
+            };
             let fetch_ms = match staging::verify_sealed(
                 &self.ctx,
+                &keyring,
                 &rec.object_key,
                 &rec.manifest,
                 &ctx.progress,
@@ -499,7 +511,7 @@ impl JobHandler for RestoreHandler {
                 lock_ms,
                 mut timings,
                 recreated,
-            } = self.restore(ctx, &rec, r).await?;
+            } = self.restore(ctx, &rec, r, keyring).await?;
             timings.fetch_ms = fetch_ms;
 
             let finished_at = Utc::now();
