@@ -61,3 +61,7 @@ CREATE TABLE pf_shreds (
 CREATE INDEX pf_shreds_org ON pf_shreds (organization_id, performed_at DESC);
 
 ALTER TABLE pf_backup_records ADD COLUMN shredded_at timestamptz;
+
+ALTER TABLE pf_jobs DROP CONSTRAINT pf_jobs_kind_check;
+ALTER TABLE pf_jobs ADD CONSTRAINT pf_jobs_kind_check
+    CHECK (kind IN ('backup', 'restore', 'drill', 'verify', 'policy', 'retention', 'keys'));

@@ -290,7 +290,12 @@ impl DataKey {
 
 /// `"drfleet-dek-v1"` (master) or `"drfleet-dek-v2"` (tenant key) `|| org (16) || record (16)
 /// || key_id bytes`.
-fn dek_aad(scope: KeyScope, organization_id: Uuid, backup_record_id: Uuid, key_id: &str) -> Vec<u8> {
+fn dek_aad(
+    scope: KeyScope,
+    organization_id: Uuid,
+    backup_record_id: Uuid,
+    key_id: &str,
+) -> Vec<u8> {
     let prefix = match scope {
         KeyScope::Master => DEK_AAD_PREFIX,
         KeyScope::Tenant => DEK_AAD_PREFIX_V2,
@@ -523,7 +528,9 @@ mod tests {
         let again = TenantKey::unwrap(&only_m2, id, org, &rewrapped).unwrap();
         assert_eq!(*again.bytes, *key.bytes);
         assert_eq!(
-            TenantKey::unwrap(&only_m2, id, org, &wrapped).unwrap_err().code(),
+            TenantKey::unwrap(&only_m2, id, org, &wrapped)
+                .unwrap_err()
+                .code(),
             "ARTIFACT_UNKNOWN_KEY_ID"
         );
         // Bound to the organization and the key id.

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use drfleet_artifact::{
-    Keyring, MasterKey, TenantKey, tenant_key_id, verify_against_manifest, Manifest,
+    Keyring, Manifest, MasterKey, TenantKey, tenant_key_id, verify_against_manifest,
 };
 use uuid::Uuid;
 
@@ -21,7 +21,11 @@ fn write_format_1_fixture() {
     let (manifest, stored) = write(&sample_tables(), 64);
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
     std::fs::write(format!("{dir}/artifact-v1.bin"), &stored).unwrap();
-    std::fs::write(format!("{dir}/artifact-v1.manifest.json"), manifest.to_json()).unwrap();
+    std::fs::write(
+        format!("{dir}/artifact-v1.manifest.json"),
+        manifest.to_json(),
+    )
+    .unwrap();
 }
 
 #[test]

@@ -32,7 +32,9 @@ fn masters() -> Keyring {
 
 /// `tenants` fresh tenant keys, one per organization, wrapped by the old master key.
 async fn seed(conn: &mut PgConnection, tenants: u32) -> anyhow::Result<()> {
-    sqlx::query("TRUNCATE pf_tenant_keys").execute(&mut *conn).await?;
+    sqlx::query("TRUNCATE pf_tenant_keys")
+        .execute(&mut *conn)
+        .await?;
     let old = MasterKey::new("bench", OLD);
     let (mut ids, mut orgs, mut sealed, mut nonces) = (vec![], vec![], vec![], vec![]);
     for _ in 0..tenants {
@@ -105,7 +107,12 @@ fn count_files(dir: &std::path::Path) -> usize {
         .sum()
 }
 
-pub async fn run(tenants: u32, runs: usize, pg_admin_url: &str, objects: &str) -> anyhow::Result<()> {
+pub async fn run(
+    tenants: u32,
+    runs: usize,
+    pg_admin_url: &str,
+    objects: &str,
+) -> anyhow::Result<()> {
     let db_url = fresh_database(pg_admin_url, "drfleet_bench_keys").await?;
     let pool = sqlx::PgPool::connect(&db_url).await?;
     drfleet_infra::db::migrate(&pool).await?;
@@ -145,11 +152,19 @@ pub async fn run(tenants: u32, runs: usize, pg_admin_url: &str, objects: &str) -
         seed(&mut conn, tenants).await?;
         let started = Instant::now();
         let id = rotate(&publisher, &operator).await?;
-        wait_for(&mut conn, "SELECT state FROM pf_jobs WHERE command_id = $1::uuid", &id, "succeeded").await?;
+        wait_for(
+            &mut conn,
+            "SELECT state FROM pf_jobs WHERE command_id = $1::uuid",
+            &id,
+            "succeeded",
+        )
+        .await?;
         let secs = started.elapsed().as_secs_f64();
-        let moved: i64 = sqlx::query_scalar("SELECT count(*) FROM pf_tenant_keys WHERE master_key_id = 'bench-2'")
-            .fetch_one(&mut conn)
-            .await?;
+        let moved: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pf_tenant_keys WHERE master_key_id = 'bench-2'",
+        )
+        .fetch_one(&mut conn)
+        .await?;
         if moved != i64::from(tenants) {
             bail!("run {run}: {moved} of {tenants} keys re-wrapped");
         }

@@ -128,7 +128,9 @@ pub async fn shred(a: &ShredArgs) -> Result<Outcome, Error> {
     match performed {
         Some(id) => write_certificate(&pool, &a.org, Some(id), out).await,
         None => {
-            eprintln!("drctl: shred requested; it takes effect when a second subject requests it within 24 hours (no certificate yet)");
+            eprintln!(
+                "drctl: shred requested; it takes effect when a second subject requests it within 24 hours (no certificate yet)"
+            );
             Ok(outcome)
         }
     }

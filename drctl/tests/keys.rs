@@ -67,7 +67,10 @@ async fn backup(vhost: &TestVhost, db: &TestDb, org: &str) -> uuid::Uuid {
 }
 
 fn object_path(db: &TestDb, object_key: &str) -> PathBuf {
-    PathBuf::from(format!("/tmp/drfleet-test-objects/{}/{object_key}", db.name))
+    PathBuf::from(format!(
+        "/tmp/drfleet-test-objects/{}/{object_key}",
+        db.name
+    ))
 }
 
 async fn seed(db: &TestDb, orgs: &[&OrganizationId]) {
@@ -144,12 +147,13 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
     );
     records.push(backup(&vhost, &db, &v).await);
     let kept = backup(&vhost, &db, &o).await;
-    let key_ids: Vec<String> =
-        sqlx::query_scalar("SELECT key_id FROM pf_backup_records WHERE id = ANY($1) ORDER BY started_at")
-            .bind(&records)
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
+    let key_ids: Vec<String> = sqlx::query_scalar(
+        "SELECT key_id FROM pf_backup_records WHERE id = ANY($1) ORDER BY started_at",
+    )
+    .bind(&records)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(key_ids[0], key_ids[1], "one key until the rotation");
     assert_ne!(key_ids[1], key_ids[2], "a new key after it");
     assert!(key_ids.iter().all(|k| k.starts_with("tenant:")));
@@ -157,11 +161,12 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
     // Copies of the stored bytes, as an object lock would keep them.
     let mut copies = Vec::new();
     for r in &records {
-        let key: String = sqlx::query_scalar("SELECT object_key FROM pf_backup_records WHERE id = $1")
-            .bind(r)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+        let key: String =
+            sqlx::query_scalar("SELECT object_key FROM pf_backup_records WHERE id = $1")
+                .bind(r)
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
         copies.push((*r, std::fs::read(object_path(&db, &key)).unwrap()));
     }
 
@@ -169,45 +174,93 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
     let (code, token, _) = run(
         &vhost,
         &db,
-        &["token", "--org", &v, "--perm", "pf.backup.create", "--sub", "mallory"],
+        &[
+            "token",
+            "--org",
+            &v,
+            "--perm",
+            "pf.backup.create",
+            "--sub",
+            "mallory",
+        ],
     )
     .await;
     assert_eq!(code, Some(0));
     let (code, out, _) = run(
         &vhost,
         &db,
-        &["shred", "--org", &v, "--reason", "GDPR-1", "--token", token.trim()],
+        &[
+            "shred",
+            "--org",
+            &v,
+            "--reason",
+            "GDPR-1",
+            "--token",
+            token.trim(),
+        ],
     )
     .await;
     assert_eq!(code, Some(1), "{out}");
-    assert_eq!(event(&events(&out), "command_rejected")["event"]["reason_code"], "FORBIDDEN");
+    assert_eq!(
+        event(&events(&out), "command_rejected")["event"]["reason_code"],
+        "FORBIDDEN"
+    );
     let (_, token, _) = run(
         &vhost,
         &db,
-        &["token", "--org", &o, "--perm", "pf.backup.shred", "--sub", "mallory"],
+        &[
+            "token",
+            "--org",
+            &o,
+            "--perm",
+            "pf.backup.shred",
+            "--sub",
+            "mallory",
+        ],
     )
     .await;
     let (code, out, _) = run(
         &vhost,
         &db,
-        &["shred", "--org", &v, "--reason", "GDPR-1", "--token", token.trim()],
+        &[
+            "shred",
+            "--org",
+            &v,
+            "--reason",
+            "GDPR-1",
+            "--token",
+            token.trim(),
+        ],
     )
     .await;
     assert_eq!(code, Some(1), "{out}");
-    assert!(events(&out).iter().any(|e| e["event_type"] == "command_rejected"));
+    assert!(
+        events(&out)
+            .iter()
+            .any(|e| e["event_type"] == "command_rejected")
+    );
 
     // One subject, twice: requested, not performed.
     for _ in 0..2 {
-        let (code, out, err) =
-            run_as(&vhost, &db, "alice", &["shred", "--org", &v, "--reason", "GDPR-1"]).await;
+        let (code, out, err) = run_as(
+            &vhost,
+            &db,
+            "alice",
+            &["shred", "--org", &v, "--reason", "GDPR-1"],
+        )
+        .await;
         assert_eq!(code, Some(0), "{err}");
-        assert_eq!(event(&events(&out), "tenant_shred_requested")["event"]["requesters"], 1);
+        assert_eq!(
+            event(&events(&out), "tenant_shred_requested")["event"]["requesters"],
+            1
+        );
     }
-    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pf_tenant_keys WHERE organization_id = $1")
-        .bind(victim.as_uuid())
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pf_tenant_keys WHERE organization_id = $1")
+            .bind(victim.as_uuid())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(held, 2);
 
     // The second subject performs it, and gets the certificate.
@@ -216,7 +269,15 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
         &vhost,
         &db,
         "bob",
-        &["shred", "--org", &v, "--reason", "GDPR-1 confirmed", "--out", cert_dir.to_str().unwrap()],
+        &[
+            "shred",
+            "--org",
+            &v,
+            "--reason",
+            "GDPR-1 confirmed",
+            "--out",
+            cert_dir.to_str().unwrap(),
+        ],
     )
     .await;
     assert_eq!(code, Some(0), "{err}\n{out}");
@@ -226,11 +287,17 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
     assert_eq!(shredded["artifacts_affected"], 3);
     assert_eq!(shredded["organization_id"], v.as_str());
     assert_eq!(shredded["objects_remaining"], 0);
-    assert!(!out.contains("GDPR"), "the reason stays out of events: {out}");
+    assert!(
+        !out.contains("GDPR"),
+        "the reason stays out of events: {out}"
+    );
 
     // No key drfleet still holds (the master key, every row left) opens any of the copies.
     let mut ring_keys = every_held_key(&db).await;
-    assert!(!ring_keys.is_empty(), "the other organization's key remains");
+    assert!(
+        !ring_keys.is_empty(),
+        "the other organization's key remains"
+    );
     ring_keys.push(master_ring().master("k1").unwrap().clone());
     let current = ring_keys.remove(0);
     let everything = Keyring::new(current, ring_keys);
@@ -239,7 +306,9 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
             organization_id: victim.as_uuid(),
             backup_record_id: *record,
         };
-        let e = ArtifactReader::open(&bytes[..], &everything, binding).err().unwrap();
+        let e = ArtifactReader::open(&bytes[..], &everything, binding)
+            .err()
+            .unwrap();
         assert_eq!(e.code(), "ARTIFACT_UNKNOWN_KEY_ID", "{record}");
     }
     // Its objects are gone from the store (a file store: nothing is locked).
@@ -261,14 +330,24 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
     let rec = records[0].to_string();
     let (code, out, _) = run(&vhost, &db, &["restore", "--org", &v, "--backup", &rec]).await;
     assert_eq!(code, Some(1));
-    assert_eq!(event(&events(&out), "restore_failed")["event"]["error_code"], "KEY_DESTROYED");
+    assert_eq!(
+        event(&events(&out), "restore_failed")["event"]["error_code"],
+        "KEY_DESTROYED"
+    );
     let (code, out, _) = run(&vhost, &db, &["verify", "--org", &v, "--backup", &rec]).await;
     assert_eq!(code, Some(1));
-    assert_eq!(event(&events(&out), "verify_completed")["event"]["error_code"], "KEY_DESTROYED");
+    assert_eq!(
+        event(&events(&out), "verify_completed")["event"]["error_code"],
+        "KEY_DESTROYED"
+    );
 
     // The other organization restores byte for byte.
-    let (code, out, err) =
-        run(&vhost, &db, &["restore", "--org", &o, "--backup", &kept.to_string()]).await;
+    let (code, out, err) = run(
+        &vhost,
+        &db,
+        &["restore", "--org", &o, "--backup", &kept.to_string()],
+    )
+    .await;
     assert_eq!(code, Some(0), "{err}");
     let staging = event(&events(&out), "restore_completed")["event"]["staging_schema"]
         .as_str()
@@ -285,7 +364,11 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
                 .unwrap()
         }
     };
-    let live = digest("SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM items t WHERE organization_id = $1".into()).await;
+    let live = digest(
+        "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM items t WHERE organization_id = $1"
+            .into(),
+    )
+    .await;
     let restored = digest(format!(
         "SELECT md5(string_agg(t::text, '|' ORDER BY id)) FROM \"{staging}\".items t WHERE organization_id = $1"
     ))
@@ -295,11 +378,12 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
 
     // A new backup of the shredded organization starts a new key.
     backup(&vhost, &db, &v).await;
-    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pf_tenant_keys WHERE organization_id = $1")
-        .bind(victim.as_uuid())
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let held: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pf_tenant_keys WHERE organization_id = $1")
+            .bind(victim.as_uuid())
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(held, 1);
 
     // The certificate: both requesters, the destroyed key ids, the chain position; its
@@ -315,7 +399,10 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
         .collect();
     assert_eq!(subjects, ["alice", "alice", "bob"]);
     assert_eq!(cert["key_ids_destroyed"].as_array().unwrap().len(), 2);
-    assert!(cert["audit_chain"]["chain_hash"].as_str().unwrap().len() == 64, "{cert}");
+    assert!(
+        cert["audit_chain"]["chain_hash"].as_str().unwrap().len() == 64,
+        "{cert}"
+    );
     let sums = std::fs::read_to_string(cert_dir.join("SHA256SUMS")).unwrap();
     for line in sums.lines() {
         let (digest, name) = line.split_once("  ").unwrap();
@@ -325,6 +412,19 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
     }
     let (code, out, err) = run(&vhost, &db, &["audit", "verify"]).await;
     assert_eq!(code, Some(0), "{err}{out}");
+    // `evidence check` checks it against the chain; a changed byte fails it.
+    let dir = cert_dir.to_str().unwrap();
+    let (code, out, err) = run(&vhost, &db, &["evidence", "check", dir]).await;
+    assert_eq!(code, Some(0), "{err}{out}");
+    let mut tampered: serde_json::Value = cert.clone();
+    tampered["records_affected"] = 1.into();
+    std::fs::write(
+        cert_dir.join("certificate.json"),
+        serde_json::to_vec_pretty(&tampered).unwrap(),
+    )
+    .unwrap();
+    let (code, _, _) = run(&vhost, &db, &["evidence", "check", dir]).await;
+    assert_eq!(code, Some(1));
     let _ = std::fs::remove_dir_all(&cert_dir);
 
     shutdown.cancel();
@@ -356,7 +456,10 @@ async fn master_rotation_rewraps_tenant_keys_and_the_old_master_key_can_go() {
             .await
             .unwrap();
     let stored = std::fs::read(object_path(&db, &object_key)).unwrap();
-    let modified = std::fs::metadata(object_path(&db, &object_key)).unwrap().modified().unwrap();
+    let modified = std::fs::metadata(object_path(&db, &object_key))
+        .unwrap()
+        .modified()
+        .unwrap();
 
     // Rotation by a keys worker whose current key is k2 (k1 previous).
     let shutdown = CancellationToken::new();
@@ -380,15 +483,22 @@ async fn master_rotation_rewraps_tenant_keys_and_the_old_master_key_can_go() {
     assert_eq!(rotated["legacy_master_key_ids"], serde_json::json!([]));
     shutdown.cancel();
     worker.await.unwrap().unwrap();
-    let masters: Vec<String> = sqlx::query_scalar("SELECT DISTINCT master_key_id FROM pf_tenant_keys")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let masters: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT master_key_id FROM pf_tenant_keys")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(masters, ["k2"]);
     // The artifact was neither rewritten nor touched.
-    assert_eq!(std::fs::read(object_path(&db, &object_key)).unwrap(), stored);
     assert_eq!(
-        std::fs::metadata(object_path(&db, &object_key)).unwrap().modified().unwrap(),
+        std::fs::read(object_path(&db, &object_key)).unwrap(),
+        stored
+    );
+    assert_eq!(
+        std::fs::metadata(object_path(&db, &object_key))
+            .unwrap()
+            .modified()
+            .unwrap(),
         modified
     );
 
@@ -403,12 +513,20 @@ async fn master_rotation_rewraps_tenant_keys_and_the_old_master_key_can_go() {
     assert_eq!(code, Some(0), "{err}\n{out}");
     let (code, out, err) = run(&vhost, &db, &["restore", "--org", &o, "--backup", &rec]).await;
     assert_eq!(code, Some(0), "{err}\n{out}");
-    let (code, out, _) = run(&vhost, &db, &["keys", "list", "--org", &o, "--output", "json"]).await;
+    let (code, out, _) = run(
+        &vhost,
+        &db,
+        &["keys", "list", "--org", &o, "--output", "json"],
+    )
+    .await;
     assert_eq!(code, Some(0));
     let keys = events(&out);
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0]["master_key_id"], "k2");
-    assert!(!out.contains("wrapped"), "no key material: {out}");
+    assert!(
+        !out.contains("wrapped_key") && !out.contains("nonce"),
+        "no key material: {out}"
+    );
     shutdown.cancel();
     worker.await.unwrap().unwrap();
 }

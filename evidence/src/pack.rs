@@ -165,13 +165,13 @@ pub enum Verdict {
     Mismatch(String),
 }
 
-fn read(dir: &Path, name: &str) -> Result<Vec<u8>, Error> {
+pub(crate) fn read(dir: &Path, name: &str) -> Result<Vec<u8>, Error> {
     let path = dir.join(name);
     std::fs::read(&path).map_err(|e| Error::io(&path, e))
 }
 
 /// Check the digests of `SHA256SUMS` in `dir`; `required` names must be listed.
-fn check_sums(dir: &Path, required: &[&str]) -> Result<Result<(), String>, Error> {
+pub(crate) fn check_sums(dir: &Path, required: &[&str]) -> Result<Result<(), String>, Error> {
     let sums = match std::fs::read_to_string(dir.join(SHA256SUMS)) {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -212,10 +212,14 @@ fn check_sums(dir: &Path, required: &[&str]) -> Result<Result<(), String>, Error
     Ok(Ok(()))
 }
 
-/// Check a pack (a directory with `evidence.json`) or a fleet (with `fleet-summary.json`).
+/// Check a pack (a directory with `evidence.json`), a fleet (with `fleet-summary.json`) or a
+/// shred certificate (with `certificate.json`, [`crate::shred::check`]).
 pub async fn check(pool: &PgPool, dir: &Path) -> Result<Verdict, Error> {
     if dir.join(FLEET_SUMMARY).exists() {
         return check_fleet(pool, dir).await;
+    }
+    if dir.join(crate::shred::CERTIFICATE_JSON).exists() {
+        return crate::shred::check(pool, dir).await;
     }
     check_pack(pool, dir).await
 }
@@ -265,8 +269,25 @@ async fn check_pack(pool: &PgPool, dir: &Path) -> Result<Verdict, Error> {
             dir.display()
         )));
     }
-    let org = e.organization_id;
-    let (seq, hash) = (e.audit_chain.head_seq, &e.audit_chain.head_hash);
+    check_chain_position(
+        pool,
+        dir,
+        e.organization_id,
+        e.audit_chain.head_seq,
+        &e.audit_chain.head_hash,
+    )
+    .await
+}
+
+/// `hash` is the hash of position `seq` of `org`'s chain (0: the empty chain), and that chain
+/// verifies.
+pub(crate) async fn check_chain_position(
+    pool: &PgPool,
+    dir: &Path,
+    org: Uuid,
+    seq: i64,
+    hash: &str,
+) -> Result<Verdict, Error> {
     if seq > 0 {
         match drfleet_audit::hash_at(pool, org, seq).await? {
             None => {

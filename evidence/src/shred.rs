@@ -15,7 +15,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::Error;
-use crate::pack::{CHAIN_HEAD, SHA256SUMS};
+use crate::pack::{CHAIN_HEAD, SHA256SUMS, Verdict, check_chain_position, check_sums, read};
 
 pub const CERTIFICATE_JSON: &str = "certificate.json";
 /// `certificate.json`'s `format`.
@@ -125,13 +125,7 @@ pub fn write(dir: &Path, c: &ShredCertificate) -> Result<String, Error> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut json = serde_json::to_vec_pretty(c).expect("certificate serializes");
     json.push(b'\n');
-    let head = match &c.audit_chain {
-        Some(p) => format!(
-            "organization_id {}\nchain_seq {}\nchain_hash {}\n",
-            c.organization_id, p.chain_seq, p.chain_hash
-        ),
-        None => format!("organization_id {}\nchain_seq pending\n", c.organization_id),
-    };
+    let head = chain_head_text(c);
     let put = |name: &str, bytes: &[u8]| -> Result<String, Error> {
         let path = dir.join(name);
         std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
@@ -144,4 +138,54 @@ pub fn write(dir: &Path, c: &ShredCertificate) -> Result<String, Error> {
         format!("{cert}  {CERTIFICATE_JSON}\n{head}  {CHAIN_HEAD}\n").as_bytes(),
     )?;
     Ok(cert)
+}
+
+fn chain_head_text(c: &ShredCertificate) -> String {
+    match &c.audit_chain {
+        Some(p) => format!(
+            "organization_id {}\nchain_seq {}\nchain_hash {}\n",
+            c.organization_id, p.chain_seq, p.chain_hash
+        ),
+        None => format!("organization_id {}\nchain_seq pending\n", c.organization_id),
+    }
+}
+
+/// `drctl evidence check` of a certificate directory: the digests, CHAIN_HEAD against the
+/// certificate, the recorded position in the organization's intact chain, and that the shred
+/// is the one `pf_shreds` holds.
+pub async fn check(pool: &PgPool, dir: &Path) -> Result<Verdict, Error> {
+    if let Err(m) = check_sums(dir, &[CERTIFICATE_JSON, CHAIN_HEAD])? {
+        return Ok(Verdict::Mismatch(m));
+    }
+    let c: ShredCertificate = serde_json::from_slice(&read(dir, CERTIFICATE_JSON)?)
+        .map_err(|_| Error::BadPack(dir.join(CERTIFICATE_JSON).display().to_string()))?;
+    if read(dir, CHAIN_HEAD)? != chain_head_text(&c).as_bytes() {
+        return Ok(Verdict::Mismatch(format!(
+            "{}: CHAIN_HEAD does not match certificate.json",
+            dir.display()
+        )));
+    }
+    let Some(pos) = &c.audit_chain else {
+        return Ok(Verdict::Mismatch(format!(
+            "{}: the certificate has no audit-chain position (written before the audit sink stored the event)",
+            dir.display()
+        )));
+    };
+    let keys: Option<sqlx::types::Json<Vec<Uuid>>> = sqlx::query_scalar(
+        "SELECT key_ids FROM pf_shreds WHERE id = $1 AND organization_id = $2 AND event_id = $3",
+    )
+    .bind(c.shred_id)
+    .bind(c.organization_id)
+    .bind(pos.event_id)
+    .fetch_optional(pool)
+    .await?;
+    if keys.map(|k| k.0) != Some(c.key_ids_destroyed.clone()) {
+        return Ok(Verdict::Mismatch(format!(
+            "{}: shred {} of {} is not on record as the certificate says",
+            dir.display(),
+            c.shred_id,
+            c.organization_id
+        )));
+    }
+    check_chain_position(pool, dir, c.organization_id, pos.chain_seq, &pos.chain_hash).await
 }

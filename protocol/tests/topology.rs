@@ -39,6 +39,7 @@ fn command_kinds() {
             "dr.retention",
             "retention.*",
         ),
+        (CommandKind::Keys, "keys", "dr.keys", "keys.*"),
     ];
     assert_eq!(
         CommandKind::ALL.to_vec(),

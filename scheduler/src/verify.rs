@@ -49,11 +49,13 @@ pub async fn rotate(
     max_in_flight: u32,
     now: DateTime<Utc>,
 ) -> Result<VerifyReport, TickError> {
-    // Backups no longer retained, or whose policy no longer rotates, leave the rotation.
+    // Backups no longer retained (or crypto-shredded: nothing can read them), or whose policy
+    // no longer rotates, leave the rotation.
     let dropped = sqlx::query(
         "DELETE FROM pf_verify_rotation v \
           WHERE NOT EXISTS (SELECT 1 FROM pf_backup_records r \
-                             WHERE r.id = v.backup_record_id AND r.status = 'completed') \
+                             WHERE r.id = v.backup_record_id AND r.status = 'completed' \
+                               AND r.shredded_at IS NULL) \
              OR NOT EXISTS (SELECT 1 FROM pf_backup_policies p WHERE p.id = v.policy_id \
                              AND p.enabled AND p.verify_cycle_seconds IS NOT NULL)",
     )
@@ -70,6 +72,7 @@ pub async fn rotate(
                    FROM pf_backup_policies p \
                    JOIN pf_backup_records r \
                      ON r.policy_id = p.id::text AND r.status = 'completed' \
+                    AND r.shredded_at IS NULL \
                   WHERE p.enabled AND p.verify_cycle_seconds IS NOT NULL \
                  WINDOW w AS (PARTITION BY p.id ORDER BY r.completed_at DESC, r.id)) c \
           WHERE NOT EXISTS (SELECT 1 FROM pf_verify_rotation v \

@@ -75,6 +75,7 @@ impl Kind {
                    FROM pf_backup_policies p \
                    JOIN pf_backup_records r ON r.policy_id = p.id::text \
                   WHERE p.enabled AND r.status = 'completed' AND r.verify_status = 'failed' \
+                    AND r.shredded_at IS NULL \
                   ORDER BY p.id, r.last_verified_at DESC NULLS LAST"
             }
         }

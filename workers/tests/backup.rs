@@ -11,7 +11,9 @@ use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use common::*;
-use drfleet_artifact::{ArtifactBinding, ArtifactReader, Keyring, Manifest, MasterKey};
+use drfleet_artifact::{
+    ArtifactBinding, ArtifactReader, Keyring, Manifest, MasterKey, TenantKey, WrappedTenantKey,
+};
 use drfleet_infra::config::ObjectStoreLocation;
 use drfleet_protocol::OrganizationId;
 use drfleet_protocol::v1::event_envelope::Event;
@@ -130,7 +132,39 @@ async fn backup_and_check(env: &TestEnv, store_url: String, store: ArtifactStore
         organization_id: org.as_uuid(),
         backup_record_id: done.backup_record_id.parse().unwrap(),
     };
-    let mut reader = ArtifactReader::open(stored.as_slice(), &keyring(), binding).unwrap();
+    // The data key is wrapped by the organization's tenant key (format 2), itself stored wrapped
+    // by the master key.
+    assert_eq!(u16::from_be_bytes([stored[8], stored[9]]), 2);
+    let (key_id, sealed, nonce, master_key_id): (uuid::Uuid, Vec<u8>, Vec<u8>, String) =
+        sqlx::query_as(
+            "SELECT id, wrapped_key, wrap_nonce, master_key_id FROM pf_tenant_keys WHERE organization_id = $1",
+        )
+        .bind(org.as_uuid())
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(m.key_id, drfleet_artifact::tenant_key_id(key_id));
+    let tenant_key = TenantKey::unwrap(
+        &keyring(),
+        key_id,
+        org.as_uuid(),
+        &WrappedTenantKey {
+            nonce: nonce.try_into().unwrap(),
+            sealed: sealed.try_into().unwrap(),
+            master_key_id,
+        },
+    )
+    .unwrap();
+    let tenant_ring = Keyring::new(MasterKey::tenant(&tenant_key), vec![]);
+    assert_eq!(
+        ArtifactReader::open(stored.as_slice(), &keyring(), binding)
+            .err()
+            .unwrap()
+            .code(),
+        "ARTIFACT_UNKNOWN_KEY_ID",
+        "the master key alone does not open it"
+    );
+    let mut reader = ArtifactReader::open(stored.as_slice(), &tenant_ring, binding).unwrap();
     let mut conn = PgConnection::connect(&env.db_url).await.unwrap();
     let mut names = Vec::new();
     while let Some(header) = reader.next_table().unwrap() {

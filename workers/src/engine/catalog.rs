@@ -12,7 +12,7 @@ use crate::handler::JobError;
 
 /// drfleet's own tables. They carry `organization_id` too and, with the default
 /// DR_SOURCE_DATABASE_URL, live in the same database, so the `full` tier must skip them.
-pub const METADATA_TABLES: [&str; 15] = [
+pub const METADATA_TABLES: [&str; 19] = [
     "pf_backup_tiers",
     "pf_backup_policies",
     "pf_backup_records",
@@ -28,6 +28,11 @@ pub const METADATA_TABLES: [&str; 15] = [
     "pf_alerts",
     // The scheduler's verify rotation.
     "pf_verify_rotation",
+    // The key hierarchy: never in a tenant's backup (a backup must not carry its own key).
+    "pf_tenant_keys",
+    "pf_destroyed_tenant_keys",
+    "pf_shred_requests",
+    "pf_shreds",
     "_sqlx_migrations",
 ];
 

@@ -34,7 +34,8 @@ pub struct StoredKey {
 
 impl StoredKey {
     pub fn from_row(r: &sqlx::postgres::PgRow) -> Result<Self, JobError> {
-        let malformed = || JobError::permanent("TENANT_KEY_MALFORMED", "a stored tenant key is malformed");
+        let malformed =
+            || JobError::permanent("TENANT_KEY_MALFORMED", "a stored tenant key is malformed");
         let nonce: Vec<u8> = r.try_get("wrap_nonce")?;
         let sealed: Vec<u8> = r.try_get("wrapped_key")?;
         Ok(Self {
@@ -92,7 +93,11 @@ pub async fn active(conn: &mut PgConnection, org: Uuid) -> Result<Option<StoredK
 }
 
 /// One key row of the organization, whatever its state.
-pub async fn load(conn: &mut PgConnection, org: Uuid, id: Uuid) -> Result<Option<StoredKey>, JobError> {
+pub async fn load(
+    conn: &mut PgConnection,
+    org: Uuid,
+    id: Uuid,
+) -> Result<Option<StoredKey>, JobError> {
     let row = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM pf_tenant_keys WHERE id = $1 AND organization_id = $2"
     )))
@@ -128,12 +133,18 @@ pub async fn insert_active(
     .execute(&mut *conn)
     .await?;
     active(conn, org).await?.ok_or_else(|| {
-        JobError::transient("TENANT_KEY_RACE", "the organization's key changed; retrying")
+        JobError::transient(
+            "TENANT_KEY_RACE",
+            "the organization's key changed; retrying",
+        )
     })
 }
 
 fn rng_failed(_: ArtifactError) -> JobError {
-    JobError::transient("TENANT_KEY_GENERATION_FAILED", "a tenant key could not be generated")
+    JobError::transient(
+        "TENANT_KEY_GENERATION_FAILED",
+        "a tenant key could not be generated",
+    )
 }
 
 /// Why an artifact's key is gone.
@@ -148,19 +159,30 @@ impl RoleCtx {
     /// A keyring whose current key is the organization's active tenant key (created on first
     /// use): a new artifact's data key is wrapped by it (container format 2). Also returns the
     /// key's id, for the backup's completion check.
-    pub async fn writing_keyring(&self, meta: &PgPool, org: Uuid) -> Result<(Arc<Keyring>, Uuid), JobError> {
+    pub async fn writing_keyring(
+        &self,
+        meta: &PgPool,
+        org: Uuid,
+    ) -> Result<(Arc<Keyring>, Uuid), JobError> {
         let mut conn = meta.acquire().await?;
         let stored = match active(&mut conn, org).await? {
             Some(k) => k,
             None => insert_active(&mut conn, &self.keyring, org).await?,
         };
         let key = stored.open(&self.keyring)?;
-        Ok((Arc::new(Keyring::new(MasterKey::tenant(&key), vec![])), stored.id))
+        Ok((
+            Arc::new(Keyring::new(MasterKey::tenant(&key), vec![])),
+            stored.id,
+        ))
     }
 
     /// The keyring that opens the artifact `manifest` describes: its tenant key (format 2), or
     /// the master keyring (format 1). `KEY_DESTROYED` when the organization was shredded.
-    pub async fn reading_keyring(&self, meta: &PgPool, manifest: &Manifest) -> Result<Arc<Keyring>, JobError> {
+    pub async fn reading_keyring(
+        &self,
+        meta: &PgPool,
+        manifest: &Manifest,
+    ) -> Result<Arc<Keyring>, JobError> {
         let org = manifest.organization_id;
         let mut conn = meta.acquire().await?;
         let shredded: Option<bool> = sqlx::query_scalar(

@@ -105,6 +105,15 @@ impl VerifyHandler {
         if manifest.organization_id != org || manifest.backup_record_id != record_id {
             return Ok(Some(MANIFEST_MISMATCH));
         }
+        // The backup's key, for this job only: a destroyed (shredded) or missing tenant key is
+        // the verdict (before the objects: a shred deletes them too), not a retry.
+        let keyring = match self.ctx.reading_keyring(meta, &manifest).await {
+            Ok(k) => k,
+            Err(e) if e.code == "KEY_DESTROYED" => return Ok(Some("KEY_DESTROYED")),
+            Err(e) if e.code == "TENANT_KEY_MISSING" => return Ok(Some("TENANT_KEY_MISSING")),
+            Err(e) => return Err(e),
+        };
+
         let (Some(object_key), Some(manifest_key)) = (record.object_key, record.manifest_key)
         else {
             return Ok(Some("OBJECT_NOT_FOUND"));
@@ -122,15 +131,6 @@ impl VerifyHandler {
             Ok(_) => return Ok(Some(MANIFEST_MISMATCH)),
             Err(e) => return Ok(Some(e.code())),
         }
-
-        // The backup's key, for this job only: a destroyed (shredded) or missing tenant key is
-        // the verdict, not a retry.
-        let keyring = match self.ctx.reading_keyring(meta, &manifest).await {
-            Ok(k) => k,
-            Err(e) if e.code == "KEY_DESTROYED" => return Ok(Some("KEY_DESTROYED")),
-            Err(e) if e.code == "TENANT_KEY_MISSING" => return Ok(Some("TENANT_KEY_MISSING")),
-            Err(e) => return Err(e),
-        };
 
         // Stream the artifact through the reader.
         let mut stream = match self.ctx.store.get_stream(&akey).await {

@@ -51,10 +51,12 @@ pub async fn choose(
             .fetch_optional(&mut *conn)
             .await?
         }
+        // A crypto-shredded backup can no longer be read: LATEST and RANDOM choose among the
+        // others (RECORD names one and fails with KEY_DESTROYED).
         DrillSelection::Latest => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT r.id, r.tier, {SNAPSHOT} FROM pf_backup_records r \
-                  WHERE r.organization_id = $1 AND r.status = 'completed' \
+                  WHERE r.organization_id = $1 AND r.status = 'completed' AND r.shredded_at IS NULL \
                     AND ($2 = '' OR r.tier = $2) AND ($3::text IS NULL OR r.policy_id = $3) \
                   ORDER BY {SNAPSHOT} DESC, r.id DESC LIMIT 1"
             )))
@@ -68,7 +70,7 @@ pub async fn choose(
             // Uniform: every candidate gets an independent random sort key.
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT r.id, r.tier, {SNAPSHOT} FROM pf_backup_records r \
-                  WHERE r.organization_id = $1 AND r.status = 'completed' \
+                  WHERE r.organization_id = $1 AND r.status = 'completed' AND r.shredded_at IS NULL \
                     AND ($2 = '' OR r.tier = $2) AND ($3::text IS NULL OR r.policy_id = $3) \
                     AND {SNAPSHOT} >= $4 - make_interval(days => $5) AND {SNAPSHOT} <= $4 \
                   ORDER BY random() LIMIT 1"

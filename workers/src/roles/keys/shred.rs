@@ -67,12 +67,11 @@ pub(super) async fn run(role: &RoleCtx, ctx: &JobCtx) -> Result<(), JobError> {
         .await?;
     let (shred_id, keys_destroyed, records) = match done {
         Some(id) => {
-            let (k, r): (serde_json::Value, i32) = sqlx::query_as(
-                "SELECT key_ids, records_affected FROM pf_shreds WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
+            let (k, r): (serde_json::Value, i32) =
+                sqlx::query_as("SELECT key_ids, records_affected FROM pf_shreds WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
             tx.rollback().await?;
             (id, k.as_array().map_or(0, Vec::len) as u32, r as u32)
         }
@@ -83,9 +82,7 @@ pub(super) async fn run(role: &RoleCtx, ctx: &JobCtx) -> Result<(), JobError> {
             subjects.dedup();
             // This job's own request is among them (admission stored it), unless it aged out.
             if subjects.len() < 2 {
-                let expires_at = requests
-                    .first()
-                    .map_or_else(Utc::now, |r| r.requested_at)
+                let expires_at = requests.first().map_or_else(Utc::now, |r| r.requested_at)
                     + Duration::hours(REQUEST_WINDOW_HOURS);
                 let ev = job.event(Event::TenantShredRequested(v1::TenantShredRequested {
                     requesters: subjects.len() as u32,
@@ -96,7 +93,14 @@ pub(super) async fn run(role: &RoleCtx, ctx: &JobCtx) -> Result<(), JobError> {
                 tx.commit().await?;
                 return Ok(());
             }
-            let (keys, records) = destroy(&mut tx, job.id.as_uuid(), org, job.command_id.as_uuid(), &requests).await?;
+            let (keys, records) = destroy(
+                &mut tx,
+                job.id.as_uuid(),
+                org,
+                job.command_id.as_uuid(),
+                &requests,
+            )
+            .await?;
             tx.commit().await?;
             tracing::info!(keys, records, "organization crypto-shredded");
             (job.id.as_uuid(), keys, records)
@@ -237,12 +241,18 @@ async fn delete_objects(role: &RoleCtx, ctx: &JobCtx, org: Uuid) -> (u32, u32) {
             for key in objects {
                 match role.store.delete(&key).await {
                     Ok(()) => deleted += 1,
-                    Err(e) => tracing::warn!(code = e.code(), "an object of the shredded organization was not deleted"),
+                    Err(e) => tracing::warn!(
+                        code = e.code(),
+                        "an object of the shredded organization was not deleted"
+                    ),
                 }
                 ctx.progress.tick();
             }
         }
-        Err(e) => tracing::warn!(code = e.code(), "could not list the shredded organization's objects"),
+        Err(e) => tracing::warn!(
+            code = e.code(),
+            "could not list the shredded organization's objects"
+        ),
     }
     let remaining = match role.store.list(&prefix).await {
         Ok(left) => left.len() as u32,
