@@ -53,8 +53,9 @@ impl StoredKey {
     pub fn open(&self, masters: &Keyring) -> Result<TenantKey, JobError> {
         TenantKey::unwrap(masters, self.id, self.organization_id, &self.wrapped).map_err(|e| {
             match e {
+                // The artifact's codes: the key chain is part of opening the artifact.
                 ArtifactError::UnknownKeyId { .. } => JobError::permanent(
-                    "MASTER_KEY_MISSING",
+                    "ARTIFACT_UNKNOWN_KEY_ID",
                     format!(
                         "tenant key {} is wrapped by master key {}, which this worker does not have (DR_MASTER_KEY, DR_PREVIOUS_MASTER_KEYS)",
                         self.id,
@@ -62,7 +63,7 @@ impl StoredKey {
                     ),
                 ),
                 _ => JobError::permanent(
-                    "TENANT_KEY_UNWRAP_FAILED",
+                    "ARTIFACT_KEY_UNWRAP_FAILED",
                     format!(
                         "tenant key {} does not open with master key {}",
                         self.id,

@@ -71,6 +71,14 @@ struct Record {
     manifest: Option<serde_json::Value>,
 }
 
+/// Why the artifact's key cannot be had: verdicts about the backup, not job errors.
+const KEY_VERDICTS: [&str; 4] = [
+    "KEY_DESTROYED",
+    "TENANT_KEY_MISSING",
+    "ARTIFACT_UNKNOWN_KEY_ID",
+    "ARTIFACT_KEY_UNWRAP_FAILED",
+];
+
 /// `None`: verified. `Some(code)`: the artifact failed verification with that sanitized code.
 type Verdict = Option<&'static str>;
 
@@ -109,9 +117,12 @@ impl VerifyHandler {
         // the verdict (before the objects: a shred deletes them too), not a retry.
         let keyring = match self.ctx.reading_keyring(meta, &manifest).await {
             Ok(k) => k,
-            Err(e) if e.code == "KEY_DESTROYED" => return Ok(Some("KEY_DESTROYED")),
-            Err(e) if e.code == "TENANT_KEY_MISSING" => return Ok(Some("TENANT_KEY_MISSING")),
-            Err(e) => return Err(e),
+            Err(e) => {
+                return match KEY_VERDICTS.iter().find(|c| **c == e.code) {
+                    Some(code) => Ok(Some(code)),
+                    None => Err(e),
+                };
+            }
         };
 
         let (Some(object_key), Some(manifest_key)) = (record.object_key, record.manifest_key)
