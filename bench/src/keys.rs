@@ -21,6 +21,8 @@ use drfleet_protocol::{OrganizationId, v1};
 use super::{fresh_database, median, send, spawn_worker_env, wait_for};
 
 const OLD: [u8; 32] = [7; 32];
+/// A pf_tenant_keys row: id, organization, sealed key, nonce, master key id.
+type KeyRow = (Uuid, Uuid, Vec<u8>, Vec<u8>, String);
 const NEW: [u8; 32] = [9; 32];
 
 fn masters() -> Keyring {
@@ -61,7 +63,7 @@ async fn seed(conn: &mut PgConnection, tenants: u32) -> anyhow::Result<()> {
 /// The same re-wrap in process: read, unwrap + wrap, one UPDATE. Seconds.
 async fn floor(conn: &mut PgConnection) -> anyhow::Result<f64> {
     let t = Instant::now();
-    let rows: Vec<(Uuid, Uuid, Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+    let rows: Vec<KeyRow> = sqlx::query_as(
         "SELECT id, organization_id, wrapped_key, wrap_nonce, master_key_id FROM pf_tenant_keys",
     )
     .fetch_all(&mut *conn)

@@ -102,9 +102,12 @@ fn master_ring() -> Keyring {
     Keyring::new(MasterKey::new("k1", bytes), vec![])
 }
 
+/// A pf_tenant_keys row: id, organization, sealed key, nonce, master key id.
+type KeyRow = (uuid::Uuid, uuid::Uuid, Vec<u8>, Vec<u8>, String);
+
 /// Every tenant key left in pf_tenant_keys (any organization), unwrapped with the master key.
 async fn every_held_key(db: &TestDb) -> Vec<MasterKey> {
-    let rows: Vec<(uuid::Uuid, uuid::Uuid, Vec<u8>, Vec<u8>, String)> = sqlx::query_as(
+    let rows: Vec<KeyRow> = sqlx::query_as(
         "SELECT id, organization_id, wrapped_key, wrap_nonce, master_key_id FROM pf_tenant_keys",
     )
     .fetch_all(&db.pool)

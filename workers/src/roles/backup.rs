@@ -139,6 +139,8 @@ struct TenantSelect {
     root_row_missing: bool,
     /// What recreates the tables (the manifest's `schema`), read in the same snapshot.
     ddl: SchemaDdl,
+    /// The organization's tenant key: wraps the artifact's data key (this job only).
+    keyring: Arc<Keyring>,
 }
 
 impl BackupHandler {
@@ -170,7 +172,6 @@ impl BackupHandler {
         tables: &[TableInfo],
         snapshot_at: DateTime<Utc>,
         tenant: &TenantSelect,
-        keyring: Arc<Keyring>,
         progress: &Progress,
     ) -> Result<Exported, JobError> {
         let org = job.organization_id.as_uuid();
@@ -185,6 +186,7 @@ impl BackupHandler {
 
         let (piece_tx, mut piece_rx) = mpsc::channel::<Piece>(DEPTH);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(DEPTH);
+        let keyring = tenant.keyring.clone();
         let writer = tokio::task::spawn_blocking(
             move || -> Result<Manifest, drfleet_artifact::ArtifactError> {
                 let sink = ChannelSink {
@@ -489,8 +491,8 @@ impl JobHandler for BackupHandler {
                             org_lit,
                             root_row_missing,
                             ddl,
+                            keyring,
                         },
-                        keyring,
                         &ctx.progress,
                     )
                     .await?;
