@@ -199,7 +199,7 @@ async fn drive(
             rng.fork(100 + i as u64),
         )));
     }
-    let poison = tokio::spawn(workload::poison_lane(
+    let poison = tokio::spawn(crate::poison::poison_lane(
         ctx.clone(),
         orgs.clone(),
         rng.fork(3),
