@@ -609,4 +609,21 @@ mod tests {
         }
         assert!(valid_target_name("a_b-9") && !valid_target_name("") && !valid_target_name("a.b"));
     }
+
+    #[test]
+    fn pool_sizes_default_and_bounds() {
+        use clap::Parser as _;
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["drfleet-worker", "--role", "backup"];
+            args.extend_from_slice(extra);
+            WorkerCli::try_parse_from(args)
+        };
+        let cli = parse(&[]).unwrap();
+        assert_eq!((cli.database_pool_size, cli.tenant_pool_size), (16, 8));
+        let cli = parse(&["--database-pool-size", "4", "--tenant-pool-size", "1"]).unwrap();
+        assert_eq!((cli.database_pool_size, cli.tenant_pool_size), (4, 1));
+        // LISTEN keeps one metadata connection: fewer than 4 would starve the rest.
+        assert!(parse(&["--database-pool-size", "3"]).is_err());
+        assert!(parse(&["--tenant-pool-size", "0"]).is_err());
+    }
 }
