@@ -1,7 +1,8 @@
 //! The audit after settling, read from outside the workers: the metadata database (commands,
-//! jobs, records, the outbox, the audit sink's table and its hash chains), the source
-//! database (tenant rows, staging and scratch schemas), the object store listing, the dead
-//! letters and the harness's own ledger and event tap.
+//! jobs, records, drill reports, the outbox, the audit sink's table and its hash chains), the
+//! source database (tenant rows, staging and scratch schemas, the drill-write guard's notes),
+//! the drill target (scratch schemas), the object store listing, the dead letters and the
+//! harness's own ledger and event tap.
 
 use std::collections::{HashMap, HashSet};
 
@@ -16,6 +17,8 @@ use crate::workload::{Ledger, SUCCESS, TERMINAL};
 pub struct Inputs<'a> {
     pub meta: &'a PgPool,
     pub src: &'a PgPool,
+    /// The drill target database.
+    pub drill: &'a PgPool,
     pub store: &'a dyn object_store::ObjectStore,
     pub ledger: &'a Ledger,
     pub tenants: &'a [Tenant],
@@ -207,6 +210,7 @@ pub async fn audit(i: Inputs<'_>, f: &mut Figures) -> anyhow::Result<()> {
     .fetch_one(i.meta)
     .await? as u64;
     leaked_objects(i.meta, i.store, f).await?;
+    drills(&i, f).await?;
     let codes: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT event_type, coalesce(payload->>'error_code', payload->>'reason_code', payload->>'code', ''), count(*) \
          FROM pf_audit_events WHERE event_type LIKE '%\\_failed' OR event_type = 'command_rejected' GROUP BY 1, 2",
@@ -217,6 +221,154 @@ pub async fn audit(i: Inputs<'_>, f: &mut Figures) -> anyhow::Result<()> {
         .into_iter()
         .map(|(t, c, n)| (format!("{t} {c}"), n as u64))
         .collect();
+    Ok(())
+}
+
+/// A drill's report row as the audit reads it.
+struct DrillReport<'a> {
+    id: &'a str,
+    passed: Option<bool>,
+    error_code: Option<&'a str>,
+    finished: bool,
+}
+
+/// What is wrong between an accepted drill command's terminal event (type, payload) and
+/// its report, if anything. No event: the command is lost, and counted there.
+fn drill_report_problem(
+    outcome: Option<(&str, &serde_json::Value)>,
+    report: Option<&DrillReport<'_>>,
+) -> Option<&'static str> {
+    let (event, payload) = outcome?;
+    let Some(r) = report else {
+        return Some("an outcome without a report");
+    };
+    let field = |k: &str| payload.get(k).cloned();
+    if !r.finished {
+        Some("an outcome, the report unfinished")
+    } else if field("drill_report_id") != Some(r.id.into()) {
+        Some("the outcome names another report")
+    } else if event == "dr_drill_completed"
+        && (r.error_code.is_some() || r.passed.map(serde_json::Value::Bool) != field("passed"))
+    {
+        Some("completed, the report says otherwise")
+    } else if event == "dr_drill_failed"
+        && (r.passed != Some(false)
+            || r.error_code.map(serde_json::Value::from) != field("error_code"))
+    {
+        Some("failed, the report says otherwise")
+    } else {
+        None
+    }
+}
+
+/// Drills: every report agrees with its command's outcome, no scratch schema is left in the
+/// drill target but those kept on purpose, and no drill wrote the source.
+async fn drills(i: &Inputs<'_>, f: &mut Figures) -> anyhow::Result<()> {
+    let d = &mut f.drills;
+    d.published = i
+        .ledger
+        .sent
+        .lock()
+        .await
+        .values()
+        .filter(|s| s.valid && s.kind == "drill")
+        .count() as u64;
+    let count = |q: &'static str| async move {
+        sqlx::query_scalar::<_, i64>(q)
+            .fetch_one(i.meta)
+            .await
+            .map(|n| n as u64)
+    };
+    d.scheduled = count("SELECT count(*) FROM pf_schedule_slots WHERE kind = 'drill'").await?;
+    d.rejected =
+        count("SELECT count(*) FROM pf_commands WHERE kind = 'drill' AND outcome = 'rejected'")
+            .await?;
+    d.reports = count("SELECT count(*) FROM pf_dr_drill_reports").await?;
+    d.passed = count("SELECT count(*) FROM pf_dr_drill_reports WHERE passed AND finished_at IS NOT NULL AND error_code IS NULL").await?;
+    d.not_passed = count("SELECT count(*) FROM pf_dr_drill_reports WHERE NOT passed AND finished_at IS NOT NULL AND error_code IS NULL").await?;
+    d.failed =
+        count("SELECT count(*) FROM pf_dr_drill_reports WHERE error_code IS NOT NULL").await?;
+
+    // Each accepted drill's report against its terminal event; a report of no accepted
+    // command. (A drill without a terminal event is lost; two are duplicated: counted above.)
+    type Row = (
+        String,
+        bool,
+        Option<String>,
+        Option<serde_json::Value>,
+        Option<String>,
+        Option<bool>,
+        Option<String>,
+        bool,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT c.command_id::text, true, e.event_type, e.payload, r.id::text, r.passed, \
+                    r.error_code, r.finished_at IS NOT NULL \
+               FROM pf_commands c \
+               LEFT JOIN pf_dr_drill_reports r ON r.command_id = c.command_id \
+               LEFT JOIN pf_audit_events e ON e.causation_id = c.command_id::text \
+                    AND e.event_type IN ('dr_drill_completed', 'dr_drill_failed') \
+              WHERE c.kind = 'drill' AND c.outcome = 'accepted' \
+             UNION ALL \
+             SELECT r.command_id::text, false, NULL, NULL, r.id::text, r.passed, r.error_code, \
+                    r.finished_at IS NOT NULL \
+               FROM pf_dr_drill_reports r WHERE NOT EXISTS (SELECT 1 FROM pf_commands c \
+                    WHERE c.command_id = r.command_id AND c.outcome = 'accepted')",
+    )
+    .fetch_all(i.meta)
+    .await?;
+    let mut mismatched = Vec::new();
+    for (cmd, accepted, event, payload, id, passed, error_code, finished) in rows {
+        let outcome = event.as_deref().zip(payload.as_ref());
+        let report = id.as_deref().map(|id| DrillReport {
+            id,
+            passed,
+            error_code: error_code.as_deref(),
+            finished,
+        });
+        let problem = if accepted {
+            drill_report_problem(outcome, report.as_ref())
+        } else {
+            Some("a report of no accepted command")
+        };
+        if let Some(p) = problem {
+            mismatched.push(format!("{cmd}: {p}"));
+        }
+    }
+    mismatched.sort();
+    f.drill_reports_mismatched = mismatched.len() as u64;
+    f.drill_mismatch_examples = mismatched.into_iter().take(20).collect();
+
+    // Scratch schemas left in the target (a scratch schema and its `_parts` one count once),
+    // except those a drill keeps on purpose until its keep_until.
+    let kept: HashSet<String> = sqlx::query_scalar(
+        "SELECT scratch_schema FROM pf_dr_drill_reports WHERE scratch_schema IS NOT NULL \
+           AND scratch_dropped_at IS NULL AND keep_until > now()",
+    )
+    .fetch_all(i.meta)
+    .await?
+    .into_iter()
+    .collect();
+    let present: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'dr\\_drill\\_%' ORDER BY 1",
+    )
+    .fetch_all(i.drill)
+    .await?;
+    let present: std::collections::BTreeSet<String> = present
+        .into_iter()
+        .map(|n| n.strip_suffix("_parts").map_or(n.clone(), str::to_string))
+        .collect();
+    f.drills.scratch_kept = present.iter().filter(|n| kept.contains(*n)).count() as u64;
+    let leaked: Vec<String> = present.into_iter().filter(|n| !kept.contains(n)).collect();
+    f.leaked_scratch_schemas = leaked.len() as u64;
+    f.leaked_scratch_examples = leaked.into_iter().take(20).collect();
+
+    let writes = tenants::drill_writes(i.src).await?;
+    f.source_writes_by_drills = writes.len() as u64;
+    f.source_writes_examples = writes.into_iter().take(20).collect();
+    // A passed drill built its scratch copy: the target's guard must have seen that.
+    f.drills.ddl_seen_in_target = tenants::drill_writes(i.drill).await?.len() as u64;
+    f.drill_guard_blind = u64::from(f.drills.passed > 0 && f.drills.ddl_seen_in_target == 0);
     Ok(())
 }
 
@@ -291,4 +443,84 @@ pub async fn recovery(meta: &PgPool, faults: &mut [crate::faults::Injected]) -> 
             .map(|t| (*t - f.restored_at).num_milliseconds());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn report(passed: Option<bool>, error_code: Option<&str>, finished: bool) -> DrillReport<'_> {
+        DrillReport {
+            id: "r1",
+            passed,
+            error_code,
+            finished,
+        }
+    }
+
+    #[test]
+    fn a_drill_report_must_agree_with_its_outcome() {
+        let completed = json!({"drill_report_id": "r1", "passed": true});
+        let failed = json!({"drill_report_id": "r1", "error_code": "NO_BACKUP_TO_DRILL"});
+        let ok = |e, p: &serde_json::Value, r| drill_report_problem(Some((e, p)), Some(&r));
+        assert_eq!(
+            ok(
+                "dr_drill_completed",
+                &completed,
+                report(Some(true), None, true)
+            ),
+            None
+        );
+        assert_eq!(
+            ok(
+                "dr_drill_failed",
+                &failed,
+                report(Some(false), Some("NO_BACKUP_TO_DRILL"), true)
+            ),
+            None
+        );
+        // Disagreements.
+        assert!(
+            ok(
+                "dr_drill_completed",
+                &completed,
+                report(Some(false), None, true)
+            )
+            .is_some()
+        );
+        assert!(
+            ok(
+                "dr_drill_completed",
+                &completed,
+                report(Some(true), Some("X"), true)
+            )
+            .is_some()
+        );
+        assert!(ok("dr_drill_completed", &completed, report(None, None, false)).is_some());
+        assert!(
+            ok(
+                "dr_drill_failed",
+                &failed,
+                report(Some(false), Some("OTHER"), true)
+            )
+            .is_some()
+        );
+        let elsewhere = json!({"drill_report_id": "r2", "passed": true});
+        assert!(
+            ok(
+                "dr_drill_completed",
+                &elsewhere,
+                report(Some(true), None, true)
+            )
+            .is_some()
+        );
+        assert!(drill_report_problem(Some(("dr_drill_completed", &completed)), None).is_some());
+        // No outcome: lost, and counted there.
+        assert_eq!(
+            drill_report_problem(None, Some(&report(None, None, false))),
+            None
+        );
+        assert_eq!(drill_report_problem(None, None), None);
+    }
 }

@@ -35,8 +35,8 @@ pub struct Cli {
     #[arg(long, env = "DR_CHAOS_TENANTS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(20..=1000))]
     pub tenants: u32,
 
-    /// Worker processes of the backup and the restore role; verify, policy, retention and
-    /// audit get one less (at least one).
+    /// Worker processes of the backup, restore and drill roles; the light roles (verify,
+    /// policy, retention and audit, together in each process) get one less (at least one).
     #[arg(long, env = "DR_CHAOS_WORKERS_PER_ROLE", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub workers_per_role: u32,
 

@@ -24,6 +24,35 @@ use crate::proxy::Proxy;
 /// `application_name` of the harness's own connections: database faults spare them.
 pub const HARNESS_APP: &str = "drfleet-chaos";
 
+/// Name of the drill target in the drill workers' DR_RESTORE_TARGETS (and DR_DRILL_TARGET).
+pub const DRILL_TARGET: &str = "drill";
+/// A second name the drill workers know, for the source database itself: a drill naming it
+/// must be refused (a poison message does).
+pub const SOURCE_ALIAS_TARGET: &str = "source";
+
+/// Startup option on every connection of a drill worker to the source or the drill target:
+/// `-c chaos.writer=drill`, read by the source's guard triggers ([`crate::tenants`]).
+const DRILL_MARK: &str = "options=-c%20chaos.writer%3Ddrill";
+
+/// `url` (without a query) with the drill marking.
+fn marked(url: &str) -> String {
+    format!("{url}?{DRILL_MARK}")
+}
+
+/// What a drill worker adds to the common worker env: its restore targets (the drill
+/// database, and the source under another name, which it must refuse), its default target,
+/// and its source URL, all marked.
+fn drill_worker_env(target_url: &str, src_url: &str) -> Vec<(String, String)> {
+    vec![
+        (
+            "DR_RESTORE_TARGETS".into(),
+            format!("{DRILL_TARGET}={target_url},{SOURCE_ALIAS_TARGET}={src_url}"),
+        ),
+        ("DR_DRILL_TARGET".into(), DRILL_TARGET.into()),
+        ("DR_SOURCE_DATABASE_URL".into(), src_url.into()),
+    ]
+}
+
 pub struct Services {
     pub run_id: String,
     pub run_dir: PathBuf,
@@ -32,12 +61,20 @@ pub struct Services {
     pub admin_url: String,
     pub meta_db: String,
     pub src_db: String,
+    /// The drill workers' restore target (DR_DRILL_TARGET): drills' scratch schemas go here.
+    pub drill_db: String,
     /// The harness's own (direct) connections.
     pub meta: PgPool,
     pub src: PgPool,
+    pub drill: PgPool,
     /// What the workers use: through the PostgreSQL proxy.
     pub worker_meta_url: String,
     pub worker_src_url: String,
+    /// The drill target and the source as the drill workers reach them: through the proxy,
+    /// every connection marked (`chaos.writer=drill`) so the source's guard can tell a
+    /// drill's write from anybody else's.
+    pub drill_target_url: String,
+    pub drill_src_url: String,
     pub pg_proxy: Proxy,
     pub s3_proxy: Proxy,
     pub moto: tokio::sync::Mutex<Child>,
@@ -134,11 +171,12 @@ impl Services {
         let mut admin = PgConnection::connect(&cli.pg_admin_url)
             .await
             .context("PostgreSQL admin connection")?;
-        let (meta_db, src_db) = (
+        let (meta_db, src_db, drill_db) = (
             format!("drchaos_{run_id}_meta"),
             format!("drchaos_{run_id}_src"),
+            format!("drchaos_{run_id}_drill"),
         );
-        for db in [&meta_db, &src_db] {
+        for db in [&meta_db, &src_db, &drill_db] {
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
                 .execute(&mut admin)
                 .await?;
@@ -152,14 +190,19 @@ impl Services {
             format!("{scheme_user}@{host}/{db}")
         };
         let direct = format!("{}:{}", admin_opts.get_host(), admin_opts.get_port());
-        let meta = harness_pool(&url_for(&direct, &meta_db), 8).await?;
-        let src = harness_pool(&url_for(&direct, &src_db), 8).await?;
+        // Small pools: PostgreSQL's 100 connections are shared with the fleet (and with
+        // whoever else uses the server); the lanes' polls are short queries.
+        let meta = harness_pool(&url_for(&direct, &meta_db), 4).await?;
+        let src = harness_pool(&url_for(&direct, &src_db), 2).await?;
+        let drill = harness_pool(&url_for(&direct, &drill_db), 1).await?;
         drfleet_infra::db::migrate(&meta)
             .await
             .context("migrating the run's metadata database")?;
         let pg_proxy = Proxy::start(pg_target, stop.child_token()).await?;
         let worker_meta_url = url_for(&pg_proxy.addr.to_string(), &meta_db);
         let worker_src_url = url_for(&pg_proxy.addr.to_string(), &src_db);
+        let drill_target_url = marked(&url_for(&pg_proxy.addr.to_string(), &drill_db));
+        let drill_src_url = marked(&worker_src_url);
 
         // moto keeps its objects in memory: it is frozen (SIGSTOP) rather than restarted, and
         // "stopped" is the proxy refusing connections (see faults).
@@ -214,10 +257,14 @@ impl Services {
             admin_url: cli.pg_admin_url.clone(),
             meta_db,
             src_db,
+            drill_db,
             meta,
             src,
+            drill,
             worker_meta_url,
             worker_src_url,
+            drill_target_url,
+            drill_src_url,
             pg_proxy,
             s3_proxy,
             moto: tokio::sync::Mutex::new(moto),
@@ -255,14 +302,23 @@ impl Services {
             ("DR_JOB_STALL_SECS", "120".into()),
             ("DR_SHUTDOWN_GRACE_SECS", "5".into()),
             ("DR_STAGING_TTL", "10m".into()),
-            // One job per role per process: a fleet of ~10 processes stays well within
-            // PostgreSQL's default 100 connections (each worker pools up to 16 + 8).
+            // One job per role per process, and small pools: PostgreSQL's 100 connections
+            // are shared by the fleet, the harness and whoever else uses the server. Four
+            // metadata connections: LISTEN holds one, the runners, intake and relay share
+            // the rest; two to each tenant database (a restore's checks read two ways).
             ("DR_JOB_CONCURRENCY", "1".into()),
+            ("DR_DATABASE_POOL_SIZE", "4".into()),
+            ("DR_TENANT_POOL_SIZE", "2".into()),
             ("DR_LOG_FORMAT", "text".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect()
+    }
+
+    /// What a drill worker adds to [`Self::worker_env`] (see [`drill_worker_env`]).
+    pub fn drill_env(&self) -> Vec<(String, String)> {
+        drill_worker_env(&self.drill_target_url, &self.drill_src_url)
     }
 
     pub fn scheduler_env(&self) -> Vec<(String, String)> {
@@ -293,10 +349,11 @@ impl Services {
         }
         self.meta.close().await;
         self.src.close().await;
+        self.drill.close().await;
         if keep {
             eprintln!(
-                "drfleet-chaos: kept vhost {} and databases {} {}",
-                self.vhost, self.meta_db, self.src_db
+                "drfleet-chaos: kept vhost {} and databases {} {} {}",
+                self.vhost, self.meta_db, self.src_db, self.drill_db
             );
             return;
         }
@@ -305,7 +362,7 @@ impl Services {
         }
         match PgConnection::connect(&self.admin_url).await {
             Ok(mut admin) => {
-                for db in [&self.meta_db, &self.src_db] {
+                for db in [&self.meta_db, &self.src_db, &self.drill_db] {
                     let q = format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)");
                     if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(q))
                         .execute(&mut admin)
@@ -316,6 +373,43 @@ impl Services {
                 }
             }
             Err(e) => eprintln!("drfleet-chaos: cleanup: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drfleet_workers::config;
+
+    #[test]
+    fn drill_workers_refuse_the_source_alias_and_mark_their_sessions() {
+        let proxy = "postgres://postgres@127.0.0.1:6123";
+        let env: std::collections::HashMap<String, String> = drill_worker_env(
+            &marked(&format!("{proxy}/run_drill")),
+            &marked(&format!("{proxy}/run_src")),
+        )
+        .into_iter()
+        .collect();
+        // As the worker reads its settings.
+        let targets = config::restore_targets(&env["DR_RESTORE_TARGETS"]).unwrap();
+        assert_eq!(
+            targets.keys().collect::<Vec<_>>(),
+            [DRILL_TARGET, SOURCE_ALIAS_TARGET]
+        );
+        let source = drfleet_infra::config::Secret::new(env["DR_SOURCE_DATABASE_URL"].clone());
+        let refused = config::same_database_targets(&targets, &source);
+        assert_eq!(
+            refused.into_iter().collect::<Vec<_>>(),
+            [SOURCE_ALIAS_TARGET]
+        );
+        assert_eq!(
+            config::drill_target(Some(&env["DR_DRILL_TARGET"]), &targets).unwrap(),
+            Some(DRILL_TARGET.to_string())
+        );
+        for url in [targets[DRILL_TARGET].expose(), source.expose()] {
+            let opts: PgConnectOptions = url.parse().unwrap();
+            assert_eq!(opts.get_options(), Some("-c chaos.writer=drill"), "{url}");
         }
     }
 }

@@ -13,7 +13,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::env::{HARNESS_APP, Services, rabbitmqctl};
-use crate::procs::{Fleet, Kind};
+use crate::procs::{Fleet, Kind, WORKER_ROLES};
 use crate::proxy::Mode;
 use crate::rng::Rng;
 
@@ -28,6 +28,9 @@ pub enum FaultKind {
     KillScheduler,
     /// SIGKILL the restore worker holding a running PROMOTE's lease.
     KillMidPromote,
+    /// SIGKILL the drill worker holding a running drill's lease (its scratch schema half
+    /// built, or its report not yet recorded).
+    KillMidDrill,
     /// `rabbitmqctl close_all_connections` for the run's vhost.
     CloseConnections,
     /// `rabbitmqctl stop_app` … `start_app` (only with --broker-restart).
@@ -51,6 +54,7 @@ impl FaultKind {
         FaultKind::KillWorker,
         FaultKind::KillScheduler,
         FaultKind::KillMidPromote,
+        FaultKind::KillMidDrill,
         FaultKind::CloseConnections,
         FaultKind::BrokerRestart,
         FaultKind::PgTerminate,
@@ -66,6 +70,7 @@ impl FaultKind {
             FaultKind::KillWorker => "kill-worker",
             FaultKind::KillScheduler => "kill-scheduler",
             FaultKind::KillMidPromote => "kill-mid-promote",
+            FaultKind::KillMidDrill => "kill-mid-drill",
             FaultKind::CloseConnections => "close-connections",
             FaultKind::BrokerRestart => "broker-restart",
             FaultKind::PgTerminate => "pg-terminate",
@@ -102,15 +107,6 @@ pub struct Injector {
     /// Restarts of killed processes still pending.
     pub pending: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
-
-const WORKER_ROLES: &[&str] = &[
-    "backup",
-    "restore",
-    "verify",
-    "policy",
-    "retention",
-    "audit",
-];
 
 impl Injector {
     /// Inject faults until `stop`; every kind comes round in a shuffled cycle, so a short run
@@ -170,8 +166,14 @@ impl Injector {
                 };
                 return Ok(self.kill_and_restart(kind, name, rng, at).await);
             }
-            FaultKind::KillMidPromote => {
-                let Some(owner) = self.running_promote_owner().await? else {
+            FaultKind::KillMidPromote | FaultKind::KillMidDrill => {
+                let owner = if kind == FaultKind::KillMidPromote {
+                    self.running_owner("restore", "AND spec->>'mode' = 'promote'")
+                        .await?
+                } else {
+                    self.running_owner("drill", "").await?
+                };
+                let Some(owner) = owner else {
                     return Ok(None);
                 };
                 let name = Fleet::owner_name(&owner).to_string();
@@ -208,7 +210,7 @@ impl Injector {
                     "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                      WHERE datname = ANY($1) AND application_name <> $2 AND pid <> pg_backend_pid()) t",
                 )
-                .bind(vec![s.meta_db.clone(), s.src_db.clone()])
+                .bind(vec![s.meta_db.clone(), s.src_db.clone(), s.drill_db.clone()])
                 .bind(HARNESS_APP)
                 .fetch_one(&s.meta)
                 .await?;
@@ -298,16 +300,23 @@ impl Injector {
         .await?)
     }
 
-    /// The lease owner of a running PROMOTE, waiting up to ~8 s for one.
-    async fn running_promote_owner(&self) -> anyhow::Result<Option<String>> {
+    /// The lease owner of a running job of `kind` (and `extra` condition: a constant),
+    /// waiting up to ~8 s for one.
+    async fn running_owner(
+        &self,
+        kind: &str,
+        extra: &'static str,
+    ) -> anyhow::Result<Option<String>> {
+        let sql = format!(
+            "SELECT lease_owner FROM pf_jobs WHERE state = 'running' AND kind = $1 {extra} \
+             AND lease_owner IS NOT NULL AND lease_expires_at > now() \
+             ORDER BY started_at DESC LIMIT 1"
+        );
         for _ in 0..40 {
-            let owner: Option<String> = sqlx::query_scalar(
-                "SELECT lease_owner FROM pf_jobs WHERE state = 'running' AND kind = 'restore' \
-                 AND spec->>'mode' = 'promote' AND lease_owner IS NOT NULL \
-                 AND lease_expires_at > now() ORDER BY started_at DESC LIMIT 1",
-            )
-            .fetch_optional(&self.services.meta)
-            .await?;
+            let owner: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+                .bind(kind)
+                .fetch_optional(&self.services.meta)
+                .await?;
             if owner.is_some() {
                 return Ok(owner);
             }

@@ -14,7 +14,8 @@
 //! - [`procs`]: the fleet of processes (kill, restart, stop);
 //! - [`tenants`]: schema, data, versions and digests of the tenants' rows;
 //! - [`bus`]: publishing that survives cuts, the event tap, the dead letters;
-//! - [`workload`]: tenant lanes (including the torn-promotion check), poison, policies;
+//! - [`workload`]: tenant lanes (including the torn-promotion check and drills), policies;
+//! - [`poison`]: messages the workers must refuse;
 //! - [`faults`]: the fault kinds and the injector;
 //! - [`audit`]: lost, duplicated, events vs sink, chains, tenants, leftovers, recovery;
 //! - [`report`]: figures, table, JSON.
@@ -24,6 +25,7 @@ pub mod bus;
 pub mod cli;
 pub mod env;
 pub mod faults;
+pub mod poison;
 pub mod procs;
 pub mod proxy;
 pub mod report;

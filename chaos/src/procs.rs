@@ -14,23 +14,23 @@ use tokio::sync::Mutex;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
-    /// A worker with this `--role`.
+    /// A worker with this `DR_ROLE` (one role, or several comma-separated).
     Worker(&'static str),
     Scheduler,
 }
 
-impl Kind {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Kind::Worker(r) => r,
-            Kind::Scheduler => "scheduler",
-        }
-    }
-}
+/// The light roles share their processes: a worker process holds about four metadata
+/// connections whatever it runs, and PostgreSQL's 100 are shared with others.
+pub const LIGHT_ROLES: &str = "verify,policy,retention,audit";
+
+/// The worker processes' `DR_ROLE`s (what `kill-worker` picks from).
+pub const WORKER_ROLES: &[&str] = &["backup", "restore", "drill", LIGHT_ROLES];
 
 struct Proc {
     name: String,
     kind: Kind,
+    /// Set after the fleet's common env (a drill worker's targets).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     starts: u32,
 }
@@ -71,11 +71,17 @@ impl Fleet {
         })
     }
 
-    /// Add a process and start it.
-    pub async fn add(&self, name: &str, kind: Kind) -> anyhow::Result<()> {
+    /// Add a process and start it; `env` comes on top of the fleet's env for its kind.
+    pub async fn add(
+        &self,
+        name: &str,
+        kind: Kind,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<()> {
         let mut p = Proc {
             name: name.into(),
             kind,
+            env,
             child: None,
             starts: 0,
         };
@@ -108,6 +114,7 @@ impl Fleet {
                 c
             }
         };
+        cmd.envs(p.env.iter().cloned());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

@@ -22,6 +22,13 @@ pub struct Figures {
     pub tenants_changed: u64,
     pub leftover_staging_schemas: u64,
     pub leftover_scratch_schemas: u64,
+    pub leaked_scratch_schemas: u64,
+    pub source_writes_by_drills: u64,
+    /// 1 when drills built scratch copies but the drill target's guard saw none of their
+    /// DDL: the marking of drill sessions did not reach them, so the source's guard was
+    /// blind.
+    pub drill_guard_blind: u64,
+    pub drill_reports_mismatched: u64,
     pub leaked_objects: u64,
     pub unfinished_jobs: u64,
     pub poison_accepted: u64,
@@ -37,6 +44,7 @@ pub struct Figures {
     pub poison_published: u64,
     pub promotes: u64,
     pub promotes_completed: u64,
+    pub drills: DrillFigures,
     pub dead_lettered_at_delivery_limit: u64,
     pub events_published: u64,
     pub events_stored: u64,
@@ -58,6 +66,32 @@ pub struct Figures {
     pub tenants_changed_ids: Vec<String>,
     pub leaked_examples: Vec<String>,
     pub stray_examples: Vec<String>,
+    pub leaked_scratch_examples: Vec<String>,
+    pub source_writes_examples: Vec<String>,
+    pub drill_mismatch_examples: Vec<String>,
+}
+
+/// DR drills: commands and what their reports (`pf_dr_drill_reports`) say.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct DrillFigures {
+    /// Drill commands the harness published (valid ones; poison drills are counted as poison).
+    pub published: u64,
+    /// Drill slots the schedulers published.
+    pub scheduled: u64,
+    /// Drill commands the intake refused (`command_rejected`).
+    pub rejected: u64,
+    /// Report rows: one per accepted drill command.
+    pub reports: u64,
+    /// Completed and passed / completed and not passed (a check, an assertion or an
+    /// objective failed) / could not run (`dr_drill_failed`).
+    pub passed: u64,
+    pub not_passed: u64,
+    pub failed: u64,
+    /// Scratch schemas kept on purpose (`keep_hours`) and not yet due.
+    pub scratch_kept: u64,
+    /// DDL statements of drill sessions in the drill target (their scratch copies): proof
+    /// that the source's guard would see theirs.
+    pub ddl_seen_in_target: u64,
 }
 
 impl Figures {
@@ -74,6 +108,10 @@ impl Figures {
             ("tenants_changed", self.tenants_changed),
             ("leftover_staging_schemas", self.leftover_staging_schemas),
             ("leftover_scratch_schemas", self.leftover_scratch_schemas),
+            ("leaked_scratch_schemas", self.leaked_scratch_schemas),
+            ("source_writes_by_drills", self.source_writes_by_drills),
+            ("drill_guard_blind", self.drill_guard_blind),
+            ("drill_reports_mismatched", self.drill_reports_mismatched),
             ("leaked_objects", self.leaked_objects),
             ("unfinished_jobs", self.unfinished_jobs),
             ("poison_accepted", self.poison_accepted),
@@ -171,6 +209,18 @@ impl Report {
             ("  poison messages", f.poison_published),
             ("  promotions (completed)", f.promotes_completed),
             ("  promotions (all)", f.promotes),
+            ("drills published (harness)", f.drills.published),
+            ("  published by schedulers", f.drills.scheduled),
+            ("  refused by the intake", f.drills.rejected),
+            ("  reports", f.drills.reports),
+            ("  passed", f.drills.passed),
+            ("  completed, not passed", f.drills.not_passed),
+            ("  could not run (dr_drill_failed)", f.drills.failed),
+            ("  scratch schemas kept (keep_hours)", f.drills.scratch_kept),
+            (
+                "  their DDL seen by the target's guard",
+                f.drills.ddl_seen_in_target,
+            ),
             ("events published (tap)", f.events_published),
             ("events stored (audit sink)", f.events_stored),
             ("chain rows verified", f.chain_rows_verified),
@@ -230,6 +280,12 @@ impl Report {
             ("duplicated", &f.duplicated_examples),
             ("tenants changed", &f.tenants_changed_ids),
             ("leaked objects", &f.leaked_examples),
+            ("leaked scratch schemas", &f.leaked_scratch_examples),
+            ("source writes by drills", &f.source_writes_examples),
+            (
+                "drill reports that disagree with their outcome",
+                &f.drill_mismatch_examples,
+            ),
             (
                 "stray attempt objects (not counted as leaked: removed when the record expires, \
                  or after DR_RETENTION_ORPHAN_GRACE if it failed; never for a manual backup)",

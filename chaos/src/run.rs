@@ -14,7 +14,7 @@ use crate::bus::{self, Bus};
 use crate::cli::{Cli, Plan};
 use crate::env::{Services, rabbitmqctl};
 use crate::faults::Injector;
-use crate::procs::{Fleet, Kind};
+use crate::procs::{Fleet, Kind, LIGHT_ROLES};
 use crate::proxy::Mode;
 use crate::report::{Figures, Report, summarize};
 use crate::rng::Rng;
@@ -74,8 +74,9 @@ async fn drive(
     let mut rng = Rng::new(plan.seed);
     let started = Instant::now();
 
-    // Tenants.
-    tenants::create_schema(&s.src).await?;
+    // Tenants, and the guard that notes any write of a drill in the source.
+    tenants::create_schema(&s.src, &s.drill).await?;
+    tenants::check_guard(&s.src, &s.drill_src_url).await?;
     // The harness waits on events by command id; an index of its own keeps that cheap.
     sqlx::query(
         "CREATE INDEX IF NOT EXISTS chaos_audit_causation ON pf_audit_events (causation_id)",
@@ -97,6 +98,7 @@ async fn drive(
             alternative: None,
             backups: Vec::new(),
             kept_stagings: Vec::new(),
+            policy: None,
         });
     }
     let orgs: Vec<Uuid> = tenants_v.iter().map(|t| t.org).collect();
@@ -126,23 +128,27 @@ async fn drive(
         s.scheduler_env(),
     )?);
     let per = cli.workers_per_role;
-    for (role, count) in [
-        ("backup", per),
-        ("restore", per),
-        ("verify", per.saturating_sub(1).max(1)),
-        ("policy", per.saturating_sub(1).max(1)),
-        ("retention", per.saturating_sub(1).max(1)),
-        ("audit", per.saturating_sub(1).max(1)),
+    for (name, role, count) in [
+        ("backup", "backup", per),
+        ("restore", "restore", per),
+        ("drill", "drill", per),
+        ("light", LIGHT_ROLES, per.saturating_sub(1).max(1)),
     ] {
+        let env = match name {
+            "drill" => s.drill_env(),
+            // Four roles' intakes, the verify runner and the audit sink share its pool.
+            "light" => vec![("DR_DATABASE_POOL_SIZE".to_string(), "6".to_string())],
+            _ => Vec::new(),
+        };
         for i in 1..=count {
             fleet
-                .add(&format!("{role}-{i}"), Kind::Worker(role))
+                .add(&format!("{name}-{i}"), Kind::Worker(role), env.clone())
                 .await?;
         }
     }
     for i in 1..=cli.schedulers {
         fleet
-            .add(&format!("scheduler-{i}"), Kind::Scheduler)
+            .add(&format!("scheduler-{i}"), Kind::Scheduler, Vec::new())
             .await?;
     }
     let reaper_stop = CancellationToken::new();
@@ -175,9 +181,13 @@ async fn drive(
     });
     let mut prng = rng.fork(2);
     let policies = workload::policies(&ctx, &orgs, &mut prng).await?;
+    for t in &mut tenants_v {
+        t.policy = policies.iter().find(|(o, _)| *o == t.org).map(|(_, p)| *p);
+    }
     println!(
-        "drfleet-chaos: {} tenants seeded, {policies} policies set, fleet up; workload and faults start",
-        orgs.len()
+        "drfleet-chaos: {} tenants seeded, {} policies set, fleet up; workload and faults start",
+        orgs.len(),
+        policies.len()
     );
 
     let workload_started = Instant::now();
@@ -189,7 +199,7 @@ async fn drive(
             rng.fork(100 + i as u64),
         )));
     }
-    let poison = tokio::spawn(workload::poison_lane(
+    let poison = tokio::spawn(crate::poison::poison_lane(
         ctx.clone(),
         orgs.clone(),
         rng.fork(3),
@@ -292,6 +302,7 @@ async fn drive(
         crate::audit::Inputs {
             meta: &s.meta,
             src: &s.src,
+            drill: &s.drill,
             store: s.store.as_ref(),
             ledger: &ledger,
             tenants: &tenants_v,
@@ -375,8 +386,9 @@ async fn drive(
 }
 
 /// Wait until nothing is left to do: no queued or running job, the outbox drained, every
-/// command the harness or a scheduler published (and every accepted one) finished, and the
-/// run's queues empty. False if the deadline passed first.
+/// command the harness or a scheduler published (and every accepted one) finished, no
+/// drill's scratch schema waiting for the sweeper (a drop that failed; kept ones are not
+/// due), and the run's queues empty. False if the deadline passed first.
 async fn wait_quiet(
     s: &Services,
     ledger: &Ledger,
@@ -398,7 +410,9 @@ async fn wait_quiet(
                   + (SELECT count(*) FROM (SELECT command_id FROM pf_commands WHERE outcome = 'accepted' \
                        UNION SELECT command_id FROM pf_schedule_slots UNION SELECT unnest($1::uuid[])) c \
                      WHERE NOT EXISTS (SELECT 1 FROM pf_audit_events e WHERE e.causation_id = c.command_id::text \
-                       AND e.event_type = ANY($2)))",
+                       AND e.event_type = ANY($2))) \
+                  + (SELECT count(*) FROM pf_dr_drill_reports WHERE scratch_schema IS NOT NULL \
+                       AND scratch_dropped_at IS NULL AND (keep_until IS NULL OR keep_until <= now()))",
         )
         .bind(&valid)
         .bind(&terminal)

@@ -61,9 +61,83 @@ impl Default for Ids {
     }
 }
 
-pub async fn create_schema(src: &PgPool) -> sqlx::Result<()> {
+/// The guard: a drill never writes the source database, not even rows equal to what is
+/// there (which no digest would see). Every connection of a drill worker carries
+/// `chaos.writer=drill`; a statement trigger on each table and an event trigger for DDL note
+/// any write or schema change such a session makes, whatever it writes and whether or not
+/// it is undone later. The DDL trigger fires ALWAYS (even under
+/// `session_replication_role = replica`); the table triggers keep the default, since a
+/// promotion refuses tables with ALWAYS triggers (PROMOTE_TRIGGERS_WOULD_FIRE). The log
+/// lives in its own schema, outside the tenant tables. The drill target gets the DDL part
+/// too: there, the drills' own scratch schemas show the marking reaches their sessions.
+const GUARD_DDL: &str = r#"
+CREATE SCHEMA chaos;
+CREATE TABLE chaos.drill_writes (at timestamptz NOT NULL DEFAULT clock_timestamp(), what text NOT NULL);
+CREATE FUNCTION chaos.note_drill_write() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_setting('chaos.writer', true) = 'drill' THEN
+    INSERT INTO chaos.drill_writes (what) VALUES (TG_OP || ' ' || TG_TABLE_NAME);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE FUNCTION chaos.note_drill_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF current_setting('chaos.writer', true) = 'drill' THEN
+    INSERT INTO chaos.drill_writes (what) VALUES (tg_tag);
+  END IF;
+END $$;
+CREATE EVENT TRIGGER chaos_drill_ddl ON ddl_command_end EXECUTE FUNCTION chaos.note_drill_ddl();
+ALTER EVENT TRIGGER chaos_drill_ddl ENABLE ALWAYS;
+"#;
+const GUARD_TABLES: &str = r#"
+CREATE TRIGGER chaos_drill_write AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON customers
+  FOR EACH STATEMENT EXECUTE FUNCTION chaos.note_drill_write();
+CREATE TRIGGER chaos_drill_write AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON orders
+  FOR EACH STATEMENT EXECUTE FUNCTION chaos.note_drill_write();
+CREATE TRIGGER chaos_drill_write AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON order_lines
+  FOR EACH STATEMENT EXECUTE FUNCTION chaos.note_drill_write();
+CREATE TRIGGER chaos_drill_write AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON global_settings
+  FOR EACH STATEMENT EXECUTE FUNCTION chaos.note_drill_write();
+"#;
+
+/// The tenants' tables and the guard in the source; the guard's DDL part in the drill target.
+pub async fn create_schema(src: &PgPool, drill_target: &PgPool) -> sqlx::Result<()> {
     sqlx::raw_sql(DDL).execute(src).await?;
+    sqlx::raw_sql(GUARD_DDL).execute(src).await?;
+    sqlx::raw_sql(GUARD_TABLES).execute(src).await?;
+    sqlx::raw_sql(GUARD_DDL).execute(drill_target).await?;
     Ok(())
+}
+
+/// Prove the guard sees what it must (so a 0 means something): a marked session's no-op
+/// write and a DDL statement are both noted, an unmarked session's are not. `marked_url`
+/// reaches the source as a drill worker does. The notes are removed afterwards.
+pub async fn check_guard(src: &PgPool, marked_url: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let noop = "UPDATE global_settings SET v = v WHERE false";
+    let ddl = "CREATE TEMP TABLE chaos_guard_probe (x int)";
+    sqlx::query(noop).execute(src).await?;
+    let mut marked = sqlx::PgConnection::connect(marked_url).await?;
+    sqlx::query(noop).execute(&mut marked).await?;
+    sqlx::query(ddl).execute(&mut marked).await?;
+    let _ = marked.close().await;
+    let noted: Vec<String> = sqlx::query_scalar(
+        "WITH d AS (DELETE FROM chaos.drill_writes RETURNING what) SELECT what FROM d ORDER BY 1",
+    )
+    .fetch_all(src)
+    .await?;
+    anyhow::ensure!(
+        noted == ["CREATE TABLE", "UPDATE global_settings"],
+        "the source's drill-write guard does not work as intended (noted {noted:?})"
+    );
+    Ok(())
+}
+
+/// What drill sessions wrote (the guard's notes) in `db`.
+pub async fn drill_writes(db: &PgPool) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar("SELECT at::text || ' ' || what FROM chaos.drill_writes ORDER BY at")
+        .fetch_all(db)
+        .await
 }
 
 /// Sizes (customers) of `n` tenants: mostly small, some medium, a few large.
@@ -208,4 +282,6 @@ pub struct Tenant {
     pub backups: Vec<(Uuid, String)>,
     /// Completed STAGING restores that keep a schema (restore job ids).
     pub kept_stagings: Vec<Uuid>,
+    /// The tenant's policy, if it has one (drills may name it).
+    pub policy: Option<Uuid>,
 }

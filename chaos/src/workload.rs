@@ -1,9 +1,10 @@
 //! The workload: one lane per tenant (manual backups, verifies, staging restores and
-//! discards, promote cycles that check for torn promotions, data changes), a lane of poison
-//! messages, and the policies whose seconds schedules make the scheduler publish backups,
-//! verifies and retention sweeps. Every command goes through the shared building and
-//! publishing code (`drfleet_protocol::command::envelope`, `drfleet_infra::amqp::publish_command`,
-//! `TokenMinter`), and is written to the [`Ledger`] before it is published.
+//! discards, promote cycles that check for torn promotions, DR drills, data changes), and
+//! the policies whose seconds schedules make the scheduler publish backups, verifies, drills
+//! and retention sweeps (the poison lane is [`crate::poison`]). Every command goes through
+//! the shared building and publishing code (`drfleet_protocol::command::envelope`,
+//! `drfleet_infra::amqp::publish_command`, `TokenMinter`), and is written to the [`Ledger`]
+//! before it is published.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use drfleet_infra::auth::TokenMinter;
 use drfleet_protocol::v1::{self, command_envelope::Command};
 
 use crate::bus::Bus;
+use crate::env::DRILL_TARGET;
 use crate::rng::Rng;
 use crate::tenants::{self, Ids, Tenant};
 
@@ -35,6 +37,7 @@ pub const TERMINAL: &[&str] = &[
     "retention_completed",
     "retention_failed",
     "dr_drill_completed",
+    "dr_drill_failed",
     "backup_hold_changed",
     "command_rejected",
 ];
@@ -104,7 +107,7 @@ pub struct Outcome {
     pub payload: serde_json::Value,
 }
 
-fn perms(kind: &str) -> Vec<String> {
+pub(crate) fn perms(kind: &str) -> Vec<String> {
     let p: &[&str] = match kind {
         "backup" => &["pf.backup.create"],
         "promote" => &["pf.backup.restore", "pf.backup.promote"],
@@ -240,6 +243,45 @@ fn restore_body(record: Uuid, mode: v1::RestoreMode) -> Command {
     })
 }
 
+/// A drill's body: LATEST, RANDOM_WITHIN_WINDOW or RECORD (of a completed backup the lane
+/// knows), sometimes against the tenant's policy (its objectives and assertions, and its
+/// backups to choose from), sometimes naming the target rather than relying on
+/// DR_DRILL_TARGET, now and then keeping the scratch schema an hour.
+fn drill_body(t: &Tenant, rng: &mut Rng) -> Command {
+    let record = rng.pick(&t.backups).map(|(r, _)| *r);
+    let (selection, record, window_days) = match (rng.range(0, 2), record) {
+        (1, _) => (
+            v1::DrillSelection::RandomWithinWindow,
+            None,
+            rng.range(1, 30) as u32,
+        ),
+        (2, Some(r)) => (v1::DrillSelection::Record, Some(r), 0),
+        _ => (v1::DrillSelection::Latest, None, 0),
+    };
+    Command::Drill(v1::DrillCommand {
+        backup_record_id: record.map(|r| r.to_string()).unwrap_or_default(),
+        tier: if rng.chance(50) {
+            "full".into()
+        } else {
+            String::new()
+        },
+        selection: selection as i32,
+        window_days,
+        target: if rng.chance(25) {
+            DRILL_TARGET.into()
+        } else {
+            String::new()
+        },
+        keep_hours: u32::from(rng.chance(8)),
+        policy_id: t
+            .policy
+            .filter(|_| rng.chance(50))
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        scheduled_for: None,
+    })
+}
+
 pub fn discard_body(restore_job: Uuid) -> Command {
     Command::StagingDiscard(v1::StagingDiscardCommand {
         restore_job_id: restore_job.to_string(),
@@ -258,10 +300,10 @@ pub async fn lane(ctx: Arc<Ctx>, mut t: Tenant, mut rng: Rng) -> anyhow::Result<
     while !ctx.stop.is_cancelled() {
         let r = rng.range(0, 99);
         match r {
-            0..=21 => {
+            0..=19 => {
                 backup(&ctx, &mut t, &mut rng).await?;
             }
-            22..=35 => match rng.pick(&t.backups).cloned() {
+            20..=31 => match rng.pick(&t.backups).cloned() {
                 Some((rec, _)) => {
                     let env = ctx.envelope(
                         t.org,
@@ -276,7 +318,7 @@ pub async fn lane(ctx: Arc<Ctx>, mut t: Tenant, mut rng: Rng) -> anyhow::Result<
                     backup(&ctx, &mut t, &mut rng).await?;
                 }
             },
-            36..=49 => match rng.pick(&t.backups).cloned() {
+            32..=43 => match rng.pick(&t.backups).cloned() {
                 Some((rec, _)) => {
                     let env = ctx.envelope(
                         t.org,
@@ -294,8 +336,12 @@ pub async fn lane(ctx: Arc<Ctx>, mut t: Tenant, mut rng: Rng) -> anyhow::Result<
                     backup(&ctx, &mut t, &mut rng).await?;
                 }
             },
-            50..=74 => promote_cycle(&ctx, &mut t, &mut rng).await?,
-            75..=86 if !t.kept_stagings.is_empty() => {
+            44..=65 => promote_cycle(&ctx, &mut t, &mut rng).await?,
+            66..=76 => {
+                let env = ctx.envelope(t.org, "drill", drill_body(&t, &mut rng));
+                ctx.run("drill", env, &mut rng).await?;
+            }
+            77..=88 if !t.kept_stagings.is_empty() => {
                 let i = rng.range(0, t.kept_stagings.len() as u64 - 1) as usize;
                 let job = t.kept_stagings.swap_remove(i);
                 let env = ctx.envelope(t.org, "discard", discard_body(job));
@@ -398,93 +444,40 @@ async fn promote_cycle(ctx: &Ctx, t: &mut Tenant, rng: &mut Rng) -> anyhow::Resu
     Ok(())
 }
 
-/// Poison: garbage bytes, bad tokens (wrong key, another organization, a missing permission),
-/// a routing key that lies, and a used command id with other content (CONFLICT).
-pub async fn poison_lane(ctx: Arc<Ctx>, orgs: Vec<Uuid>, mut rng: Rng) -> anyhow::Result<()> {
-    let forged = TokenMinter::from_secret("not-the-workers-secret-0123456789abcdef")
-        .expect("long enough secret");
-    while !ctx.stop.is_cancelled() {
-        let org = *rng.pick(&orgs).expect("tenants");
-        // Another tenant's token (never the same one: that would be a valid command).
-        let i = orgs.iter().position(|o| *o == org).unwrap_or(0);
-        let other = orgs[(i + 1 + rng.range(0, orgs.len() as u64 - 2) as usize) % orgs.len()];
-        let mut env = ctx.envelope(org, "backup", backup_body("poison"));
-        let id = Uuid::parse_str(&env.command_id)?;
-        let mut key = format!("backup.{org}");
-        let mut body = None;
-        let mut rejections = 1;
-        match rng.range(0, 5) {
-            0 => {
-                let n = rng.range(1, 300) as usize;
-                body = Some((0..n).map(|_| rng.next_u64() as u8).collect::<Vec<u8>>());
-                rejections = 0; // no readable command id to hang the event on
-            }
-            1 => {
-                env.actor_token = forged
-                    .mint("intruder", org, &perms("backup"), 600)
-                    .expect("mint")
-            }
-            2 => env.actor_token = ctx.token(other, &perms("backup")),
-            3 => env.actor_token = ctx.token(org, &perms("verify")),
-            // A backup envelope routed to the restore queue: refused (INVALID_ARGUMENT).
-            4 => key = format!("restore.{org}"),
-            _ => {
-                let reuse = { ctx.ledger.finished.lock().await.last().cloned() };
-                match reuse {
-                    Some((used, mut prior)) => {
-                        // Same id, other content: CONFLICT, the recorded command untouched.
-                        prior.correlation_id = format!("poison-{}", rng.next_u64());
-                        prior.command = Some(backup_body("conflicting content"));
-                        let o = Uuid::parse_str(&prior.organization_id)?;
-                        prior.actor_token = ctx.token(o, &perms("backup"));
-                        if let Some(s) = ctx.ledger.sent.lock().await.get_mut(&used) {
-                            s.rejections_allowed += 1;
-                        }
-                        ctx.ledger
-                            .poison_published
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        ctx.bus.publish(&prior).await?;
-                        tokio::time::sleep(rng.millis(200, 1200)).await;
-                        continue;
-                    }
-                    None => env.actor_token = "not.a.jwt".into(),
-                }
-            }
-        }
-        ctx.ledger.sent.lock().await.insert(
-            id,
-            Sent {
-                kind: "poison",
-                org,
-                valid: false,
-                copies: 1,
-                rejections_allowed: rejections,
-            },
-        );
-        ctx.ledger
-            .poison_published
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let bytes = body.unwrap_or_else(|| prost::Message::encode_to_vec(&env));
-        // Sometimes twice: a refused message delivered again causes no second event.
-        let copies = if rng.chance(20) { 2 } else { 1 };
-        for _ in 0..copies {
-            ctx.bus.publish_raw(&key, &bytes, &env.command_id).await?;
-        }
-        tokio::select! {
-            _ = ctx.stop.cancelled() => {}
-            _ = tokio::time::sleep(rng.millis(200, 1200)) => {}
-        }
-    }
-    Ok(())
-}
-
 /// Give a third of the tenants a policy: backups every 10 s, keep the last 3, verify every
-/// retained backup each minute. The scheduler then publishes backups, verifies and retention
-/// sweeps on its own.
-pub async fn policies(ctx: &Ctx, orgs: &[Uuid], rng: &mut Rng) -> anyhow::Result<u32> {
-    let mut n = 0;
-    for org in orgs.iter().step_by(3) {
+/// retained backup each minute; every other one also a drill every 20 s, with objectives and
+/// assertions on its scratch copy (one of them fails once the tenant's rows have changed, so
+/// drills that do not pass come up too). The scheduler then publishes backups, verifies,
+/// drills and retention sweeps on its own. Returns each policy's (organization, id).
+pub async fn policies(
+    ctx: &Ctx,
+    orgs: &[Uuid],
+    rng: &mut Rng,
+) -> anyhow::Result<Vec<(Uuid, Uuid)>> {
+    let assertion = |name: &str, sql: &str| v1::DrillAssertion {
+        name: name.into(),
+        sql: sql.into(),
+    };
+    for (i, org) in orgs.iter().step_by(3).enumerate() {
         let offset = rng.range(0, 9);
+        let drills = i % 2 == 0;
+        let mut assertions = Vec::new();
+        if drills {
+            assertions.push(assertion(
+                "lines_have_orders",
+                "SELECT l.order_id FROM order_lines l LEFT JOIN orders o ON o.id = l.order_id WHERE o.id IS NULL",
+            ));
+            assertions.push(assertion(
+                "positive_quantities",
+                "SELECT 1 FROM order_lines WHERE qty <= 0",
+            ));
+            if i % 4 == 2 {
+                assertions.push(assertion(
+                    "never_changed",
+                    "SELECT id FROM customers WHERE doc->>'added' IS NOT NULL",
+                ));
+            }
+        }
         let env = ctx.envelope(
             *org,
             "policy",
@@ -495,23 +488,28 @@ pub async fn policies(ctx: &Ctx, orgs: &[Uuid], rng: &mut Rng) -> anyhow::Result
                     tier: "full".into(),
                     schedule: format!("{offset}/10 * * * * *"),
                     timezone: String::new(),
-                    rpo_seconds: 0,
-                    rto_seconds: 0,
+                    rpo_seconds: if drills { 3600 } else { 0 },
+                    rto_seconds: if drills { 600 } else { 0 },
                     retention: Some(v1::RetentionRules {
                         keep_last: 3,
                         ..Default::default()
                     }),
                     verify_cycle_seconds: 60,
-                    drill_schedule: String::new(),
+                    drill_schedule: if drills {
+                        format!("{}/20 * * * * *", rng.range(0, 19))
+                    } else {
+                        String::new()
+                    },
                     disabled: false,
-                    drill_assertions: Vec::new(),
+                    drill_assertions: assertions,
                 }),
             }),
         );
-        let out = ctx.run("policy", env, rng).await?;
-        if out.is_some_and(|o| o.event_type == "policy_updated") {
-            n += 1;
-        }
+        ctx.run("policy", env, rng).await?;
     }
-    Ok(n)
+    let ids: Vec<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT organization_id, id FROM pf_backup_policies WHERE enabled")
+            .fetch_all(&ctx.meta)
+            .await?;
+    Ok(ids)
 }

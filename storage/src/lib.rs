@@ -193,16 +193,34 @@ impl ArtifactStore {
     }
 
     /// Write a small object only if nothing is at `key` (manifests: never overwritten).
+    /// Finding exactly `body` there already counts as written: the S3 client resends a put
+    /// whose connection closed before the answer came, and that retry finds what the first
+    /// one stored. Any other bytes are `AlreadyExists`.
     pub async fn put_create(&self, key: &Path, body: Bytes) -> Result<(), StorageError> {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..Default::default()
         };
-        self.inner
-            .put_opts(key, PutPayload::from_bytes(body), opts)
+        match self
+            .inner
+            .put_opts(key, PutPayload::from_bytes(body.clone()), opts)
             .await
-            .map_err(|e| classify("put", e))?;
-        Ok(())
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = classify("put", e);
+                if err.kind != StorageErrorKind::AlreadyExists {
+                    return Err(err);
+                }
+                let stored = self.get_bytes(key).await?;
+                if stored == body {
+                    tracing::debug!("create-only put found its own bytes (a retried put)");
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
     }
 
     /// Whole object (small objects only: manifests).

@@ -67,8 +67,13 @@ async fn suite(store: ArtifactStore) {
         .unwrap();
     assert_eq!(got.concat(), expected);
 
-    // Create-only put: a second put to the same key is refused and the first stays.
+    // Create-only put: a second put to the same key is refused and the first stays; the
+    // same bytes again (a retried put) count as written.
     let mkey = keys::manifest(org, rec, 1);
+    store
+        .put_create(&mkey, Bytes::from_static(b"{\"v\":1}"))
+        .await
+        .unwrap();
     store
         .put_create(&mkey, Bytes::from_static(b"{\"v\":1}"))
         .await

@@ -164,6 +164,16 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_JOB_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub job_concurrency: u16,
 
+    /// Most connections this process holds to the metadata database (its pool). Lower it
+    /// when many processes share one PostgreSQL (e.g. its default 100 connections).
+    #[arg(long, env = "DR_DATABASE_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(4..=256))]
+    pub database_pool_size: u32,
+
+    /// Most connections this process holds to the source database, and to each restore
+    /// target (a restore's or drill's checks read in parallel up to this many).
+    #[arg(long, env = "DR_TENANT_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub tenant_pool_size: u32,
+
     /// COPY text (MiB) per loading transaction of a large table in a restore: each committed
     /// segment is read back and checked while the next one loads.
     #[arg(long, env = "DR_RESTORE_SEGMENT_MIB", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65536))]
@@ -236,6 +246,10 @@ pub struct WorkerConfig {
     pub http_addr: SocketAddr,
     pub log_format: LogFormat,
     pub job_concurrency: usize,
+    /// DR_DATABASE_POOL_SIZE.
+    pub database_pool_size: u32,
+    /// DR_TENANT_POOL_SIZE.
+    pub tenant_pool_size: u32,
     pub job_lease: Duration,
     /// DR_JOB_STALL_SECS.
     pub job_stall: Duration,
@@ -370,6 +384,8 @@ impl WorkerConfig {
             http_addr: cfg::socket_addr("DR_HTTP_ADDR", &cli.http_addr)?,
             log_format: cli.log.format()?,
             job_concurrency: cli.job_concurrency as usize,
+            database_pool_size: cli.database_pool_size,
+            tenant_pool_size: cli.tenant_pool_size,
             job_lease: Duration::from_secs(cli.job_lease_secs),
             job_stall: Duration::from_secs(cli.job_stall_secs),
             restore_segment_bytes: (cli.restore_segment_mib as usize) << 20,
@@ -592,5 +608,22 @@ mod tests {
             assert!(!line.contains("SECRETPW") && !line.contains("@h"), "{line}");
         }
         assert!(valid_target_name("a_b-9") && !valid_target_name("") && !valid_target_name("a.b"));
+    }
+
+    #[test]
+    fn pool_sizes_default_and_bounds() {
+        use clap::Parser as _;
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["drfleet-worker", "--role", "backup"];
+            args.extend_from_slice(extra);
+            WorkerCli::try_parse_from(args)
+        };
+        let cli = parse(&[]).unwrap();
+        assert_eq!((cli.database_pool_size, cli.tenant_pool_size), (16, 8));
+        let cli = parse(&["--database-pool-size", "4", "--tenant-pool-size", "1"]).unwrap();
+        assert_eq!((cli.database_pool_size, cli.tenant_pool_size), (4, 1));
+        // LISTEN keeps one metadata connection: fewer than 4 would starve the rest.
+        assert!(parse(&["--database-pool-size", "3"]).is_err());
+        assert!(parse(&["--tenant-pool-size", "0"]).is_err());
     }
 }

@@ -96,7 +96,7 @@ pub async fn run_with_handlers(
         database_url: &config.database_url,
         amqp_url: &config.amqp_url,
         app: "drfleet-worker",
-        pool_size: 16,
+        pool_size: config.database_pool_size,
     };
     let Some(Started {
         service,

@@ -126,11 +126,15 @@ impl RoleCtx {
                 .map(|(id, k)| MasterKey::new(id.clone(), *k.expose()))
                 .collect(),
         );
-        let source = source_pool(config, "drfleet-worker-source", 8)?;
+        let source = source_pool(config, "drfleet-worker-source", config.tenant_pool_size)?;
         let mut targets = std::collections::BTreeMap::new();
         for (name, url) in &config.restore_targets {
-            let pool = lazy_pool(url.expose(), "drfleet-worker-target", 8)
-                .map_err(|_| RunError::Role("DR_RESTORE_TARGETS is invalid".into()))?;
+            let pool = lazy_pool(
+                url.expose(),
+                "drfleet-worker-target",
+                config.tenant_pool_size,
+            )
+            .map_err(|_| RunError::Role("DR_RESTORE_TARGETS is invalid".into()))?;
             targets.insert(name.clone(), pool);
         }
         let store = ArtifactStore::open(&config.object_store)
