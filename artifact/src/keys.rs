@@ -234,24 +234,8 @@ impl DataKey {
         organization_id: Uuid,
         backup_record_id: Uuid,
     ) -> Result<WrappedKey, ArtifactError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| ArtifactError::InvalidState {
-            detail: "system random number generator failed",
-        })?;
         let aad = dek_aad(master.scope, organization_id, backup_record_id, master.id());
-        let mut sealed = [0u8; WRAPPED_KEY_LEN];
-        sealed[..KEY_LEN].copy_from_slice(self.raw.as_ref());
-        let tag = master
-            .aead_key()
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad),
-                &mut sealed[..KEY_LEN],
-            )
-            .map_err(|_| ArtifactError::InvalidState {
-                detail: "data key wrapping failed",
-            })?;
-        sealed[KEY_LEN..].copy_from_slice(tag.as_ref());
+        let (nonce, sealed) = seal_key(master, &aad, &self.raw, "data key wrapping failed")?;
         Ok(WrappedKey { nonce, sealed })
     }
 
@@ -265,26 +249,14 @@ impl DataKey {
         backup_record_id: Uuid,
     ) -> Result<Self, ArtifactError> {
         let aad = dek_aad(scope, organization_id, backup_record_id, key_id);
-        let mut found = false;
-        for master in keyring.candidates(key_id, scope) {
-            found = true;
-            let mut buf = Zeroizing::new(wrapped.sealed);
-            if let Ok(plain) = master.aead_key().open_in_place(
-                Nonce::assume_unique_for_key(wrapped.nonce),
-                Aad::from(&aad),
-                buf.as_mut(),
-            ) {
-                let mut raw = Zeroizing::new([0u8; KEY_LEN]);
-                raw.copy_from_slice(plain);
-                return Ok(Self::from_bytes(raw));
-            }
-        }
-        let key_id = printable_key_id(key_id);
-        if found {
-            Err(ArtifactError::KeyUnwrapFailed { key_id })
-        } else {
-            Err(ArtifactError::UnknownKeyId { key_id })
-        }
+        let raw = open_key(
+            keyring.candidates(key_id, scope),
+            key_id,
+            &wrapped.nonce,
+            &wrapped.sealed,
+            &aad,
+        )?;
+        Ok(Self::from_bytes(raw))
     }
 }
 
@@ -370,24 +342,8 @@ impl TenantKey {
                 detail: "tenant keys are wrapped by a master key",
             });
         }
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| ArtifactError::InvalidState {
-            detail: "system random number generator failed",
-        })?;
         let aad = kek_aad(self.organization_id, self.id, master.id());
-        let mut sealed = [0u8; WRAPPED_KEY_LEN];
-        sealed[..KEY_LEN].copy_from_slice(self.bytes.as_ref());
-        let tag = master
-            .aead_key()
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(&aad),
-                &mut sealed[..KEY_LEN],
-            )
-            .map_err(|_| ArtifactError::InvalidState {
-                detail: "tenant key wrapping failed",
-            })?;
-        sealed[KEY_LEN..].copy_from_slice(tag.as_ref());
+        let (nonce, sealed) = seal_key(master, &aad, &self.bytes, "tenant key wrapping failed")?;
         Ok(WrappedTenantKey {
             nonce,
             sealed,
@@ -403,31 +359,75 @@ impl TenantKey {
         wrapped: &WrappedTenantKey,
     ) -> Result<Self, ArtifactError> {
         let aad = kek_aad(organization_id, id, &wrapped.master_key_id);
-        let mut found = false;
-        for master in keyring.candidates(&wrapped.master_key_id, KeyScope::Master) {
-            found = true;
-            let mut buf = Zeroizing::new(wrapped.sealed);
-            if let Ok(plain) = master.aead_key().open_in_place(
-                Nonce::assume_unique_for_key(wrapped.nonce),
-                Aad::from(&aad),
-                buf.as_mut(),
-            ) {
-                let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-                bytes.copy_from_slice(plain);
-                return Ok(Self {
-                    id,
-                    organization_id,
-                    bytes,
-                });
-            }
-        }
-        let key_id = printable_key_id(&wrapped.master_key_id);
-        if found {
-            Err(ArtifactError::KeyUnwrapFailed { key_id })
-        } else {
-            Err(ArtifactError::UnknownKeyId { key_id })
+        let bytes = open_key(
+            keyring.candidates(&wrapped.master_key_id, KeyScope::Master),
+            &wrapped.master_key_id,
+            &wrapped.nonce,
+            &wrapped.sealed,
+            &aad,
+        )?;
+        Ok(Self {
+            id,
+            organization_id,
+            bytes,
+        })
+    }
+}
+
+/// Seals a 32-byte key under `wrapping` with a fresh random nonce: (nonce, ciphertext ‖ tag).
+fn seal_key(
+    wrapping: &MasterKey,
+    aad: &[u8],
+    raw: &[u8; KEY_LEN],
+    failed: &'static str,
+) -> Result<([u8; NONCE_LEN], [u8; WRAPPED_KEY_LEN]), ArtifactError> {
+    let mut nonce = [0u8; NONCE_LEN];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| ArtifactError::InvalidState {
+        detail: "system random number generator failed",
+    })?;
+    let mut sealed = [0u8; WRAPPED_KEY_LEN];
+    sealed[..KEY_LEN].copy_from_slice(raw);
+    let tag = wrapping
+        .aead_key()
+        .seal_in_place_separate_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut sealed[..KEY_LEN],
+        )
+        .map_err(|_| ArtifactError::InvalidState { detail: failed })?;
+    sealed[KEY_LEN..].copy_from_slice(tag.as_ref());
+    Ok((nonce, sealed))
+}
+
+/// Opens a sealed key with the first of `candidates` (keys named `key_id`) that authenticates
+/// it. None of them → `KeyUnwrapFailed`; no candidate at all → `UnknownKeyId`.
+fn open_key<'a>(
+    candidates: impl Iterator<Item = &'a MasterKey>,
+    key_id: &str,
+    nonce: &[u8; NONCE_LEN],
+    sealed: &[u8; WRAPPED_KEY_LEN],
+    aad: &[u8],
+) -> Result<Zeroizing<[u8; KEY_LEN]>, ArtifactError> {
+    let mut found = false;
+    for key in candidates {
+        found = true;
+        let mut buf = Zeroizing::new(*sealed);
+        if let Ok(plain) = key.aead_key().open_in_place(
+            Nonce::assume_unique_for_key(*nonce),
+            Aad::from(aad),
+            buf.as_mut(),
+        ) {
+            let mut raw = Zeroizing::new([0u8; KEY_LEN]);
+            raw.copy_from_slice(plain);
+            return Ok(raw);
         }
     }
+    let key_id = printable_key_id(key_id);
+    Err(if found {
+        ArtifactError::KeyUnwrapFailed { key_id }
+    } else {
+        ArtifactError::UnknownKeyId { key_id }
+    })
 }
 
 /// `"drfleet-kek-v1" || org (16) || tenant key id (16) || master key id bytes`.
