@@ -188,6 +188,34 @@ pub(crate) fn lazy_pool(
         ))
 }
 
+/// Admission of a command naming one backup record (restore, verify, drill of a RECORD): the
+/// record must be the organization's and completed. Another organization's record answers
+/// exactly like a missing one (NOT_FOUND); one not completed is CONFLICT.
+pub async fn admit_completed_record(
+    tx: &mut sqlx::PgConnection,
+    org: uuid::Uuid,
+    record: uuid::Uuid,
+) -> Result<(), crate::handler::AdmitError> {
+    use drfleet_protocol::validate::{ReasonCode, Rejection};
+    let status: Option<String> = sqlx::query_scalar(
+        "SELECT status FROM pf_backup_records WHERE id = $1 AND organization_id = $2",
+    )
+    .bind(record)
+    .bind(org)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let reject = |code, what| {
+        Err(crate::handler::AdmitError::Reject(Rejection::new(
+            code, what,
+        )))
+    };
+    match status.as_deref() {
+        None => reject(ReasonCode::NotFound, "backup record not found"),
+        Some("completed") => Ok(()),
+        Some(_) => reject(ReasonCode::Conflict, "backup record is not completed"),
+    }
+}
+
 /// A tenant-database error, classified like any database error but coded apart from the
 /// metadata database's.
 pub(crate) fn source_error(e: &sqlx::Error) -> JobError {

@@ -32,7 +32,7 @@ use drfleet_protocol::v1::{self, event_envelope::Event};
 use drfleet_protocol::validate::{CommandBody, ReasonCode, Rejection, ValidCommand, VerifySpec};
 use drfleet_storage::{StorageError, StorageErrorKind, keys};
 
-use crate::engine::{ChannelReader, RoleCtx};
+use crate::engine::{ChannelReader, RoleCtx, admit_completed_record};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler, Progress};
 use crate::outbox;
 
@@ -229,27 +229,16 @@ impl JobHandler for VerifyHandler {
                 .await
                 .map_err(AdmitError::Reject)?;
             // Another organization's record is indistinguishable from no record at all.
-            let status: Option<String> = sqlx::query_scalar(
-                "SELECT status FROM pf_backup_records WHERE id = $1 AND organization_id = $2",
+            admit_completed_record(
+                tx,
+                cmd.organization_id.as_uuid(),
+                v.backup_record_id.as_uuid(),
             )
-            .bind(v.backup_record_id.as_uuid())
-            .bind(cmd.organization_id.as_uuid())
-            .fetch_optional(&mut *tx)
             .await?;
-            match status.as_deref() {
-                None => Err(AdmitError::Reject(Rejection::new(
-                    ReasonCode::NotFound,
-                    NOT_FOUND_MESSAGE,
-                ))),
-                Some("completed") => Ok(Admission {
-                    // One verification of a record at a time.
-                    concurrency_key: format!("verify:{}", v.backup_record_id),
-                }),
-                Some(_) => Err(AdmitError::Reject(Rejection::new(
-                    ReasonCode::Conflict,
-                    "backup record is not completed",
-                ))),
-            }
+            // One verification of a record at a time.
+            Ok(Admission {
+                concurrency_key: format!("verify:{}", v.backup_record_id),
+            })
         })
     }
 

@@ -40,7 +40,7 @@ use drfleet_protocol::validate::{CommandBody, DrillSpec, ReasonCode, Rejection, 
 
 use crate::config::DrillSettings;
 use crate::engine::staging::{self, Stage, Tables};
-use crate::engine::{RoleCtx, tenant_key};
+use crate::engine::{RoleCtx, admit_completed_record, tenant_key};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use report::{Phase, Policy};
 use suite::Row;
@@ -333,23 +333,7 @@ impl JobHandler for DrillHandler {
             let org = cmd.organization_id.as_uuid();
             // Another organization's record or policy answers exactly like a missing one.
             if let Some(id) = d.backup_record_id {
-                let status: Option<String> = sqlx::query_scalar(
-                    "SELECT status FROM pf_backup_records WHERE id = $1 AND organization_id = $2",
-                )
-                .bind(id.as_uuid())
-                .bind(org)
-                .fetch_optional(&mut *tx)
-                .await?;
-                match status.as_deref() {
-                    None => return Err(reject(ReasonCode::NotFound, "backup record not found")),
-                    Some("completed") => {}
-                    Some(_) => {
-                        return Err(reject(
-                            ReasonCode::Conflict,
-                            "backup record is not completed",
-                        ));
-                    }
-                }
+                admit_completed_record(tx, org, id.as_uuid()).await?;
             }
             if let Some(p) = d.policy_id {
                 let found: Option<bool> = sqlx::query_scalar(

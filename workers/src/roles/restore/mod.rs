@@ -49,9 +49,9 @@ use drfleet_protocol::validate::{
     CommandBody, ReasonCode, Rejection, RestoreMode, RestoreSpec, ValidCommand,
 };
 
-use crate::engine::RoleCtx;
 use crate::engine::staging::{self, Check, PhaseTimings, Stage, Tables, checks, promote, src};
 use crate::engine::tenant_key;
+use crate::engine::{RoleCtx, admit_completed_record};
 use crate::handler::{Admission, AdmitError, Job, JobCtx, JobError, JobHandler};
 use crate::outbox;
 
@@ -412,27 +412,15 @@ impl JobHandler for RestoreHandler {
                 .admit_key(&cmd.tenant_key)
                 .await
                 .map_err(AdmitError::Reject)?;
-            // Another organization's record answers exactly like a missing one.
-            let status: Option<String> = sqlx::query_scalar(
-                "SELECT status FROM pf_backup_records WHERE id = $1 AND organization_id = $2",
+            admit_completed_record(
+                tx,
+                cmd.organization_id.as_uuid(),
+                r.backup_record_id.as_uuid(),
             )
-            .bind(r.backup_record_id.as_uuid())
-            .bind(cmd.organization_id.as_uuid())
-            .fetch_optional(&mut *tx)
             .await?;
-            match status.as_deref() {
-                None => Err(AdmitError::Reject(Rejection::new(
-                    ReasonCode::NotFound,
-                    "backup record not found",
-                ))),
-                Some("completed") => Ok(Admission {
-                    concurrency_key: format!("restore:{}", cmd.organization_id),
-                }),
-                Some(_) => Err(AdmitError::Reject(Rejection::new(
-                    ReasonCode::Conflict,
-                    "backup record is not completed",
-                ))),
-            }
+            Ok(Admission {
+                concurrency_key: format!("restore:{}", cmd.organization_id),
+            })
         })
     }
 
