@@ -164,8 +164,8 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_JOB_CONCURRENCY", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub job_concurrency: u16,
 
-    /// COPY text (MiB) per loading transaction of a large table in a restore: each committed
-    /// segment is read back and checked while the next one loads.
+    /// COPY text (MiB) per loading transaction of a large table in a restore or a drill: each
+    /// committed segment is read back and checked while the next one loads.
     #[arg(long, env = "DR_RESTORE_SEGMENT_MIB", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub restore_segment_mib: u32,
 
