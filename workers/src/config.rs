@@ -174,8 +174,8 @@ pub struct WorkerCli {
     #[arg(long, env = "DR_TENANT_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub tenant_pool_size: u32,
 
-    /// COPY text (MiB) per loading transaction of a large table in a restore: each committed
-    /// segment is read back and checked while the next one loads.
+    /// COPY text (MiB) per loading transaction of a large table in a restore or a drill: each
+    /// committed segment is read back and checked while the next one loads.
     #[arg(long, env = "DR_RESTORE_SEGMENT_MIB", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub restore_segment_mib: u32,
 

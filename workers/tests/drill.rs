@@ -1,66 +1,15 @@
 //! DR drills end to end on real PostgreSQL and RabbitMQ: a drill restores a backup into a
 //! scratch schema of another, empty database (every table recreated from the manifest),
 //! validates it, measures RTO/RPO, reports once and leaves no scratch; the source database is
-//! never written.
+//! never written. (The alerts drills raise: `drill_alerts.rs`.)
 
 mod common;
 
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
-
-use common::restore::{backup, fingerprint_except, rows_digest};
+use common::drill::*;
+use common::restore::{backup, rows_digest};
 use common::*;
-use drfleet_infra::amqp::ConfirmPublisher;
 use drfleet_protocol::OrganizationId;
 use drfleet_protocol::v1::{self, event_envelope::Event};
-use drfleet_workers::faults::{self, Fault, point};
-
-/// An empty database on the test server, dropped with the test's.
-struct Target {
-    name: String,
-    url: String,
-    pool: sqlx::PgPool,
-}
-
-impl Target {
-    async fn new(env: &TestEnv) -> Self {
-        let name = format!("{}_target", env.db_name);
-        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&env.admin_url)
-            .await
-            .unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let url = format!("{}/{name}", env.admin_url.rsplit_once('/').unwrap().0);
-        let pool = sqlx::PgPool::connect(&url).await.unwrap();
-        Self { name, url, pool }
-    }
-
-    async fn scratch_schemas(&self) -> Vec<String> {
-        sqlx::query_scalar(
-            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'dr\\_drill\\_%' ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap()
-    }
-
-    async fn drop(self, env: &TestEnv) {
-        self.pool.close().await;
-        if let Ok(mut admin) =
-            <sqlx::PgConnection as sqlx::Connection>::connect(&env.admin_url).await
-        {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .execute(&mut admin)
-            .await;
-        }
-    }
-}
 
 /// Tables beyond `seed_tenant`'s: a self-referencing and a composite foreign key.
 async fn seed_more(env: &TestEnv, org: &OrganizationId, other: &OrganizationId) {
@@ -87,171 +36,6 @@ async fn seed_more(env: &TestEnv, org: &OrganizationId, other: &OrganizationId) 
         .await
         .unwrap();
     }
-}
-
-fn start(
-    cfg: drfleet_workers::config::WorkerConfig,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    (
-        shutdown,
-        tokio::spawn(async move { drfleet_workers::run(cfg, s).await.expect("worker runs") }),
-    )
-}
-
-/// A worker with the backup, policy and drill roles, drilling into `target` by default.
-fn drill_worker(
-    env: &TestEnv,
-    target: &Target,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    start(env.config_with(
-        "backup,policy,drill",
-        &[
-            ("DR_RESTORE_TARGETS", format!("scratch={}", target.url)),
-            ("DR_DRILL_TARGET", "scratch".into()),
-        ],
-    ))
-}
-
-fn drill_cmd(org: &OrganizationId, d: v1::DrillCommand) -> v1::CommandEnvelope {
-    command(
-        org,
-        v1::command_envelope::Command::Drill(d),
-        &token(org, &["pf.dr-drill.run"]),
-    )
-}
-
-/// Publish and wait for the drill's outcome (completed, failed or rejected); its events.
-async fn run_drill(
-    tap: &EventTap,
-    p: &ConfirmPublisher,
-    cmd: &v1::CommandEnvelope,
-) -> Vec<Received> {
-    publish_command(p, cmd).await;
-    let corr = cmd.correlation_id.clone();
-    tap.wait_until(120, "drill outcome", |ev| {
-        ev.iter().any(|e| {
-            e.env.correlation_id == corr
-                && matches!(
-                    e.kind(),
-                    "dr_drill_completed" | "dr_drill_failed" | "command_rejected"
-                )
-        })
-    })
-    .await;
-    // The alerts of the outcome leave in the same transaction; give the relay a moment.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    tap.for_correlation(&cmd.correlation_id)
-}
-
-fn completed(events: &[Received]) -> v1::DrillCompleted {
-    events
-        .iter()
-        .find_map(|e| match &e.env.event {
-            Some(Event::DrDrillCompleted(d)) => Some(d.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "no dr_drill_completed: {:?}",
-                events
-                    .iter()
-                    .map(|e| (e.kind(), &e.env.event))
-                    .collect::<Vec<_>>()
-            )
-        })
-}
-
-fn check<'a>(d: &'a v1::DrillCompleted, name: &str) -> &'a v1::DrillCheck {
-    d.checks
-        .iter()
-        .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("check {name} in {:?}", d.checks))
-}
-
-/// Set a policy of `org` (through the policy role) and return its id.
-async fn set_policy(
-    env: &TestEnv,
-    tap: &EventTap,
-    p: &ConfirmPublisher,
-    org: &OrganizationId,
-    spec: v1::PolicySpec,
-) -> uuid::Uuid {
-    let cmd = command(
-        org,
-        v1::command_envelope::Command::Policy(v1::PolicyCommand {
-            name: "drilled".into(),
-            action: v1::PolicyAction::Upsert as i32,
-            spec: Some(spec),
-        }),
-        &token(org, &["pf.backup.policy"]),
-    );
-    publish_command(p, &cmd).await;
-    let corr = cmd.correlation_id.clone();
-    tap.wait_until(30, "policy_updated", |ev| {
-        ev.iter()
-            .any(|e| e.env.correlation_id == corr && e.kind() == "policy_updated")
-    })
-    .await;
-    sqlx::query_scalar(
-        "SELECT id FROM pf_backup_policies WHERE organization_id = $1 AND name = 'drilled'",
-    )
-    .bind(org.as_uuid())
-    .fetch_one(&env.pool)
-    .await
-    .unwrap()
-}
-
-fn policy_spec(asserts: &[(&str, &str)], rto_seconds: u64) -> v1::PolicySpec {
-    v1::PolicySpec {
-        tier: "full".into(),
-        schedule: "0 3 * * *".into(),
-        rto_seconds,
-        drill_assertions: asserts
-            .iter()
-            .map(|(n, s)| v1::DrillAssertion {
-                name: n.to_string(),
-                sql: s.to_string(),
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-/// Back up `org` on behalf of `policy` and wait for it.
-async fn policy_backup(
-    tap: &EventTap,
-    p: &ConfirmPublisher,
-    org: &OrganizationId,
-    policy: uuid::Uuid,
-) {
-    let mut cmd = backup_command(org, "full", &token(org, &["pf.backup.create"]));
-    if let Some(v1::command_envelope::Command::Backup(b)) = &mut cmd.command {
-        b.policy_id = policy.to_string();
-    }
-    publish_command(p, &cmd).await;
-    let corr = cmd.correlation_id.clone();
-    tap.wait_until(60, "backup_completed", |ev| {
-        ev.iter()
-            .any(|e| e.env.correlation_id == corr && e.kind() == "backup_completed")
-    })
-    .await;
-}
-
-/// The whole source database's tables (drfleet's own metadata tables left out).
-async fn source_fingerprint(env: &TestEnv) -> std::collections::BTreeMap<String, String> {
-    fingerprint_except(&env.pool, &[]).await
-}
-
-async fn open_alerts(env: &TestEnv, policy: uuid::Uuid) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT kind FROM pf_alerts WHERE policy_id = $1 AND resolved_at IS NULL ORDER BY kind",
-    )
-    .bind(policy)
-    .fetch_all(&env.pool)
-    .await
-    .unwrap()
 }
 
 #[tokio::test]
@@ -385,190 +169,6 @@ async fn a_drill_into_an_empty_database_recreates_every_table_passes_and_leaves_
             "{text}"
         );
     }
-    stop.cancel();
-    handle.await.unwrap();
-    target.drop(&env).await;
-    env.cleanup().await;
-}
-
-#[tokio::test]
-async fn a_failing_assertion_fails_the_drill_raises_drill_failed_and_the_next_pass_resolves_it() {
-    let env = TestEnv::new().await;
-    let (org, other) = (OrganizationId::new(), OrganizationId::new());
-    seed_tenant(&env, &org, &other).await;
-    let target = Target::new(&env).await;
-    let tap = EventTap::new(&env).await;
-    let (stop, handle) = drill_worker(&env, &target);
-    let (_c, p) = env.publisher().await;
-    let before = source_fingerprint(&env).await;
-
-    let failing = [
-        // The tenant has 3 orders of 9.99.
-        ("no_big_orders", "SELECT id FROM orders WHERE total > 5;"),
-        ("missing_table", "SELECT 1 FROM no_such_table"),
-        // Writes are refused (read-only, one statement).
-        (
-            "sneaky_write",
-            "WITH d AS (DELETE FROM orders RETURNING id) SELECT * FROM d",
-        ),
-        (
-            "fine",
-            "SELECT 1 FROM customers WHERE organization_id IS NULL -- none",
-        ),
-    ];
-    let policy = set_policy(&env, &tap, &p, &org, policy_spec(&failing, 0)).await;
-    // Drills of a policy drill its backups.
-    policy_backup(&tap, &p, &org, policy).await;
-    let d = completed(
-        &run_drill(
-            &tap,
-            &p,
-            &drill_cmd(
-                &org,
-                v1::DrillCommand {
-                    policy_id: policy.to_string(),
-                    ..Default::default()
-                },
-            ),
-        )
-        .await,
-    );
-    assert!(!d.passed);
-    let c = check(&d, "assertion:no_big_orders");
-    assert_eq!((c.passed, c.detail.as_str()), (false, "3 rows"));
-    let c = check(&d, "assertion:missing_table");
-    assert_eq!(
-        (c.passed, c.detail.as_str()),
-        (false, "error (sqlstate 42P01)")
-    );
-    assert!(!check(&d, "assertion:sneaky_write").passed);
-    assert!(check(&d, "assertion:fine").passed);
-    // The built-in checks passed: only the assertions failed the drill.
-    assert!(check(&d, "row_counts").passed && check(&d, "content_hashes").passed);
-    assert_eq!(open_alerts(&env, policy).await, ["DRILL_FAILED"]);
-    let raised = tap
-        .wait_until(10, "alert_raised DRILL_FAILED", |ev| {
-            ev.iter().any(
-                |e| matches!(&e.env.event, Some(Event::AlertRaised(a)) if a.kind == "DRILL_FAILED"),
-            )
-        })
-        .await;
-    let code = raised
-        .iter()
-        .find_map(|e| match &e.env.event {
-            Some(Event::AlertRaised(a)) if a.kind == "DRILL_FAILED" => Some(a.code.clone()),
-            _ => None,
-        })
-        .unwrap();
-    assert!(code.contains("assertion:no_big_orders"), "{code}");
-    assert!(
-        target.scratch_schemas().await.is_empty(),
-        "dropped after a failed drill too"
-    );
-
-    // A second failing drill keeps the one episode; a passing one resolves it.
-    run_drill(
-        &tap,
-        &p,
-        &drill_cmd(
-            &org,
-            v1::DrillCommand {
-                policy_id: policy.to_string(),
-                ..Default::default()
-            },
-        ),
-    )
-    .await;
-    let episodes: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pf_alerts WHERE policy_id = $1 AND kind = 'DRILL_FAILED'",
-    )
-    .bind(policy)
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    assert_eq!(episodes, 1);
-    set_policy(
-        &env,
-        &tap,
-        &p,
-        &org,
-        policy_spec(
-            &[("no_huge_orders", "SELECT id FROM orders WHERE total > 100")],
-            0,
-        ),
-    )
-    .await;
-    let d = completed(
-        &run_drill(
-            &tap,
-            &p,
-            &drill_cmd(
-                &org,
-                v1::DrillCommand {
-                    policy_id: policy.to_string(),
-                    ..Default::default()
-                },
-            ),
-        )
-        .await,
-    );
-    assert!(d.passed, "{:?}", d.checks);
-    assert!(open_alerts(&env, policy).await.is_empty());
-    tap.wait_until(10, "alert_resolved DRILL_FAILED", |ev| {
-        ev.iter().any(
-            |e| matches!(&e.env.event, Some(Event::AlertResolved(a)) if a.kind == "DRILL_FAILED"),
-        )
-    })
-    .await;
-
-    // An RTO objective the drill cannot meet fails the matrix (held up 1.2 s in the load,
-    // against an objective of 1 s) and raises RTO_OBJECTIVE_MISSED.
-    set_policy(&env, &tap, &p, &org, policy_spec(&[], 1)).await;
-    faults::arm(
-        &org.to_string(),
-        point::BEFORE_FIRST_SEGMENT,
-        Fault::Pause(Duration::from_millis(1200)),
-        1,
-    );
-    let d = completed(
-        &run_drill(
-            &tap,
-            &p,
-            &drill_cmd(
-                &org,
-                v1::DrillCommand {
-                    policy_id: policy.to_string(),
-                    ..Default::default()
-                },
-            ),
-        )
-        .await,
-    );
-    assert!(!d.passed);
-    assert_eq!(d.rto_objective_ms, 1000);
-    let c = check(&d, "rto_objective");
-    assert!(!c.passed && d.measured_rto_ms > 1000, "{c:?}");
-    assert!(
-        d.checks
-            .iter()
-            .filter(|c| !c.passed)
-            .all(|c| c.name == "rto_objective"),
-        "{:?}",
-        d.checks
-    );
-    assert_eq!(
-        open_alerts(&env, policy).await,
-        ["DRILL_FAILED", "RTO_OBJECTIVE_MISSED"]
-    );
-
-    assert_eq!(source_fingerprint(&env).await, before);
-    let reports: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pf_dr_drill_reports WHERE organization_id = $1")
-            .bind(org.as_uuid())
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-    assert_eq!(reports, 4, "one report per drill command");
     stop.cancel();
     handle.await.unwrap();
     target.drop(&env).await;
@@ -769,5 +369,178 @@ async fn random_selection_stays_within_its_window_and_latest_takes_the_newest() 
     .unwrap_err();
     assert_eq!(e.code, "NO_BACKUP_TO_DRILL");
     drop(conn);
+    env.cleanup().await;
+}
+
+/// `(inheriting children, parts schemas, distinct loading transactions, every foreign key
+/// validated)` of `table` in the scratch schema.
+async fn scratch_shape(target: &Target, scratch: &str, table: &str) -> (i64, i64, i64, bool) {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT (SELECT count(*) FROM pg_inherits WHERE inhparent = '\"{scratch}\".{table}'::regclass),
+                (SELECT count(*) FROM pg_namespace WHERE nspname = '{scratch}_parts'),
+                (SELECT count(DISTINCT xmin::text) FROM \"{scratch}\".{table}),
+                (SELECT bool_and(convalidated) FROM pg_constraint
+                  WHERE conrelid = '\"{scratch}\".{table}'::regclass AND contype = 'f')"
+    )))
+    .fetch_one(&target.pool)
+    .await
+    .unwrap()
+}
+
+/// ~15 MB of COPY text drilled in 1 MiB segments: each backed-up table is recreated as one
+/// table (no parts), its segments appended in their own transactions and read back by block
+/// range while the next one loads, its keys recreated and validated. Rows rewritten as they
+/// are stored are caught by the read-back, and a key the backup's rows leave open by the
+/// recreated key's validation, counted.
+#[tokio::test]
+async fn a_table_drilled_in_segments_is_one_table_read_back_by_block_ranges_with_its_keys_checked()
+{
+    let env = TestEnv::new().await;
+    let (org, other) = (OrganizationId::new(), OrganizationId::new());
+    seed_tenant(&env, &org, &other).await;
+    // Rows of nearly one length: no row finds room in a page an earlier segment filled, so
+    // the block ranges alone must add up (no table read back whole).
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE seg (organization_id uuid NOT NULL, id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+           payload text NOT NULL CHECK (payload <> ''), n int GENERATED ALWAYS AS (length(payload)) STORED,
+           parent_id bigint REFERENCES seg (id) ON DELETE SET NULL);
+         CREATE INDEX ON seg (parent_id);
+         INSERT INTO seg (organization_id, payload) SELECT '{org}', repeat(md5(g::text), 3) || E'\\t\\n' || g
+           FROM generate_series(1, 100000) g;
+         UPDATE seg SET parent_id = 100001 - id WHERE id % 5 = 0;
+         INSERT INTO seg (organization_id, payload) SELECT '{other}', 'other ' || g FROM generate_series(1, 1000) g;"
+    )))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let target = Target::new(&env).await;
+    let tap = EventTap::new(&env).await;
+    let (stop, handle) = start(env.config_with(
+        "backup,drill",
+        &[
+            ("DR_RESTORE_TARGETS", format!("scratch={}", target.url)),
+            ("DR_DRILL_TARGET", "scratch".into()),
+            ("DR_RESTORE_SEGMENT_MIB", "1".into()),
+        ],
+    ));
+    let (_c, p) = env.publisher().await;
+    let record = backup(&env, &tap, &p, &org).await;
+    let drill = |keep_hours| {
+        drill_cmd(
+            &org,
+            v1::DrillCommand {
+                backup_record_id: record.clone(),
+                selection: v1::DrillSelection::Record as i32,
+                keep_hours,
+                ..Default::default()
+            },
+        )
+    };
+
+    let d = completed(&run_drill(&tap, &p, &drill(1)).await);
+    assert!(d.passed, "{:?}", d.checks);
+    assert_eq!(check(&d, "content_hashes").detail, "");
+    let fk = check(&d, "foreign_keys_closed");
+    assert!(fk.detail.contains("validated"), "{fk:?}");
+    assert!(check(&d, "constraints_recreated").passed);
+    let scratch = d.scratch_schema.clone();
+    let filter = format!("t.organization_id = '{org}'");
+    assert_eq!(
+        rows_digest(&target.pool, &scratch, "seg", "").await,
+        rows_digest(&env.pool, "public", "seg", &filter).await
+    );
+    let (children, parts, transactions, validated) = scratch_shape(&target, &scratch, "seg").await;
+    assert_eq!((children, parts, validated), (0, 0, true));
+    assert!(transactions >= 8, "{transactions} loading transactions");
+    sqlx::query(
+        "UPDATE pf_dr_drill_reports SET keep_until = now() - interval '1 second' WHERE id = $1::uuid",
+    )
+    .bind(&d.drill_report_id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    eventually(30, "the sweep drops the kept scratch schema", || async {
+        target.scratch_schemas().await.is_empty().then_some(())
+    })
+    .await;
+
+    // The drill target rewrites one row in a thousand as the scratch `seg` stores it.
+    sqlx::raw_sql(
+        r#"CREATE FUNCTION tamper_row() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.id % 1000 = 0 THEN NEW.payload := NEW.payload || ' (rewritten)'; END IF; RETURN NEW; END $$;
+           CREATE FUNCTION tamper_scratch() RETURNS event_trigger LANGUAGE plpgsql AS $$
+             DECLARE r record;
+             BEGIN
+               FOR r IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE TABLE' LOOP
+                 IF r.object_identity LIKE 'dr_drill_%.seg' THEN
+                   EXECUTE format('CREATE TRIGGER tamper BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION public.tamper_row()', r.object_identity);
+                 END IF;
+               END LOOP;
+             END $$;
+           CREATE EVENT TRIGGER tamper_scratch ON ddl_command_end EXECUTE FUNCTION tamper_scratch();"#,
+    )
+    .execute(&target.pool)
+    .await
+    .unwrap();
+    let d = completed(&run_drill(&tap, &p, &drill(0)).await);
+    assert!(!d.passed);
+    let failed: Vec<(&str, &str)> = d
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| (c.name.as_str(), c.detail.as_str()))
+        .collect();
+    // The block ranges did not add up, nor did the whole table.
+    assert_eq!(
+        failed,
+        [("content_hashes", "mismatch in seg; seg read back whole")]
+    );
+    // Keys not recreated over rows that failed: they were counted instead.
+    assert!(check(&d, "foreign_keys_closed").passed);
+    assert!(d.checks.iter().all(|c| c.name != "constraints_recreated"));
+    sqlx::raw_sql("DROP EVENT TRIGGER tamper_scratch")
+        .execute(&target.pool)
+        .await
+        .unwrap();
+
+    // A key added NOT VALID over rows it leaves open: the backup holds them as they are; the
+    // drill's recreated key refuses them, and the open rows are counted.
+    sqlx::raw_sql(
+        "ALTER TABLE seg DROP CONSTRAINT seg_parent_id_fkey;
+         UPDATE seg SET parent_id = 999999 WHERE id IN (1, 2, 3);
+         ALTER TABLE seg ADD CONSTRAINT seg_parent_id_fkey FOREIGN KEY (parent_id) REFERENCES seg (id) NOT VALID;",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let open = backup(&env, &tap, &p, &org).await;
+    let d = completed(
+        &run_drill(
+            &tap,
+            &p,
+            &drill_cmd(
+                &org,
+                v1::DrillCommand {
+                    backup_record_id: open,
+                    selection: v1::DrillSelection::Record as i32,
+                    ..Default::default()
+                },
+            ),
+        )
+        .await,
+    );
+    assert!(!d.passed);
+    let failed: Vec<(&str, &str)> = d
+        .checks
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| (c.name.as_str(), c.detail.as_str()))
+        .collect();
+    assert_eq!(failed, [("foreign_keys_closed", "seg → seg: 3 rows")]);
+    assert!(target.scratch_schemas().await.is_empty());
+
+    stop.cancel();
+    handle.await.unwrap();
+    target.drop(&env).await;
     env.cleanup().await;
 }

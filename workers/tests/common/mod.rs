@@ -2,6 +2,7 @@
 //! the real services (`DR_TEST_AMQP_BASE`, `DR_TEST_PG_ADMIN_URL`, `DR_TEST_RABBITMQCTL`).
 #![allow(dead_code)]
 
+pub mod drill;
 pub mod restore;
 
 use std::process::Command;

@@ -63,11 +63,12 @@ pub(super) async fn count_dangling(
     Ok(n)
 }
 
-/// Digest of the rows of one segment (`qualified`, a staging table without its inheriting
-/// parts, or one part) of `table` as PostgreSQL returns them; counts rows of another
-/// organization too. A table's last segment is read in block ranges over several connections
-/// at once, since the checks wait for it; earlier ones on one connection, since the load
-/// goes on beside them.
+/// Digest of the rows of one segment of `table` as PostgreSQL returns them: `qualified` (a
+/// staging table without its inheriting parts, or one part) whole, or its `blocks` `[lo, hi)`
+/// (`hi` `None`: to the end; a recreated table's segment, see `load::Ranges`). Counts rows of
+/// another organization too. A table's last segment is read in block ranges over several
+/// connections at once, since the checks wait for it; earlier ones on one connection, since
+/// the load goes on beside them.
 // Spawned as a task, so it takes its arguments owned.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn read_back_rows(
@@ -77,6 +78,7 @@ pub(super) async fn read_back_rows(
     columns: Vec<String>,
     tenant: Option<String>,
     seed: u64,
+    blocks: Option<(i64, Option<i64>)>,
     last: bool,
     permits: Arc<tokio::sync::Semaphore>,
 ) -> Result<RowSet, JobError> {
@@ -93,13 +95,22 @@ pub(super) async fn read_back_rows(
     let tenant_at = tenant.map(|t| {
         columns.iter().position(|c| *c == t).unwrap_or(usize::MAX) // the column is missing: every row counts as foreign
     });
-    let blocks: i64 = src(sqlx::query_scalar(
-        "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::bigint",
-    )
-    .bind(&qualified)
-    .fetch_one(&stage.db)
-    .await)?;
-    let slices = if last && blocks >= READBACK_SLICE_MIN_BLOCKS {
+    let size = async {
+        src(sqlx::query_scalar::<_, i64>(
+            "SELECT pg_relation_size($1::regclass) / current_setting('block_size')::bigint",
+        )
+        .bind(&qualified)
+        .fetch_one(&stage.db)
+        .await)
+    };
+    // [from, to); `open`: the last range goes on to the end, so nothing past the measured size
+    // is missed.
+    let (from, to, open) = match blocks {
+        Some((lo, Some(hi))) => (lo, hi, false),
+        Some((lo, None)) => (lo, size.await?.max(lo), true),
+        None => (0, size.await?, true),
+    };
+    let slices = if last && to - from >= READBACK_SLICE_MIN_BLOCKS {
         READBACK_SLICES
     } else {
         1
@@ -107,14 +118,13 @@ pub(super) async fn read_back_rows(
     let select: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
     let select = select.join(", ");
     let parts = (0..slices).map(|i| {
-        // Block ranges [lo, hi); the last one is open so nothing past the measured size is missed.
-        let lo = blocks * i / slices;
-        let hi = blocks * (i + 1) / slices;
+        let lo = from + (to - from) * i / slices;
+        let hi = from + (to - from) * (i + 1) / slices;
         let mut cond = Vec::new();
-        if i > 0 {
+        if lo > 0 {
             cond.push(format!("ctid >= '({lo},0)'::tid"));
         }
-        if i + 1 < slices {
+        if i + 1 < slices || !open {
             cond.push(format!("ctid < '({hi},0)'::tid"));
         }
         let filter = if cond.is_empty() {
@@ -237,7 +247,7 @@ pub(super) async fn foreign_keys(
 /// Child rows in staging whose parent row is not in staging, per foreign key: the counts
 /// taken segment by segment during the load, the other keys (to a table loaded later or to
 /// itself) counted now.
-async fn dangling_references(
+pub(super) async fn dangling_references(
     stage: &Stage,
     fks: &[ForeignKey],
     mut early: Vec<FkCount>,
@@ -271,11 +281,14 @@ async fn dangling_references(
 }
 
 /// Checks on what was loaded (committed staging tables). Returns them and the rows loaded.
+/// `fks`: the foreign keys to count dangling references of (none: the caller checks them
+/// otherwise, and `foreign_keys_closed` is not among the checks returned).
 pub(super) async fn integrity_checks(
     stage: &Stage,
     manifest: &Manifest,
     mut loaded: Vec<Loaded>,
-    fks: &[ForeignKey],
+    fks: Option<&[ForeignKey]>,
+    seed: u64,
 ) -> Result<(Vec<Check>, u64), JobError> {
     faults::hit(&stage.org.to_string(), point::CHECKS).await?;
     let started = Instant::now();
@@ -289,6 +302,7 @@ pub(super) async fn integrity_checks(
         async {
             let mut counts = Vec::new();
             let mut hashes = Vec::new();
+            let mut reread = Vec::new();
             let mut foreign_rows = Vec::new();
             let mut by_name: HashMap<String, Loaded> =
                 loaded.into_iter().map(|l| (l.name.clone(), l)).collect();
@@ -311,6 +325,27 @@ pub(super) async fn integrity_checks(
                         JobError::permanent("RESTORE_READBACK_FAILED", "read-back task failed")
                     })??);
                 }
+                if let (false, Some(w)) = (back.same_rows(&l.sent), l.whole) {
+                    // A row outside its segment's block range (see `load::Ranges`): the
+                    // verdict is the whole table's.
+                    tracing::info!(
+                        table = t.name,
+                        "segment ranges did not add up; reading the table back whole"
+                    );
+                    reread.push(format!("{} read back whole", t.name));
+                    back = read_back_rows(
+                        stage.clone(),
+                        w.qualified,
+                        t.name.clone(),
+                        w.columns,
+                        w.tenant,
+                        seed,
+                        None,
+                        true,
+                        Arc::new(tokio::sync::Semaphore::new(1)),
+                    )
+                    .await?;
+                }
                 if !back.same_rows(&l.sent) {
                     hashes.push(format!("mismatch in {}", t.name));
                 }
@@ -322,10 +357,13 @@ pub(super) async fn integrity_checks(
                 ms = started.elapsed().as_millis() as u64,
                 "staging read back"
             );
-            Ok::<_, JobError>((counts, hashes, foreign_rows, rows))
+            Ok::<_, JobError>((counts, (hashes, reread), foreign_rows, rows))
         },
         async {
-            let d = dangling_references(stage, fks, early).await;
+            let d = match fks {
+                Some(fks) => dangling_references(stage, fks, early).await.map(Some),
+                None => Ok(None),
+            };
             let off_path = path_scope(stage, manifest).await;
             tracing::debug!(
                 ms = started.elapsed().as_millis() as u64,
@@ -334,15 +372,27 @@ pub(super) async fn integrity_checks(
             Ok::<_, JobError>((d?, off_path?))
         }
     );
-    let (counts, hashes, mut foreign_rows, rows) = digests?;
+    let (counts, (hashes, reread), mut foreign_rows, rows) = digests?;
     let (dangling, off_path) = dangling?;
     foreign_rows.extend(off_path);
-    let checks = vec![
+    let mut checks = vec![
         Check::new("row_counts", counts),
-        Check::new("content_hashes", hashes),
+        // (A table read back whole is noted, passed or not: it explains the time taken.)
+        Check {
+            name: "content_hashes",
+            passed: hashes.is_empty(),
+            detail: hashes
+                .iter()
+                .chain(&reread)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; "),
+        },
         Check::new("tenant_scoped", foreign_rows),
-        Check::new("foreign_keys_closed", dangling),
     ];
+    if let Some(dangling) = dangling {
+        checks.push(Check::new("foreign_keys_closed", dangling));
+    }
     Ok((checks, rows))
 }
 
