@@ -10,23 +10,11 @@ use drfleet_artifact::{
 };
 use uuid::Uuid;
 
-/// Written by the build before tenant keys (`write(&sample_tables(), 64)`, master key "k1" of
-/// 0x11 bytes): regenerate only if the format 1 writer itself changes, which it must not.
+/// A format-1 artifact as stored: `write(&sample_tables(), 64)` of tests/common (master key "k1"
+/// of 0x11 bytes) written to these files once, when format 2 was introduced. Never regenerate
+/// them: they stand for artifacts already in object stores.
 const V1_ARTIFACT: &[u8] = include_bytes!("fixtures/artifact-v1.bin");
 const V1_MANIFEST: &[u8] = include_bytes!("fixtures/artifact-v1.manifest.json");
-
-#[test]
-#[ignore = "writes the format 1 fixture; run by hand only"]
-fn write_format_1_fixture() {
-    let (manifest, stored) = write(&sample_tables(), 64);
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-    std::fs::write(format!("{dir}/artifact-v1.bin"), &stored).unwrap();
-    std::fs::write(
-        format!("{dir}/artifact-v1.manifest.json"),
-        manifest.to_json(),
-    )
-    .unwrap();
-}
 
 #[test]
 fn a_stored_format_1_artifact_still_reads_with_its_master_key() {

@@ -55,6 +55,41 @@ fn event<'a>(lines: &'a [serde_json::Value], ty: &str) -> &'a serde_json::Value 
         .unwrap_or_else(|| panic!("{ty} in {lines:?}"))
 }
 
+/// `drctl shred --org org` with a token minted for `(token_org, perm)` by subject mallory: exits
+/// 1; its stdout.
+async fn shred_with_token(
+    vhost: &TestVhost,
+    db: &TestDb,
+    org: &str,
+    (token_org, perm): (&str, &str),
+) -> String {
+    let (code, token, _) = run(
+        vhost,
+        db,
+        &[
+            "token", "--org", token_org, "--perm", perm, "--sub", "mallory",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0));
+    let (code, out, _) = run(
+        vhost,
+        db,
+        &[
+            "shred",
+            "--org",
+            org,
+            "--reason",
+            "GDPR-1",
+            "--token",
+            token.trim(),
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{out}");
+    out
+}
+
 /// A completed backup of `org`: its record id.
 async fn backup(vhost: &TestVhost, db: &TestDb, org: &str) -> uuid::Uuid {
     let (code, out, err) = run(vhost, db, &["backup", "--org", org]).await;
@@ -174,69 +209,12 @@ async fn shred_takes_two_subjects_and_leaves_no_key_that_opens_the_tenant() {
     }
 
     // Without the permission, or with a token of another organization: rejected.
-    let (code, token, _) = run(
-        &vhost,
-        &db,
-        &[
-            "token",
-            "--org",
-            &v,
-            "--perm",
-            "pf.backup.create",
-            "--sub",
-            "mallory",
-        ],
-    )
-    .await;
-    assert_eq!(code, Some(0));
-    let (code, out, _) = run(
-        &vhost,
-        &db,
-        &[
-            "shred",
-            "--org",
-            &v,
-            "--reason",
-            "GDPR-1",
-            "--token",
-            token.trim(),
-        ],
-    )
-    .await;
-    assert_eq!(code, Some(1), "{out}");
+    let out = shred_with_token(&vhost, &db, &v, (&v, "pf.backup.create")).await;
     assert_eq!(
         event(&events(&out), "command_rejected")["event"]["reason_code"],
         "FORBIDDEN"
     );
-    let (_, token, _) = run(
-        &vhost,
-        &db,
-        &[
-            "token",
-            "--org",
-            &o,
-            "--perm",
-            "pf.backup.shred",
-            "--sub",
-            "mallory",
-        ],
-    )
-    .await;
-    let (code, out, _) = run(
-        &vhost,
-        &db,
-        &[
-            "shred",
-            "--org",
-            &v,
-            "--reason",
-            "GDPR-1",
-            "--token",
-            token.trim(),
-        ],
-    )
-    .await;
-    assert_eq!(code, Some(1), "{out}");
+    let out = shred_with_token(&vhost, &db, &v, (&o, "pf.backup.shred")).await;
     assert!(
         events(&out)
             .iter()
