@@ -117,9 +117,7 @@ pub async fn insert_active(
     org: Uuid,
 ) -> Result<StoredKey, JobError> {
     let fresh = TenantKey::generate(Uuid::now_v7(), org).map_err(rng_failed)?;
-    let current = masters
-        .master(masters.current_id())
-        .ok_or_else(|| JobError::permanent("MASTER_KEY_MISSING", "no current master key"))?;
+    let current = current_master(masters)?;
     let wrapped = fresh.wrap(current).map_err(rng_failed)?;
     sqlx::query(
         "INSERT INTO pf_tenant_keys (id, organization_id, state, wrapped_key, wrap_nonce, master_key_id)
@@ -139,6 +137,13 @@ pub async fn insert_active(
             "the organization's key changed; retrying",
         )
     })
+}
+
+/// The keyring's current key as a master key (it wraps tenant keys).
+pub fn current_master(masters: &Keyring) -> Result<&MasterKey, JobError> {
+    masters
+        .master(masters.current_id())
+        .ok_or_else(|| JobError::permanent("MASTER_KEY_MISSING", "no current master key"))
 }
 
 fn rng_failed(_: ArtifactError) -> JobError {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use drfleet_protocol::v1::{self, event_envelope::Event};
 
 use crate::engine::RoleCtx;
-use crate::engine::key_store::StoredKey;
+use crate::engine::key_store::{self, StoredKey};
 use crate::handler::{JobCtx, JobError};
 use crate::outbox;
 
@@ -21,9 +21,7 @@ const BATCH: i64 = 500;
 pub(super) async fn master(role: &RoleCtx, ctx: &JobCtx) -> Result<(), JobError> {
     let masters = &role.keyring;
     let current_id = masters.current_id().to_owned();
-    let current = masters
-        .master(&current_id)
-        .ok_or_else(|| JobError::permanent("MASTER_KEY_MISSING", "no current master key"))?;
+    let current = key_store::current_master(masters)?;
     let mut rewrapped = 0u64;
     loop {
         if ctx.cancel.is_cancelled() {

@@ -108,7 +108,7 @@ pub(super) async fn run(role: &RoleCtx, ctx: &JobCtx) -> Result<(), JobError> {
     };
     ctx.progress.tick();
 
-    let (deleted, remaining) = delete_objects(role, ctx, org).await;
+    let (deleted, remaining) = delete_objects(role, ctx, org).await?;
 
     let mut tx = ctx.pool.begin().await?;
     let ev = job.event(Event::TenantShredded(v1::TenantShredded {
@@ -231,32 +231,39 @@ async fn destroy(
     Ok((key_ids.len() as u32, records as u32))
 }
 
-/// Every object under the organization's prefix, deleted best effort. Returns (deleted,
-/// remaining after).
-async fn delete_objects(role: &RoleCtx, ctx: &JobCtx, org: Uuid) -> (u32, u32) {
+/// Every object under the organization's prefix, deleted best effort (an object the store
+/// refuses to delete, e.g. under an object lock, stays and is counted). Returns (deleted,
+/// remaining). A transient store failure to list fails the attempt: the keys are already
+/// destroyed, and the retry resumes here.
+async fn delete_objects(role: &RoleCtx, ctx: &JobCtx, org: Uuid) -> Result<(u32, u32), JobError> {
     let prefix = keys::org_backups_prefix(org);
-    let mut deleted = 0u32;
-    match role.store.list(&prefix).await {
-        Ok(objects) => {
-            for key in objects {
-                match role.store.delete(&key).await {
-                    Ok(()) => deleted += 1,
-                    Err(e) => tracing::warn!(
-                        code = e.code(),
-                        "an object of the shredded organization was not deleted"
-                    ),
-                }
-                ctx.progress.tick();
-            }
+    let objects = match role.store.list(&prefix).await {
+        Ok(objects) => objects,
+        Err(e) if e.is_transient() => return Err(e.into()),
+        Err(e) => {
+            tracing::warn!(
+                code = e.code(),
+                "could not list the shredded organization's objects"
+            );
+            return Ok((0, 0));
         }
-        Err(e) => tracing::warn!(
-            code = e.code(),
-            "could not list the shredded organization's objects"
-        ),
+    };
+    let mut deleted = 0u32;
+    for key in &objects {
+        match role.store.delete(key).await {
+            Ok(()) => deleted += 1,
+            Err(e) => tracing::warn!(
+                code = e.code(),
+                "an object of the shredded organization was not deleted"
+            ),
+        }
+        ctx.progress.tick();
     }
+    // What is still there (a backup racing the shred may have added one); without an answer,
+    // what could not be deleted.
     let remaining = match role.store.list(&prefix).await {
         Ok(left) => left.len() as u32,
-        Err(_) => 0,
+        Err(_) => objects.len() as u32 - deleted,
     };
-    (deleted, remaining)
+    Ok((deleted, remaining))
 }
